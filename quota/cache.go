@@ -1,0 +1,105 @@
+package quota
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dgraph-io/ristretto/v2"
+)
+
+// hotCache keeps tokens (by secret hash) and users (by id) in process, so a
+// request whose token and user are cached needs no store round trip.
+//
+// Invalidation is exact on this node: every entry remembers the generation
+// at which its load began, and invalidate records the generation of each
+// invalidated key, so a load that raced with an invalidation is never
+// served. Other nodes rely on the TTL (and, later, pub/sub).
+type hotCache struct {
+	c   *ristretto.Cache[string, cacheEntry]
+	ttl time.Duration
+	gen atomic.Uint64
+	// flushed is the generation of the last flush: older entries are stale.
+	flushed atomic.Uint64
+
+	mu          sync.Mutex
+	invalidated map[string]invalidation
+}
+
+type cacheEntry struct {
+	gen   uint64
+	token *Token
+	user  *User
+}
+
+type invalidation struct {
+	gen uint64
+	at  time.Time
+}
+
+func newHotCache(maxEntries int64, ttl time.Duration) (*hotCache, error) {
+	c, err := ristretto.NewCache(&ristretto.Config[string, cacheEntry]{
+		NumCounters: maxEntries * 10,
+		MaxCost:     maxEntries,
+		BufferItems: 64,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &hotCache{c: c, ttl: ttl, invalidated: map[string]invalidation{}}, nil
+}
+
+func tokenKey(hash string) string { return "t:" + hash }
+func userKey(id string) string    { return "u:" + id }
+
+// begin returns the generation to record on a value loaded from now on.
+func (h *hotCache) begin() uint64 { return h.gen.Load() }
+
+func (h *hotCache) get(key string) (cacheEntry, bool) {
+	e, ok := h.c.Get(key)
+	if !ok || e.gen < h.flushed.Load() {
+		return e, false
+	}
+	h.mu.Lock()
+	inv, seen := h.invalidated[key]
+	h.mu.Unlock()
+	if seen && e.gen < inv.gen {
+		return e, false
+	}
+	return e, true
+}
+
+func (h *hotCache) set(key string, e cacheEntry) {
+	h.c.SetWithTTL(key, e, 1, h.ttl)
+}
+
+// invalidate drops keys and makes sure that no load which began before now
+// can put them back.
+func (h *hotCache) invalidate(keys ...string) {
+	g := h.gen.Add(1)
+	now := time.Now()
+	h.mu.Lock()
+	for _, k := range keys {
+		h.invalidated[k] = invalidation{gen: g, at: now}
+	}
+	// Entries older than the TTL cannot be in the cache any more.
+	if len(h.invalidated) > 1024 {
+		for k, inv := range h.invalidated {
+			if now.Sub(inv.at) > h.ttl {
+				delete(h.invalidated, k)
+			}
+		}
+	}
+	h.mu.Unlock()
+	for _, k := range keys {
+		h.c.Del(k)
+	}
+}
+
+// flush drops every entry.
+func (h *hotCache) flush() {
+	h.flushed.Store(h.gen.Add(1))
+	h.c.Clear()
+}
+
+func (h *hotCache) close() { h.c.Close() }

@@ -1,0 +1,336 @@
+package quota
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"sort"
+	"time"
+)
+
+// Period is the length of a calendar window. The zero value, Lifetime, is a
+// cap that holds until the limit is raised or usage is reset.
+type Period string
+
+// Periods. Windows are calendar-aligned in UTC: a minute window starts at
+// second 0, a day window at midnight UTC, a month window on the 1st.
+const (
+	Lifetime Period = ""
+	Minute   Period = "minute"
+	Hour     Period = "hour"
+	Day      Period = "day"
+	Month    Period = "month"
+)
+
+// Valid reports whether p is a known period.
+func (p Period) Valid() bool {
+	switch p {
+	case Lifetime, Minute, Hour, Day, Month:
+		return true
+	}
+	return false
+}
+
+// Window returns the start and end of the window of period p that holds t.
+// For Lifetime both are the zero time.
+func (p Period) Window(t time.Time) (start, end time.Time) {
+	t = t.UTC()
+	switch p {
+	case Minute:
+		start = t.Truncate(time.Minute)
+		return start, start.Add(time.Minute)
+	case Hour:
+		start = t.Truncate(time.Hour)
+		return start, start.Add(time.Hour)
+	case Day:
+		start = time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
+		return start, start.AddDate(0, 0, 1)
+	case Month:
+		start = time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC)
+		return start, start.AddDate(0, 1, 0)
+	}
+	return time.Time{}, time.Time{}
+}
+
+// String returns the period's name, "lifetime" for Lifetime.
+func (p Period) String() string {
+	if p == Lifetime {
+		return "lifetime"
+	}
+	return string(p)
+}
+
+// Limit is one limit on one resource: at most Limit units per Per.
+type Limit struct {
+	Limit int64  `json:"limit"`
+	Per   Period `json:"per,omitempty"`
+}
+
+// Limits maps a resource name to its limits: at most one per period.
+// In JSON a resource's limits are a bare number (a lifetime cap), an object
+// {"limit": 60, "per": "minute"}, or a list of either.
+type Limits map[string][]Limit
+
+// Well-known resources. Operators may meter any other name that matches
+// ResourceNamePattern.
+const (
+	ResourceTokens        = "tokens"
+	ResourceMessages      = "messages"
+	ResourceConversations = "conversations"
+	ResourceRecords       = "records"
+	ResourceDatasets      = "datasets"
+	ResourceFiles         = "files"
+	ResourceSkillsets     = "skillsets"
+	ResourceIntegrations  = "integrations"
+)
+
+// ResourceNamePattern is what a resource name must match.
+const ResourceNamePattern = `^[a-z][a-z0-9_]{0,63}$`
+
+var resourceName = regexp.MustCompile(ResourceNamePattern)
+
+// MaxLimit is the largest limit accepted; it keeps every counter exact in
+// the float arithmetic of Redis' Lua.
+const MaxLimit = 1 << 50
+
+// ValidResourceName reports whether name may be used as a resource.
+func ValidResourceName(name string) bool { return resourceName.MatchString(name) }
+
+// UnmarshalJSON decodes the number | object | list forms of every resource.
+// A null resource value is kept as a nil entry, which Merge treats as
+// "remove this resource's limits".
+func (l *Limits) UnmarshalJSON(data []byte) error {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return fmt.Errorf("limits must be an object of resource names: %w", err)
+	}
+	if raw == nil {
+		*l = nil
+		return nil
+	}
+	out := make(Limits, len(raw))
+	var v validator
+	for name, msg := range raw {
+		field := "limits." + name
+		if !ValidResourceName(name) {
+			v.add(field, "resource name must match %s", ResourceNamePattern)
+			continue
+		}
+		ls, err := parseResourceLimits(msg)
+		if err != nil {
+			v.add(field, "%s", err.Error())
+			continue
+		}
+		out[name] = ls
+	}
+	if err := v.err(); err != nil {
+		return err
+	}
+	*l = out
+	return nil
+}
+
+func parseResourceLimits(msg json.RawMessage) ([]Limit, error) {
+	msg = bytes.TrimSpace(msg)
+	if bytes.Equal(msg, []byte("null")) {
+		return nil, nil
+	}
+	if len(msg) > 0 && msg[0] == '[' {
+		var items []json.RawMessage
+		if err := json.Unmarshal(msg, &items); err != nil {
+			return nil, fmt.Errorf("malformed list of limits")
+		}
+		if len(items) == 0 {
+			return nil, fmt.Errorf("list of limits is empty; use null to remove a resource's limits")
+		}
+		out := make([]Limit, 0, len(items))
+		for _, it := range items {
+			lim, err := parseOneLimit(it)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, lim)
+		}
+		return out, checkDistinctPeriods(out)
+	}
+	lim, err := parseOneLimit(msg)
+	if err != nil {
+		return nil, err
+	}
+	return []Limit{lim}, nil
+}
+
+func parseOneLimit(msg json.RawMessage) (Limit, error) {
+	msg = bytes.TrimSpace(msg)
+	if len(msg) > 0 && msg[0] == '{' {
+		var obj struct {
+			Limit *json.Number `json:"limit"`
+			Per   *string      `json:"per"`
+		}
+		dec := json.NewDecoder(bytes.NewReader(msg))
+		dec.DisallowUnknownFields()
+		dec.UseNumber()
+		if err := dec.Decode(&obj); err != nil {
+			return Limit{}, fmt.Errorf(`a limit object takes only "limit" and "per": %v`, err)
+		}
+		if obj.Limit == nil {
+			return Limit{}, fmt.Errorf(`a limit object needs "limit"`)
+		}
+		n, err := parseLimitNumber(string(*obj.Limit))
+		if err != nil {
+			return Limit{}, err
+		}
+		lim := Limit{Limit: n}
+		if obj.Per != nil {
+			lim.Per = Period(*obj.Per)
+			if *obj.Per == "" || *obj.Per == "lifetime" {
+				lim.Per = Lifetime
+			} else if !lim.Per.Valid() {
+				return Limit{}, fmt.Errorf(`unknown period %q: use "minute", "hour", "day", "month" or omit "per" for a lifetime cap`, *obj.Per)
+			}
+		}
+		return lim, nil
+	}
+	var num json.Number
+	dec := json.NewDecoder(bytes.NewReader(msg))
+	dec.UseNumber()
+	if err := dec.Decode(&num); err != nil || num == "" {
+		return Limit{}, fmt.Errorf(`a limit is a number, an object {"limit": N, "per": "minute|hour|day|month"}, or a list of them`)
+	}
+	n, err := parseLimitNumber(string(num))
+	if err != nil {
+		return Limit{}, err
+	}
+	return Limit{Limit: n}, nil
+}
+
+func parseLimitNumber(s string) (int64, error) {
+	var n int64
+	if _, err := fmt.Sscan(s, &n); err != nil || fmt.Sprint(n) != s {
+		return 0, fmt.Errorf("limit must be a whole number, got %s", s)
+	}
+	if n < 0 {
+		return 0, fmt.Errorf("limit must not be negative, got %d", n)
+	}
+	if n > MaxLimit {
+		return 0, fmt.Errorf("limit must be at most %d, got %d", int64(MaxLimit), n)
+	}
+	return n, nil
+}
+
+func checkDistinctPeriods(ls []Limit) error {
+	seen := map[Period]bool{}
+	for _, l := range ls {
+		if seen[l.Per] {
+			return fmt.Errorf("two limits for the same period %q", l.Per.String())
+		}
+		seen[l.Per] = true
+	}
+	return nil
+}
+
+// MarshalJSON writes each resource in its shortest form.
+func (l Limits) MarshalJSON() ([]byte, error) {
+	if l == nil {
+		return []byte("{}"), nil
+	}
+	names := make([]string, 0, len(l))
+	for n := range l {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var buf bytes.Buffer
+	buf.WriteByte('{')
+	for i, n := range names {
+		if i > 0 {
+			buf.WriteByte(',')
+		}
+		k, _ := json.Marshal(n)
+		buf.Write(k)
+		buf.WriteByte(':')
+		ls := l[n]
+		switch {
+		case ls == nil:
+			buf.WriteString("null")
+		case len(ls) == 1:
+			writeLimit(&buf, ls[0])
+		default:
+			buf.WriteByte('[')
+			for j, one := range ls {
+				if j > 0 {
+					buf.WriteByte(',')
+				}
+				writeLimit(&buf, one)
+			}
+			buf.WriteByte(']')
+		}
+	}
+	buf.WriteByte('}')
+	return buf.Bytes(), nil
+}
+
+func writeLimit(buf *bytes.Buffer, l Limit) {
+	if l.Per == Lifetime {
+		fmt.Fprintf(buf, "%d", l.Limit)
+		return
+	}
+	fmt.Fprintf(buf, `{"limit":%d,"per":%q}`, l.Limit, string(l.Per))
+}
+
+// Validate checks names, values and periods (for limits built in Go rather
+// than decoded from JSON).
+func (l Limits) Validate() error {
+	var v validator
+	for name, ls := range l {
+		field := "limits." + name
+		if !ValidResourceName(name) {
+			v.add(field, "resource name must match %s", ResourceNamePattern)
+			continue
+		}
+		for _, one := range ls {
+			if one.Limit < 0 || one.Limit > MaxLimit {
+				v.add(field, "limit must be between 0 and %d", int64(MaxLimit))
+			}
+			if !one.Per.Valid() {
+				v.add(field, "unknown period %q", string(one.Per))
+			}
+		}
+		if err := checkDistinctPeriods(ls); err != nil {
+			v.add(field, "%s", err.Error())
+		}
+	}
+	return v.err()
+}
+
+// Merge returns a copy of l with the resources of patch replaced; a nil
+// entry in patch removes that resource's limits.
+func (l Limits) Merge(patch Limits) Limits {
+	out := l.Clone()
+	if out == nil {
+		out = Limits{}
+	}
+	for name, ls := range patch {
+		if ls == nil {
+			delete(out, name)
+			continue
+		}
+		out[name] = append([]Limit(nil), ls...)
+	}
+	return out
+}
+
+// Clone returns a deep copy of l without nil entries.
+func (l Limits) Clone() Limits {
+	if l == nil {
+		return nil
+	}
+	out := make(Limits, len(l))
+	for name, ls := range l {
+		if ls == nil {
+			continue
+		}
+		out[name] = append([]Limit(nil), ls...)
+	}
+	return out
+}

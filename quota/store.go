@@ -1,0 +1,192 @@
+package quota
+
+import (
+	"context"
+	"time"
+)
+
+// Store persists users, tokens and usage counters. Implementations must be
+// safe for concurrent use and must pass the conformance suite in package
+// storetest.
+//
+// Errors: ErrNotFound for unknown ids, ErrConflict for a taken email or
+// external id; anything else is an infrastructure failure.
+type Store interface {
+	// CreateUser stores a new user; email and external id must be unique.
+	CreateUser(ctx context.Context, u *User) error
+	// GetUser returns the user with that id.
+	GetUser(ctx context.Context, id string) (*User, error)
+	// GetUserByEmail looks a user up by normalized email.
+	GetUserByEmail(ctx context.Context, email string) (*User, error)
+	// GetUserByExternalID looks a user up by external id.
+	GetUserByExternalID(ctx context.Context, externalID string) (*User, error)
+	// UpdateUser replaces the stored user that has u.ID, keeping the email
+	// and external id indexes unique.
+	UpdateUser(ctx context.Context, u *User) error
+	// DeleteUser removes the user, all of its tokens and all its counters.
+	DeleteUser(ctx context.Context, id string) error
+	// ListUsers returns up to take users with ids greater than after, in
+	// id order, and whether more follow.
+	ListUsers(ctx context.Context, after string, take int) (users []*User, more bool, err error)
+
+	// CreateToken stores a token of an existing user.
+	CreateToken(ctx context.Context, t *Token) error
+	// GetTokenByHash returns the token whose secret hashes to hash.
+	GetTokenByHash(ctx context.Context, hash string) (*Token, error)
+	// ListTokens returns a user's tokens in creation order.
+	ListTokens(ctx context.Context, userID string) ([]*Token, error)
+	// DeleteToken revokes one token of a user and returns it.
+	DeleteToken(ctx context.Context, userID, tokenID string) (*Token, error)
+	// TouchTokens records last-used times (best effort, batched).
+	TouchTokens(ctx context.Context, used map[string]time.Time) error
+
+	// Admit applies all charges of one user in one atomic step: either every
+	// charge is within its limit and all are added, or none is. The window
+	// of each charge is taken from the store's own clock.
+	Admit(ctx context.Context, userID string, charges []Charge) (*Admission, error)
+	// Usage returns the user's counters with the store's current time.
+	Usage(ctx context.Context, userID string) (*UsageSnapshot, error)
+	// ResetUsage zeroes the counters of the named resources (all if none).
+	ResetUsage(ctx context.Context, userID string, resources []string) error
+
+	// Close releases the store's resources.
+	Close() error
+}
+
+// NoLimit as a Charge's Limit counts usage without checking it.
+const NoLimit int64 = -1
+
+// Charge is one amount of one resource against one counter (resource and
+// period) of a user. A positive Amount is refused if the counter would go
+// over Limit; a negative Amount (a released object) is never refused and the
+// counter never goes below zero.
+type Charge struct {
+	Resource string
+	Per      Period
+	Limit    int64
+	Amount   int64
+}
+
+// Admission is the outcome of Store.Admit.
+type Admission struct {
+	// Allowed is true when every charge was applied.
+	Allowed bool
+	// Denied is the index of the first charge that would have gone over its
+	// limit, or -1.
+	Denied int
+	// Now is the store's clock when the charges were evaluated.
+	Now time.Time
+	// Used holds, per charge, the counter after the charges (when allowed)
+	// or as it stands (when denied).
+	Used []int64
+}
+
+// Counter is the value of one counter in its current window.
+type Counter struct {
+	Resource string
+	Per      Period
+	// Start is the start of the window the value belongs to (zero for
+	// lifetime counters). A value from an earlier window is stale.
+	Start time.Time
+	Used  int64
+}
+
+// UsageSnapshot is every counter of a user at the store's time Now.
+type UsageSnapshot struct {
+	Now      time.Time
+	Counters []Counter
+}
+
+// Current returns the used amount of resource/per in the window holding
+// Now (0 if the stored window is older).
+func (s *UsageSnapshot) Current(resource string, per Period) int64 {
+	start, _ := per.Window(s.Now)
+	for _, c := range s.Counters {
+		if c.Resource == resource && c.Per == per && c.Start.Equal(start) {
+			return c.Used
+		}
+	}
+	return 0
+}
+
+// CounterState is the stored state of one counter, for stores that keep
+// counters themselves rather than in a server-side script.
+type CounterState struct {
+	Start time.Time
+	Used  int64
+}
+
+// ApplyCharges evaluates charges against counters (keyed by CounterKey) at
+// now, exactly as the Redis admission script does, and updates counters in
+// place only when every charge is allowed.
+func ApplyCharges(counters map[string]CounterState, charges []Charge, now time.Time) *Admission {
+	adm := &Admission{Allowed: true, Denied: -1, Now: now, Used: make([]int64, len(charges))}
+	for i, c := range charges {
+		start, _ := c.Per.Window(now)
+		cur := counters[CounterKey(c.Resource, c.Per)]
+		used := cur.Used
+		if !cur.Start.Equal(start) {
+			used = 0
+		}
+		// Several charges may hit the same counter; count what earlier ones
+		// in this call add.
+		for j := 0; j < i; j++ {
+			if charges[j].Resource == c.Resource && charges[j].Per == c.Per {
+				used += charges[j].Amount
+			}
+		}
+		if used < 0 {
+			used = 0
+		}
+		adm.Used[i] = used
+		if c.Amount > 0 && c.Limit >= 0 && used+c.Amount > c.Limit {
+			adm.Allowed = false
+			adm.Denied = i
+			return adm
+		}
+	}
+	for i, c := range charges {
+		start, _ := c.Per.Window(now)
+		key := CounterKey(c.Resource, c.Per)
+		cur := counters[key]
+		if !cur.Start.Equal(start) {
+			cur = CounterState{Start: start}
+		}
+		cur.Used += c.Amount
+		if cur.Used < 0 {
+			cur.Used = 0
+		}
+		counters[key] = cur
+		adm.Used[i] = cur.Used
+	}
+	return adm
+}
+
+// CounterKey names the counter of resource in period per.
+func CounterKey(resource string, per Period) string {
+	return resource + "|" + per.String()
+}
+
+// ParseCounterKey splits a CounterKey.
+func ParseCounterKey(key string) (resource string, per Period, ok bool) {
+	for i := len(key) - 1; i >= 0; i-- {
+		if key[i] == '|' {
+			p := key[i+1:]
+			if p == "lifetime" {
+				return key[:i], Lifetime, true
+			}
+			per = Period(p)
+			return key[:i], per, per.Valid() && per != Lifetime
+		}
+	}
+	return "", "", false
+}
+
+// Clock tells the time. Tests inject a fake one.
+type Clock interface{ Now() time.Time }
+
+// SystemClock is the real clock.
+type SystemClock struct{}
+
+// Now returns time.Now().
+func (SystemClock) Now() time.Time { return time.Now() }

@@ -1,0 +1,513 @@
+// Package storetest is the conformance suite that every quota.Store must
+// pass. It talks to a store only through the quota.Store interface and must
+// not import any store implementation.
+package storetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tenantquota/caddy-tenant-quota/quota"
+)
+
+// Run runs every conformance test against fresh stores made by newStore.
+// newStore must return an empty store and arrange its cleanup with
+// t.Cleanup.
+func Run(t *testing.T, newStore func(t *testing.T) quota.Store) {
+	tests := []struct {
+		name string
+		fn   func(t *testing.T, s quota.Store)
+	}{
+		{"UserCRUD", testUserCRUD},
+		{"UniqueEmailAndExternalID", testUnique},
+		{"UpdateMovesIndexes", testUpdateIndexes},
+		{"ListUsersPagination", testList},
+		{"Tokens", testTokens},
+		{"DeleteUserRemovesEverything", testDeleteUser},
+		{"AdmitLifetimeCap", testAdmitCap},
+		{"AdmitIsAllOrNothing", testAdmitAllOrNothing},
+		{"AdmitNegativeNeverBelowZero", testAdmitNegative},
+		{"AdmitWindowsAreSeparate", testAdmitWindows},
+		{"UsageAndReset", testUsageReset},
+		{"ConcurrentAdmissionIsExact", testConcurrentAdmit},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.fn(t, newStore(t))
+		})
+	}
+}
+
+func ctx(t *testing.T) context.Context {
+	t.Helper()
+	c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+func newUser(t *testing.T, s quota.Store, email, ext string) *quota.User {
+	t.Helper()
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	u := &quota.User{
+		ID: quota.NewID(), Name: "User " + email, Email: email, ExternalID: ext,
+		Status: quota.StatusActive, Credits: 7,
+		Limits:    quota.Limits{"messages": {{Limit: 10}}, "tokens": {{Limit: 100, Per: quota.Day}}},
+		CreatedAt: now, UpdatedAt: now,
+	}
+	if err := s.CreateUser(ctx(t), u); err != nil {
+		t.Fatalf("CreateUser(%s): %v", email, err)
+	}
+	return u
+}
+
+func mustNotFound(t *testing.T, what string, err error) {
+	t.Helper()
+	if !errors.Is(err, quota.ErrNotFound) {
+		t.Fatalf("%s: want ErrNotFound, got %v", what, err)
+	}
+}
+
+func sameUser(t *testing.T, got, want *quota.User) {
+	t.Helper()
+	if got.ID != want.ID || got.Name != want.Name || got.Email != want.Email ||
+		got.ExternalID != want.ExternalID || got.Status != want.Status || got.Credits != want.Credits ||
+		!got.CreatedAt.Equal(want.CreatedAt) || !got.UpdatedAt.Equal(want.UpdatedAt) {
+		t.Fatalf("user mismatch:\n got %+v\nwant %+v", got, want)
+	}
+	gl, _ := got.Limits.MarshalJSON()
+	wl, _ := want.Limits.MarshalJSON()
+	if string(gl) != string(wl) {
+		t.Fatalf("limits mismatch: got %s want %s", gl, wl)
+	}
+}
+
+func testUserCRUD(t *testing.T, s quota.Store) {
+	u := newUser(t, s, "a@example.com", "ext-a")
+	got, err := s.GetUser(ctx(t), u.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameUser(t, got, u)
+	got, err = s.GetUserByEmail(ctx(t), "a@example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameUser(t, got, u)
+	got, err = s.GetUserByExternalID(ctx(t), "ext-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameUser(t, got, u)
+
+	u.Name = "Renamed"
+	u.Status = quota.StatusDisabled
+	u.Limits = quota.Limits{"files": {{Limit: 3}, {Limit: 1, Per: quota.Minute}}}
+	u.UpdatedAt = u.UpdatedAt.Add(time.Second)
+	if err := s.UpdateUser(ctx(t), u); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.GetUser(ctx(t), u.ID)
+	sameUser(t, got, u)
+
+	_, err = s.GetUser(ctx(t), "nope")
+	mustNotFound(t, "GetUser unknown", err)
+	_, err = s.GetUserByEmail(ctx(t), "nobody@example.com")
+	mustNotFound(t, "GetUserByEmail unknown", err)
+	_, err = s.GetUserByExternalID(ctx(t), "nope")
+	mustNotFound(t, "GetUserByExternalID unknown", err)
+	ghost := u.Clone()
+	ghost.ID = quota.NewID()
+	ghost.Email = "ghost@example.com"
+	ghost.ExternalID = ""
+	mustNotFound(t, "UpdateUser unknown", s.UpdateUser(ctx(t), ghost))
+	mustNotFound(t, "DeleteUser unknown", s.DeleteUser(ctx(t), "nope"))
+}
+
+func testUnique(t *testing.T, s quota.Store) {
+	a := newUser(t, s, "a@example.com", "ext-a")
+	dup := a.Clone()
+	dup.ID = quota.NewID()
+	dup.ExternalID = "ext-other"
+	if err := s.CreateUser(ctx(t), dup); !errors.Is(err, quota.ErrConflict) {
+		t.Fatalf("duplicate email: want ErrConflict, got %v", err)
+	}
+	dup.Email = "other@example.com"
+	dup.ExternalID = "ext-a"
+	if err := s.CreateUser(ctx(t), dup); !errors.Is(err, quota.ErrConflict) {
+		t.Fatalf("duplicate external id: want ErrConflict, got %v", err)
+	}
+	// A failed create must not hold on to the email it did not get to use.
+	dup.ExternalID = "ext-b"
+	if err := s.CreateUser(ctx(t), dup); err != nil {
+		t.Fatalf("create after conflicts: %v", err)
+	}
+	// Users without an external id do not collide with each other.
+	newUser(t, s, "c@example.com", "")
+	newUser(t, s, "d@example.com", "")
+	b, _ := s.GetUser(ctx(t), dup.ID)
+	b.Email = "a@example.com"
+	if err := s.UpdateUser(ctx(t), b); !errors.Is(err, quota.ErrConflict) {
+		t.Fatalf("update to taken email: want ErrConflict, got %v", err)
+	}
+	b, _ = s.GetUser(ctx(t), dup.ID)
+	if b.Email != "other@example.com" {
+		t.Fatalf("failed update changed the email to %q", b.Email)
+	}
+}
+
+func testUpdateIndexes(t *testing.T, s quota.Store) {
+	u := newUser(t, s, "old@example.com", "old-ext")
+	u.Email = "new@example.com"
+	u.ExternalID = "new-ext"
+	if err := s.UpdateUser(ctx(t), u); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.GetUserByEmail(ctx(t), "old@example.com")
+	mustNotFound(t, "old email", err)
+	_, err = s.GetUserByExternalID(ctx(t), "old-ext")
+	mustNotFound(t, "old external id", err)
+	if got, err := s.GetUserByEmail(ctx(t), "new@example.com"); err != nil || got.ID != u.ID {
+		t.Fatalf("new email lookup: %v %v", got, err)
+	}
+	if got, err := s.GetUserByExternalID(ctx(t), "new-ext"); err != nil || got.ID != u.ID {
+		t.Fatalf("new external id lookup: %v %v", got, err)
+	}
+	// The old values are free again.
+	newUser(t, s, "old@example.com", "old-ext")
+	// Clearing the external id frees it.
+	u.ExternalID = ""
+	if err := s.UpdateUser(ctx(t), u); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.GetUserByExternalID(ctx(t), "new-ext")
+	mustNotFound(t, "cleared external id", err)
+}
+
+func testList(t *testing.T, s quota.Store) {
+	users, more, err := s.ListUsers(ctx(t), "", 10)
+	if err != nil || len(users) != 0 || more {
+		t.Fatalf("empty list: %v %v %v", users, more, err)
+	}
+	var ids []string
+	for i := 0; i < 7; i++ {
+		ids = append(ids, newUser(t, s, fmt.Sprintf("u%d@example.com", i), "").ID)
+	}
+	var got []string
+	after := ""
+	pages := 0
+	for {
+		page, more, err := s.ListUsers(ctx(t), after, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pages++
+		for _, u := range page {
+			got = append(got, u.ID)
+		}
+		if !more {
+			break
+		}
+		if len(page) != 3 {
+			t.Fatalf("a page with more after it has %d users, want 3", len(page))
+		}
+		after = page[len(page)-1].ID
+	}
+	if pages != 3 || fmt.Sprint(got) != fmt.Sprint(ids) {
+		t.Fatalf("pagination: %d pages, ids %v, want %v", pages, got, ids)
+	}
+	page, more, err := s.ListUsers(ctx(t), ids[5], 2)
+	if err != nil || more || len(page) != 1 || page[0].ID != ids[6] {
+		t.Fatalf("last page: %v %v %v", page, more, err)
+	}
+}
+
+func newToken(t *testing.T, s quota.Store, u *quota.User, name string) *quota.Token {
+	t.Helper()
+	secret, err := quota.NewTokenSecret()
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp := time.Now().UTC().Add(time.Hour).Truncate(time.Millisecond)
+	tok := &quota.Token{
+		ID: quota.NewID(), UserID: u.ID, Name: name, Prefix: quota.TokenDisplayPrefix(secret),
+		Hash: quota.HashTokenSecret(secret), CreatedAt: time.Now().UTC().Truncate(time.Millisecond), ExpiresAt: &exp,
+	}
+	if err := s.CreateToken(ctx(t), tok); err != nil {
+		t.Fatalf("CreateToken: %v", err)
+	}
+	return tok
+}
+
+func testTokens(t *testing.T, s quota.Store) {
+	u := newUser(t, s, "a@example.com", "")
+	t1 := newToken(t, s, u, "one")
+	t2 := newToken(t, s, u, "two")
+	got, err := s.GetTokenByHash(ctx(t), t1.Hash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ID != t1.ID || got.UserID != u.ID || got.Name != "one" || got.Prefix != t1.Prefix ||
+		got.ExpiresAt == nil || !got.ExpiresAt.Equal(*t1.ExpiresAt) || !got.CreatedAt.Equal(t1.CreatedAt) {
+		t.Fatalf("token mismatch: %+v vs %+v", got, t1)
+	}
+	list, err := s.ListTokens(ctx(t), u.ID)
+	if err != nil || len(list) != 2 || list[0].ID != t1.ID || list[1].ID != t2.ID {
+		t.Fatalf("ListTokens: %v %v", list, err)
+	}
+	used := time.Now().UTC().Truncate(time.Millisecond)
+	if err := s.TouchTokens(ctx(t), map[string]time.Time{t2.Hash: used, "0000": used}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.GetTokenByHash(ctx(t), t2.Hash)
+	if got.LastUsedAt == nil || !got.LastUsedAt.Equal(used) {
+		t.Fatalf("lastUsedAt after touch: %v", got.LastUsedAt)
+	}
+	list, _ = s.ListTokens(ctx(t), u.ID)
+	if list[1].LastUsedAt == nil || !list[1].LastUsedAt.Equal(used) {
+		t.Fatalf("listed lastUsedAt after touch: %v", list[1].LastUsedAt)
+	}
+	del, err := s.DeleteToken(ctx(t), u.ID, t1.ID)
+	if err != nil || del.ID != t1.ID || del.Hash != t1.Hash {
+		t.Fatalf("DeleteToken: %+v %v", del, err)
+	}
+	_, err = s.GetTokenByHash(ctx(t), t1.Hash)
+	mustNotFound(t, "revoked token", err)
+	_, err = s.DeleteToken(ctx(t), u.ID, t1.ID)
+	mustNotFound(t, "revoke twice", err)
+	other := newUser(t, s, "b@example.com", "")
+	_, err = s.DeleteToken(ctx(t), other.ID, t2.ID)
+	mustNotFound(t, "revoke another user's token", err)
+	if err := s.TouchTokens(ctx(t), map[string]time.Time{t1.Hash: used}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.GetTokenByHash(ctx(t), t1.Hash)
+	mustNotFound(t, "touch must not resurrect a revoked token", err)
+	ghost := &quota.Token{ID: quota.NewID(), UserID: "nope", Name: "x", Hash: "ab", CreatedAt: time.Now()}
+	mustNotFound(t, "token for unknown user", s.CreateToken(ctx(t), ghost))
+	list, err = s.ListTokens(ctx(t), other.ID)
+	if err != nil || len(list) != 0 {
+		t.Fatalf("empty ListTokens: %v %v", list, err)
+	}
+}
+
+func testDeleteUser(t *testing.T, s quota.Store) {
+	u := newUser(t, s, "a@example.com", "ext-a")
+	tok := newToken(t, s, u, "one")
+	if adm, err := s.Admit(ctx(t), u.ID, []quota.Charge{{Resource: "messages", Limit: 10, Amount: 3}}); err != nil || !adm.Allowed {
+		t.Fatalf("Admit: %+v %v", adm, err)
+	}
+	if err := s.DeleteUser(ctx(t), u.ID); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.GetUser(ctx(t), u.ID)
+	mustNotFound(t, "deleted user", err)
+	_, err = s.GetTokenByHash(ctx(t), tok.Hash)
+	mustNotFound(t, "deleted user's token", err)
+	_, err = s.GetUserByEmail(ctx(t), "a@example.com")
+	mustNotFound(t, "deleted user's email", err)
+	users, _, _ := s.ListUsers(ctx(t), "", 10)
+	if len(users) != 0 {
+		t.Fatalf("deleted user still listed")
+	}
+	snap, err := s.Usage(ctx(t), u.ID)
+	if err != nil || len(snap.Counters) != 0 {
+		t.Fatalf("deleted user's counters: %+v %v", snap, err)
+	}
+	// The same email and external id can be used again.
+	newUser(t, s, "a@example.com", "ext-a")
+}
+
+func admit(t *testing.T, s quota.Store, userID string, charges ...quota.Charge) *quota.Admission {
+	t.Helper()
+	adm, err := s.Admit(ctx(t), userID, charges)
+	if err != nil {
+		t.Fatalf("Admit: %v", err)
+	}
+	if len(adm.Used) != len(charges) {
+		t.Fatalf("Admit returned %d used values for %d charges", len(adm.Used), len(charges))
+	}
+	if adm.Now.IsZero() || time.Since(adm.Now).Abs() > time.Minute {
+		t.Fatalf("Admit returned store time %v", adm.Now)
+	}
+	return adm
+}
+
+func testAdmitCap(t *testing.T, s quota.Store) {
+	u := quota.NewID()
+	steps := []struct {
+		amount, limit int64
+		allowed       bool
+		used          int64
+	}{
+		{1, 3, true, 1},
+		{1, 3, true, 2},
+		{1, 3, true, 3},
+		{1, 3, false, 3},
+		{1, 4, true, 4},  // the limit was raised
+		{5, 4, false, 4}, // lowered limits hold
+		{0, 4, true, 4},
+		{2, quota.NoLimit, true, 6},
+	}
+	for i, st := range steps {
+		adm := admit(t, s, u, quota.Charge{Resource: "messages", Limit: st.limit, Amount: st.amount})
+		if adm.Allowed != st.allowed || adm.Used[0] != st.used {
+			t.Fatalf("step %d: allowed=%v used=%d, want %v %d", i, adm.Allowed, adm.Used[0], st.allowed, st.used)
+		}
+		if !st.allowed && adm.Denied != 0 {
+			t.Fatalf("step %d: denied index %d", i, adm.Denied)
+		}
+		if st.allowed && adm.Denied != -1 {
+			t.Fatalf("step %d: allowed but denied index %d", i, adm.Denied)
+		}
+	}
+}
+
+func testAdmitAllOrNothing(t *testing.T, s quota.Store) {
+	u := quota.NewID()
+	charges := []quota.Charge{
+		{Resource: "messages", Limit: 100, Amount: 1},
+		{Resource: "messages", Per: quota.Minute, Limit: 100, Amount: 1},
+		{Resource: "tokens", Limit: 10, Amount: 6},
+	}
+	admit(t, s, u, charges...)
+	adm := admit(t, s, u, charges...)
+	if adm.Allowed || adm.Denied != 2 || adm.Used[2] != 6 {
+		t.Fatalf("second admission: %+v", adm)
+	}
+	snap, err := s.Usage(ctx(t), u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := snap.Current("messages", quota.Lifetime); got != 1 {
+		t.Fatalf("a refused admission still charged messages: %d", got)
+	}
+	if got := snap.Current("messages", quota.Minute); got != 1 {
+		t.Fatalf("a refused admission still charged messages/minute: %d", got)
+	}
+	// Two charges on one counter in one call add up before the check.
+	adm = admit(t, s, u, quota.Charge{Resource: "files", Limit: 3, Amount: 2}, quota.Charge{Resource: "files", Limit: 3, Amount: 2})
+	if adm.Allowed || adm.Denied != 1 {
+		t.Fatalf("double charge over the cap: %+v", adm)
+	}
+}
+
+func testAdmitNegative(t *testing.T, s quota.Store) {
+	u := quota.NewID()
+	admit(t, s, u, quota.Charge{Resource: "datasets", Limit: 2, Amount: 2})
+	if adm := admit(t, s, u, quota.Charge{Resource: "datasets", Limit: 2, Amount: 1}); adm.Allowed {
+		t.Fatal("a third dataset over a cap of 2 was admitted")
+	}
+	if adm := admit(t, s, u, quota.Charge{Resource: "datasets", Limit: 2, Amount: -1}); !adm.Allowed || adm.Used[0] != 1 {
+		t.Fatalf("release: %+v", adm)
+	}
+	if adm := admit(t, s, u, quota.Charge{Resource: "datasets", Limit: 0, Amount: -5}); !adm.Allowed || adm.Used[0] != 0 {
+		t.Fatalf("release below zero: %+v", adm)
+	}
+	if adm := admit(t, s, u, quota.Charge{Resource: "datasets", Limit: 2, Amount: 2}); !adm.Allowed || adm.Used[0] != 2 {
+		t.Fatalf("after releases: %+v", adm)
+	}
+}
+
+func testAdmitWindows(t *testing.T, s quota.Store) {
+	u := quota.NewID()
+	for _, per := range []quota.Period{quota.Minute, quota.Hour, quota.Day, quota.Month} {
+		adm := admit(t, s, u, quota.Charge{Resource: "tokens", Per: per, Limit: 1000, Amount: 10})
+		if !adm.Allowed || adm.Used[0] != 10 {
+			t.Fatalf("%s: %+v", per, adm)
+		}
+	}
+	snap, err := s.Usage(ctx(t), u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range snap.Counters {
+		start, _ := c.Per.Window(snap.Now)
+		// The minute may have turned between the admission and the read.
+		if c.Per != quota.Minute && !c.Start.Equal(start) {
+			t.Fatalf("%s counter window starts %v, want %v", c.Per, c.Start, start)
+		}
+	}
+	if got := snap.Current("tokens", quota.Month); got != 10 {
+		t.Fatalf("month counter = %d", got)
+	}
+	if got := snap.Current("tokens", quota.Lifetime); got != 0 {
+		t.Fatalf("lifetime counter = %d, want 0 (never charged)", got)
+	}
+}
+
+func testUsageReset(t *testing.T, s quota.Store) {
+	u := quota.NewID()
+	admit(t, s, u,
+		quota.Charge{Resource: "messages", Limit: 5, Amount: 2},
+		quota.Charge{Resource: "messages", Per: quota.Day, Limit: 5, Amount: 2},
+		quota.Charge{Resource: "tokens", Limit: quota.NoLimit, Amount: 50})
+	snap, err := s.Usage(ctx(t), u)
+	if err != nil || len(snap.Counters) != 3 {
+		t.Fatalf("Usage: %+v %v", snap, err)
+	}
+	if err := s.ResetUsage(ctx(t), u, []string{"messages"}); err != nil {
+		t.Fatal(err)
+	}
+	snap, _ = s.Usage(ctx(t), u)
+	if snap.Current("messages", quota.Lifetime) != 0 || snap.Current("messages", quota.Day) != 0 || snap.Current("tokens", quota.Lifetime) != 50 {
+		t.Fatalf("after resetting messages: %+v", snap)
+	}
+	if err := s.ResetUsage(ctx(t), u, nil); err != nil {
+		t.Fatal(err)
+	}
+	snap, _ = s.Usage(ctx(t), u)
+	if snap.Current("tokens", quota.Lifetime) != 0 {
+		t.Fatalf("after resetting all: %+v", snap)
+	}
+	if adm := admit(t, s, u, quota.Charge{Resource: "messages", Limit: 5, Amount: 5}); !adm.Allowed {
+		t.Fatalf("admission after reset: %+v", adm)
+	}
+}
+
+func testConcurrentAdmit(t *testing.T, s quota.Store) {
+	u := quota.NewID()
+	const n, limit = 200, 50
+	var allowed atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	start := make(chan struct{})
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			adm, err := s.Admit(context.Background(), u, []quota.Charge{
+				{Resource: "messages", Limit: limit, Amount: 1},
+				{Resource: "messages", Per: quota.Hour, Limit: quota.NoLimit, Amount: 1},
+			})
+			if err != nil {
+				errs <- err
+				return
+			}
+			if adm.Allowed {
+				allowed.Add(1)
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if allowed.Load() != limit {
+		t.Fatalf("%d of %d concurrent requests admitted against a cap of %d", allowed.Load(), n, limit)
+	}
+	snap, err := s.Usage(ctx(t), u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := snap.Current("messages", quota.Lifetime); got != limit {
+		t.Fatalf("counter = %d, want %d", got, limit)
+	}
+}

@@ -1,0 +1,105 @@
+package quota
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"hash/crc32"
+	"math/big"
+	"strings"
+	"time"
+)
+
+// Token is a user's API token as stored: never the secret, only its SHA-256.
+type Token struct {
+	ID         string     `json:"id"`
+	UserID     string     `json:"userId"`
+	Name       string     `json:"name"`
+	Prefix     string     `json:"prefix"`
+	Hash       string     `json:"hash,omitempty"`
+	CreatedAt  time.Time  `json:"createdAt"`
+	ExpiresAt  *time.Time `json:"expiresAt,omitempty"`
+	LastUsedAt *time.Time `json:"lastUsedAt,omitempty"`
+}
+
+// Public returns a copy of t without its hash, for API responses.
+func (t Token) Public() Token {
+	t.Hash = ""
+	return t
+}
+
+// Expired reports whether t has expired at now.
+func (t *Token) Expired(now time.Time) bool {
+	return t.ExpiresAt != nil && !now.Before(*t.ExpiresAt)
+}
+
+// Token secrets look like "tq_" + 43 base62 characters of randomness
+// (256 bits) + 6 base62 characters of a CRC-32 checksum over the random part,
+// so a mistyped or forged token is refused without a store lookup.
+const (
+	TokenPrefix       = "tq_"
+	tokenRandomLen    = 43
+	tokenChecksumLen  = 6
+	TokenLength       = len(TokenPrefix) + tokenRandomLen + tokenChecksumLen
+	tokenDisplayChars = 10
+	base62            = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+)
+
+// NewTokenSecret returns a fresh random token secret.
+func NewTokenSecret() (string, error) {
+	buf := make([]byte, 32)
+	if _, err := rand.Read(buf); err != nil {
+		return "", err
+	}
+	random := encodeBase62(new(big.Int).SetBytes(buf), tokenRandomLen)
+	return TokenPrefix + random + tokenChecksum(random), nil
+}
+
+// ParseTokenSecret checks the format and checksum of a presented secret and
+// returns its SHA-256 (hex) for the store lookup.
+func ParseTokenSecret(secret string) (hash string, ok bool) {
+	if len(secret) != TokenLength || !strings.HasPrefix(secret, TokenPrefix) {
+		return "", false
+	}
+	body := secret[len(TokenPrefix):]
+	for i := 0; i < len(body); i++ {
+		if strings.IndexByte(base62, body[i]) < 0 {
+			return "", false
+		}
+	}
+	random, sum := body[:tokenRandomLen], body[tokenRandomLen:]
+	if tokenChecksum(random) != sum {
+		return "", false
+	}
+	return HashTokenSecret(secret), true
+}
+
+// HashTokenSecret returns the hex SHA-256 of a secret, as stored.
+func HashTokenSecret(secret string) string {
+	h := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(h[:])
+}
+
+// TokenDisplayPrefix returns the first characters of a secret, safe to show.
+func TokenDisplayPrefix(secret string) string {
+	if len(secret) < tokenDisplayChars {
+		return secret
+	}
+	return secret[:tokenDisplayChars]
+}
+
+func tokenChecksum(random string) string {
+	return encodeBase62(big.NewInt(int64(crc32.ChecksumIEEE([]byte(random)))), tokenChecksumLen)
+}
+
+func encodeBase62(n *big.Int, width int) string {
+	out := make([]byte, width)
+	base := big.NewInt(62)
+	mod := new(big.Int)
+	n = new(big.Int).Set(n)
+	for i := width - 1; i >= 0; i-- {
+		n.DivMod(n, base, mod)
+		out[i] = base62[mod.Int64()]
+	}
+	return string(out)
+}

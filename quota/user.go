@@ -1,0 +1,112 @@
+package quota
+
+import (
+	"net/mail"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+)
+
+// Status is a user's account status.
+type Status string
+
+// Statuses.
+const (
+	StatusActive   Status = "active"
+	StatusDisabled Status = "disabled"
+)
+
+// User is a sub-account.
+type User struct {
+	ID         string    `json:"id"`
+	Name       string    `json:"name"`
+	Email      string    `json:"email"`
+	ExternalID string    `json:"externalId,omitempty"`
+	Status     Status    `json:"status"`
+	Limits     Limits    `json:"limits"`
+	Credits    int64     `json:"credits"`
+	CreatedAt  time.Time `json:"createdAt"`
+	UpdatedAt  time.Time `json:"updatedAt"`
+}
+
+// Clone returns a deep copy of u.
+func (u *User) Clone() *User {
+	c := *u
+	c.Limits = u.Limits.Clone()
+	return &c
+}
+
+// Field length caps.
+const (
+	MaxEmailLength      = 255
+	MaxNameLength       = 200
+	MaxExternalIDLength = 255
+	MaxIDLength         = 64
+)
+
+// NewID returns a new time-sortable identifier (UUIDv7): ids sort in
+// creation order, which cursor pagination relies on.
+func NewID() string {
+	return uuid.Must(uuid.NewV7()).String()
+}
+
+// NormalizeEmail lower-cases and trims an email address.
+func NormalizeEmail(s string) string { return strings.ToLower(strings.TrimSpace(s)) }
+
+func validateEmail(v *validator, email string) {
+	switch {
+	case email == "":
+		v.add("email", "is required")
+	case len(email) > MaxEmailLength:
+		v.add("email", "must be at most %d characters, got %d", MaxEmailLength, len(email))
+	default:
+		a, err := mail.ParseAddress(email)
+		if err != nil || a.Address != email || a.Name != "" || !strings.Contains(email[strings.LastIndexByte(email, '@')+1:], ".") {
+			v.add("email", "%q is not a valid address like name@example.com", email)
+		}
+	}
+}
+
+func validateName(v *validator, name string) {
+	switch {
+	case strings.TrimSpace(name) == "":
+		v.add("name", "is required")
+	case !utf8.ValidString(name):
+		v.add("name", "must be valid UTF-8")
+	case utf8.RuneCountInString(name) > MaxNameLength:
+		v.add("name", "must be at most %d characters", MaxNameLength)
+	}
+}
+
+func validateExternalID(v *validator, ext string) {
+	switch {
+	case len(ext) > MaxExternalIDLength:
+		v.add("externalId", "must be at most %d characters", MaxExternalIDLength)
+	case !utf8.ValidString(ext):
+		v.add("externalId", "must be valid UTF-8")
+	case strings.TrimSpace(ext) != ext:
+		v.add("externalId", "must not start or end with white space")
+	}
+}
+
+func validateStatus(v *validator, s Status) {
+	if s != StatusActive && s != StatusDisabled {
+		v.add("status", `must be "active" or "disabled", got %q`, string(s))
+	}
+}
+
+// validateUser checks every field of a complete user record.
+func validateUser(u *User) error {
+	var v validator
+	validateName(&v, u.Name)
+	validateEmail(&v, u.Email)
+	validateExternalID(&v, u.ExternalID)
+	validateStatus(&v, u.Status)
+	if u.Credits < 0 {
+		v.add("credits", "must not be negative")
+	}
+	v.addErr(u.Limits.Validate())
+	return v.err()
+}
