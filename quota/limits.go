@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"regexp"
 	"sort"
+	"strconv"
 	"time"
 )
 
@@ -165,19 +166,18 @@ func parseOneLimit(msg json.RawMessage) (Limit, error) {
 	msg = bytes.TrimSpace(msg)
 	if len(msg) > 0 && msg[0] == '{' {
 		var obj struct {
-			Limit *json.Number `json:"limit"`
-			Per   *string      `json:"per"`
+			Limit *json.RawMessage `json:"limit"`
+			Per   *string          `json:"per"`
 		}
 		dec := json.NewDecoder(bytes.NewReader(msg))
 		dec.DisallowUnknownFields()
-		dec.UseNumber()
 		if err := dec.Decode(&obj); err != nil {
 			return Limit{}, fmt.Errorf(`a limit object takes only "limit" and "per": %v`, err)
 		}
 		if obj.Limit == nil {
 			return Limit{}, fmt.Errorf(`a limit object needs "limit"`)
 		}
-		n, err := parseLimitNumber(string(*obj.Limit))
+		n, err := parseLimitNumber(*obj.Limit)
 		if err != nil {
 			return Limit{}, err
 		}
@@ -192,22 +192,24 @@ func parseOneLimit(msg json.RawMessage) (Limit, error) {
 		}
 		return lim, nil
 	}
-	var num json.Number
-	dec := json.NewDecoder(bytes.NewReader(msg))
-	dec.UseNumber()
-	if err := dec.Decode(&num); err != nil || num == "" {
+	if len(msg) == 0 || !(msg[0] == '-' || msg[0] >= '0' && msg[0] <= '9') {
 		return Limit{}, fmt.Errorf(`a limit is a number, an object {"limit": N, "per": "minute|hour|day|month"}, or a list of them`)
 	}
-	n, err := parseLimitNumber(string(num))
+	n, err := parseLimitNumber(msg)
 	if err != nil {
 		return Limit{}, err
 	}
 	return Limit{Limit: n}, nil
 }
 
-func parseLimitNumber(s string) (int64, error) {
-	var n int64
-	if _, err := fmt.Sscan(s, &n); err != nil || fmt.Sprint(n) != s {
+// parseLimitNumber parses a JSON number that must be a whole number.
+func parseLimitNumber(raw json.RawMessage) (int64, error) {
+	s := string(bytes.TrimSpace(raw))
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || strconv.FormatInt(n, 10) != s {
+		if len(s) > 32 {
+			s = s[:32] + "…"
+		}
 		return 0, fmt.Errorf("limit must be a whole number, got %s", s)
 	}
 	if n < 0 {

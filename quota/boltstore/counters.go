@@ -1,0 +1,286 @@
+package boltstore
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"hash/maphash"
+	"sort"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/tenantquota/caddy-tenant-quota/quota"
+)
+
+// shardCount is the number of counter locks. Users hash onto shards, so
+// admissions of different users rarely wait for each other.
+const shardCount = 64
+
+var shardSeed = maphash.MakeSeed()
+
+// shard holds the in-memory counters of the users that hash onto it. mu
+// guards everything in the shard, including the counters of its entries.
+type shard struct {
+	mu      sync.Mutex
+	entries map[string]*entry
+	// dirty holds the entries changed since the last flush.
+	dirty map[string]*entry
+}
+
+// entry is one user's counters, keyed by quota.CounterKey.
+type entry struct {
+	counters map[string]quota.CounterState
+}
+
+// counterRecord is the stored form of one counter; it is decoupled from
+// quota.CounterState so the file format does not follow Go field names.
+type counterRecord struct {
+	Start time.Time `json:"start"`
+	Used  int64     `json:"used"`
+}
+
+func (s *Store) shardOf(userID string) *shard {
+	return &s.shards[maphash.String(shardSeed, userID)%shardCount]
+}
+
+// drop forgets a deleted user's counters. The caller holds sh.mu.
+func (sh *shard) drop(userID string) {
+	delete(sh.entries, userID)
+	delete(sh.dirty, userID)
+}
+
+// load returns the user's counters, reading them from disk on first use.
+// The caller holds sh.mu, so a user is loaded at most once and never
+// while DeleteUser runs. Counters do not require the user to exist.
+func (s *Store) load(sh *shard, userID string) (*entry, error) {
+	if e := sh.entries[userID]; e != nil {
+		return e, nil
+	}
+	e := &entry{counters: make(map[string]quota.CounterState)}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		data := tx.Bucket(bucketCounters).Get([]byte(userID))
+		if data == nil {
+			return nil
+		}
+		var recs map[string]counterRecord
+		if err := json.Unmarshal(data, &recs); err != nil {
+			return fmt.Errorf("boltstore: decode counters of user %q: %w", userID, err)
+		}
+		for k, r := range recs {
+			e.counters[k] = quota.CounterState(r)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	sh.entries[userID] = e
+	return e, nil
+}
+
+// withUser runs fn on the user's counters under the user's shard lock, with
+// the store's time read under that lock so the windows one user sees never
+// go backwards between calls.
+func (s *Store) withUser(ctx context.Context, userID string, fn func(e *entry, now time.Time) (changed bool)) error {
+	if err := s.begin(ctx); err != nil {
+		return err
+	}
+	sh := s.shardOf(userID)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	// Checked again under the lock: Close sets closed before its final
+	// flush takes this lock, so a change made here is always flushed.
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	e, err := s.load(sh, userID)
+	if err != nil {
+		return err
+	}
+	if fn(e, s.clock.Now()) {
+		sh.dirty[userID] = e
+	}
+	// Reading an unknown id must not grow memory.
+	if _, pending := sh.dirty[userID]; !pending && len(e.counters) == 0 {
+		delete(sh.entries, userID)
+	}
+	return nil
+}
+
+// Admit applies all charges of one user atomically with quota.ApplyCharges,
+// in memory; the counters reach the disk with the next flush (see the
+// package doc for what a crash can lose).
+func (s *Store) Admit(ctx context.Context, userID string, charges []quota.Charge) (*quota.Admission, error) {
+	for i, c := range charges {
+		if !c.Per.Valid() {
+			return nil, quota.Invalid(fmt.Sprintf("charges[%d].per", i), "unknown period %q", string(c.Per))
+		}
+	}
+	var adm *quota.Admission
+	err := s.withUser(ctx, userID, func(e *entry, now time.Time) bool {
+		adm = quota.ApplyCharges(e.counters, charges, now)
+		return adm.Allowed && len(charges) > 0
+	})
+	if err != nil {
+		return nil, err
+	}
+	return adm, nil
+}
+
+// Usage returns the user's counters, ordered by resource and period, with
+// the store's current time.
+func (s *Store) Usage(ctx context.Context, userID string) (*quota.UsageSnapshot, error) {
+	snap := &quota.UsageSnapshot{Counters: []quota.Counter{}}
+	err := s.withUser(ctx, userID, func(e *entry, now time.Time) bool {
+		snap.Now = now
+		for k, st := range e.counters {
+			resource, per, ok := quota.ParseCounterKey(k)
+			if !ok {
+				continue
+			}
+			snap.Counters = append(snap.Counters, quota.Counter{Resource: resource, Per: per, Start: st.Start, Used: st.Used})
+		}
+		return false
+	})
+	if err != nil {
+		return nil, err
+	}
+	sort.Slice(snap.Counters, func(i, j int) bool {
+		a, b := snap.Counters[i], snap.Counters[j]
+		if a.Resource != b.Resource {
+			return a.Resource < b.Resource
+		}
+		return a.Per.String() < b.Per.String()
+	})
+	return snap, nil
+}
+
+// ResetUsage removes the counters (every period) of the named resources, or
+// all of the user's counters if resources is empty, and writes the change
+// through before it returns.
+func (s *Store) ResetUsage(ctx context.Context, userID string, resources []string) error {
+	names := make(map[string]bool, len(resources))
+	for _, r := range resources {
+		names[r] = true
+	}
+	err := s.withUser(ctx, userID, func(e *entry, _ time.Time) bool {
+		changed := false
+		for k := range e.counters {
+			resource, _, _ := quota.ParseCounterKey(k)
+			if len(names) == 0 || names[resource] {
+				delete(e.counters, k)
+				changed = true
+			}
+		}
+		return changed
+	})
+	if err != nil {
+		return err
+	}
+	return s.flush()
+}
+
+// Flush writes every changed counter to disk now. The background flusher
+// and Close call it; callers need it only to bound what a crash could lose
+// at a moment of their choosing.
+func (s *Store) Flush() error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	return s.flush()
+}
+
+type snapshot struct {
+	userID string
+	sh     *shard
+	e      *entry
+	data   []byte
+}
+
+func (s *Store) flush() error {
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
+	var snaps []snapshot
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		for id, e := range sh.dirty {
+			var data []byte
+			if len(e.counters) > 0 {
+				recs := make(map[string]counterRecord, len(e.counters))
+				for k, st := range e.counters {
+					recs[k] = counterRecord(st)
+				}
+				var err error
+				if data, err = json.Marshal(recs); err != nil {
+					sh.mu.Unlock()
+					s.redirty(snaps)
+					return fmt.Errorf("boltstore: encode counters of user %q: %w", id, err)
+				}
+			}
+			snaps = append(snaps, snapshot{userID: id, sh: sh, e: e, data: data})
+			delete(sh.dirty, id)
+		}
+		sh.mu.Unlock()
+	}
+	if len(snaps) == 0 {
+		return nil
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		users := tx.Bucket(bucketUsers)
+		counters := tx.Bucket(bucketCounters)
+		for _, sn := range snaps {
+			key := []byte(sn.userID)
+			// Counters of ids that are not (or no longer) users stay in
+			// memory only, so the file holds no orphans.
+			if users.Get(key) == nil {
+				continue
+			}
+			var err error
+			if sn.data == nil {
+				err = counters.Delete(key)
+			} else {
+				err = counters.Put(key, sn.data)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		s.redirty(snaps)
+		return fmt.Errorf("boltstore: flush counters: %w", err)
+	}
+	return nil
+}
+
+// redirty marks snapshotted entries dirty again after a failed flush, unless
+// their user was deleted meanwhile.
+func (s *Store) redirty(snaps []snapshot) {
+	for _, sn := range snaps {
+		sn.sh.mu.Lock()
+		if sn.sh.entries[sn.userID] == sn.e {
+			sn.sh.dirty[sn.userID] = sn.e
+		}
+		sn.sh.mu.Unlock()
+	}
+}
+
+func (s *Store) flushLoop(interval time.Duration) {
+	defer close(s.done)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			if err := s.flush(); err != nil && s.onFlushError != nil {
+				s.onFlushError(err)
+			}
+		}
+	}
+}
