@@ -76,8 +76,8 @@ type Admission struct {
 	Denied int
 	// Now is the store's clock when the charges were evaluated.
 	Now time.Time
-	// Used holds, per charge, the counter after the charges (when allowed)
-	// or as it stands (when denied).
+	// Used holds, per charge, the counter after that charge; for the denied
+	// charge, the counter as it stands (nothing is written on a denial).
 	Used []int64
 }
 
@@ -118,46 +118,33 @@ type CounterState struct {
 
 // ApplyCharges evaluates charges against counters (keyed by CounterKey) at
 // now, exactly as the Redis admission script does, and updates counters in
-// place only when every charge is allowed.
+// place only when every charge is allowed. Charges are taken in order, each
+// against the counter as the earlier charges of the call left it.
 func ApplyCharges(counters map[string]CounterState, charges []Charge, now time.Time) *Admission {
 	adm := &Admission{Allowed: true, Denied: -1, Now: now, Used: make([]int64, len(charges))}
+	running := make(map[string]CounterState, len(charges))
 	for i, c := range charges {
-		start, _ := c.Per.Window(now)
-		cur := counters[CounterKey(c.Resource, c.Per)]
-		used := cur.Used
-		if !cur.Start.Equal(start) {
-			used = 0
-		}
-		// Several charges may hit the same counter; count what earlier ones
-		// in this call add.
-		for j := 0; j < i; j++ {
-			if charges[j].Resource == c.Resource && charges[j].Per == c.Per {
-				used += charges[j].Amount
+		key := CounterKey(c.Resource, c.Per)
+		cur, seen := running[key]
+		if !seen {
+			start, _ := c.Per.Window(now)
+			cur = counters[key]
+			if !cur.Start.Equal(start) {
+				cur = CounterState{Start: start}
 			}
 		}
-		if used < 0 {
-			used = 0
-		}
-		adm.Used[i] = used
-		if c.Amount > 0 && c.Limit >= 0 && used+c.Amount > c.Limit {
+		adm.Used[i] = cur.Used
+		if c.Amount > 0 && c.Limit >= 0 && cur.Used+c.Amount > c.Limit {
 			adm.Allowed = false
 			adm.Denied = i
 			return adm
 		}
-	}
-	for i, c := range charges {
-		start, _ := c.Per.Window(now)
-		key := CounterKey(c.Resource, c.Per)
-		cur := counters[key]
-		if !cur.Start.Equal(start) {
-			cur = CounterState{Start: start}
-		}
-		cur.Used += c.Amount
-		if cur.Used < 0 {
-			cur.Used = 0
-		}
-		counters[key] = cur
+		cur.Used = max(cur.Used+c.Amount, 0)
+		running[key] = cur
 		adm.Used[i] = cur.Used
+	}
+	for key, cur := range running {
+		counters[key] = cur
 	}
 	return adm
 }

@@ -394,6 +394,15 @@ func testAdmitAllOrNothing(t *testing.T, s quota.Store) {
 	if adm.Allowed || adm.Denied != 1 {
 		t.Fatalf("double charge over the cap: %+v", adm)
 	}
+	// A release clamps at zero before later charges of the same call count.
+	admit(t, s, u, quota.Charge{Resource: "records", Limit: 3, Amount: 2})
+	adm = admit(t, s, u,
+		quota.Charge{Resource: "records", Limit: 3, Amount: -5},
+		quota.Charge{Resource: "records", Limit: 3, Amount: 3},
+		quota.Charge{Resource: "records", Limit: 3, Amount: 1})
+	if adm.Allowed || adm.Denied != 2 || adm.Used[2] != 3 {
+		t.Fatalf("release then charges over the cap: %+v", adm)
+	}
 }
 
 func testAdmitNegative(t *testing.T, s quota.Store) {

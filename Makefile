@@ -1,0 +1,47 @@
+# caddy-tenant-quota. `make run` starts the gateway on the embedded store;
+# `make test` runs vet, the race-enabled test suite and the end-to-end tests.
+
+GO          ?= go
+BIN         := bin/caddy
+TQ_ADMIN_KEY ?= dev-admin-key-change-me
+export TQ_ADMIN_KEY
+
+.PHONY: all build run test redis-check bench fuzz fmt vet clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/caddy
+
+run: build
+	@echo "admin key: $$TQ_ADMIN_KEY (set TQ_ADMIN_KEY to change it)"
+	./$(BIN) run --config Caddyfile.example --adapter caddyfile
+
+vet:
+	$(GO) vet ./...
+
+# The tests need a real redis-server; install it where we can.
+redis-check:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing redis-server (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null; \
+	  else \
+	    echo "the tests need redis-server on PATH: apt-get install redis-server redis-tools" >&2; exit 1; \
+	  fi; }
+
+test: redis-check vet
+	TQ_REQUIRE_REDIS=1 $(GO) test -race -timeout 20m ./...
+
+bench: build
+	./scripts/bench.sh
+
+FUZZTIME ?= 20s
+fuzz:
+	./scripts/fuzz.sh $(FUZZTIME)
+
+fmt:
+	gofmt -w .
+
+clean:
+	rm -rf bin

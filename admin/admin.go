@@ -1,0 +1,186 @@
+package admin
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/tenantquota/caddy-tenant-quota/quota"
+)
+
+// DefaultMaxBodyBytes is the request body cap when Options.MaxBodyBytes is
+// not set.
+const DefaultMaxBodyBytes = 64 << 10
+
+// realm is announced in the WWW-Authenticate header of 401 responses.
+const realm = "tenant_quota_admin"
+
+// Options configure a Handler. Service and at least one key are required.
+type Options struct {
+	// Service is the quota service the API manages. The handler does not
+	// own it and never closes it.
+	Service *quota.Service
+	// Keys are the accepted admin keys, presented as
+	// "Authorization: Bearer <key>". Several keys allow rotation: add the
+	// new key, move clients over, remove the old one.
+	Keys []string
+	// Logger defaults to a no-op logger.
+	Logger *zap.Logger
+	// MaxBodyBytes caps request bodies (default DefaultMaxBodyBytes).
+	MaxBodyBytes int64
+}
+
+// Handler serves the admin API. It is safe for concurrent use and immutable
+// after New.
+type Handler struct {
+	svc     *quota.Service
+	keys    [][sha256.Size]byte
+	log     *zap.Logger
+	maxBody int64
+	mux     *http.ServeMux
+}
+
+// New returns a Handler for opts. It fails if there is no service, no key,
+// or a key that is empty, has white space around it or holds a line break
+// (such a key could never be presented in a header).
+func New(opts Options) (*Handler, error) {
+	if opts.Service == nil {
+		return nil, errors.New("admin: a quota service is required")
+	}
+	if len(opts.Keys) == 0 {
+		return nil, errors.New("admin: at least one admin key is required")
+	}
+	h := &Handler{
+		svc:     opts.Service,
+		log:     opts.Logger,
+		maxBody: opts.MaxBodyBytes,
+		mux:     http.NewServeMux(),
+	}
+	for i, k := range opts.Keys {
+		// The key itself never appears in an error: it may end up in a log.
+		if strings.TrimSpace(k) == "" {
+			return nil, fmt.Errorf("admin: admin key %d is empty", i)
+		}
+		if strings.TrimSpace(k) != k || strings.ContainsAny(k, "\r\n") {
+			return nil, fmt.Errorf("admin: admin key %d has surrounding white space or a line break", i)
+		}
+		h.keys = append(h.keys, sha256.Sum256([]byte(k)))
+	}
+	if h.log == nil {
+		h.log = zap.NewNop()
+	}
+	if h.maxBody <= 0 {
+		h.maxBody = DefaultMaxBodyBytes
+	}
+	h.routes()
+	return h, nil
+}
+
+func (h *Handler) routes() {
+	h.mux.HandleFunc("POST /users", h.createUser)
+	h.mux.HandleFunc("GET /users", h.listUsers)
+	h.mux.HandleFunc("GET /users/{id}", h.getUser)
+	h.mux.HandleFunc("PATCH /users/{id}", h.updateUser)
+	h.mux.HandleFunc("DELETE /users/{id}", h.deleteUser)
+	h.mux.HandleFunc("POST /users/{id}/tokens", h.createToken)
+	h.mux.HandleFunc("GET /users/{id}/tokens", h.listTokens)
+	h.mux.HandleFunc("DELETE /users/{id}/tokens/{tokenId}", h.revokeToken)
+	h.mux.HandleFunc("GET /users/{id}/limits", h.getLimits)
+	h.mux.HandleFunc("PUT /users/{id}/limits", h.putLimits)
+	h.mux.HandleFunc("PATCH /users/{id}/limits", h.patchLimits)
+	h.mux.HandleFunc("GET /users/{id}/usage", h.getUsage)
+	h.mux.HandleFunc("POST /users/{id}/usage/reset", h.resetUsage)
+}
+
+// ServeHTTP authenticates the request and routes it.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// Responses may carry token secrets; no cache may keep any of them.
+	w.Header().Set("Cache-Control", "no-store")
+	if ok, presented := h.authorized(r); !ok {
+		h.unauthorized(w, r, presented)
+		return
+	}
+	if fallback, pattern := h.mux.Handler(r); pattern == "" {
+		h.unrouted(w, r, fallback)
+		return
+	}
+	h.mux.ServeHTTP(w, r)
+}
+
+// authorized reports whether r carries one of the admin keys, and whether
+// it presented a bearer token at all. Keys are compared as SHA-256 digests in
+// constant time, against every key, so neither the length of a key nor which
+// key matched shows in the timing.
+func (h *Handler) authorized(r *http.Request) (ok, presented bool) {
+	scheme, token, found := strings.Cut(r.Header.Get("Authorization"), " ")
+	token = strings.TrimSpace(token)
+	if !found || !strings.EqualFold(scheme, "Bearer") || token == "" {
+		return false, false
+	}
+	digest := sha256.Sum256([]byte(token))
+	match := 0
+	for i := range h.keys {
+		match |= subtle.ConstantTimeCompare(digest[:], h.keys[i][:])
+	}
+	return match == 1, true
+}
+
+func (h *Handler) unauthorized(w http.ResponseWriter, r *http.Request, presented bool) {
+	challenge := `Bearer realm="` + realm + `"`
+	detail := "send an admin key as Authorization: Bearer <key>"
+	if presented {
+		challenge += `, error="invalid_token"`
+		detail = "the bearer token is not a valid admin key"
+		h.log.Debug("admin request with an invalid key", zap.String("remote_addr", r.RemoteAddr), zap.String("method", r.Method))
+	}
+	w.Header().Set("WWW-Authenticate", challenge)
+	h.writeError(w, r, &problemError{status: http.StatusUnauthorized, detail: detail})
+}
+
+// unrouted answers a request that matched no route with a problem: 405 with
+// the Allow header when the path exists under another method, else 404.
+// fallback is the ServeMux's own answer, run only to learn which it is.
+func (h *Handler) unrouted(w http.ResponseWriter, r *http.Request, fallback http.Handler) {
+	probe := &probeWriter{header: http.Header{}}
+	fallback.ServeHTTP(probe, r)
+	if probe.status == http.StatusMethodNotAllowed {
+		allow := probe.header.Get("Allow")
+		w.Header().Set("Allow", allow)
+		h.writeError(w, r, &problemError{
+			status: http.StatusMethodNotAllowed,
+			detail: fmt.Sprintf("method %s is not allowed on %s; allowed: %s", r.Method, r.URL.Path, allow),
+		})
+		return
+	}
+	h.writeError(w, r, &problemError{
+		status: http.StatusNotFound,
+		detail: fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path),
+	})
+}
+
+// probeWriter records the status and headers of a handler and drops its
+// body.
+type probeWriter struct {
+	header http.Header
+	status int
+}
+
+func (p *probeWriter) Header() http.Header { return p.header }
+
+func (p *probeWriter) WriteHeader(status int) {
+	if p.status == 0 {
+		p.status = status
+	}
+}
+
+func (p *probeWriter) Write(b []byte) (int, error) {
+	p.WriteHeader(http.StatusOK)
+	return len(b), nil
+}
+
+var _ http.Handler = (*Handler)(nil)

@@ -1,0 +1,180 @@
+package admin
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"reflect"
+	"strconv"
+	"strings"
+
+	"github.com/tenantquota/caddy-tenant-quota/quota"
+)
+
+// decodeBody decodes r's body into dst, strictly: a JSON content type (or
+// none), at most h.maxBody bytes, exactly one JSON object, no unknown
+// fields, every field of the right type. An empty body is an error unless
+// optional, in which case dst is left alone. Every error it returns is a
+// *problemError or a *quota.ValidationError.
+func (h *Handler) decodeBody(w http.ResponseWriter, r *http.Request, dst any, optional bool) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
+			return &problemError{
+				status: http.StatusUnsupportedMediaType,
+				detail: fmt.Sprintf("Content-Type must be application/json, got %q", ct),
+			}
+		}
+	}
+	tooLarge := &problemError{
+		status: http.StatusRequestEntityTooLarge,
+		detail: fmt.Sprintf("body larger than %d bytes", h.maxBody),
+	}
+	if r.ContentLength > h.maxBody {
+		return tooLarge
+	}
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.maxBody))
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return tooLarge
+		}
+		return badRequest("", "reading the body failed: "+err.Error())
+	}
+	trimmed := bytes.TrimLeft(data, " \t\r\n")
+	if len(trimmed) == 0 {
+		if optional {
+			return nil
+		}
+		return badRequest("", "a JSON object body is required")
+	}
+	if trimmed[0] != '{' {
+		// Report malformed JSON as such before complaining about its kind.
+		var v any
+		if err := json.Unmarshal(data, &v); err != nil {
+			return decodeError(err, dst)
+		}
+		return badRequest("", "body must be a JSON object, got "+valueKind(v))
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(dst); err != nil {
+		return decodeError(err, dst)
+	}
+	end := dec.InputOffset()
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return badRequest("", fmt.Sprintf("body must hold exactly one JSON value; unexpected data after byte offset %d", end))
+	}
+	return nil
+}
+
+// decodeError explains an encoding/json error, naming the field when there
+// is one.
+func decodeError(err error, dst any) error {
+	if ve, ok := errors.AsType[*quota.ValidationError](err); ok {
+		return ve
+	}
+	if se, ok := errors.AsType[*json.SyntaxError](err); ok {
+		return badRequest("", fmt.Sprintf("body is not valid JSON: %s (at byte offset %d)", se.Error(), se.Offset))
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		return badRequest("", "body is not valid JSON: it ends before the value is complete")
+	}
+	if te, ok := errors.AsType[*json.UnmarshalTypeError](err); ok {
+		if te.Field == "" {
+			return badRequest("", "body must be a JSON object, got "+te.Value)
+		}
+		return badRequest(te.Field, fmt.Sprintf("must be %s, got %s", typeKind(te.Type), te.Value))
+	}
+	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		if unq, uerr := strconv.Unquote(name); uerr == nil {
+			name = unq
+		}
+		return badRequest(name, "unknown field; accepted fields: "+strings.Join(jsonFields(dst), ", "))
+	}
+	return badRequest("", "body could not be decoded: "+err.Error())
+}
+
+// typeKind names what JSON a Go type accepts.
+func typeKind(t reflect.Type) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "a whole number (64-bit)"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	case reflect.Map, reflect.Struct:
+		return "an object"
+	}
+	return "a different JSON type"
+}
+
+// valueKind names the JSON kind of a decoded value.
+func valueKind(v any) string {
+	switch v.(type) {
+	case nil:
+		return "null"
+	case string:
+		return "a string"
+	case bool:
+		return "a boolean"
+	case float64:
+		return "a number"
+	case []any:
+		return "an array"
+	}
+	return "an object"
+}
+
+// jsonFields lists the JSON names of the fields of the struct dst points
+// to, for the error about an unknown field.
+func jsonFields(dst any) []string {
+	t := reflect.TypeOf(dst)
+	for t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t == nil || t.Kind() != reflect.Struct {
+		return nil
+	}
+	var out []string
+	for f := range t.Fields() {
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "-" || !f.IsExported() {
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		out = append(out, name)
+	}
+	return out
+}
+
+// parseLimits decodes a limits object that arrived as raw JSON. Bad shapes,
+// names and values come back as a *quota.ValidationError naming
+// "limits.<resource>"; anything but an object is refused as field "limits".
+func parseLimits(raw json.RawMessage) (quota.Limits, error) {
+	var l quota.Limits
+	if err := json.Unmarshal(raw, &l); err != nil {
+		if ve, ok := errors.AsType[*quota.ValidationError](err); ok {
+			return nil, ve
+		}
+		return nil, quota.Invalid("limits", `must be an object of resource names to limits, like {"tokens": 100000, "messages": {"limit": 60, "per": "minute"}}`)
+	}
+	if l == nil {
+		return nil, quota.Invalid("limits", "must be an object, not null")
+	}
+	return l, nil
+}

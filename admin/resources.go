@@ -1,0 +1,135 @@
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+
+	"github.com/tenantquota/caddy-tenant-quota/quota"
+)
+
+type createTokenRequest struct {
+	Name      string  `json:"name"`
+	ExpiresAt *string `json:"expiresAt"`
+}
+
+func (h *Handler) createToken(w http.ResponseWriter, r *http.Request) {
+	var req createTokenRequest
+	if err := h.decodeBody(w, r, &req, true); err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	in := quota.NewToken{Name: req.Name}
+	if req.ExpiresAt != nil {
+		t, err := parseTime("expiresAt", *req.ExpiresAt)
+		if err != nil {
+			h.writeError(w, r, err)
+			return
+		}
+		in.ExpiresAt = &t
+	}
+	tok, err := h.svc.CreateToken(r.Context(), r.PathValue("id"), in)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	h.writeJSON(w, r, http.StatusCreated, tok)
+}
+
+type listTokensResponse struct {
+	Items []quota.Token `json:"items"`
+}
+
+func (h *Handler) listTokens(w http.ResponseWriter, r *http.Request) {
+	ts, err := h.svc.ListTokens(r.Context(), r.PathValue("id"))
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	resp := listTokensResponse{Items: make([]quota.Token, len(ts))}
+	for i, t := range ts {
+		// ListTokens already drops hashes; Public again keeps that true
+		// whatever the service does.
+		resp.Items[i] = t.Public()
+	}
+	h.writeJSON(w, r, http.StatusOK, resp)
+}
+
+func (h *Handler) revokeToken(w http.ResponseWriter, r *http.Request) {
+	if err := h.svc.RevokeToken(r.Context(), r.PathValue("id"), r.PathValue("tokenId")); err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *Handler) getLimits(w http.ResponseWriter, r *http.Request) {
+	u, err := h.svc.GetUser(r.Context(), r.PathValue("id"))
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	h.writeJSON(w, r, http.StatusOK, u.Limits)
+}
+
+func (h *Handler) putLimits(w http.ResponseWriter, r *http.Request) {
+	h.changeLimits(w, r, h.svc.SetLimits)
+}
+
+func (h *Handler) patchLimits(w http.ResponseWriter, r *http.Request) {
+	h.changeLimits(w, r, h.svc.PatchLimits)
+}
+
+// changeLimits decodes a limits object body and applies it with change
+// (replace or merge).
+func (h *Handler) changeLimits(w http.ResponseWriter, r *http.Request, change func(ctx context.Context, id string, l quota.Limits) (*quota.User, error)) {
+	var raw json.RawMessage
+	if err := h.decodeBody(w, r, &raw, false); err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	l, err := parseLimits(raw)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	u, err := change(r.Context(), r.PathValue("id"), l)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	h.writeJSON(w, r, http.StatusOK, u.Limits)
+}
+
+func (h *Handler) getUsage(w http.ResponseWriter, r *http.Request) {
+	u, err := h.svc.Usage(r.Context(), r.PathValue("id"))
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	h.writeJSON(w, r, http.StatusOK, u)
+}
+
+type resetUsageRequest struct {
+	Resources []string `json:"resources"`
+}
+
+func (h *Handler) resetUsage(w http.ResponseWriter, r *http.Request) {
+	var req resetUsageRequest
+	if err := h.decodeBody(w, r, &req, true); err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	// nil (no body, or no "resources") resets everything; an explicit empty
+	// list is more likely a mistake than a request to wipe all counters.
+	if req.Resources != nil && len(req.Resources) == 0 {
+		h.writeError(w, r, quota.Invalid("resources", "must name at least one resource; send no body to reset every counter"))
+		return
+	}
+	u, err := h.svc.ResetUsage(r.Context(), r.PathValue("id"), req.Resources)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	h.writeJSON(w, r, http.StatusOK, u)
+}

@@ -1,0 +1,179 @@
+package caddymodule
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/tenantquota/caddy-tenant-quota/quota"
+	"github.com/tenantquota/caddy-tenant-quota/quota/boltstore"
+	"github.com/tenantquota/caddy-tenant-quota/quota/redisstore"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+// stores holds the open store and quota service of each store
+// configuration, so that a config reload keeps connections, the embedded
+// database and the hot cache instead of reopening them.
+var stores = caddy.NewUsagePool()
+
+// App is the tenant_quota app: it owns the one Store, the quota service
+// with its hot cache, and the event hooks that handlers share.
+type App struct {
+	// Redis is a redis:// or rediss:// URL, or a comma-separated list of
+	// host:port addresses. Empty: the embedded store.
+	Redis string `json:"redis,omitempty"`
+	// DBPath is the embedded store's database file. Default:
+	// tenant_quota/quota.db in Caddy's data directory.
+	DBPath string `json:"db_path,omitempty"`
+	// AdminKeys are the bearer keys the admin API accepts; several may be
+	// given for rotation. Placeholders such as {env.TQ_ADMIN_KEY} are
+	// replaced when the config is loaded.
+	AdminKeys []string `json:"admin_keys,omitempty"`
+	// CacheTTL is how long a token or user stays in the hot cache
+	// (default 30s).
+	CacheTTL caddy.Duration `json:"cache_ttl,omitempty"`
+	// StoreTimeout is the deadline of one store call (default 1s).
+	StoreTimeout caddy.Duration `json:"store_timeout,omitempty"`
+
+	service   *quota.Service
+	poolKey   string
+	adminKeys []string
+	logger    *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "tenant_quota",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision opens (or shares) the store and the quota service.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	repl := caddy.NewReplacer()
+	for i, k := range a.AdminKeys {
+		key := repl.ReplaceKnown(k, "")
+		if key == "" {
+			return fmt.Errorf("admin key #%d is empty after replacing placeholders (is its environment variable set?)", i+1)
+		}
+		a.adminKeys = append(a.adminKeys, key)
+	}
+	if a.StoreTimeout == 0 {
+		a.StoreTimeout = caddy.Duration(time.Second)
+	}
+	redisAddr := strings.TrimSpace(repl.ReplaceKnown(a.Redis, ""))
+	dbPath := repl.ReplaceKnown(a.DBPath, "")
+	if redisAddr == "" && dbPath == "" {
+		dbPath = filepath.Join(caddy.AppDataDir(), "tenant_quota", "quota.db")
+	}
+	if redisAddr != "" {
+		a.poolKey = "redis|" + redisAddr
+	} else {
+		a.poolKey = "bolt|" + dbPath
+	}
+	logger := a.logger
+	cacheTTL := time.Duration(a.CacheTTL)
+	timeout := time.Duration(a.StoreTimeout)
+	val, _, err := stores.LoadOrNew(a.poolKey, func() (caddy.Destructor, error) {
+		var store quota.Store
+		if redisAddr != "" {
+			opts, err := redisstore.ParseURL(redisAddr)
+			if err != nil {
+				return nil, err
+			}
+			opts.ContextTimeoutEnabled = true
+			client := redis.NewUniversalClient(opts)
+			s, err := redisstore.New(redisstore.Options{Client: client, Timeout: timeout})
+			if err != nil {
+				client.Close()
+				return nil, err
+			}
+			store = s
+			logger.Info("using the redis store", zap.Strings("addresses", opts.Addrs))
+		} else {
+			s, err := boltstore.Open(boltstore.Options{Path: dbPath, OnFlushError: func(err error) {
+				logger.Error("writing counters to the embedded store", zap.Error(err))
+			}})
+			if err != nil {
+				return nil, err
+			}
+			store = s
+			logger.Info("using the embedded store", zap.String("path", dbPath))
+		}
+		svc, err := quota.NewService(quota.Options{
+			Store: store, Logger: logger, CacheTTL: cacheTTL,
+			OnEvent: func(e quota.Event) {
+				logger.Info("quota event", zap.String("type", e.Type), zap.String("user_id", e.UserID),
+					zap.String("token_id", e.TokenID), zap.Strings("resources", e.Resources))
+			},
+		})
+		if err != nil {
+			store.Close()
+			return nil, err
+		}
+		return &sharedStore{store: store, service: svc}, nil
+	})
+	if err != nil {
+		return fmt.Errorf("opening the quota store: %w", err)
+	}
+	a.service = val.(*sharedStore).service
+	return nil
+}
+
+// Validate checks the configuration.
+func (a *App) Validate() error {
+	if a.Redis != "" && a.DBPath != "" {
+		return errors.New("set either redis or db_path, not both")
+	}
+	if a.CacheTTL < 0 || a.StoreTimeout < 0 {
+		return errors.New("cache_ttl and store_timeout must not be negative")
+	}
+	return nil
+}
+
+// Start implements caddy.App; the store was opened in Provision.
+func (a *App) Start() error { return nil }
+
+// Stop implements caddy.App.
+func (a *App) Stop() error { return nil }
+
+// Cleanup releases this config's hold on the shared store; the last
+// config to let go closes it.
+func (a *App) Cleanup() error {
+	if a.poolKey == "" || a.service == nil {
+		return nil
+	}
+	_, err := stores.Delete(a.poolKey)
+	return err
+}
+
+// Service returns the quota service.
+func (a *App) Service() *quota.Service { return a.service }
+
+type sharedStore struct {
+	store   quota.Store
+	service *quota.Service
+}
+
+func (s *sharedStore) Destruct() error {
+	return errors.Join(s.service.Close(), s.store.Close())
+}
+
+// Interface guards.
+var (
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.Validator    = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+)

@@ -1,0 +1,175 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	httpcaddyfile.RegisterGlobalOption("tenant_quota", parseGlobalOption)
+	httpcaddyfile.RegisterHandlerDirective("tenant_quota", parseHandler)
+	httpcaddyfile.RegisterHandlerDirective("tenant_quota_admin", parseAdminHandler)
+	// Enforcement runs with the other authentication directives, before
+	// anything that responds or proxies; the admin API responds itself.
+	httpcaddyfile.RegisterDirectiveOrder("tenant_quota", httpcaddyfile.After, "forward_auth")
+	httpcaddyfile.RegisterDirectiveOrder("tenant_quota_admin", httpcaddyfile.Before, "respond")
+}
+
+// parseGlobalOption sets up the tenant_quota app from the global option:
+//
+//	tenant_quota {
+//		redis         <url | host:port[,host:port...]>  # omit: embedded store
+//		db_path       <file>                            # embedded store file
+//		admin_key     <key> [<key>...]                  # repeatable, for rotation
+//		cache_ttl     <duration>                        # default 30s
+//		store_timeout <duration>                        # default 1s
+//	}
+func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
+	app := new(App)
+	if existing != nil {
+		return nil, d.Err("tenant_quota global option may be given only once")
+	}
+	if err := app.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	raw, err := json.Marshal(app)
+	if err != nil {
+		return nil, err
+	}
+	return httpcaddyfile.App{Name: "tenant_quota", Value: raw}, nil
+}
+
+// UnmarshalCaddyfile reads the tenant_quota global option; see
+// parseGlobalOption for the syntax.
+func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the option name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch opt := d.Val(); opt {
+		case "redis":
+			if !d.NextArg() {
+				return d.Errf("redis needs a URL (redis://host:6379/0) or host:port addresses")
+			}
+			a.Redis = d.Val()
+			for d.NextArg() {
+				a.Redis += "," + d.Val()
+			}
+		case "db_path":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			a.DBPath = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "admin_key":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.Errf("admin_key needs at least one key, e.g. admin_key {env.TQ_ADMIN_KEY}")
+			}
+			a.AdminKeys = append(a.AdminKeys, args...)
+		case "cache_ttl", "store_timeout":
+			dur, err := parseDurationArg(d)
+			if err != nil {
+				return err
+			}
+			if opt == "cache_ttl" {
+				a.CacheTTL = dur
+			} else {
+				a.StoreTimeout = dur
+			}
+		default:
+			return d.Errf("unrecognized tenant_quota option %q (known: redis, db_path, admin_key, cache_ttl, store_timeout)", opt)
+		}
+	}
+	return nil
+}
+
+func parseDurationArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
+	name := d.Val()
+	if !d.NextArg() {
+		return 0, d.ArgErr()
+	}
+	dur, err := caddy.ParseDuration(d.Val())
+	if err != nil || dur <= 0 {
+		return 0, d.Errf("%s: %q is not a positive duration like 500ms or 30s", name, d.Val())
+	}
+	if d.NextArg() {
+		return 0, d.ArgErr()
+	}
+	return caddy.Duration(dur), nil
+}
+
+func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(Handler)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// UnmarshalCaddyfile reads the tenant_quota handler directive:
+//
+//	tenant_quota [<matcher>]
+//
+// Every admitted request counts one `messages` against the tenant's limits.
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		return d.Errf("unrecognized tenant_quota subdirective %q", d.Val())
+	}
+	return nil
+}
+
+func parseAdminHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(AdminHandler)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// UnmarshalCaddyfile reads the tenant_quota_admin handler directive:
+//
+//	tenant_quota_admin [<matcher>] {
+//		max_body_bytes <n>   # default 65536
+//	}
+func (h *AdminHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "max_body_bytes":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			n, err := strconv.ParseInt(d.Val(), 10, 64)
+			if err != nil || n <= 0 {
+				return d.Errf("max_body_bytes: %q is not a positive number of bytes", d.Val())
+			}
+			h.MaxBodyBytes = n
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		default:
+			return d.Errf("unrecognized tenant_quota_admin subdirective %q (known: max_body_bytes)", d.Val())
+		}
+	}
+	return nil
+}
+
+// Interface guards.
+var (
+	_ caddyfile.Unmarshaler = (*App)(nil)
+	_ caddyfile.Unmarshaler = (*Handler)(nil)
+	_ caddyfile.Unmarshaler = (*AdminHandler)(nil)
+)
+

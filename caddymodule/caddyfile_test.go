@@ -1,0 +1,88 @@
+package caddymodule
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden JSON files in testdata")
+
+// TestAdaptGolden adapts every testdata/*.caddyfile and compares the JSON
+// with the golden testdata/*.json next to it.
+func TestAdaptGolden(t *testing.T) {
+	files, err := filepath.Glob("testdata/*.caddyfile")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no golden Caddyfiles: %v", err)
+	}
+	for _, file := range files {
+		t.Run(filepath.Base(file), func(t *testing.T) {
+			src, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			adapter := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}
+			out, warnings, err := adapter.Adapt(src, map[string]any{"filename": file})
+			if err != nil {
+				t.Fatalf("adapt: %v", err)
+			}
+			if len(warnings) > 0 {
+				t.Fatalf("adapt warnings: %v", warnings)
+			}
+			var pretty bytes.Buffer
+			if err := json.Indent(&pretty, out, "", "\t"); err != nil {
+				t.Fatal(err)
+			}
+			pretty.WriteByte('\n')
+			golden := strings.TrimSuffix(file, ".caddyfile") + ".json"
+			if *update {
+				if err := os.WriteFile(golden, pretty.Bytes(), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v (run go test ./caddymodule -run TestAdaptGolden -update)", err)
+			}
+			if !bytes.Equal(pretty.Bytes(), want) {
+				t.Fatalf("adapted JSON differs from %s:\n%s", golden, pretty.String())
+			}
+		})
+	}
+}
+
+func TestCaddyfileErrors(t *testing.T) {
+	tests := []struct {
+		name, src, want string
+	}{
+		{"unknown global option", "{\n\ttenant_quota {\n\t\tfoo bar\n\t}\n}\n:80 {\n\trespond ok\n}", `unrecognized tenant_quota option "foo"`},
+		{"redis without url", "{\n\ttenant_quota {\n\t\tredis\n\t}\n}\n:80 {\n\trespond ok\n}", "redis needs a URL"},
+		{"admin_key without key", "{\n\ttenant_quota {\n\t\tadmin_key\n\t}\n}\n:80 {\n\trespond ok\n}", "admin_key needs at least one key"},
+		{"bad duration", "{\n\ttenant_quota {\n\t\tcache_ttl soon\n\t}\n}\n:80 {\n\trespond ok\n}", `cache_ttl: "soon" is not a positive duration`},
+		{"negative duration", "{\n\ttenant_quota {\n\t\tstore_timeout -1s\n\t}\n}\n:80 {\n\trespond ok\n}", "store_timeout"},
+		{"global args", "{\n\ttenant_quota x\n}\n:80 {\n\trespond ok\n}", "wrong argument count"},
+		{"handler subdirective", ":80 {\n\ttenant_quota {\n\t\tnope\n\t}\n}", `unrecognized tenant_quota subdirective "nope"`},
+		{"handler args", ":80 {\n\ttenant_quota /a b\n}", "wrong argument count"},
+		{"admin body size", ":80 {\n\ttenant_quota_admin {\n\t\tmax_body_bytes lots\n\t}\n}", `max_body_bytes: "lots"`},
+		{"admin subdirective", ":80 {\n\ttenant_quota_admin {\n\t\tkey x\n\t}\n}", `unrecognized tenant_quota_admin subdirective "key"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			adapter := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}
+			_, _, err := adapter.Adapt([]byte(tt.src), map[string]any{"filename": "Caddyfile"})
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %v, want one containing %q", err, tt.want)
+			}
+		})
+	}
+}

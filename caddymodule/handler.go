@@ -1,0 +1,192 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/tenantquota/caddy-tenant-quota/quota"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Handler enforces tenant quotas in front of a backend: it authenticates
+// the request's bearer token, admits the request against the tenant's
+// limits (or rejects it with 401, 403 or 429 before it reaches the
+// backend), removes the tenant's token and passes the request on with the
+// tenant's identity in placeholders.
+type Handler struct {
+	app    *App
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.tenant_quota",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision loads the tenant_quota app.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	app, err := ctx.App("tenant_quota")
+	if err != nil {
+		return fmt.Errorf("loading the tenant_quota app: %w", err)
+	}
+	h.app = app.(*App)
+	return nil
+}
+
+// Placeholders set for every admitted request.
+const (
+	PlaceholderUserID     = "http.quota.user.id"
+	PlaceholderExternalID = "http.quota.user.external_id"
+	PlaceholderEmail      = "http.quota.user.email"
+	PlaceholderTokenID    = "http.quota.token.id"
+)
+
+// ServeHTTP implements caddyhttp.MiddlewareHandler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	svc := h.app.Service()
+	secret, ok := bearerToken(r.Header.Get("Authorization"))
+	if !ok {
+		return writeUnauthorized(w, "missing bearer token: send Authorization: Bearer <token>")
+	}
+	p, err := svc.Authenticate(r.Context(), secret)
+	switch {
+	case errors.Is(err, quota.ErrUnauthenticated):
+		return writeUnauthorized(w, err.Error())
+	case errors.Is(err, quota.ErrDisabled):
+		return writeError(w, http.StatusForbidden, "this account is disabled", "permission_error", "account_disabled")
+	case err != nil:
+		return h.storeFailure(w, err)
+	}
+	d, err := svc.Admit(r.Context(), p.User, []quota.Use{{Resource: quota.ResourceMessages, Amount: 1}})
+	var le *quota.LimitError
+	switch {
+	case errors.As(err, &le):
+		return writeLimitExceeded(w, le.State, d.Now)
+	case err != nil:
+		return h.storeFailure(w, err)
+	}
+	if d.Tightest != nil {
+		setRateLimitHeaders(w.Header(), *d.Tightest, d.Now)
+	}
+
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	repl.Set(PlaceholderUserID, p.User.ID)
+	repl.Set(PlaceholderExternalID, p.User.ExternalID)
+	repl.Set(PlaceholderEmail, p.User.Email)
+	repl.Set(PlaceholderTokenID, p.Token.ID)
+	// The tenant's token is for this gateway only.
+	r.Header.Del("Authorization")
+	return next.ServeHTTP(w, r)
+}
+
+func (h *Handler) storeFailure(w http.ResponseWriter, err error) error {
+	if c := h.logger.Check(zapcore.ErrorLevel, "quota store unavailable"); c != nil {
+		c.Write(zap.Error(err))
+	}
+	return writeError(w, http.StatusServiceUnavailable, "the quota service is temporarily unavailable; try again shortly", "server_error", "quota_unavailable")
+}
+
+func bearerToken(header string) (string, bool) {
+	scheme, token, ok := strings.Cut(header, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	token = strings.TrimSpace(token)
+	return token, token != ""
+}
+
+// openAIError is the error shape chatbot clients already parse.
+type openAIError struct {
+	Error openAIErrorBody `json:"error"`
+}
+
+type openAIErrorBody struct {
+	Message  string     `json:"message"`
+	Type     string     `json:"type"`
+	Code     string     `json:"code"`
+	Param    *string    `json:"param"`
+	Resource string     `json:"resource,omitempty"`
+	Limit    *int64     `json:"limit,omitempty"`
+	Used     *int64     `json:"used,omitempty"`
+	Period   string     `json:"period,omitempty"`
+	ResetsAt *time.Time `json:"resets_at,omitempty"`
+}
+
+func writeError(w http.ResponseWriter, status int, msg, typ, code string) error {
+	return writeErrorBody(w, status, openAIErrorBody{Message: msg, Type: typ, Code: code})
+}
+
+func writeErrorBody(w http.ResponseWriter, status int, body openAIErrorBody) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	return json.NewEncoder(w).Encode(openAIError{Error: body})
+}
+
+func writeUnauthorized(w http.ResponseWriter, msg string) error {
+	w.Header().Set("WWW-Authenticate", `Bearer realm="tenant_quota", error="invalid_token"`)
+	return writeError(w, http.StatusUnauthorized, msg, "invalid_request_error", "invalid_api_key")
+}
+
+func writeLimitExceeded(w http.ResponseWriter, st quota.LimitState, now time.Time) error {
+	body := openAIErrorBody{
+		Type: "rate_limit_error", Resource: st.Resource, Period: st.Limit.Per.String(),
+		Limit: &st.Limit.Limit, Used: &st.Used,
+	}
+	if st.Limit.Per == quota.Lifetime {
+		body.Code = "quota_exceeded"
+		body.Message = fmt.Sprintf("You have reached your %s limit of %d. It does not reset by itself: ask your provider to raise it.", st.Resource, st.Limit.Limit)
+		// Retrying cannot help until an operator lifts the cap.
+		w.Header().Set("x-should-retry", "false")
+	} else {
+		body.Code = "rate_limited"
+		reset := st.ResetsAt.UTC()
+		body.ResetsAt = &reset
+		body.Message = fmt.Sprintf("You have reached your %s limit of %d per %s. It resets at %s.", st.Resource, st.Limit.Limit, st.Limit.Per, reset.Format(time.RFC3339))
+		w.Header().Set("Retry-After", strconv.FormatInt(secondsUntil(st.ResetsAt, now), 10))
+	}
+	setRateLimitHeaders(w.Header(), st, now)
+	return writeErrorBody(w, http.StatusTooManyRequests, body)
+}
+
+func secondsUntil(t, now time.Time) int64 {
+	s := int64(t.Sub(now).Seconds() + 0.999)
+	return max(s, 1)
+}
+
+// setRateLimitHeaders writes the IETF httpapi RateLimit-Policy and
+// RateLimit fields for one limit.
+func setRateLimitHeaders(h http.Header, st quota.LimitState, now time.Time) {
+	name := st.Resource + "-" + st.Limit.Per.String()
+	policy := fmt.Sprintf("%q;q=%d", name, st.Limit.Limit)
+	limit := fmt.Sprintf("%q;r=%d", name, st.Remaining())
+	if st.Limit.Per != quota.Lifetime {
+		start, end := st.Limit.Per.Window(now)
+		policy += fmt.Sprintf(";w=%d", int64(end.Sub(start).Seconds()))
+		limit += fmt.Sprintf(";t=%d", secondsUntil(st.ResetsAt, now))
+	}
+	h.Set("RateLimit-Policy", policy)
+	h.Set("RateLimit", limit)
+}
+
+// Interface guards.
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

@@ -1,0 +1,455 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tenantquota/caddy-tenant-quota/internal/redistest"
+)
+
+// caddyBin is the gateway built from this package once for all tests.
+var caddyBin string
+
+func TestMain(m *testing.M) {
+	if os.Getenv("TQ_SKIP_E2E") != "" {
+		os.Exit(0)
+	}
+	dir, err := os.MkdirTemp("", "tq-e2e-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	caddyBin = filepath.Join(dir, "caddy")
+	build := exec.Command("go", "build", "-o", caddyBin, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building the gateway:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+const adminKey = "e2e-admin-key-0123456789"
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// backend is a loopback stand-in for a chatbot backend that records what
+// reaches it.
+type backend struct {
+	*httptest.Server
+	hits     atomic.Int64
+	mu       sync.Mutex
+	lastAuth []string
+	tenants  []string
+}
+
+func newBackend(t *testing.T) *backend {
+	b := &backend{}
+	b.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b.hits.Add(1)
+		b.mu.Lock()
+		b.lastAuth = append(b.lastAuth, r.Header.Get("Authorization"))
+		b.tenants = append(b.tenants, r.Header.Get("X-Tenant-ID"))
+		b.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"object":"chat.completion","choices":[{"message":{"role":"assistant","content":"hi"}}]}`)
+	}))
+	t.Cleanup(b.Close)
+	return b
+}
+
+// gateway is a running Caddy built from cmd/caddy.
+type gateway struct {
+	url     string
+	dataDir string
+	cmd     *exec.Cmd
+	logs    *bytes.Buffer
+}
+
+// startGateway starts Caddy with the tenant_quota app configured by
+// globalOpts, in front of backendAddr.
+func startGateway(t *testing.T, globalOpts, backendAddr string) *gateway {
+	t.Helper()
+	port, adminPort := freePort(t), freePort(t)
+	dir := t.TempDir()
+	caddyfile := fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	tenant_quota {
+		admin_key {env.TQ_E2E_ADMIN_KEY} second-rotation-key
+		%s
+	}
+}
+http://127.0.0.1:%d {
+	bind 127.0.0.1
+	handle_path /quota/* {
+		tenant_quota_admin
+	}
+	handle {
+		tenant_quota
+		reverse_proxy %s {
+			header_up X-Tenant-ID {http.quota.user.id}
+		}
+	}
+}
+`, adminPort, globalOpts, port, backendAddr)
+	path := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(path, []byte(caddyfile), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g := &gateway{url: fmt.Sprintf("http://127.0.0.1:%d", port), dataDir: filepath.Join(dir, "data"), logs: &bytes.Buffer{}}
+	g.start(t, path)
+	return g
+}
+
+func (g *gateway) start(t *testing.T, caddyfile string) {
+	t.Helper()
+	cmd := exec.Command(caddyBin, "run", "--config", caddyfile, "--adapter", "caddyfile")
+	cmd.Env = append(os.Environ(), "TQ_E2E_ADMIN_KEY="+adminKey, "XDG_DATA_HOME="+g.dataDir, "XDG_CONFIG_HOME="+g.dataDir)
+	cmd.Stdout, cmd.Stderr = g.logs, g.logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	g.cmd = cmd
+	t.Cleanup(func() { g.stop(t) })
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(g.url + "/quota/users")
+		if err == nil {
+			resp.Body.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gateway did not start: %v\n%s", err, g.logs)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// stop ends Caddy the way an operator does (SIGTERM: a clean stop).
+func (g *gateway) stop(t *testing.T) {
+	if g.cmd == nil || g.cmd.Process == nil {
+		return
+	}
+	g.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { g.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		g.cmd.Process.Kill()
+		<-done
+		t.Errorf("gateway did not stop on SIGTERM\n%s", g.logs)
+	}
+	g.cmd = nil
+}
+
+var client = &http.Client{Timeout: 15 * time.Second}
+
+// call sends a request and decodes a JSON response into out (if not nil).
+func call(t *testing.T, method, url, bearer string, body any, out any) *http.Response {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(context.Background(), method, url, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	if out != nil && len(data) > 0 {
+		if err := json.Unmarshal(data, out); err != nil {
+			t.Fatalf("%s %s: decoding %q: %v", method, url, data, err)
+		}
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(data))
+	return resp
+}
+
+func wantStatus(t *testing.T, resp *http.Response, want int) {
+	t.Helper()
+	if resp.StatusCode != want {
+		body, _ := io.ReadAll(resp.Body)
+		t.Fatalf("%s %s: status %d, want %d: %s", resp.Request.Method, resp.Request.URL.Path, resp.StatusCode, want, body)
+	}
+}
+
+type stores struct {
+	name string
+	opts func(t *testing.T) string
+}
+
+func allStores() []stores {
+	return []stores{
+		{"embedded", func(t *testing.T) string { return "" }},
+		{"redis", func(t *testing.T) string {
+			return "redis redis://" + redistest.Start(t).Addr() + "/0"
+		}},
+	}
+}
+
+type userResp struct {
+	User struct {
+		ID string `json:"id"`
+	} `json:"user"`
+	Token struct {
+		ID    string `json:"id"`
+		Token string `json:"token"`
+	} `json:"token"`
+}
+
+type openAIErr struct {
+	Error struct {
+		Message  string `json:"message"`
+		Type     string `json:"type"`
+		Code     string `json:"code"`
+		Resource string `json:"resource"`
+		Limit    int64  `json:"limit"`
+	} `json:"error"`
+}
+
+// TestWalkthrough follows the README's walk-through on both stores.
+func TestWalkthrough(t *testing.T) {
+	for _, st := range allStores() {
+		t.Run(st.name, func(t *testing.T) {
+			be := newBackend(t)
+			g := startGateway(t, st.opts(t), strings.TrimPrefix(be.URL, "http://"))
+			admin := g.url + "/quota"
+
+			wantStatus(t, call(t, "GET", admin+"/users", "", nil, nil), http.StatusUnauthorized)
+			wantStatus(t, call(t, "GET", admin+"/users", "second-rotation-key", nil, nil), http.StatusOK)
+
+			var created userResp
+			resp := call(t, "POST", admin+"/users", adminKey, map[string]any{
+				"name": "Ada", "email": "Ada@Example.com", "externalId": "crm-42",
+				"limits": map[string]any{"messages": 3, "tokens": map[string]any{"limit": 1000, "per": "day"}}, "issueToken": true,
+			}, &created)
+			wantStatus(t, resp, http.StatusCreated)
+			tok, uid := created.Token.Token, created.User.ID
+			if !strings.HasPrefix(tok, "tq_") || uid == "" {
+				t.Fatalf("create returned user %q token %q", uid, tok)
+			}
+
+			// No token, a malformed token, an unknown token: 401, nothing proxied.
+			resp = call(t, "POST", g.url+"/v1/chat/completions", "", map[string]any{}, nil)
+			wantStatus(t, resp, http.StatusUnauthorized)
+			if !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "Bearer") {
+				t.Fatalf("401 without WWW-Authenticate: Bearer: %v", resp.Header)
+			}
+			wantStatus(t, call(t, "POST", g.url+"/v1/chat/completions", "tq_garbage", map[string]any{}, nil), http.StatusUnauthorized)
+			wantStatus(t, call(t, "POST", g.url+"/v1/chat/completions", tok[:len(tok)-1]+"x", map[string]any{}, nil), http.StatusUnauthorized)
+			if be.hits.Load() != 0 {
+				t.Fatalf("unauthenticated requests reached the backend")
+			}
+
+			for i := 0; i < 3; i++ {
+				resp = call(t, "POST", g.url+"/v1/chat/completions", tok, map[string]any{"model": "m"}, nil)
+				wantStatus(t, resp, http.StatusOK)
+			}
+			if rl := resp.Header.Get("RateLimit"); !strings.Contains(rl, `"messages-lifetime";r=0`) {
+				t.Fatalf("RateLimit header after the third message: %q", rl)
+			}
+			be.mu.Lock()
+			for i, a := range be.lastAuth {
+				if a != "" {
+					t.Fatalf("request %d reached the backend with Authorization %q", i, a)
+				}
+				if be.tenants[i] != uid {
+					t.Fatalf("request %d reached the backend with X-Tenant-ID %q, want %q", i, be.tenants[i], uid)
+				}
+			}
+			be.mu.Unlock()
+
+			var e openAIErr
+			resp = call(t, "POST", g.url+"/v1/chat/completions", tok, map[string]any{"model": "m"}, &e)
+			wantStatus(t, resp, http.StatusTooManyRequests)
+			if e.Error.Code != "quota_exceeded" || e.Error.Resource != "messages" || e.Error.Limit != 3 || resp.Header.Get("x-should-retry") != "false" {
+				t.Fatalf("429 body %+v headers %v", e, resp.Header)
+			}
+			if be.hits.Load() != 3 {
+				t.Fatalf("backend saw %d requests, want 3", be.hits.Load())
+			}
+
+			var usage struct {
+				Items []struct {
+					Resource  string `json:"resource"`
+					Per       string `json:"per"`
+					Used      int64  `json:"used"`
+					Remaining *int64 `json:"remaining"`
+				} `json:"items"`
+			}
+			wantStatus(t, call(t, "GET", admin+"/users/"+uid+"/usage", adminKey, nil, &usage), http.StatusOK)
+			found := false
+			for _, it := range usage.Items {
+				if it.Resource == "messages" && it.Per == "lifetime" {
+					found = it.Used == 3 && it.Remaining != nil && *it.Remaining == 0
+				}
+			}
+			if !found {
+				t.Fatalf("usage after 3 messages: %+v", usage)
+			}
+
+			// Raising the limit takes effect on the next request.
+			wantStatus(t, call(t, "PATCH", admin+"/users/"+uid+"/limits", adminKey, map[string]any{"messages": 4}, nil), http.StatusOK)
+			wantStatus(t, call(t, "POST", g.url+"/v1/chat/completions", tok, map[string]any{}, nil), http.StatusOK)
+			// So does a window.
+			wantStatus(t, call(t, "PATCH", admin+"/users/"+uid+"/limits", adminKey, map[string]any{"messages": []any{100, map[string]any{"limit": 1, "per": "minute"}}}, nil), http.StatusOK)
+			resp = call(t, "POST", g.url+"/v1/chat/completions", tok, map[string]any{}, &e)
+			wantStatus(t, resp, http.StatusTooManyRequests)
+			if e.Error.Code != "rate_limited" || resp.Header.Get("Retry-After") == "" {
+				t.Fatalf("window 429: %+v %v", e, resp.Header)
+			}
+
+			// Disabled: 403. Enabled again: through.
+			wantStatus(t, call(t, "PATCH", admin+"/users/"+uid, adminKey, map[string]any{"status": "disabled", "limits": map[string]any{"messages": 100}}, nil), http.StatusOK)
+			resp = call(t, "POST", g.url+"/v1/chat/completions", tok, map[string]any{}, &e)
+			wantStatus(t, resp, http.StatusForbidden)
+			if e.Error.Code != "account_disabled" {
+				t.Fatalf("403 body: %+v", e)
+			}
+			wantStatus(t, call(t, "PATCH", admin+"/users/"+uid, adminKey, map[string]any{"status": "active"}, nil), http.StatusOK)
+			wantStatus(t, call(t, "POST", g.url+"/v1/chat/completions", tok, map[string]any{}, nil), http.StatusOK)
+
+			// Revoke: 401 on the next request.
+			wantStatus(t, call(t, "DELETE", admin+"/users/"+uid+"/tokens/"+created.Token.ID, adminKey, nil, nil), http.StatusNoContent)
+			wantStatus(t, call(t, "POST", g.url+"/v1/chat/completions", tok, map[string]any{}, nil), http.StatusUnauthorized)
+
+			// A second token, then delete the user: the token dies with it.
+			var tok2 struct {
+				Token string `json:"token"`
+			}
+			wantStatus(t, call(t, "POST", admin+"/users/"+uid+"/tokens", adminKey, map[string]any{"name": "ci"}, &tok2), http.StatusCreated)
+			wantStatus(t, call(t, "POST", g.url+"/v1/chat/completions", tok2.Token, map[string]any{}, nil), http.StatusOK)
+			wantStatus(t, call(t, "DELETE", admin+"/users/"+uid, adminKey, nil, nil), http.StatusNoContent)
+			wantStatus(t, call(t, "GET", admin+"/users/"+uid, adminKey, nil, nil), http.StatusNotFound)
+			wantStatus(t, call(t, "POST", g.url+"/v1/chat/completions", tok2.Token, map[string]any{}, nil), http.StatusUnauthorized)
+		})
+	}
+}
+
+// TestConcurrentCap: 200 concurrent requests through the gateway against a
+// messages cap of 50 admit exactly 50, on both stores.
+func TestConcurrentCap(t *testing.T) {
+	for _, st := range allStores() {
+		t.Run(st.name, func(t *testing.T) {
+			be := newBackend(t)
+			g := startGateway(t, st.opts(t), strings.TrimPrefix(be.URL, "http://"))
+			var created userResp
+			wantStatus(t, call(t, "POST", g.url+"/quota/users", adminKey, map[string]any{
+				"name": "Load", "email": "load@example.com", "limits": map[string]any{"messages": 50}, "issueToken": true,
+			}, &created), http.StatusCreated)
+
+			const n = 200
+			var ok, limited, other atomic.Int64
+			var wg sync.WaitGroup
+			start := make(chan struct{})
+			tr := &http.Transport{MaxIdleConnsPerHost: n}
+			defer tr.CloseIdleConnections()
+			c := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+			for i := 0; i < n; i++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					<-start
+					req, _ := http.NewRequest("POST", g.url+"/v1/chat/completions", strings.NewReader(`{}`))
+					req.Header.Set("Authorization", "Bearer "+created.Token.Token)
+					resp, err := c.Do(req)
+					if err != nil {
+						other.Add(1)
+						return
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					switch resp.StatusCode {
+					case http.StatusOK:
+						ok.Add(1)
+					case http.StatusTooManyRequests:
+						limited.Add(1)
+					default:
+						other.Add(1)
+					}
+				}()
+			}
+			close(start)
+			wg.Wait()
+			if ok.Load() != 50 || limited.Load() != n-50 || other.Load() != 0 {
+				t.Fatalf("200 concurrent requests against a cap of 50: %d admitted, %d limited, %d other", ok.Load(), limited.Load(), other.Load())
+			}
+			if be.hits.Load() != 50 {
+				t.Fatalf("backend saw %d requests, want 50", be.hits.Load())
+			}
+			var usage struct {
+				Items []struct {
+					Resource, Per string
+					Used          int64
+				} `json:"items"`
+			}
+			wantStatus(t, call(t, "GET", g.url+"/quota/users/"+created.User.ID+"/usage", adminKey, nil, &usage), http.StatusOK)
+			for _, it := range usage.Items {
+				if it.Resource == "messages" && it.Per == "lifetime" && it.Used != 50 {
+					t.Fatalf("messages counter = %d, want 50", it.Used)
+				}
+			}
+		})
+	}
+}
+
+// TestEmbeddedStoreSurvivesRestart: users, tokens and counts outlive a
+// clean stop of the embedded store.
+func TestEmbeddedStoreSurvivesRestart(t *testing.T) {
+	be := newBackend(t)
+	g := startGateway(t, "", strings.TrimPrefix(be.URL, "http://"))
+	var created userResp
+	wantStatus(t, call(t, "POST", g.url+"/quota/users", adminKey, map[string]any{
+		"name": "Bo", "email": "bo@example.com", "limits": map[string]any{"messages": 2}, "issueToken": true,
+	}, &created), http.StatusCreated)
+	wantStatus(t, call(t, "POST", g.url+"/v1/x", created.Token.Token, map[string]any{}, nil), http.StatusOK)
+	caddyfile := g.cmd.Args[3]
+	g.stop(t)
+	if _, err := os.Stat(filepath.Join(g.dataDir, "caddy", "tenant_quota", "quota.db")); err != nil {
+		t.Fatalf("embedded store not in Caddy's data directory: %v", err)
+	}
+	g.start(t, caddyfile)
+	wantStatus(t, call(t, "POST", g.url+"/v1/x", created.Token.Token, map[string]any{}, nil), http.StatusOK)
+	wantStatus(t, call(t, "POST", g.url+"/v1/x", created.Token.Token, map[string]any{}, nil), http.StatusTooManyRequests)
+}

@@ -1,0 +1,201 @@
+// Package redistest starts real redis-server processes for tests: never a
+// mock. Each server listens on a free loopback port, keeps nothing on disk
+// beyond the test's temporary directory, and is killed when the test ends.
+//
+// Tests skip when redis-server is not on PATH, unless the environment variable
+// TQ_REQUIRE_REDIS is set (to anything), in which case they fail: CI sets it
+// so that a missing server cannot pass silently.
+//
+// The package is test support only: production code must not import it.
+package redistest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RequireEnv is the environment variable that turns a missing redis-server
+// from a skip into a failure.
+const RequireEnv = "TQ_REQUIRE_REDIS"
+
+// startTimeout bounds how long a server may take to answer PING.
+const startTimeout = 5 * time.Second
+
+// Server is one redis-server process owned by a test. It is safe for
+// concurrent use.
+type Server struct {
+	addr string
+}
+
+// Start launches a standalone redis-server on a free loopback port with
+// persistence disabled, waits until it answers PING, and kills it when t
+// ends. It skips t (or fails it, see RequireEnv) when redis-server is not
+// installed.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	bin := lookPath(t)
+	dir := t.TempDir()
+	// A free port can be taken by someone else before redis-server binds it;
+	// try a few.
+	var lastErr error
+	for attempt := 0; attempt < 3; attempt++ {
+		port := freePort(t)
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		err := startProcess(t, bin, dir, addr,
+			"--port", strconv.Itoa(port),
+			"--bind", "127.0.0.1",
+			"--save", "",
+			"--appendonly", "no",
+			"--dir", dir,
+			"--logfile", filepath.Join(dir, fmt.Sprintf("redis-%d.log", port)),
+		)
+		if err == nil {
+			return &Server{addr: addr}
+		}
+		lastErr = err
+	}
+	t.Fatalf("redistest: %v", lastErr)
+	return nil
+}
+
+// Addr returns the server's host:port.
+func (s *Server) Addr() string { return s.addr }
+
+// Client returns a new client of the server with ContextTimeoutEnabled,
+// closed when t ends (closing it earlier is fine).
+func (s *Server) Client(t testing.TB) *redis.Client {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: s.addr, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// FlushAll deletes every key on the server.
+func (s *Server) FlushAll(t testing.TB) {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: s.addr, ContextTimeoutEnabled: true})
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	if err := c.FlushAll(ctx).Err(); err != nil {
+		t.Fatalf("redistest: flushall on %s: %v", s.addr, err)
+	}
+}
+
+// lookPath finds redis-server or ends the test, by skipping or failing
+// according to RequireEnv.
+func lookPath(t testing.TB) string {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err == nil {
+		return bin
+	}
+	if os.Getenv(RequireEnv) != "" {
+		t.Fatalf("redistest: redis-server not found on PATH and %s is set: %v", RequireEnv, err)
+	}
+	t.Skipf("redistest: redis-server not found on PATH; install Redis to run this test (set %s=1 to make this a failure)", RequireEnv)
+	return ""
+}
+
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("redistest: find a free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// startProcess runs bin with args, waits until addr answers PING and
+// registers the kill with t.Cleanup. On failure the process is gone and the
+// error carries the tail of its log.
+func startProcess(t testing.TB, bin, dir, addr string, args ...string) error {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = dir
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", bin, err)
+	}
+	done := make(chan struct{})
+	var waitErr error
+	go func() {
+		waitErr = cmd.Wait()
+		close(done)
+	}()
+	stop := func() {
+		_ = cmd.Process.Kill()
+		<-done
+	}
+
+	exited := func() error {
+		select {
+		case <-done:
+			if waitErr == nil {
+				return errors.New("exited")
+			}
+			return waitErr
+		default:
+			return nil
+		}
+	}
+	if err := waitPing(addr, exited); err != nil {
+		stop()
+		return fmt.Errorf("redis-server on %s: %w%s", addr, err, logTail(args))
+	}
+	t.Cleanup(stop)
+	return nil
+}
+
+// waitPing polls addr with PING until it answers, exited reports that the
+// process ended, or startTimeout passes.
+func waitPing(addr string, exited func() error) error {
+	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	defer c.Close()
+	deadline := time.Now().Add(startTimeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		err := c.Ping(ctx).Err()
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if werr := exited(); werr != nil {
+			return fmt.Errorf("process ended before answering PING: %w", werr)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no PING answer within %v: %w", startTimeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// logTail returns the end of the --logfile named in args, for error messages.
+func logTail(args []string) string {
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] != "--logfile" {
+			continue
+		}
+		b, err := os.ReadFile(args[i+1])
+		if err != nil || len(b) == 0 {
+			return ""
+		}
+		const maxTail = 2000
+		if len(b) > maxTail {
+			b = b[len(b)-maxTail:]
+		}
+		return "\n--- redis-server log ---\n" + string(b)
+	}
+	return ""
+}

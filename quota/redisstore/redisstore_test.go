@@ -1,0 +1,570 @@
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"math/rand"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tenantquota/caddy-tenant-quota/internal/redistest"
+	"github.com/tenantquota/caddy-tenant-quota/quota"
+	"github.com/tenantquota/caddy-tenant-quota/quota/storetest"
+)
+
+func TestConformance(t *testing.T) {
+	srv := redistest.Start(t)
+	storetest.Run(t, func(t *testing.T) quota.Store {
+		srv.FlushAll(t)
+		return newStore(t, srv, Options{})
+	})
+}
+
+// newStore returns a Store on srv, closed when t ends.
+func newStore(t *testing.T, srv *redistest.Server, opts Options) *Store {
+	t.Helper()
+	opts.Client = srv.Client(t)
+	s, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return s
+}
+
+func testContext(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func createUser(t *testing.T, s *Store, email, ext string) *quota.User {
+	t.Helper()
+	now := time.Now().UTC()
+	u := &quota.User{
+		ID: quota.NewID(), Name: "User", Email: email, ExternalID: ext, Status: quota.StatusActive,
+		Limits: quota.Limits{"messages": {{Limit: 50}}}, CreatedAt: now, UpdatedAt: now,
+	}
+	if err := s.CreateUser(testContext(t), u); err != nil {
+		t.Fatalf("CreateUser(%s): %v", email, err)
+	}
+	return u
+}
+
+// hashTag returns the part of key that Redis Cluster hashes, per the
+// cluster specification.
+func hashTag(key string) string {
+	open := strings.IndexByte(key, '{')
+	if open < 0 {
+		return key
+	}
+	n := strings.IndexByte(key[open+1:], '}')
+	if n <= 0 {
+		return key
+	}
+	return key[open+1 : open+1+n]
+}
+
+func TestHashTagHelper(t *testing.T) {
+	for key, want := range map[string]string{
+		"tq:{abc}:user": "abc",
+		"tq:{}:user":    "tq:{}:user",
+		"tq:users":      "tq:users",
+		"a{b}c{d}":      "b",
+		"tq:{a}b}:user": "a",
+	} {
+		if got := hashTag(key); got != want {
+			t.Errorf("hashTag(%q) = %q, want %q", key, got, want)
+		}
+	}
+}
+
+func TestKeysCarryUserHashTag(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv, Options{})
+	ctx := testContext(t)
+	u := createUser(t, s, "a@example.com", "ext-a")
+	tok := &quota.Token{ID: quota.NewID(), UserID: u.ID, Name: "t", Hash: strings.Repeat("ab", 32), CreatedAt: time.Now()}
+	if err := s.CreateToken(ctx, tok); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.TouchTokens(ctx, map[string]time.Time{tok.Hash: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Admit(ctx, u.ID, []quota.Charge{
+		{Resource: "messages", Limit: 50, Amount: 1},
+		{Resource: "tokens", Per: quota.Month, Limit: quota.NoLimit, Amount: 10},
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	rdb := srv.Client(t)
+	keys, err := rdb.Keys(ctx, "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{
+		"tq:{" + u.ID + "}:user":   true,
+		"tq:{" + u.ID + "}:usage":  true,
+		"tq:{" + u.ID + "}:tokens": true,
+		"tq:email:a@example.com":   true,
+		"tq:ext:ext-a":             true,
+		"tq:tok:" + tok.Hash:       true,
+		"tq:users":                 true,
+	}
+	if len(keys) != len(want) {
+		t.Fatalf("keys %v, want %d keys", keys, len(want))
+	}
+	for _, k := range keys {
+		if !want[k] {
+			t.Fatalf("unexpected key %q", k)
+		}
+		if strings.HasPrefix(k, "tq:{") && hashTag(k) != u.ID {
+			t.Fatalf("key %q hashes on %q, not the user id", k, hashTag(k))
+		}
+	}
+	// Index keys are permanent once the user is written.
+	for _, k := range []string{"tq:email:a@example.com", "tq:ext:ext-a"} {
+		if ttl, err := rdb.PTTL(ctx, k).Result(); err != nil || ttl != -1 {
+			t.Fatalf("PTTL %s = %v, %v; want no expiry", k, ttl, err)
+		}
+	}
+	fields, err := rdb.HGetAll(ctx, "tq:{"+u.ID+"}:usage").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fields["messages|lifetime"] != "1" || fields["messages|lifetime|s"] != "0" || fields["tokens|month"] != "10" {
+		t.Fatalf("usage hash fields: %v", fields)
+	}
+
+	if err := s.DeleteUser(ctx, u.ID); err != nil {
+		t.Fatal(err)
+	}
+	if keys, _ := rdb.Keys(ctx, "*").Result(); len(keys) != 0 {
+		t.Fatalf("keys left after DeleteUser: %v", keys)
+	}
+}
+
+func TestPrefix(t *testing.T) {
+	srv := redistest.Start(t)
+	a := newStore(t, srv, Options{Prefix: "one"})
+	b := newStore(t, srv, Options{Prefix: "two"})
+	u := createUser(t, a, "a@example.com", "")
+	if _, err := b.GetUser(testContext(t), u.ID); !errors.Is(err, quota.ErrNotFound) {
+		t.Fatalf("another prefix sees the user: %v", err)
+	}
+	createUser(t, b, "a@example.com", "")
+	keys, _ := srv.Client(t).Keys(testContext(t), "one:*").Result()
+	if len(keys) != 3 {
+		t.Fatalf("keys under one: %v", keys)
+	}
+}
+
+func TestNewChecksOptions(t *testing.T) {
+	if _, err := New(Options{}); err == nil {
+		t.Error("New without a client succeeded")
+	}
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	defer c.Close()
+	if _, err := New(Options{Client: c, Prefix: "a{b}"}); err == nil {
+		t.Error("New with braces in the prefix succeeded")
+	}
+	if _, err := New(Options{Client: c, Timeout: -time.Second}); err == nil {
+		t.Error("New with a negative timeout succeeded")
+	}
+}
+
+// TestWindowStartLua checks the script's calendar arithmetic against
+// quota.Period.Window on chosen dates and on random instants up to 2400.
+func TestWindowStartLua(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	script := redis.NewScript(luaWindowStart + `
+local out = {}
+for i = 2, #ARGV do out[#out + 1] = window_start(ARGV[1], tonumber(ARGV[i])) end
+return out
+`)
+	dates := []time.Time{
+		time.Date(1970, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(1970, 1, 31, 23, 59, 59, 0, time.UTC),
+		time.Date(1970, 3, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(2000, 2, 29, 12, 0, 0, 0, time.UTC),
+		time.Date(2000, 3, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(2024, 2, 28, 23, 59, 59, 0, time.UTC),
+		time.Date(2024, 2, 29, 0, 0, 0, 0, time.UTC),
+		time.Date(2024, 2, 29, 23, 59, 59, 0, time.UTC),
+		time.Date(2024, 3, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(2024, 12, 31, 23, 59, 59, 0, time.UTC),
+		time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(2038, 1, 19, 3, 14, 8, 0, time.UTC),
+		time.Date(2100, 2, 28, 23, 59, 59, 0, time.UTC),
+		time.Date(2100, 3, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(2100, 12, 31, 23, 59, 59, 0, time.UTC),
+	}
+	rng := rand.New(rand.NewSource(1))
+	limit := time.Date(2400, 1, 1, 0, 0, 0, 0, time.UTC).Unix()
+	for i := 0; i < 2000; i++ {
+		dates = append(dates, time.Unix(rng.Int63n(limit), 0).UTC())
+	}
+	args := make([]any, 0, len(dates)+1)
+	for _, per := range []quota.Period{quota.Lifetime, quota.Minute, quota.Hour, quota.Day, quota.Month} {
+		t.Run(per.String(), func(t *testing.T) {
+			args = append(args[:0], per.String())
+			for _, d := range dates {
+				args = append(args, d.Unix())
+			}
+			got, err := script.Run(testContext(t), rdb, nil, args...).Int64Slice()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != len(dates) {
+				t.Fatalf("%d results for %d dates", len(got), len(dates))
+			}
+			for i, d := range dates {
+				start, _ := per.Window(d)
+				want := int64(0)
+				if !start.IsZero() {
+					want = start.Unix()
+				}
+				if got[i] != want {
+					t.Fatalf("window_start(%s, %v) = %v, want %v", per, d, time.Unix(got[i], 0).UTC(), start)
+				}
+			}
+		})
+	}
+}
+
+// TestAdmitStaleWindow plants counters from the previous month and the
+// current one: only the current one counts against the limit.
+func TestAdmitStaleWindow(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv, Options{})
+	rdb := srv.Client(t)
+	ctx := testContext(t)
+	id := quota.NewID()
+	now, err := rdb.Time(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur, _ := quota.Month.Window(now)
+	prev, _ := quota.Month.Window(cur.Add(-time.Second))
+	key := "tq:{" + id + "}:usage"
+	charge := quota.Charge{Resource: "messages", Per: quota.Month, Limit: 50, Amount: 1}
+
+	rdb.HSet(ctx, key, "messages|month", 50, "messages|month|s", prev.Unix())
+	adm, err := s.Admit(ctx, id, []quota.Charge{charge})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !adm.Allowed || adm.Used[0] != 1 {
+		t.Fatalf("a full counter of last month blocked this month: %+v", adm)
+	}
+	if got := rdb.HGet(ctx, key, "messages|month|s").Val(); got != strconv.FormatInt(cur.Unix(), 10) {
+		t.Fatalf("window start after admission = %s, want %d", got, cur.Unix())
+	}
+
+	rdb.HSet(ctx, key, "messages|month", 50)
+	adm, err = s.Admit(ctx, id, []quota.Charge{charge})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if adm.Allowed || adm.Denied != 0 || adm.Used[0] != 50 {
+		t.Fatalf("a full counter of this month admitted: %+v", adm)
+	}
+
+	snap, err := s.Usage(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snap.Counters) != 1 || !snap.Counters[0].Start.Equal(cur) || snap.Current("messages", quota.Month) != 50 {
+		t.Fatalf("usage: %+v", snap)
+	}
+	if d := adm.Now.Sub(snap.Now); d > time.Second || d < -time.Second {
+		t.Fatalf("store clocks disagree: %v vs %v", adm.Now, snap.Now)
+	}
+}
+
+// TestAdmitMatchesApplyCharges replays random charges through the script
+// and quota.ApplyCharges at the store's time and compares every outcome.
+func TestAdmitMatchesApplyCharges(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv, Options{})
+	ctx := testContext(t)
+	id := quota.NewID()
+	rng := rand.New(rand.NewSource(2))
+	resources := []string{"messages", "tokens"}
+	pers := []quota.Period{quota.Lifetime, quota.Day, quota.Month}
+	counters := map[string]quota.CounterState{}
+	for step := 0; step < 500; step++ {
+		charges := make([]quota.Charge, 1+rng.Intn(4))
+		for i := range charges {
+			limit := int64(rng.Intn(12))
+			if rng.Intn(5) == 0 {
+				limit = quota.NoLimit
+			}
+			charges[i] = quota.Charge{
+				Resource: resources[rng.Intn(len(resources))],
+				Per:      pers[rng.Intn(len(pers))],
+				Limit:    limit,
+				Amount:   int64(rng.Intn(7) - 2),
+			}
+		}
+		got, err := s.Admit(ctx, id, charges)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := quota.ApplyCharges(counters, charges, got.Now)
+		if got.Allowed != want.Allowed || got.Denied != want.Denied || !equalInts(got.Used, want.Used) {
+			t.Fatalf("step %d, charges %+v:\n got %+v\nwant %+v", step, charges, got, want)
+		}
+	}
+	snap, err := s.Usage(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for key, c := range counters {
+		res, per, _ := quota.ParseCounterKey(key)
+		if got := snap.Current(res, per); got != c.Used {
+			t.Fatalf("%s = %d, want %d", key, got, c.Used)
+		}
+	}
+}
+
+func equalInts(a, b []int64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestAdmitLargeNumbers(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv, Options{})
+	ctx := testContext(t)
+	id := quota.NewID()
+	big := int64(quota.MaxLimit)
+	for i, want := range []int64{big, 2 * big, 3 * big} {
+		adm, err := s.Admit(ctx, id, []quota.Charge{{Resource: "tokens", Limit: quota.NoLimit, Amount: big}})
+		if err != nil || !adm.Allowed || adm.Used[0] != want {
+			t.Fatalf("step %d: %+v %v", i, adm, err)
+		}
+	}
+	raw := srv.Client(t).HGet(ctx, "tq:{"+id+"}:usage", "tokens|lifetime").Val()
+	if raw != strconv.FormatInt(3*big, 10) {
+		t.Fatalf("stored counter %q, want %d", raw, 3*big)
+	}
+	if _, err := s.Admit(ctx, id, []quota.Charge{{Resource: "tokens", Limit: big + 1, Amount: 1}}); !errors.Is(err, quota.ErrInvalid) {
+		t.Fatalf("limit over MaxLimit: want ErrInvalid, got %v", err)
+	}
+	if _, err := s.Admit(ctx, id, []quota.Charge{{Resource: "a|b", Limit: 1, Amount: 1}}); !errors.Is(err, quota.ErrInvalid) {
+		t.Fatalf("bad resource name: want ErrInvalid, got %v", err)
+	}
+}
+
+func TestConcurrentAdmit(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv, Options{})
+	id := quota.NewID()
+	const n, limit = 200, 50
+	var allowed atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			adm, err := s.Admit(context.Background(), id, []quota.Charge{{Resource: "messages", Limit: limit, Amount: 1}})
+			if err != nil {
+				errs <- err
+				return
+			}
+			if adm.Allowed {
+				allowed.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if allowed.Load() != limit {
+		t.Fatalf("%d admitted, want %d", allowed.Load(), limit)
+	}
+	snap, err := s.Usage(testContext(t), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := snap.Current("messages", quota.Lifetime); got != limit {
+		t.Fatalf("counter = %d, want %d", got, limit)
+	}
+}
+
+func TestConcurrentCreateSameEmail(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv, Options{})
+	const n = 20
+	var created atomic.Int64
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			u := &quota.User{ID: quota.NewID(), Name: "x", Email: "same@example.com", Status: quota.StatusActive}
+			err := s.CreateUser(context.Background(), u)
+			switch {
+			case err == nil:
+				created.Add(1)
+			case !errors.Is(err, quota.ErrConflict):
+				t.Errorf("CreateUser: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if created.Load() != 1 {
+		t.Fatalf("%d users created with one email", created.Load())
+	}
+}
+
+// TestIndexRecovery covers index keys left behind by a node that failed
+// half-way: a permanent key whose user is gone is taken over, a pending
+// claim is respected until it expires.
+func TestIndexRecovery(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv, Options{})
+	rdb := srv.Client(t)
+	ctx := testContext(t)
+
+	rdb.Set(ctx, "tq:email:orphan@example.com", quota.NewID(), 0)
+	if _, err := s.GetUserByEmail(ctx, "orphan@example.com"); !errors.Is(err, quota.ErrNotFound) {
+		t.Fatalf("orphan index found a user: %v", err)
+	}
+	u := createUser(t, s, "orphan@example.com", "")
+	if got, err := s.GetUserByEmail(ctx, "orphan@example.com"); err != nil || got.ID != u.ID {
+		t.Fatalf("after take-over: %v %v", got, err)
+	}
+
+	// An index key still naming a user that moved on to another email.
+	v := createUser(t, s, "moved@example.com", "")
+	rdb.Set(ctx, "tq:email:stale@example.com", v.ID, 0)
+	createUser(t, s, "stale@example.com", "")
+
+	rdb.Set(ctx, "tq:email:pending@example.com", quota.NewID(), time.Minute)
+	w := &quota.User{ID: quota.NewID(), Name: "x", Email: "pending@example.com", Status: quota.StatusActive}
+	if err := s.CreateUser(ctx, w); !errors.Is(err, quota.ErrConflict) {
+		t.Fatalf("pending claim: want ErrConflict, got %v", err)
+	}
+
+	// A duplicate id must not release the existing user's indexes.
+	dup := u.Clone()
+	if err := s.CreateUser(ctx, dup); !errors.Is(err, quota.ErrConflict) {
+		t.Fatalf("duplicate id: want ErrConflict, got %v", err)
+	}
+	if got, err := s.GetUserByEmail(ctx, u.Email); err != nil || got.ID != u.ID {
+		t.Fatalf("after duplicate id: %v %v", got, err)
+	}
+}
+
+func TestListUsersSkipsMissingRecords(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv, Options{})
+	rdb := srv.Client(t)
+	ctx := testContext(t)
+	var ids []string
+	for i := 0; i < 6; i++ {
+		ids = append(ids, createUser(t, s, "u"+strconv.Itoa(i)+"@example.com", "").ID)
+	}
+	// Records of a half-done delete: listed ids without a user.
+	rdb.Del(ctx, "tq:{"+ids[1]+"}:user", "tq:{"+ids[2]+"}:user")
+	page, more, err := s.ListUsers(ctx, "", 2)
+	if err != nil || !more || len(page) != 2 || page[0].ID != ids[0] || page[1].ID != ids[3] {
+		t.Fatalf("first page: %v %v %v", page, more, err)
+	}
+	page, more, err = s.ListUsers(ctx, ids[3], 2)
+	if err != nil || more || len(page) != 2 || page[1].ID != ids[5] {
+		t.Fatalf("second page: %v %v %v", page, more, err)
+	}
+	if _, _, err := s.ListUsers(ctx, "", 0); !errors.Is(err, quota.ErrInvalid) {
+		t.Fatalf("take 0: %v", err)
+	}
+}
+
+func TestDefaultDeadline(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv, Options{Timeout: 100 * time.Millisecond})
+	rdb := srv.Client(t)
+	ctx := testContext(t)
+	// The server stays paused until the test ends and kills it.
+	if err := rdb.Do(ctx, "CLIENT", "PAUSE", "1000", "ALL").Err(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err := s.GetUser(context.Background(), quota.NewID())
+	if err == nil || errors.Is(err, quota.ErrNotFound) {
+		t.Fatalf("GetUser on a paused server: %v", err)
+	}
+	if time.Since(start) > 900*time.Millisecond {
+		t.Fatalf("GetUser waited out the pause instead of its deadline: %v", err)
+	}
+}
+
+func TestParseURL(t *testing.T) {
+	tests := []struct {
+		in      string
+		addrs   []string
+		db      int
+		pass    string
+		tls     bool
+		wantErr bool
+	}{
+		{in: "redis://127.0.0.1:6379/0", addrs: []string{"127.0.0.1:6379"}},
+		{in: "redis://:s3cret@cache:6380/2?dial_timeout=3", addrs: []string{"cache:6380"}, db: 2, pass: "s3cret"},
+		{in: "rediss://cache", addrs: []string{"cache:6379"}, tls: true},
+		{in: "10.0.0.1:7000, 10.0.0.2:7000,10.0.0.3:7000", addrs: []string{"10.0.0.1:7000", "10.0.0.2:7000", "10.0.0.3:7000"}},
+		{in: "cache:6379", addrs: []string{"cache:6379"}},
+		{in: "cache", wantErr: true},
+		{in: "", wantErr: true},
+		{in: "a:1,,b:2", wantErr: true},
+		{in: "http://cache:6379", wantErr: true},
+		{in: "unix:///tmp/redis.sock", wantErr: true},
+		{in: "redis://:s3cret@cache:6379/0?bogus=1", wantErr: true},
+		{in: "redis://u:s3cret@cache:port/0", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			o, err := ParseURL(tt.in)
+			if tt.wantErr {
+				if err == nil {
+					t.Fatalf("ParseURL(%q) succeeded", tt.in)
+				}
+				if strings.Contains(err.Error(), "s3cret") {
+					t.Fatalf("error repeats the password: %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Join(o.Addrs, ",") != strings.Join(tt.addrs, ",") || o.DB != tt.db || o.Password != tt.pass ||
+				(o.TLSConfig != nil) != tt.tls || !o.ContextTimeoutEnabled {
+				t.Fatalf("ParseURL(%q) = %+v", tt.in, o)
+			}
+		})
+	}
+}

@@ -1,0 +1,256 @@
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tenantquota/caddy-tenant-quota/quota"
+)
+
+// luaWindowStart defines window_start(period, now): the unix second at which
+// the calendar window (UTC) of period that holds now begins, 0 for lifetime.
+// Months use Howard Hinnant's civil-from-days to find the day of the month.
+// Lua numbers are doubles, exact for every integer used here.
+const luaWindowStart = `
+local function window_start(per, now)
+  if per == "minute" then return now - now % 60 end
+  if per == "hour" then return now - now % 3600 end
+  if per == "day" then return now - now % 86400 end
+  if per == "month" then
+    local days = math.floor(now / 86400)
+    local z = days + 719468
+    local era = math.floor(z / 146097)
+    local doe = z - era * 146097
+    local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+    local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+    local mp = math.floor((5 * doy + 2) / 153)
+    local mday = doy - math.floor((153 * mp + 2) / 5) + 1
+    return (days - mday + 1) * 86400
+  end
+  return 0
+end
+`
+
+// admitScript applies charges to one user's usage hash (KEYS[1]) all or
+// nothing, exactly like quota.ApplyCharges. ARGV holds one group of four per
+// charge: resource, period name, limit (-1: none), amount. A counter counts
+// only if its stored window start ("<field>|s") is the current one.
+//
+// The reply is {allowed (1/0), denied index (0-based, -1), now seconds,
+// now microseconds, used per charge...}.
+var admitScript = redis.NewScript(luaWindowStart + `
+local t = redis.call("TIME")
+local now = tonumber(t[1])
+local n = #ARGV / 4
+local fields, starts, limits, amounts = {}, {}, {}, {}
+for i = 1, n do
+  local b = (i - 1) * 4
+  fields[i] = ARGV[b + 1] .. "|" .. ARGV[b + 2]
+  starts[i] = window_start(ARGV[b + 2], now)
+  limits[i] = tonumber(ARGV[b + 3])
+  amounts[i] = tonumber(ARGV[b + 4])
+end
+
+local function stored(i)
+  local v = redis.call("HMGET", KEYS[1], fields[i], fields[i] .. "|s")
+  if v[2] and tonumber(v[2]) == starts[i] then return tonumber(v[1]) or 0 end
+  return 0
+end
+
+local function reply(allowed, denied, used)
+  local r = {allowed, denied, now, tonumber(t[2])}
+  for i = 1, n do r[4 + i] = used[i] or 0 end
+  return r
+end
+
+local cur, used = {}, {}
+for i = 1, n do
+  local f = fields[i]
+  if cur[f] == nil then cur[f] = stored(i) end
+  local u = cur[f]
+  used[i] = u
+  if amounts[i] > 0 and limits[i] >= 0 and u + amounts[i] > limits[i] then
+    return reply(0, i - 1, used)
+  end
+  u = u + amounts[i]
+  if u < 0 then u = 0 end
+  cur[f] = u
+  used[i] = u
+end
+
+for i = 1, n do
+  redis.call("HSET", KEYS[1], fields[i], string.format("%d", used[i]), fields[i] .. "|s", string.format("%d", starts[i]))
+end
+return reply(1, -1, used)
+`)
+
+// usageScript returns the server time (seconds, microseconds) followed by
+// the HGETALL of the usage hash KEYS[1], all as strings.
+var usageScript = redis.NewScript(`
+local t = redis.call("TIME")
+local r = redis.call("HGETALL", KEYS[1])
+table.insert(r, 1, t[2])
+table.insert(r, 1, t[1])
+return r
+`)
+
+// startSuffix marks the window-start field of a counter.
+const startSuffix = "|s"
+
+// Admit applies all charges of one user in one atomic step on the Redis
+// server, with the server's clock. Charges are checked first: a resource
+// must be a valid name, the period known, the limit NoLimit or within
+// [0, quota.MaxLimit], and the amount within ±quota.MaxLimit.
+func (s *Store) Admit(ctx context.Context, userID string, charges []quota.Charge) (*quota.Admission, error) {
+	if !validID(userID) {
+		return nil, fmt.Errorf("user %q: %w", userID, quota.ErrNotFound)
+	}
+	args := make([]any, 0, 4*len(charges))
+	for i, c := range charges {
+		if err := checkCharge(c); err != nil {
+			return nil, fmt.Errorf("charge %d: %w", i, err)
+		}
+		args = append(args, c.Resource, c.Per.String(), strconv.FormatInt(c.Limit, 10), strconv.FormatInt(c.Amount, 10))
+	}
+	ctx, cancel := s.withDeadline(ctx)
+	defer cancel()
+	vals, err := admitScript.Run(ctx, s.rdb, []string{s.usageKey(userID)}, args...).Int64Slice()
+	if err != nil {
+		return nil, fmt.Errorf("admit: %w", err)
+	}
+	if len(vals) != 4+len(charges) {
+		return nil, fmt.Errorf("admit: script replied %d values for %d charges", len(vals), len(charges))
+	}
+	return &quota.Admission{
+		Allowed: vals[0] == 1,
+		Denied:  int(vals[1]),
+		Now:     time.Unix(vals[2], vals[3]*int64(time.Microsecond)).UTC(),
+		Used:    vals[4:],
+	}, nil
+}
+
+func checkCharge(c quota.Charge) error {
+	switch {
+	case !quota.ValidResourceName(c.Resource):
+		return quota.Invalid("resource", "%q must match %s", c.Resource, quota.ResourceNamePattern)
+	case !c.Per.Valid():
+		return quota.Invalid("per", "unknown period %q", string(c.Per))
+	case c.Limit != quota.NoLimit && (c.Limit < 0 || c.Limit > quota.MaxLimit):
+		return quota.Invalid("limit", "must be %d or between 0 and %d, got %d", quota.NoLimit, int64(quota.MaxLimit), c.Limit)
+	case c.Amount < -quota.MaxLimit || c.Amount > quota.MaxLimit:
+		return quota.Invalid("amount", "must be within ±%d, got %d", int64(quota.MaxLimit), c.Amount)
+	}
+	return nil
+}
+
+// Usage returns every counter of the user, stale windows included (their
+// Start tells), with the server's time, read in one script.
+func (s *Store) Usage(ctx context.Context, userID string) (*quota.UsageSnapshot, error) {
+	ctx, cancel := s.withDeadline(ctx)
+	defer cancel()
+	if !validID(userID) {
+		return nil, fmt.Errorf("user %q: %w", userID, quota.ErrNotFound)
+	}
+	vals, err := usageScript.Run(ctx, s.rdb, []string{s.usageKey(userID)}).StringSlice()
+	if err != nil {
+		return nil, fmt.Errorf("usage: %w", err)
+	}
+	if len(vals) < 2 || len(vals)%2 != 0 {
+		return nil, fmt.Errorf("usage: script replied %d values", len(vals))
+	}
+	sec, err1 := strconv.ParseInt(vals[0], 10, 64)
+	usec, err2 := strconv.ParseInt(vals[1], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return nil, fmt.Errorf("usage: server time: %w", err)
+	}
+	return &quota.UsageSnapshot{
+		Now:      time.Unix(sec, usec*int64(time.Microsecond)).UTC(),
+		Counters: parseCounters(vals[2:]),
+	}, nil
+}
+
+// parseCounters turns HGETALL pairs of a usage hash into counters sorted by
+// resource and period, skipping fields it does not understand.
+func parseCounters(kv []string) []quota.Counter {
+	fields := make(map[string]string, len(kv)/2)
+	for i := 0; i+1 < len(kv); i += 2 {
+		fields[kv[i]] = kv[i+1]
+	}
+	var out []quota.Counter
+	for f, v := range fields {
+		if strings.HasSuffix(f, startSuffix) {
+			continue
+		}
+		res, per, ok := quota.ParseCounterKey(f)
+		if !ok {
+			continue
+		}
+		used, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			continue
+		}
+		c := quota.Counter{Resource: res, Per: per, Used: used}
+		if per != quota.Lifetime {
+			start, err := strconv.ParseInt(fields[f+startSuffix], 10, 64)
+			if err != nil {
+				continue
+			}
+			c.Start = time.Unix(start, 0).UTC()
+		}
+		out = append(out, c)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Resource != out[j].Resource {
+			return out[i].Resource < out[j].Resource
+		}
+		return periodOrder(out[i].Per) < periodOrder(out[j].Per)
+	})
+	return out
+}
+
+// periods lists every period, in the order counters are sorted.
+var periods = []quota.Period{quota.Lifetime, quota.Minute, quota.Hour, quota.Day, quota.Month}
+
+func periodOrder(p quota.Period) int {
+	for i, q := range periods {
+		if p == q {
+			return i
+		}
+	}
+	return len(periods)
+}
+
+// ResetUsage zeroes the counters of the named resources (all if none) by
+// deleting their fields, or the whole usage hash.
+func (s *Store) ResetUsage(ctx context.Context, userID string, resources []string) error {
+	ctx, cancel := s.withDeadline(ctx)
+	defer cancel()
+	if !validID(userID) {
+		return fmt.Errorf("user %q: %w", userID, quota.ErrNotFound)
+	}
+	key := s.usageKey(userID)
+	var err error
+	if len(resources) == 0 {
+		err = s.rdb.Del(ctx, key).Err()
+	} else {
+		fields := make([]string, 0, 2*len(periods)*len(resources))
+		for _, r := range resources {
+			for _, p := range periods {
+				f := quota.CounterKey(r, p)
+				fields = append(fields, f, f+startSuffix)
+			}
+		}
+		err = s.rdb.HDel(ctx, key, fields...).Err()
+	}
+	if err != nil {
+		return fmt.Errorf("reset usage: %w", err)
+	}
+	return nil
+}

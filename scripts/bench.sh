@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# make bench: throughput of bare Caddy `respond` against the same route
+# behind tenant_quota, on the embedded store and on Redis, measured in one
+# run with wrk and printed as ratios (absolute figures drift on shared
+# machines; ratios from one run do not).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-bin/caddy}
+DURATION=${BENCH_DURATION:-10s}
+CONNS=${BENCH_CONNECTIONS:-32}
+THREADS=${BENCH_THREADS:-2}
+KEY=bench-admin-key
+
+need() {
+	command -v "$1" >/dev/null 2>&1 && return
+	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+		echo "installing $2 (apt-get)"
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+	else
+		echo "make bench needs $1: apt-get install $2" >&2
+		exit 1
+	fi
+}
+need wrk wrk
+need redis-server redis-server
+need curl curl
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+freeport() {
+	local p
+	while :; do
+		p=$((20000 + RANDOM % 40000))
+		(exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+	done
+}
+waitport() {
+	for _ in $(seq 1 100); do
+		(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return
+		sleep 0.1
+	done
+	echo "nothing listens on 127.0.0.1:$1" >&2
+	exit 1
+}
+
+rport=$(freeport)
+redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
+pids+=($!)
+waitport "$rport"
+
+# gateway NAME STORE_OPTION: starts Caddy with a bare route and a metered
+# route, and prints "bare_port quota_port".
+gateway() {
+	local name=$1 store=$2 bare quota admin
+	bare=$(freeport); quota=$(freeport); admin=$(freeport)
+	cat >"$work/$name.caddyfile" <<CADDY
+{
+	admin 127.0.0.1:$admin
+	tenant_quota {
+		$store
+		admin_key $KEY
+	}
+}
+http://127.0.0.1:$bare {
+	bind 127.0.0.1
+	respond "ok"
+}
+http://127.0.0.1:$quota {
+	bind 127.0.0.1
+	handle_path /quota/* {
+		tenant_quota_admin
+	}
+	handle {
+		tenant_quota
+		respond "ok"
+	}
+}
+CADDY
+	XDG_DATA_HOME="$work/$name-data" "$BIN" run --config "$work/$name.caddyfile" --adapter caddyfile >"$work/$name.log" 2>&1 &
+	pids+=($!)
+	waitport "$quota"
+	echo "$bare $quota"
+}
+
+# token PORT: creates a tenant with high limits (a lifetime cap and a
+# per-minute window, so admission checks two counters) and prints its token.
+token() {
+	curl -fsS -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+		-d '{"name":"bench","email":"bench-'"$1"'@example.com","issueToken":true,"limits":{"messages":[1000000000000,{"limit":1000000000000,"per":"minute"}]}}' \
+		"http://127.0.0.1:$1/quota/users" | sed -n 's/.*"token":{[^}]*"token":"\(tq_[A-Za-z0-9]*\)".*/\1/p'
+}
+
+rps() { # URL [TOKEN]
+	local args=(-t"$THREADS" -c"$CONNS" -d"$DURATION" --latency)
+	[ -n "${2:-}" ] && args+=(-H "Authorization: Bearer $2")
+	wrk "${args[@]}" "$1" >"$work/wrk.out"
+	grep -q 'Non-2xx' "$work/wrk.out" && { cat "$work/wrk.out" >&2; echo "non-2xx responses during the benchmark" >&2; exit 1; }
+	awk '/Requests\/sec/ {print $2}' "$work/wrk.out"
+}
+
+read -r bare1 quota1 < <(gateway embedded "")
+read -r bare2 quota2 < <(gateway redis "redis redis://127.0.0.1:$rport/0")
+tok1=$(token "$quota1")
+tok2=$(token "$quota2")
+[ -n "$tok1" ] && [ -n "$tok2" ] || { echo "could not create the benchmark tenants" >&2; exit 1; }
+
+echo "wrk -t$THREADS -c$CONNS -d$DURATION, one run, loopback"
+bare=$(rps "http://127.0.0.1:$bare1/")
+emb=$(rps "http://127.0.0.1:$quota1/v1/chat" "$tok1")
+red=$(rps "http://127.0.0.1:$quota2/v1/chat" "$tok2")
+bare_again=$(rps "http://127.0.0.1:$bare2/")
+awk -v b="$bare" -v b2="$bare_again" -v e="$emb" -v r="$red" 'BEGIN {
+	printf "%-34s %12s %8s\n", "route", "req/s", "ratio"
+	printf "%-34s %12.0f %8.2f\n", "bare respond", b, 1
+	printf "%-34s %12.0f %8.2f\n", "tenant_quota, embedded store", e, e / b
+	printf "%-34s %12.0f %8.2f\n", "tenant_quota, redis store", r, r / b
+	printf "%-34s %12.0f %8.2f\n", "bare respond (again, drift check)", b2, b2 / b
+}'
