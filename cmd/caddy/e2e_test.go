@@ -332,8 +332,9 @@ func TestWalkthrough(t *testing.T) {
 			// Raising the limit takes effect on the next request.
 			wantStatus(t, call(t, "PATCH", admin+"/users/"+uid+"/limits", adminKey, map[string]any{"messages": 4}, nil), http.StatusOK)
 			wantStatus(t, call(t, "POST", g.url+"/v1/chat/completions", tok, map[string]any{}, nil), http.StatusOK)
-			// So does a window.
-			wantStatus(t, call(t, "PATCH", admin+"/users/"+uid+"/limits", adminKey, map[string]any{"messages": []any{100, map[string]any{"limit": 1, "per": "minute"}}}, nil), http.StatusOK)
+			// So does a window (its counter starts with the limit).
+			wantStatus(t, call(t, "PATCH", admin+"/users/"+uid+"/limits", adminKey, map[string]any{"messages": []any{100, map[string]any{"limit": 1, "per": "day"}}}, nil), http.StatusOK)
+			wantStatus(t, call(t, "POST", g.url+"/v1/chat/completions", tok, map[string]any{}, nil), http.StatusOK)
 			resp = call(t, "POST", g.url+"/v1/chat/completions", tok, map[string]any{}, &e)
 			wantStatus(t, resp, http.StatusTooManyRequests)
 			if e.Error.Code != "rate_limited" || resp.Header.Get("Retry-After") == "" {
