@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/tenantquota/caddy-tenant-quota/internal/redistest"
 )
 
@@ -85,10 +87,12 @@ func newBackend(t *testing.T) *backend {
 
 // gateway is a running Caddy built from cmd/caddy.
 type gateway struct {
-	url     string
-	dataDir string
-	cmd     *exec.Cmd
-	logs    *bytes.Buffer
+	url       string
+	adminAddr string
+	caddyfile string
+	dataDir   string
+	cmd       *exec.Cmd
+	logs      *bytes.Buffer
 }
 
 // startGateway starts Caddy with the tenant_quota app configured by
@@ -121,7 +125,10 @@ http://127.0.0.1:%d {
 	if err := os.WriteFile(path, []byte(caddyfile), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	g := &gateway{url: fmt.Sprintf("http://127.0.0.1:%d", port), dataDir: filepath.Join(dir, "data"), logs: &bytes.Buffer{}}
+	g := &gateway{
+		url: fmt.Sprintf("http://127.0.0.1:%d", port), adminAddr: fmt.Sprintf("127.0.0.1:%d", adminPort),
+		caddyfile: path, dataDir: filepath.Join(dir, "data"), logs: &bytes.Buffer{},
+	}
 	g.start(t, path)
 	return g
 }
@@ -445,12 +452,62 @@ func TestEmbeddedStoreSurvivesRestart(t *testing.T) {
 		"name": "Bo", "email": "bo@example.com", "limits": map[string]any{"messages": 2}, "issueToken": true,
 	}, &created), http.StatusCreated)
 	wantStatus(t, call(t, "POST", g.url+"/v1/x", created.Token.Token, map[string]any{}, nil), http.StatusOK)
-	caddyfile := g.cmd.Args[3]
 	g.stop(t)
 	if _, err := os.Stat(filepath.Join(g.dataDir, "caddy", "tenant_quota", "quota.db")); err != nil {
 		t.Fatalf("embedded store not in Caddy's data directory: %v", err)
 	}
-	g.start(t, caddyfile)
+	g.start(t, g.caddyfile)
 	wantStatus(t, call(t, "POST", g.url+"/v1/x", created.Token.Token, map[string]any{}, nil), http.StatusOK)
 	wantStatus(t, call(t, "POST", g.url+"/v1/x", created.Token.Token, map[string]any{}, nil), http.StatusTooManyRequests)
+}
+
+// TestReloadKeepsState: config reloads share the open store and the cache
+// instead of reopening them, so counts go on and no connection leaks.
+func TestReloadKeepsState(t *testing.T) {
+	for _, st := range allStores() {
+		t.Run(st.name, func(t *testing.T) {
+			be := newBackend(t)
+			var rc *redis.Client
+			opts := ""
+			if st.name == "redis" {
+				srv := redistest.Start(t)
+				rc = srv.Client(t)
+				opts = "redis redis://" + srv.Addr() + "/0"
+			}
+			g := startGateway(t, opts, strings.TrimPrefix(be.URL, "http://"))
+			var created userResp
+			wantStatus(t, call(t, "POST", g.url+"/quota/users", adminKey, map[string]any{
+				"name": "R", "email": "r@example.com", "limits": map[string]any{"messages": 12}, "issueToken": true,
+			}, &created), http.StatusCreated)
+			clients := func() string {
+				if rc == nil {
+					return ""
+				}
+				info, err := rc.Info(context.Background(), "clients").Result()
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, line := range strings.Split(info, "\n") {
+					if strings.HasPrefix(line, "connected_clients:") {
+						return strings.TrimSpace(line)
+					}
+				}
+				return ""
+			}
+			wantStatus(t, call(t, "POST", g.url+"/v1/x", created.Token.Token, map[string]any{}, nil), http.StatusOK)
+			before := clients()
+			for i := 0; i < 10; i++ {
+				run(t, "", nil, caddyBin, "reload", "--config", g.caddyfile, "--adapter", "caddyfile", "--address", g.adminAddr, "--force")
+				wantStatus(t, call(t, "POST", g.url+"/v1/x", created.Token.Token, map[string]any{}, nil), http.StatusOK)
+			}
+			if after := clients(); after != before {
+				t.Errorf("redis clients before and after 10 reloads: %s, %s", before, after)
+			}
+			wantStatus(t, call(t, "POST", g.url+"/v1/x", created.Token.Token, map[string]any{}, nil), http.StatusOK)
+			wantStatus(t, call(t, "POST", g.url+"/v1/x", created.Token.Token, map[string]any{}, nil), http.StatusTooManyRequests)
+			if strings.Contains(g.logs.String(), `"level":"error"`) {
+				t.Errorf("errors logged during reloads:\n%s", g.logs)
+			}
+		})
+	}
 }
