@@ -34,7 +34,7 @@ func (f *fakeClock) Now() time.Time      { return *f.now.Load() }
 func (f *fakeClock) set(t time.Time)     { f.now.Store(&t) }
 func (f *fakeClock) add(d time.Duration) { f.set(f.Now().Add(d)) }
 
-func newService(t *testing.T) (*quota.Service, *countingStore, *fakeClock, *[]quota.Event) {
+func newService(t testing.TB) (*quota.Service, *countingStore, *fakeClock, *[]quota.Event) {
 	t.Helper()
 	bs, err := boltstore.Open(boltstore.Options{Path: filepath.Join(t.TempDir(), "q.db")})
 	if err != nil {

@@ -88,8 +88,16 @@ func TokenDisplayPrefix(secret string) string {
 	return secret[:tokenDisplayChars]
 }
 
+// tokenChecksum is the base62 CRC-32 of the random part; it runs on every
+// request, so it avoids big.Int.
 func tokenChecksum(random string) string {
-	return encodeBase62(big.NewInt(int64(crc32.ChecksumIEEE([]byte(random)))), tokenChecksumLen)
+	var out [tokenChecksumLen]byte
+	n := crc32.ChecksumIEEE([]byte(random))
+	for i := tokenChecksumLen - 1; i >= 0; i-- {
+		out[i] = base62[n%62]
+		n /= 62
+	}
+	return string(out[:])
 }
 
 func encodeBase62(n *big.Int, width int) string {

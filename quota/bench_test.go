@@ -1,0 +1,35 @@
+package quota_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/tenantquota/caddy-tenant-quota/quota"
+)
+
+// BenchmarkAuthenticateCacheHit measures token validation when the token
+// and its user are in the hot cache (no store round trip).
+func BenchmarkAuthenticateCacheHit(b *testing.B) {
+	svc, _, _, _ := newService(b)
+	ctx := context.Background()
+	u, err := svc.CreateUser(ctx, quota.NewUser{Name: "B", Email: "b@example.com"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	issued, err := svc.CreateToken(ctx, u.ID, quota.NewToken{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; i < 20; i++ {
+		svc.Authenticate(ctx, issued.Secret)
+		time.Sleep(2 * time.Millisecond)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := svc.Authenticate(ctx, issued.Secret); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
