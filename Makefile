@@ -34,6 +34,7 @@ test: redis-check vet
 	TQ_REQUIRE_REDIS=1 $(GO) test -race -timeout 20m ./...
 
 bench: build
+	$(GO) test -run '^$$' -bench . -benchtime 1s ./quota/...
 	./scripts/bench.sh
 
 FUZZTIME ?= 20s
