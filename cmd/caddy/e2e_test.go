@@ -92,7 +92,25 @@ type gateway struct {
 	caddyfile string
 	dataDir   string
 	cmd       *exec.Cmd
-	logs      *bytes.Buffer
+	logs      *syncBuffer
+}
+
+// syncBuffer collects a process's output while tests read it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // startGateway starts Caddy with the tenant_quota app configured by
@@ -127,7 +145,7 @@ http://127.0.0.1:%d {
 	}
 	g := &gateway{
 		url: fmt.Sprintf("http://127.0.0.1:%d", port), adminAddr: fmt.Sprintf("127.0.0.1:%d", adminPort),
-		caddyfile: path, dataDir: filepath.Join(dir, "data"), logs: &bytes.Buffer{},
+		caddyfile: path, dataDir: filepath.Join(dir, "data"), logs: &syncBuffer{},
 	}
 	g.start(t, path)
 	return g
