@@ -87,6 +87,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	timeout := time.Duration(a.StoreTimeout)
 	val, _, err := stores.LoadOrNew(a.poolKey, func() (caddy.Destructor, error) {
 		var store quota.Store
+		var broadcaster quota.Broadcaster
 		if redisAddr != "" {
 			opts, err := redisstore.ParseURL(redisAddr)
 			if err != nil {
@@ -99,7 +100,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 				client.Close()
 				return nil, err
 			}
-			store = s
+			store, broadcaster = s, s.Broadcaster()
 			logger.Info("using the redis store", zap.Strings("addresses", opts.Addrs))
 		} else {
 			s, err := boltstore.Open(boltstore.Options{Path: dbPath, OnFlushError: func(err error) {
@@ -112,7 +113,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 			logger.Info("using the embedded store", zap.String("path", dbPath))
 		}
 		svc, err := quota.NewService(quota.Options{
-			Store: store, Logger: logger, CacheTTL: cacheTTL,
+			Store: store, Logger: logger, CacheTTL: cacheTTL, Broadcaster: broadcaster,
 			OnEvent: func(e quota.Event) {
 				logger.Info("quota event", zap.String("type", e.Type), zap.String("user_id", e.UserID),
 					zap.String("token_id", e.TokenID), zap.Strings("resources", e.Resources))

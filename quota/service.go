@@ -31,6 +31,21 @@ type Options struct {
 	// OnEvent, if set, is called after every account, token and limit
 	// change. It must not block.
 	OnEvent func(Event)
+	// Broadcaster, if set, carries cache invalidations to and from the
+	// other nodes that share the store.
+	Broadcaster Broadcaster
+}
+
+// Broadcaster carries hot-cache invalidations between the nodes that share
+// a store, so that a revoked token, a deleted or disabled user or a changed
+// limit is enforced on every node within about a second.
+type Broadcaster interface {
+	// Publish tells the other nodes to drop the cache keys.
+	Publish(ctx context.Context, keys []string) error
+	// Listen delivers other nodes' invalidations to drop, and calls flush
+	// each time the subscription is (re)established, since messages may
+	// have been missed while it was down. It returns when ctx is done.
+	Listen(ctx context.Context, drop func(keys []string), flush func())
 }
 
 // Event types.
@@ -73,6 +88,10 @@ type Service struct {
 	stop         chan struct{}
 	done         chan struct{}
 	closeOnce    sync.Once
+
+	broadcaster    Broadcaster
+	stopListening  context.CancelFunc
+	listenerExited chan struct{}
 }
 
 // NewService returns a Service over opts.Store.
@@ -105,6 +124,14 @@ func NewService(opts Options) (*Service, error) {
 		stop: make(chan struct{}), done: make(chan struct{}),
 	}
 	go s.touchLoop()
+	if opts.Broadcaster != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		s.broadcaster, s.stopListening, s.listenerExited = opts.Broadcaster, cancel, make(chan struct{})
+		go func() {
+			defer close(s.listenerExited)
+			opts.Broadcaster.Listen(ctx, func(keys []string) { s.cache.invalidate(keys...) }, s.cache.flush)
+		}()
+	}
 	return s, nil
 }
 
@@ -117,6 +144,10 @@ func (s *Service) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.stop)
 		<-s.done
+		if s.stopListening != nil {
+			s.stopListening()
+			<-s.listenerExited
+		}
 		s.cache.close()
 	})
 	return nil
@@ -124,6 +155,18 @@ func (s *Service) Close() error {
 
 // FlushCache drops every cached token and user.
 func (s *Service) FlushCache() { s.cache.flush() }
+
+// invalidate drops cache keys here and on every other node.
+func (s *Service) invalidate(ctx context.Context, keys ...string) {
+	s.cache.invalidate(keys...)
+	if s.broadcaster == nil {
+		return
+	}
+	if err := s.broadcaster.Publish(ctx, keys); err != nil {
+		// The other nodes' cache TTL is the backstop.
+		s.log.Warn("publishing a cache invalidation", zap.Error(err))
+	}
+}
 
 func (s *Service) emit(typ, userID, tokenID string, resources ...string) {
 	if s.onEvent == nil {
@@ -276,7 +319,7 @@ func (s *Service) modifyUser(ctx context.Context, id string, change func(*User))
 	if err := s.store.UpdateUser(ctx, u); err != nil {
 		return nil, err
 	}
-	s.cache.invalidate(userKey(id))
+	s.invalidate(ctx, userKey(id))
 	s.emit(EventUserUpdated, id, "")
 	if old.Status != u.Status {
 		if u.Status == StatusDisabled {
@@ -325,7 +368,7 @@ func (s *Service) DeleteUser(ctx context.Context, id string) error {
 	for _, t := range tokens {
 		keys = append(keys, tokenKey(t.Hash))
 	}
-	s.cache.invalidate(keys...)
+	s.invalidate(ctx, keys...)
 	s.emit(EventUserDeleted, id, "")
 	return nil
 }
@@ -408,7 +451,7 @@ func (s *Service) RevokeToken(ctx context.Context, userID, tokenID string) error
 	if err != nil {
 		return err
 	}
-	s.cache.invalidate(tokenKey(t.Hash))
+	s.invalidate(ctx, tokenKey(t.Hash))
 	s.emit(EventTokenRevoked, userID, tokenID)
 	return nil
 }

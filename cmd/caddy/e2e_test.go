@@ -529,3 +529,82 @@ func TestReloadKeepsState(t *testing.T) {
 		})
 	}
 }
+
+// TestTwoNodes: two Caddy processes sharing one Redis admit exactly the cap
+// between them, and a revocation on one is enforced on the other within a
+// second.
+func TestTwoNodes(t *testing.T) {
+	be := newBackend(t)
+	opts := "redis redis://" + redistest.Start(t).Addr() + "/0"
+	a := startGateway(t, opts, strings.TrimPrefix(be.URL, "http://"))
+	b := startGateway(t, opts, strings.TrimPrefix(be.URL, "http://"))
+	var created userResp
+	wantStatus(t, call(t, "POST", a.url+"/quota/users", adminKey, map[string]any{
+		"name": "Two", "email": "two@example.com", "limits": map[string]any{"messages": 100}, "issueToken": true,
+	}, &created), http.StatusCreated)
+
+	const n = 400
+	var ok, limited, other atomic.Int64
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	tr := &http.Transport{MaxIdleConnsPerHost: n}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	for i := 0; i < n; i++ {
+		target := a.url
+		if i%2 == 1 {
+			target = b.url
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			req, _ := http.NewRequest("POST", target+"/v1/chat/completions", strings.NewReader(`{}`))
+			req.Header.Set("Authorization", "Bearer "+created.Token.Token)
+			resp, err := c.Do(req)
+			if err != nil {
+				other.Add(1)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			switch resp.StatusCode {
+			case http.StatusOK:
+				ok.Add(1)
+			case http.StatusTooManyRequests:
+				limited.Add(1)
+			default:
+				other.Add(1)
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	if ok.Load() != 100 || limited.Load() != n-100 || other.Load() != 0 || be.hits.Load() != 100 {
+		t.Fatalf("400 requests over two nodes against a cap of 100: %d admitted, %d limited, %d other, backend saw %d",
+			ok.Load(), limited.Load(), other.Load(), be.hits.Load())
+	}
+
+	// Raise the cap on A; B must see it (its cache holds the old user).
+	wantStatus(t, call(t, "PATCH", a.url+"/quota/users/"+created.User.ID+"/limits", adminKey, map[string]any{"messages": 1000}, nil), http.StatusOK)
+	eventually(t, "raised limit on the other node", func() bool {
+		return call(t, "POST", b.url+"/v1/x", created.Token.Token, map[string]any{}, nil).StatusCode == http.StatusOK
+	})
+	// Revoke on B; A must refuse the token.
+	wantStatus(t, call(t, "DELETE", b.url+"/quota/users/"+created.User.ID+"/tokens/"+created.Token.ID, adminKey, nil, nil), http.StatusNoContent)
+	eventually(t, "revocation on the other node", func() bool {
+		return call(t, "POST", a.url+"/v1/x", created.Token.Token, map[string]any{}, nil).StatusCode == http.StatusUnauthorized
+	})
+}
+
+// eventually polls cond for up to one second.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not in effect within 1s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
