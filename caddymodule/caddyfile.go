@@ -172,4 +172,3 @@ var (
 	_ caddyfile.Unmarshaler = (*Handler)(nil)
 	_ caddyfile.Unmarshaler = (*AdminHandler)(nil)
 )
-
