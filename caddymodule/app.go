@@ -41,10 +41,22 @@ type App struct {
 	// CacheTTL is how long a token or user stays in the hot cache
 	// (default 30s).
 	CacheTTL caddy.Duration `json:"cache_ttl,omitempty"`
-	// StoreTimeout is the deadline of one store call (default 1s).
+	// StoreTimeout is the deadline of each store call made to authenticate
+	// and admit a request (default 50ms); admin API calls get 1s.
 	StoreTimeout caddy.Duration `json:"store_timeout,omitempty"`
+	// OnStoreError decides what a tenant sees when the store fails or is
+	// too slow while admitting a request: "deny" (503, the default) or
+	// "allow". A token that is not in the hot cache cannot be verified
+	// without the store and always gets 503.
+	OnStoreError string `json:"on_store_error,omitempty"`
+	// FallbackLimit, with "allow", caps what each tenant is let through
+	// per FallbackPer on this node while the store is down (0: no cap).
+	FallbackLimit int64 `json:"fallback_limit,omitempty"`
+	// FallbackPer is the window of FallbackLimit: minute, hour or day.
+	FallbackPer string `json:"fallback_per,omitempty"`
 
 	service   *quota.Service
+	fallback  *quota.LocalAllowance
 	poolKey   string
 	adminKeys []string
 	logger    *zap.Logger
@@ -70,7 +82,13 @@ func (a *App) Provision(ctx caddy.Context) error {
 		a.adminKeys = append(a.adminKeys, key)
 	}
 	if a.StoreTimeout == 0 {
-		a.StoreTimeout = caddy.Duration(time.Second)
+		a.StoreTimeout = caddy.Duration(DefaultStoreTimeout)
+	}
+	if a.OnStoreError == "" {
+		a.OnStoreError = StoreErrorDeny
+	}
+	if a.FallbackLimit > 0 {
+		a.fallback = quota.NewLocalAllowance(a.FallbackLimit, quota.Period(a.FallbackPer))
 	}
 	redisAddr := strings.TrimSpace(repl.ReplaceKnown(a.Redis, ""))
 	dbPath := repl.ReplaceKnown(a.DBPath, "")
@@ -95,7 +113,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 			}
 			opts.ContextTimeoutEnabled = true
 			client := redis.NewUniversalClient(opts)
-			s, err := redisstore.New(redisstore.Options{Client: client, Timeout: timeout})
+			s, err := redisstore.New(redisstore.Options{Client: client})
 			if err != nil {
 				client.Close()
 				return nil, err
@@ -113,7 +131,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 			logger.Info("using the embedded store", zap.String("path", dbPath))
 		}
 		svc, err := quota.NewService(quota.Options{
-			Store: store, Logger: logger, CacheTTL: cacheTTL, Broadcaster: broadcaster,
+			Store: store, Logger: logger, CacheTTL: cacheTTL, Broadcaster: broadcaster, HotPathTimeout: timeout,
 			OnEvent: func(e quota.Event) {
 				logger.Info("quota event", zap.String("type", e.Type), zap.String("user_id", e.UserID),
 					zap.String("token_id", e.TokenID), zap.Strings("resources", e.Resources))
@@ -140,7 +158,43 @@ func (a *App) Validate() error {
 	if a.CacheTTL < 0 || a.StoreTimeout < 0 {
 		return errors.New("cache_ttl and store_timeout must not be negative")
 	}
+	switch a.OnStoreError {
+	case StoreErrorDeny, StoreErrorAllow:
+	default:
+		return fmt.Errorf("on_store_error must be %q or %q, got %q", StoreErrorDeny, StoreErrorAllow, a.OnStoreError)
+	}
+	if a.FallbackLimit < 0 {
+		return errors.New("the on_store_error allowance must not be negative")
+	}
+	if a.FallbackLimit > 0 {
+		if a.OnStoreError != StoreErrorAllow {
+			return errors.New("an on_store_error allowance goes with allow")
+		}
+		switch quota.Period(a.FallbackPer) {
+		case quota.Minute, quota.Hour, quota.Day:
+		default:
+			return fmt.Errorf("the on_store_error allowance period must be minute, hour or day, got %q", a.FallbackPer)
+		}
+	}
 	return nil
+}
+
+// Store error policies.
+const (
+	StoreErrorDeny  = "deny"
+	StoreErrorAllow = "allow"
+)
+
+// DefaultStoreTimeout is the hot path's default store deadline.
+const DefaultStoreTimeout = 50 * time.Millisecond
+
+// admitOnStoreError applies the on_store_error policy to a request of
+// userID whose admission failed because the store did not answer.
+func (a *App) admitOnStoreError(userID string) bool {
+	if a.OnStoreError != StoreErrorAllow {
+		return false
+	}
+	return a.fallback == nil || a.fallback.Take(userID, time.Now())
 }
 
 // Start implements caddy.App; the store was opened in Provision.

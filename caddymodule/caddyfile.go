@@ -8,6 +8,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/tenantquota/caddy-tenant-quota/quota"
 )
 
 func init() {
@@ -27,7 +29,8 @@ func init() {
 //		db_path       <file>                            # embedded store file
 //		admin_key     <key> [<key>...]                  # repeatable, for rotation
 //		cache_ttl     <duration>                        # default 30s
-//		store_timeout <duration>                        # default 1s
+//		store_timeout <duration>                        # default 50ms
+//		on_store_error deny | allow [<n> per minute|hour|day]
 //	}
 func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 	app := new(App)
@@ -75,6 +78,10 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("admin_key needs at least one key, e.g. admin_key {env.TQ_ADMIN_KEY}")
 			}
 			a.AdminKeys = append(a.AdminKeys, args...)
+		case "on_store_error":
+			if err := a.parseOnStoreError(d); err != nil {
+				return err
+			}
 		case "cache_ttl", "store_timeout":
 			dur, err := parseDurationArg(d)
 			if err != nil {
@@ -86,10 +93,34 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				a.StoreTimeout = dur
 			}
 		default:
-			return d.Errf("unrecognized tenant_quota option %q (known: redis, db_path, admin_key, cache_ttl, store_timeout)", opt)
+			return d.Errf("unrecognized tenant_quota option %q (known: redis, db_path, admin_key, cache_ttl, store_timeout, on_store_error)", opt)
 		}
 	}
 	return nil
+}
+
+// parseOnStoreError reads `on_store_error deny`, `on_store_error allow` or
+// `on_store_error allow <n> per <period>`.
+func (a *App) parseOnStoreError(d *caddyfile.Dispenser) error {
+	args := d.RemainingArgs()
+	switch {
+	case len(args) == 1 && (args[0] == StoreErrorDeny || args[0] == StoreErrorAllow):
+		a.OnStoreError = args[0]
+		return nil
+	case len(args) == 4 && args[0] == StoreErrorAllow && args[2] == "per":
+		n, err := strconv.ParseInt(args[1], 10, 64)
+		if err != nil || n <= 0 {
+			return d.Errf("on_store_error allow: %q is not a positive number of requests", args[1])
+		}
+		switch quota.Period(args[3]) {
+		case quota.Minute, quota.Hour, quota.Day:
+		default:
+			return d.Errf("on_store_error allow: period must be minute, hour or day, got %q", args[3])
+		}
+		a.OnStoreError, a.FallbackLimit, a.FallbackPer = StoreErrorAllow, n, args[3]
+		return nil
+	}
+	return d.Errf("on_store_error takes deny, allow, or allow <n> per minute|hour|day")
 }
 
 func parseDurationArg(d *caddyfile.Dispenser) (caddy.Duration, error) {

@@ -79,10 +79,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	switch {
 	case errors.As(err, &le):
 		return writeLimitExceeded(w, le.State, d.Now)
+	case errors.Is(err, quota.ErrUnavailable) && h.app.admitOnStoreError(p.User.ID):
+		if c := h.logger.Check(zapcore.WarnLevel, "quota store unavailable; admitted by on_store_error allow"); c != nil {
+			c.Write(zap.String("user_id", p.User.ID), zap.Error(err))
+		}
 	case err != nil:
 		return h.storeFailure(w, err)
 	}
-	if d.Tightest != nil {
+	if d != nil && d.Tightest != nil {
 		setRateLimitHeaders(w.Header(), *d.Tightest, d.Now)
 	}
 
@@ -100,6 +104,7 @@ func (h *Handler) storeFailure(w http.ResponseWriter, err error) error {
 	if c := h.logger.Check(zapcore.ErrorLevel, "quota store unavailable"); c != nil {
 		c.Write(zap.Error(err))
 	}
+	w.Header().Set("Retry-After", "1")
 	return writeError(w, http.StatusServiceUnavailable, "the quota service is temporarily unavailable; try again shortly", "server_error", "quota_unavailable")
 }
 

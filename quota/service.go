@@ -31,6 +31,13 @@ type Options struct {
 	// OnEvent, if set, is called after every account, token and limit
 	// change. It must not block.
 	OnEvent func(Event)
+	// HotPathTimeout, if set, is the deadline of each store call made to
+	// authenticate and admit a request (the admin API's calls keep the
+	// store's own deadline).
+	HotPathTimeout time.Duration
+	// Breaker guards the hot path's store calls; default NewBreaker with
+	// its defaults.
+	Breaker *Breaker
 	// Broadcaster, if set, carries cache invalidations to and from the
 	// other nodes that share the store.
 	Broadcaster Broadcaster
@@ -89,6 +96,8 @@ type Service struct {
 	done         chan struct{}
 	closeOnce    sync.Once
 
+	hotTimeout     time.Duration
+	breaker        *Breaker
 	broadcaster    Broadcaster
 	stopListening  context.CancelFunc
 	listenerExited chan struct{}
@@ -114,6 +123,9 @@ func NewService(opts Options) (*Service, error) {
 	if opts.TouchInterval <= 0 {
 		opts.TouchInterval = 10 * time.Second
 	}
+	if opts.Breaker == nil {
+		opts.Breaker = NewBreaker(BreakerOptions{})
+	}
 	cache, err := newHotCache(opts.CacheEntries, opts.CacheTTL)
 	if err != nil {
 		return nil, fmt.Errorf("quota: creating cache: %w", err)
@@ -122,6 +134,7 @@ func NewService(opts Options) (*Service, error) {
 		store: opts.Store, clock: opts.Clock, log: opts.Logger, cache: cache, onEvent: opts.OnEvent,
 		touchPending: map[string]time.Time{}, touchLast: map[string]time.Time{}, touchEvery: opts.TouchInterval,
 		stop: make(chan struct{}), done: make(chan struct{}),
+		hotTimeout: opts.HotPathTimeout, breaker: opts.Breaker,
 	}
 	go s.touchLoop()
 	if opts.Broadcaster != nil {
@@ -155,6 +168,20 @@ func (s *Service) Close() error {
 
 // FlushCache drops every cached token and user.
 func (s *Service) FlushCache() { s.cache.flush() }
+
+// hot runs a hot-path store call with the hot-path deadline, through the
+// circuit breaker. Failures come back matching ErrUnavailable.
+func (s *Service) hot(ctx context.Context, call func(ctx context.Context) error) error {
+	if s.hotTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.hotTimeout)
+		defer cancel()
+	}
+	return s.breaker.Do(func() error { return call(ctx) })
+}
+
+// Breaker returns the circuit breaker of the hot path.
+func (s *Service) Breaker() *Breaker { return s.breaker }
 
 // invalidate drops cache keys here and on every other node.
 func (s *Service) invalidate(ctx context.Context, keys ...string) {
@@ -503,7 +530,11 @@ func (s *Service) cachedToken(ctx context.Context, hash string) (*Token, error) 
 		return e.token, nil
 	}
 	gen := s.cache.begin()
-	tok, err := s.store.GetTokenByHash(ctx, hash)
+	var tok *Token
+	err := s.hot(ctx, func(ctx context.Context) (err error) {
+		tok, err = s.store.GetTokenByHash(ctx, hash)
+		return err
+	})
 	if errors.Is(err, ErrNotFound) {
 		return nil, fmt.Errorf("unknown or revoked token: %w", ErrUnauthenticated)
 	}
@@ -520,7 +551,11 @@ func (s *Service) cachedUser(ctx context.Context, id string) (*User, error) {
 		return e.user, nil
 	}
 	gen := s.cache.begin()
-	u, err := s.store.GetUser(ctx, id)
+	var u *User
+	err := s.hot(ctx, func(ctx context.Context) (err error) {
+		u, err = s.store.GetUser(ctx, id)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -646,7 +681,11 @@ func (s *Service) Admit(ctx context.Context, u *User, uses []Use) (*Decision, er
 			}
 		}
 	}
-	adm, err := s.store.Admit(ctx, u.ID, charges)
+	var adm *Admission
+	err := s.hot(ctx, func(ctx context.Context) (err error) {
+		adm, err = s.store.Admit(ctx, u.ID, charges)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
