@@ -1,10 +1,13 @@
 // Package redistest starts real redis-server processes for tests: never a
 // mock. Each server listens on a free loopback port, keeps nothing on disk
 // beyond the test's temporary directory, and is killed when the test ends.
+// Start runs a standalone server, StartCluster a three-master Redis Cluster,
+// and StartSentinel a Sentinel that monitors a server.
 //
-// Tests skip when redis-server is not on PATH, unless the environment variable
-// TQ_REQUIRE_REDIS is set (to anything), in which case they fail: CI sets it
-// so that a missing server cannot pass silently.
+// Tests skip when redis-server (or redis-cli, for a cluster) is not on PATH,
+// unless the environment variable TQ_REQUIRE_REDIS is set (to anything), in
+// which case they fail: CI sets it so that a missing server cannot pass
+// silently.
 //
 // The package is test support only: production code must not import it.
 package redistest
@@ -43,29 +46,8 @@ type Server struct {
 // installed.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	bin := lookPath(t)
-	dir := t.TempDir()
-	// A free port can be taken by someone else before redis-server binds it;
-	// try a few.
-	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ {
-		port := freePort(t)
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-		err := startProcess(t, bin, dir, addr,
-			"--port", strconv.Itoa(port),
-			"--bind", "127.0.0.1",
-			"--save", "",
-			"--appendonly", "no",
-			"--dir", dir,
-			"--logfile", filepath.Join(dir, fmt.Sprintf("redis-%d.log", port)),
-		)
-		if err == nil {
-			return &Server{addr: addr}
-		}
-		lastErr = err
-	}
-	t.Fatalf("redistest: %v", lastErr)
-	return nil
+	bin := lookPath(t, "redis-server")
+	return &Server{addr: startServer(t, bin, t.TempDir(), freePort, "")}
 }
 
 // Addr returns the server's host:port.
@@ -92,18 +74,52 @@ func (s *Server) FlushAll(t testing.TB) {
 	}
 }
 
-// lookPath finds redis-server or ends the test, by skipping or failing
-// according to RequireEnv.
-func lookPath(t testing.TB) string {
+// lookPath finds the named Redis program or ends the test, by skipping or
+// failing according to RequireEnv.
+func lookPath(t testing.TB, name string) string {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
+	bin, err := exec.LookPath(name)
 	if err == nil {
 		return bin
 	}
 	if os.Getenv(RequireEnv) != "" {
-		t.Fatalf("redistest: redis-server not found on PATH and %s is set: %v", RequireEnv, err)
+		t.Fatalf("redistest: %s not found on PATH and %s is set: %v", name, RequireEnv, err)
 	}
-	t.Skipf("redistest: redis-server not found on PATH; install Redis to run this test (set %s=1 to make this a failure)", RequireEnv)
+	t.Skipf("redistest: %s not found on PATH; install Redis to run this test (set %s=1 to make this a failure)", name, RequireEnv)
+	return ""
+}
+
+// startServer runs redis-server (bin) in dir on a port chosen by pick, with
+// persistence disabled, the config file conf (none when empty) and extra
+// arguments appended, and returns its address once it answers PING. A free port can be taken by someone else
+// before redis-server binds it, so it tries a few; it fails t when none
+// works.
+func startServer(t testing.TB, bin, dir string, pick func(testing.TB) int, conf string, extra ...string) string {
+	t.Helper()
+	var lastErr error
+	for attempt := 0; attempt < 3; attempt++ {
+		port := pick(t)
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		var args []string
+		if conf != "" {
+			args = append(args, conf)
+		}
+		args = append(args,
+			"--port", strconv.Itoa(port),
+			"--bind", "127.0.0.1",
+			"--save", "",
+			"--appendonly", "no",
+			"--dir", dir,
+			"--logfile", filepath.Join(dir, fmt.Sprintf("redis-%d.log", port)),
+		)
+		args = append(args, extra...)
+		err := startProcess(t, bin, dir, addr, args...)
+		if err == nil {
+			return addr
+		}
+		lastErr = err
+	}
+	t.Fatalf("redistest: %v", lastErr)
 	return ""
 }
 
@@ -125,6 +141,7 @@ func startProcess(t testing.TB, bin, dir, addr string, args ...string) error {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = dir
+	dieWithParent(cmd)
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", bin, err)
 	}

@@ -3,6 +3,7 @@ package redisstore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand"
 	"strconv"
 	"strings"
@@ -526,18 +527,38 @@ func TestDefaultDeadline(t *testing.T) {
 
 func TestParseURL(t *testing.T) {
 	tests := []struct {
-		in      string
-		addrs   []string
-		db      int
-		pass    string
-		tls     bool
-		wantErr bool
+		in       string
+		kind     string // which client NewUniversalClient builds: single, cluster or failover
+		addrs    []string
+		master   string
+		db       int
+		user     string
+		pass     string
+		sentUser string
+		sentPass string
+		tls      bool
+		wantErr  bool
 	}{
-		{in: "redis://127.0.0.1:6379/0", addrs: []string{"127.0.0.1:6379"}},
-		{in: "redis://:s3cret@cache:6380/2?dial_timeout=3", addrs: []string{"cache:6380"}, db: 2, pass: "s3cret"},
-		{in: "rediss://cache", addrs: []string{"cache:6379"}, tls: true},
-		{in: "10.0.0.1:7000, 10.0.0.2:7000,10.0.0.3:7000", addrs: []string{"10.0.0.1:7000", "10.0.0.2:7000", "10.0.0.3:7000"}},
-		{in: "cache:6379", addrs: []string{"cache:6379"}},
+		{in: "redis://127.0.0.1:6379/0", kind: "single", addrs: []string{"127.0.0.1:6379"}},
+		{in: "redis://:s3cret@cache:6380/2?dial_timeout=3", kind: "single", addrs: []string{"cache:6380"}, db: 2, pass: "s3cret"},
+		{in: "rediss://cache", kind: "single", addrs: []string{"cache:6379"}, tls: true},
+		{in: "REDIS://cache:1", kind: "single", addrs: []string{"cache:1"}},
+		{in: "10.0.0.1:7000, 10.0.0.2:7000,10.0.0.3:7000", kind: "cluster", addrs: []string{"10.0.0.1:7000", "10.0.0.2:7000", "10.0.0.3:7000"}},
+		{in: "cache:6379", kind: "single", addrs: []string{"cache:6379"}},
+
+		{in: "redis-cluster://n1:7000,n2:7001,n3", kind: "cluster", addrs: []string{"n1:7000", "n2:7001", "n3:6379"}},
+		{in: "redis-cluster://cfg.example.com:6379", kind: "cluster", addrs: []string{"cfg.example.com:6379"}},
+		{in: "rediss-cluster://app:s3cret@n1:7000,n2:7000/?pool_size=20", kind: "cluster", addrs: []string{"n1:7000", "n2:7000"}, user: "app", pass: "s3cret", tls: true},
+		{in: "redis-cluster://[::1]:7000,[::1]", kind: "cluster", addrs: []string{"[::1]:7000", "[::1]:6379"}},
+		{in: "redis-cluster://n1:7000/0", kind: "cluster", addrs: []string{"n1:7000"}},
+
+		{in: "redis-sentinel://s1:26379,s2:26380,s3/mymaster", kind: "failover", addrs: []string{"s1:26379", "s2:26380", "s3:26379"}, master: "mymaster"},
+		{in: "redis-sentinel://:s3cret@s1/mymaster/3", kind: "failover", addrs: []string{"s1:26379"}, master: "mymaster", db: 3, pass: "s3cret"},
+		{in: "redis-sentinel://app:p%40ss@s1,s2/my%2Fmaster?sentinel_username=sen&sentinel_password=s3cret&read_timeout=2s", kind: "failover",
+			addrs: []string{"s1:26379", "s2:26379"}, master: "my/master", user: "app", pass: "p@ss", sentUser: "sen", sentPass: "s3cret"},
+		{in: "rediss-sentinel://s1:26379/mymaster?skip_verify=true", kind: "failover", addrs: []string{"s1:26379"}, master: "mymaster", tls: true},
+		{in: " Redis-Sentinel://s1/m ", kind: "failover", addrs: []string{"s1:26379"}, master: "m"},
+
 		{in: "cache", wantErr: true},
 		{in: "", wantErr: true},
 		{in: "a:1,,b:2", wantErr: true},
@@ -545,15 +566,28 @@ func TestParseURL(t *testing.T) {
 		{in: "unix:///tmp/redis.sock", wantErr: true},
 		{in: "redis://:s3cret@cache:6379/0?bogus=1", wantErr: true},
 		{in: "redis://u:s3cret@cache:port/0", wantErr: true},
+		{in: "redis-cluster://:s3cret@n1:7000,,n2:7000", wantErr: true},
+		{in: "redis-cluster://:s3cret@n1:7000/1", wantErr: true},
+		{in: "redis-cluster://:s3cret@n1:port", wantErr: true},
+		{in: "redis-cluster://:s3cret@n1:70000", wantErr: true},
+		{in: "redis-cluster://", wantErr: true},
+		{in: "redis-cluster://:s3cret@n1?bogus=1", wantErr: true},
+		{in: "redis-sentinel://:s3cret@s1:26379", wantErr: true},
+		{in: "redis-sentinel://:s3cret@s1:26379/", wantErr: true},
+		{in: "redis-sentinel://:s3cret@s1:26379/m/x", wantErr: true},
+		{in: "redis-sentinel://:s3cret@s1:26379/m/1/2", wantErr: true},
+		{in: "redis-sentinel://:s3/cret@s1:26379/m", wantErr: true},
+		{in: "redis-sentinel://:s3cret@s1:26379/m?sentinel_password=%zz", wantErr: true},
+		{in: "redis-sentinel://s1/m?master_name=other", wantErr: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
 			o, err := ParseURL(tt.in)
 			if tt.wantErr {
 				if err == nil {
-					t.Fatalf("ParseURL(%q) succeeded", tt.in)
+					t.Fatalf("ParseURL(%q) succeeded: %+v", tt.in, o)
 				}
-				if strings.Contains(err.Error(), "s3cret") {
+				if strings.Contains(err.Error(), "s3") {
 					t.Fatalf("error repeats the password: %v", err)
 				}
 				return
@@ -561,10 +595,64 @@ func TestParseURL(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if strings.Join(o.Addrs, ",") != strings.Join(tt.addrs, ",") || o.DB != tt.db || o.Password != tt.pass ||
+			if strings.Join(o.Addrs, ",") != strings.Join(tt.addrs, ",") || o.MasterName != tt.master || o.DB != tt.db ||
+				o.Username != tt.user || o.Password != tt.pass ||
+				o.SentinelUsername != tt.sentUser || o.SentinelPassword != tt.sentPass ||
 				(o.TLSConfig != nil) != tt.tls || !o.ContextTimeoutEnabled {
 				t.Fatalf("ParseURL(%q) = %+v", tt.in, o)
 			}
+			if o.TLSConfig != nil && len(o.Addrs) > 1 && o.TLSConfig.ServerName != "" {
+				t.Fatalf("TLS ServerName %q pins every host to one name", o.TLSConfig.ServerName)
+			}
+			c := redis.NewUniversalClient(o)
+			defer c.Close()
+			if got := clientKind(c); got != tt.kind {
+				t.Fatalf("NewUniversalClient builds a %s client, want %s", got, tt.kind)
+			}
 		})
+	}
+}
+
+// clientKind names the kind of client that c is.
+func clientKind(c redis.UniversalClient) string {
+	switch c := c.(type) {
+	case *redis.ClusterClient:
+		return "cluster"
+	case *redis.Client:
+		if c.Options().Addr == "FailoverClient" {
+			return "failover"
+		}
+		return "single"
+	}
+	return fmt.Sprintf("%T", c)
+}
+
+// TestSentinel admits through the failover client that a redis-sentinel://
+// URL configures, and finds the count on the master the Sentinel names.
+func TestSentinel(t *testing.T) {
+	master := redistest.Start(t)
+	sentinel := redistest.StartSentinel(t, master, "tq-master")
+	opts, err := ParseURL("redis-sentinel://" + sentinel.Addr() + "/tq-master")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := redis.NewUniversalClient(opts)
+	if kind := clientKind(client); kind != "failover" {
+		t.Fatalf("sentinel url builds a %s client", kind)
+	}
+	s, err := New(Options{Client: client})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	ctx := testContext(t)
+	id := quota.NewID()
+	adm, err := s.Admit(ctx, id, []quota.Charge{{Resource: "messages", Limit: 5, Amount: 2}})
+	if err != nil || !adm.Allowed {
+		t.Fatalf("Admit through sentinel: %+v %v", adm, err)
+	}
+	got, err := master.Client(t).HGet(ctx, "tq:{"+id+"}:usage", "messages|lifetime").Result()
+	if err != nil || got != "2" {
+		t.Fatalf("counter on the master = %q, %v; want 2", got, err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -71,27 +72,63 @@ func (s *Store) Close() error {
 }
 
 // ParseURL turns a Redis address setting into client options for
-// redis.NewUniversalClient: either one redis:// or rediss:// URL (with the
-// query parameters of redis.ParseURL), or a comma-separated list of
-// host:port addresses, which selects a Cluster client when it holds more
-// than one. ContextTimeoutEnabled is always set. Errors never repeat the URL,
-// which may hold a password.
+// redis.NewUniversalClient. It accepts:
+//
+//	redis://[[user]:password@]host[:port][/db][?option=value&...]
+//	    one server; rediss:// for TLS
+//	host:port[,host:port...]
+//	    one server, or a Cluster when more than one address is given
+//	redis-cluster://[[user]:password@]host[:port][,host[:port]...][?option=value&...]
+//	    a Cluster, found through one or more seed nodes; rediss-cluster:// for TLS
+//	redis-sentinel://[[user]:password@]host[:port][,host[:port]...]/master[/db][?option=value&...]
+//	    the current master of the Sentinels' group named master; rediss-sentinel://
+//	    for TLS to both the Sentinels and the servers
+//
+// The options are those of redis.ParseURL (dial_timeout, pool_size, ...).
+// Ports default to 6379, and to 26379 for Sentinels. In a Sentinel URL the
+// user and password are the servers'; Sentinels that require credentials of
+// their own take the options sentinel_username and sentinel_password. With
+// TLS, each connection checks the certificate against the host it dials.
+// ContextTimeoutEnabled is always set. Errors never repeat the URL, which
+// may hold a password.
 func ParseURL(raw string) (*redis.UniversalOptions, error) {
 	raw = strings.TrimSpace(raw)
-	if strings.Contains(raw, "://") {
-		o, err := redis.ParseURL(raw)
-		if err != nil {
-			var ue *url.Error
-			if errors.As(err, &ue) {
-				err = ue.Err
-			}
-			return nil, fmt.Errorf("invalid redis url: %w", err)
-		}
-		if o.Network != "tcp" {
-			return nil, errors.New("invalid redis url: only redis:// and rediss:// are supported")
-		}
-		return universal(o), nil
+	scheme, rest, ok := strings.Cut(raw, "://")
+	if !ok {
+		return parseAddrs(raw)
 	}
+	switch scheme = strings.ToLower(scheme); scheme {
+	case "redis-cluster", "rediss-cluster":
+		return parseMultiHost(strings.TrimSuffix(scheme, "-cluster"), rest, false)
+	case "redis-sentinel", "rediss-sentinel":
+		return parseMultiHost(strings.TrimSuffix(scheme, "-sentinel"), rest, true)
+	}
+	o, err := parseOne(raw)
+	if err != nil {
+		return nil, err
+	}
+	return universal(o), nil
+}
+
+// parseOne is redis.ParseURL restricted to TCP, with errors that do not
+// repeat the URL.
+func parseOne(raw string) (*redis.Options, error) {
+	o, err := redis.ParseURL(raw)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, fmt.Errorf("invalid redis url: %w", err)
+	}
+	if o.Network != "tcp" {
+		return nil, errors.New("invalid redis url: only redis://, rediss://, redis-cluster:// and redis-sentinel:// (or rediss-) are supported")
+	}
+	return o, nil
+}
+
+// parseAddrs reads a comma-separated list of host:port.
+func parseAddrs(raw string) (*redis.UniversalOptions, error) {
 	var addrs []string
 	for _, a := range strings.Split(raw, ",") {
 		a = strings.TrimSpace(a)
@@ -101,6 +138,86 @@ func ParseURL(raw string) (*redis.UniversalOptions, error) {
 		addrs = append(addrs, a)
 	}
 	return &redis.UniversalOptions{Addrs: addrs, ContextTimeoutEnabled: true}, nil
+}
+
+// parseMultiHost reads the part after "://" of a Cluster or Sentinel URL.
+// It takes the host list and the master name out and hands the rest, as a
+// URL of scheme base ("redis" or "rediss") on the first host, to
+// redis.ParseURL.
+func parseMultiHost(base, rest string, sentinel bool) (*redis.UniversalOptions, error) {
+	kind, defaultPort := "cluster", "6379"
+	if sentinel {
+		kind, defaultPort = "sentinel", "26379"
+	}
+	rest, _, _ = strings.Cut(rest, "#")
+	rest, query, _ := strings.Cut(rest, "?")
+	authority, path, _ := strings.Cut(rest, "/")
+	userinfo := ""
+	if i := strings.LastIndexByte(authority, '@'); i >= 0 {
+		userinfo, authority = authority[:i+1], authority[i+1:]
+	}
+	var addrs []string
+	for i, h := range strings.Split(authority, ",") {
+		addr, ok := withPort(strings.TrimSpace(h), defaultPort)
+		if !ok {
+			// Not quoted: a password with an unescaped '/' or '@' could end
+			// up here.
+			return nil, fmt.Errorf("invalid redis %s url: address #%d is not host[:port]", kind, i+1)
+		}
+		addrs = append(addrs, addr)
+	}
+	q, err := url.ParseQuery(query)
+	if err != nil {
+		return nil, fmt.Errorf("invalid redis %s url: malformed query", kind)
+	}
+	var master, sentUser, sentPass string
+	db := path
+	if sentinel {
+		sentUser, sentPass = q.Get("sentinel_username"), q.Get("sentinel_password")
+		q.Del("sentinel_username")
+		q.Del("sentinel_password")
+		master, db, _ = strings.Cut(path, "/")
+		if master, err = url.PathUnescape(master); err != nil || master == "" {
+			return nil, errors.New("invalid redis sentinel url: want the master name as the path, as in redis-sentinel://host:26379/mymaster")
+		}
+	}
+	one := base + "://" + userinfo + addrs[0] + "/" + db
+	if enc := q.Encode(); enc != "" {
+		one += "?" + enc
+	}
+	o, err := parseOne(one)
+	if err != nil {
+		return nil, err
+	}
+	if !sentinel && o.DB != 0 {
+		return nil, errors.New("invalid redis cluster url: a cluster has database 0 only")
+	}
+	if o.TLSConfig != nil {
+		// Check each server against its own name, not the first host's.
+		o.TLSConfig.ServerName = ""
+	}
+	u := universal(o)
+	u.Addrs = addrs
+	u.MasterName = master
+	u.SentinelUsername, u.SentinelPassword = sentUser, sentPass
+	u.IsClusterMode = !sentinel
+	return u, nil
+}
+
+// withPort returns h as host:port, with port def if h has none, and whether
+// h is a valid address.
+func withPort(h, def string) (string, bool) {
+	host, port, err := net.SplitHostPort(h)
+	if err != nil {
+		host, port, err = net.SplitHostPort(h + ":" + def)
+	}
+	if err != nil || host == "" {
+		return "", false
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return "", false
+	}
+	return net.JoinHostPort(host, port), true
 }
 
 // universal copies what redis.ParseURL can set into UniversalOptions.
