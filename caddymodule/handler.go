@@ -74,16 +74,24 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	case err != nil:
 		return h.storeFailure(w, err)
 	}
-	d, err := svc.Admit(r.Context(), p.User, []quota.Use{{Resource: quota.ResourceMessages, Amount: 1}})
+	// The request id is ours, never the client's: a client that could pick
+	// it could replay an admitted id for free.
+	d, err := svc.Admit(r.Context(), p.User, quota.NewID(), []quota.Use{{Resource: quota.ResourceMessages, Amount: 1}})
 	var le *quota.LimitError
 	switch {
 	case errors.As(err, &le):
 		return writeLimitExceeded(w, le.State, d.Now)
 	case errors.Is(err, quota.ErrUnavailable) && h.app.admitOnStoreError(p.User.ID):
+		// Served: counted once when the store is back.
+		svc.Force(d.Pending)
 		if c := h.logger.Check(zapcore.WarnLevel, "quota store unavailable; admitted by on_store_error allow"); c != nil {
 			c.Write(zap.String("user_id", p.User.ID), zap.Error(err))
 		}
 	case err != nil:
+		if d != nil && d.Pending != nil {
+			// Refused: the admission, if it still lands, must not count.
+			svc.Abandon(d.Pending)
+		}
 		return h.storeFailure(w, err)
 	}
 	if d != nil && d.Tightest != nil {

@@ -38,6 +38,9 @@ type Options struct {
 	// Breaker guards the hot path's store calls; default NewBreaker with
 	// its defaults.
 	Breaker *Breaker
+	// JournalSize bounds the settlements kept while the store is
+	// unreachable (default DefaultJournalSize).
+	JournalSize int
 	// Broadcaster, if set, carries cache invalidations to and from the
 	// other nodes that share the store.
 	Broadcaster Broadcaster
@@ -98,6 +101,8 @@ type Service struct {
 
 	hotTimeout     time.Duration
 	breaker        *Breaker
+	journal        *journal
+	journalDone    chan struct{}
 	broadcaster    Broadcaster
 	stopListening  context.CancelFunc
 	listenerExited chan struct{}
@@ -135,8 +140,13 @@ func NewService(opts Options) (*Service, error) {
 		touchPending: map[string]time.Time{}, touchLast: map[string]time.Time{}, touchEvery: opts.TouchInterval,
 		stop: make(chan struct{}), done: make(chan struct{}),
 		hotTimeout: opts.HotPathTimeout, breaker: opts.Breaker,
+		journal: newJournal(opts.Store, opts.Logger, opts.JournalSize), journalDone: make(chan struct{}),
 	}
 	go s.touchLoop()
+	go func() {
+		defer close(s.journalDone)
+		s.journal.run(s.stop)
+	}()
 	if opts.Broadcaster != nil {
 		ctx, cancel := context.WithCancel(context.Background())
 		s.broadcaster, s.stopListening, s.listenerExited = opts.Broadcaster, cancel, make(chan struct{})
@@ -157,6 +167,10 @@ func (s *Service) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.stop)
 		<-s.done
+		<-s.journalDone
+		if !s.journal.replay(time.Second) {
+			s.log.Error("unsettled admissions lost at shutdown: the store is unreachable", zap.Int("count", s.journal.len()))
+		}
 		if s.stopListening != nil {
 			s.stopListening()
 			<-s.listenerExited
@@ -642,7 +656,29 @@ type Decision struct {
 	// Tightest is the limit with the least remaining after admission (nil
 	// when no used resource has a limit).
 	Tightest *LimitState
+	// Pending is set when the store did not answer (the error matches
+	// ErrUnavailable) and the request had an id: the admission may still
+	// reach the store. The caller must settle it with Abandon or Force.
+	Pending *Pending
 }
+
+// Pending is an admission whose outcome is unknown.
+type Pending struct {
+	userID, requestID string
+	charges           []Charge
+}
+
+// Abandon settles a pending admission as refused: whatever it charged is
+// taken back, and if it reaches the store later it charges nothing. The
+// settlement is journaled and replayed until the store takes it.
+func (s *Service) Abandon(p *Pending) { s.journal.add(resolution{p: *p, apply: false}) }
+
+// Force settles a pending admission as served: its charges are counted
+// exactly once, without limits, when the store takes the settlement.
+func (s *Service) Force(p *Pending) { s.journal.add(resolution{p: *p, apply: true}) }
+
+// Unsettled reports how many settlements wait for the store.
+func (s *Service) Unsettled() int { return s.journal.len() }
 
 // LimitError is returned by Admit when a limit refuses the request; it
 // matches ErrLimitExceeded.
@@ -659,7 +695,9 @@ func (e *LimitError) Is(target error) bool { return target == ErrLimitExceeded }
 // Admit charges uses to a user's counters in one atomic store step: every
 // use counts against its resource's lifetime counter and each of the user's
 // windowed limits on that resource. Refused requests consume nothing.
-func (s *Service) Admit(ctx context.Context, u *User, uses []Use) (*Decision, error) {
+// requestID (optional) makes the admission idempotent and lets a timed-out
+// admission be settled exactly once; see Decision.Pending.
+func (s *Service) Admit(ctx context.Context, u *User, requestID string, uses []Use) (*Decision, error) {
 	charges := make([]Charge, 0, len(uses)*2)
 	limits := make([]*Limit, 0, len(uses)*2)
 	for _, use := range uses {
@@ -683,9 +721,12 @@ func (s *Service) Admit(ctx context.Context, u *User, uses []Use) (*Decision, er
 	}
 	var adm *Admission
 	err := s.hot(ctx, func(ctx context.Context) (err error) {
-		adm, err = s.store.Admit(ctx, u.ID, charges)
+		adm, err = s.store.Admit(ctx, u.ID, requestID, charges)
 		return err
 	})
+	if errors.Is(err, ErrUnavailable) && requestID != "" {
+		return &Decision{Pending: &Pending{userID: u.ID, requestID: requestID, charges: charges}}, err
+	}
 	if err != nil {
 		return nil, err
 	}

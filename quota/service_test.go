@@ -98,7 +98,7 @@ func TestServiceAuthenticateAndCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	p, _ = svc.Authenticate(ctx, issued.Secret)
-	if _, err := svc.Admit(ctx, p.User, []quota.Use{{Resource: "messages", Amount: 1}}); !errors.Is(err, quota.ErrLimitExceeded) {
+	if _, err := svc.Admit(ctx, p.User, "", []quota.Use{{Resource: "messages", Amount: 1}}); !errors.Is(err, quota.ErrLimitExceeded) {
 		t.Fatalf("admit after lowering the limit to 0: %v", err)
 	}
 	st := quota.StatusDisabled
@@ -170,12 +170,12 @@ func TestServiceAdmitAndUsage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := svc.Admit(ctx, u, []quota.Use{{Resource: "messages", Amount: 1}})
+	d, err := svc.Admit(ctx, u, "", []quota.Use{{Resource: "messages", Amount: 1}})
 	if err != nil || !d.Allowed || d.Tightest == nil || d.Tightest.Limit.Per != quota.Minute || d.Tightest.Remaining() != 1 {
 		t.Fatalf("first admission: %+v %v", d, err)
 	}
-	svc.Admit(ctx, u, []quota.Use{{Resource: "messages", Amount: 1}})
-	d, err = svc.Admit(ctx, u, []quota.Use{{Resource: "messages", Amount: 1}})
+	svc.Admit(ctx, u, "", []quota.Use{{Resource: "messages", Amount: 1}})
+	d, err = svc.Admit(ctx, u, "", []quota.Use{{Resource: "messages", Amount: 1}})
 	var le *quota.LimitError
 	if !errors.As(err, &le) || le.State.Limit.Per != quota.Minute || le.State.ResetsAt.IsZero() || d.Allowed {
 		t.Fatalf("third admission in a minute: %+v %v", d, err)

@@ -2,6 +2,7 @@ package quota
 
 import (
 	"context"
+	"errors"
 	"time"
 )
 
@@ -43,7 +44,19 @@ type Store interface {
 	// Admit applies all charges of one user in one atomic step: either every
 	// charge is within its limit and all are added, or none is. The window
 	// of each charge is taken from the store's own clock.
-	Admit(ctx context.Context, userID string, charges []Charge) (*Admission, error)
+	//
+	// A non-empty requestID makes the admission idempotent for RequestTTL:
+	// a repeat of an admitted request id is allowed without charging again,
+	// and an admission arriving after Resolve cancelled its request id
+	// fails with ErrCancelled and charges nothing.
+	Admit(ctx context.Context, userID, requestID string, charges []Charge) (*Admission, error)
+	// Resolve settles a request whose admission outcome the caller could
+	// not see (a timeout: the admission may still arrive). With apply false
+	// it takes back whatever the request charged and keeps a later
+	// admission of it from charging; with apply true it makes sure the
+	// charges are counted exactly once, without checking limits. It is
+	// idempotent.
+	Resolve(ctx context.Context, userID, requestID string, charges []Charge, apply bool) error
 	// Usage returns the user's counters with the store's current time.
 	Usage(ctx context.Context, userID string) (*UsageSnapshot, error)
 	// ResetUsage zeroes the counters of the named resources (all if none).
@@ -52,6 +65,13 @@ type Store interface {
 	// Close releases the store's resources.
 	Close() error
 }
+
+// RequestTTL is how long a store remembers a request id.
+const RequestTTL = time.Hour
+
+// ErrCancelled: the admission's request id was cancelled by Resolve before
+// the admission arrived.
+var ErrCancelled = errors.New("request cancelled")
 
 // NoLimit as a Charge's Limit counts usage without checking it.
 const NoLimit int64 = -1
@@ -147,6 +167,18 @@ func ApplyCharges(counters map[string]CounterState, charges []Charge, now time.T
 		counters[key] = cur
 	}
 	return adm
+}
+
+// Unlimited returns charges without limits and with each amount multiplied
+// by factor: 1 to force charges in, -1 to take them back, 0 to read.
+func Unlimited(charges []Charge, factor int64) []Charge {
+	out := make([]Charge, len(charges))
+	for i, c := range charges {
+		c.Limit = NoLimit
+		c.Amount *= factor
+		out[i] = c
+	}
+	return out
 }
 
 // CounterKey names the counter of resource in period per.

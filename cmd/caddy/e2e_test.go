@@ -608,3 +608,110 @@ func eventually(t *testing.T, what string, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestRedisOutage freezes Redis under two gateways: one denies (the
+// default), one allows 2 requests per tenant per minute. No request waits
+// on the frozen store past its deadline for long, unverifiable tokens get
+// 503 (never 401), and both recover when Redis does.
+func TestRedisOutage(t *testing.T) {
+	be := newBackend(t)
+	srv := redistest.Start(t)
+	redisOpt := "redis redis://" + srv.Addr() + "/0\n\t\tstore_timeout 50ms"
+	deny := startGateway(t, redisOpt, strings.TrimPrefix(be.URL, "http://"))
+	allow := startGateway(t, redisOpt+"\n\t\ton_store_error allow 2 per minute", strings.TrimPrefix(be.URL, "http://"))
+	var created userResp
+	wantStatus(t, call(t, "POST", deny.url+"/quota/users", adminKey, map[string]any{
+		"name": "O", "email": "o@example.com", "limits": map[string]any{"messages": 1000}, "issueToken": true,
+	}, &created), http.StatusCreated)
+	var unused struct {
+		Token string `json:"token"`
+	}
+	wantStatus(t, call(t, "POST", deny.url+"/quota/users/"+created.User.ID+"/tokens", adminKey, map[string]any{}, &unused), http.StatusCreated)
+	tok := created.Token.Token
+	for _, g := range []*gateway{deny, allow} { // warm both hot caches
+		for i := 0; i < 5; i++ {
+			wantStatus(t, call(t, "POST", g.url+"/v1/x", tok, map[string]any{}, nil), http.StatusOK)
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	hitsBefore := be.hits.Load()
+
+	srv.Pause(t)
+	resumed := false
+	defer func() {
+		if !resumed {
+			srv.Resume(t)
+		}
+	}()
+	var slowest time.Duration
+	timed := func(g *gateway, token string, want int, code string) {
+		t.Helper()
+		start := time.Now()
+		var e openAIErr
+		resp := call(t, "POST", g.url+"/v1/x", token, map[string]any{}, &e)
+		slowest = max(slowest, time.Since(start))
+		wantStatus(t, resp, want)
+		if code != "" && e.Error.Code != code {
+			t.Fatalf("code %q, want %q", e.Error.Code, code)
+		}
+	}
+	for i := 0; i < 8; i++ { // past the breaker's threshold
+		timed(deny, tok, http.StatusServiceUnavailable, "quota_unavailable")
+	}
+	timed(allow, tok, http.StatusOK, "")
+	timed(allow, tok, http.StatusOK, "")
+	timed(allow, tok, http.StatusServiceUnavailable, "quota_unavailable")
+	timed(allow, unused.Token, http.StatusServiceUnavailable, "quota_unavailable")
+	timed(deny, unused.Token, http.StatusServiceUnavailable, "quota_unavailable")
+	t.Logf("slowest answer while Redis was frozen: %v (store_timeout 50ms)", slowest)
+	// A hang detector, not a speed test: a request waiting on the frozen
+	// store would take the client's 15s.
+	if slowest > 5*time.Second {
+		t.Fatalf("a request waited %v on a frozen Redis", slowest)
+	}
+	if got := be.hits.Load() - hitsBefore; got != 2 {
+		t.Fatalf("backend saw %d requests during the outage, want the 2 the allowance let through", got)
+	}
+
+	srv.Resume(t)
+	resumed = true
+	for _, g := range []*gateway{deny, allow} {
+		deadline := time.Now().Add(10 * time.Second)
+		for call(t, "POST", g.url+"/v1/x", tok, map[string]any{}, nil).StatusCode != http.StatusOK {
+			if time.Now().After(deadline) {
+				t.Fatalf("gateway did not recover after Redis came back")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	// Counted exactly what was served: the 10 warm-up requests, the 2 the
+	// allowance let through (journaled, counted once Redis is back) and the
+	// 2 after recovery; the admissions that were stuck in the frozen Redis
+	// for requests that got 503 are cancelled, not counted.
+	lifetime := func() int64 {
+		var usage struct {
+			Items []struct {
+				Resource, Per string
+				Used          int64
+			} `json:"items"`
+		}
+		wantStatus(t, call(t, "GET", deny.url+"/quota/users/"+created.User.ID+"/usage", adminKey, nil, &usage), http.StatusOK)
+		for _, it := range usage.Items {
+			if it.Resource == "messages" && it.Per == "lifetime" {
+				return it.Used
+			}
+		}
+		return -1
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for lifetime() != 14 {
+		if time.Now().After(deadline) {
+			t.Fatalf("messages counter = %d, want 14 (the requests served)", lifetime())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if got := lifetime(); got != 14 {
+		t.Fatalf("messages counter moved on to %d after settling at 14", got)
+	}
+}

@@ -41,10 +41,11 @@ func StartCluster(t testing.TB) *Cluster {
 	c := &Cluster{}
 	for i := 0; i < 3; i++ {
 		dir := t.TempDir()
-		c.addrs = append(c.addrs, startServer(t, bin, dir, freeClusterPort, "",
+		addr, _ := startServer(t, bin, dir, freeClusterPort, "",
 			"--cluster-enabled", "yes",
 			"--cluster-config-file", filepath.Join(dir, "nodes.conf"),
-		))
+		)
+		c.addrs = append(c.addrs, addr)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), clusterTimeout)
 	defer cancel()

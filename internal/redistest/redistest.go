@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -38,6 +39,7 @@ const startTimeout = 5 * time.Second
 // concurrent use.
 type Server struct {
 	addr string
+	proc *os.Process
 }
 
 // Start launches a standalone redis-server on a free loopback port with
@@ -47,7 +49,25 @@ type Server struct {
 func Start(t testing.TB) *Server {
 	t.Helper()
 	bin := lookPath(t, "redis-server")
-	return &Server{addr: startServer(t, bin, t.TempDir(), freePort, "")}
+	addr, proc := startServer(t, bin, t.TempDir(), freePort, "")
+	return &Server{addr: addr, proc: proc}
+}
+
+// Pause freezes the server (SIGSTOP): connections stay open but nothing
+// answers, like a Redis stuck in a long command or a network partition.
+func (s *Server) Pause(t testing.TB) {
+	t.Helper()
+	if err := s.proc.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatalf("redistest: pause %s: %v", s.addr, err)
+	}
+}
+
+// Resume lets a paused server go on (SIGCONT).
+func (s *Server) Resume(t testing.TB) {
+	t.Helper()
+	if err := s.proc.Signal(syscall.SIGCONT); err != nil {
+		t.Fatalf("redistest: resume %s: %v", s.addr, err)
+	}
 }
 
 // Addr returns the server's host:port.
@@ -94,7 +114,7 @@ func lookPath(t testing.TB, name string) string {
 // arguments appended, and returns its address once it answers PING. A free port can be taken by someone else
 // before redis-server binds it, so it tries a few; it fails t when none
 // works.
-func startServer(t testing.TB, bin, dir string, pick func(testing.TB) int, conf string, extra ...string) string {
+func startServer(t testing.TB, bin, dir string, pick func(testing.TB) int, conf string, extra ...string) (string, *os.Process) {
 	t.Helper()
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
@@ -113,14 +133,14 @@ func startServer(t testing.TB, bin, dir string, pick func(testing.TB) int, conf 
 			"--logfile", filepath.Join(dir, fmt.Sprintf("redis-%d.log", port)),
 		)
 		args = append(args, extra...)
-		err := startProcess(t, bin, dir, addr, args...)
+		proc, err := startProcess(t, bin, dir, addr, args...)
 		if err == nil {
-			return addr
+			return addr, proc
 		}
 		lastErr = err
 	}
 	t.Fatalf("redistest: %v", lastErr)
-	return ""
+	return "", nil
 }
 
 // freePort returns a loopback TCP port that was free a moment ago.
@@ -137,13 +157,13 @@ func freePort(t testing.TB) int {
 // startProcess runs bin with args, waits until addr answers PING and
 // registers the kill with t.Cleanup. On failure the process is gone and the
 // error carries the tail of its log.
-func startProcess(t testing.TB, bin, dir, addr string, args ...string) error {
+func startProcess(t testing.TB, bin, dir, addr string, args ...string) (*os.Process, error) {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = dir
 	dieWithParent(cmd)
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", bin, err)
+		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
 	done := make(chan struct{})
 	var waitErr error
@@ -169,10 +189,10 @@ func startProcess(t testing.TB, bin, dir, addr string, args ...string) error {
 	}
 	if err := waitPing(addr, exited); err != nil {
 		stop()
-		return fmt.Errorf("redis-server on %s: %w%s", addr, err, logTail(args))
+		return nil, fmt.Errorf("redis-server on %s: %w%s", addr, err, logTail(args))
 	}
 	t.Cleanup(stop)
-	return nil
+	return cmd.Process, nil
 }
 
 // waitPing polls addr with PING until it answers, exited reports that the

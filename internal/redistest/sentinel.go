@@ -35,7 +35,8 @@ func StartSentinel(t testing.TB, master *Server, masterName string) *Sentinel {
 	if err := os.WriteFile(conf, []byte(monitor), 0o600); err != nil {
 		t.Fatalf("redistest: write sentinel config: %v", err)
 	}
-	s := &Sentinel{addr: startServer(t, bin, dir, freePort, conf, "--sentinel")}
+	addr, _ := startServer(t, bin, dir, freePort, conf, "--sentinel")
+	s := &Sentinel{addr: addr}
 
 	c := redis.NewSentinelClient(&redis.Options{Addr: s.addr, ContextTimeoutEnabled: true})
 	defer c.Close()

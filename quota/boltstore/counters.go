@@ -32,6 +32,38 @@ type shard struct {
 // entry is one user's counters, keyed by quota.CounterKey.
 type entry struct {
 	counters map[string]quota.CounterState
+	// requests remembers request ids for quota.RequestTTL, in memory only:
+	// in one process an admission cannot arrive after its caller gave up.
+	requests map[string]requestRecord
+}
+
+type requestRecord struct {
+	applied bool
+	at      time.Time
+}
+
+// request returns the live record of a request id.
+func (e *entry) request(id string, now time.Time) (requestRecord, bool) {
+	r, ok := e.requests[id]
+	if ok && now.Sub(r.at) >= quota.RequestTTL {
+		delete(e.requests, id)
+		return r, false
+	}
+	return r, ok
+}
+
+func (e *entry) remember(id string, applied bool, now time.Time) {
+	if e.requests == nil {
+		e.requests = map[string]requestRecord{}
+	}
+	if len(e.requests) >= 1024 {
+		for k, r := range e.requests {
+			if now.Sub(r.at) >= quota.RequestTTL {
+				delete(e.requests, k)
+			}
+		}
+	}
+	e.requests[id] = requestRecord{applied: applied, at: now}
 }
 
 // counterRecord is the stored form of one counter; it is decoupled from
@@ -103,7 +135,7 @@ func (s *Store) withUser(ctx context.Context, userID string, fn func(e *entry, n
 		sh.dirty[userID] = e
 	}
 	// Reading an unknown id must not grow memory.
-	if _, pending := sh.dirty[userID]; !pending && len(e.counters) == 0 {
+	if _, pending := sh.dirty[userID]; !pending && len(e.counters) == 0 && len(e.requests) == 0 {
 		delete(sh.entries, userID)
 	}
 	return nil
@@ -112,21 +144,74 @@ func (s *Store) withUser(ctx context.Context, userID string, fn func(e *entry, n
 // Admit applies all charges of one user atomically with quota.ApplyCharges,
 // in memory; the counters reach the disk with the next flush (see the
 // package doc for what a crash can lose).
-func (s *Store) Admit(ctx context.Context, userID string, charges []quota.Charge) (*quota.Admission, error) {
-	for i, c := range charges {
-		if !c.Per.Valid() {
-			return nil, quota.Invalid(fmt.Sprintf("charges[%d].per", i), "unknown period %q", string(c.Per))
-		}
+func (s *Store) Admit(ctx context.Context, userID, requestID string, charges []quota.Charge) (*quota.Admission, error) {
+	if err := checkCharges(charges); err != nil {
+		return nil, err
 	}
 	var adm *quota.Admission
+	cancelled := false
 	err := s.withUser(ctx, userID, func(e *entry, now time.Time) bool {
+		if requestID != "" {
+			if r, ok := e.request(requestID, now); ok {
+				if !r.applied {
+					cancelled = true
+					return false
+				}
+				// A repeat: report the counters, charge nothing.
+				adm = quota.ApplyCharges(e.counters, quota.Unlimited(charges, 0), now)
+				return false
+			}
+		}
 		adm = quota.ApplyCharges(e.counters, charges, now)
+		if adm.Allowed && requestID != "" {
+			e.remember(requestID, true, now)
+		}
 		return adm.Allowed && len(charges) > 0
 	})
 	if err != nil {
 		return nil, err
 	}
+	if cancelled {
+		return nil, fmt.Errorf("admit: request %s: %w", requestID, quota.ErrCancelled)
+	}
 	return adm, nil
+}
+
+// Resolve settles a request whose admission outcome the caller could not
+// see; see quota.Store.
+func (s *Store) Resolve(ctx context.Context, userID, requestID string, charges []quota.Charge, apply bool) error {
+	if requestID == "" {
+		return quota.Invalid("requestId", "is required")
+	}
+	if err := checkCharges(charges); err != nil {
+		return err
+	}
+	return s.withUser(ctx, userID, func(e *entry, now time.Time) bool {
+		r, ok := e.request(requestID, now)
+		if ok && (!r.applied || apply) {
+			return false
+		}
+		changed := false
+		switch {
+		case apply:
+			quota.ApplyCharges(e.counters, quota.Unlimited(charges, 1), now)
+			changed = true
+		case ok && r.applied:
+			quota.ApplyCharges(e.counters, quota.Unlimited(charges, -1), now)
+			changed = true
+		}
+		e.remember(requestID, apply, now)
+		return changed
+	})
+}
+
+func checkCharges(charges []quota.Charge) error {
+	for i, c := range charges {
+		if !c.Per.Valid() {
+			return quota.Invalid(fmt.Sprintf("charges[%d].per", i), "unknown period %q", string(c.Per))
+		}
+	}
+	return nil
 }
 
 // Usage returns the user's counters, ordered by resource and period, with

@@ -88,7 +88,7 @@ func createToken(t *testing.T, s *boltstore.Store, u *quota.User) *quota.Token {
 
 func admit(t *testing.T, s *boltstore.Store, userID string, charges ...quota.Charge) *quota.Admission {
 	t.Helper()
-	adm, err := s.Admit(context.Background(), userID, charges)
+	adm, err := s.Admit(context.Background(), userID, "", charges)
 	if err != nil {
 		t.Fatalf("Admit: %v", err)
 	}
@@ -296,7 +296,7 @@ func TestConcurrentAdmissionSurvivesReopen(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			<-start
-			adm, err := s.Admit(context.Background(), u.ID, []quota.Charge{messages})
+			adm, err := s.Admit(context.Background(), u.ID, "", []quota.Charge{messages})
 			if err != nil {
 				t.Error(err)
 				return
@@ -400,7 +400,7 @@ func TestDeleteUserIsNotResurrectedByFlush(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for ctx.Err() == nil {
-				if _, err := s.Admit(context.Background(), u.ID, []quota.Charge{{Resource: "messages", Limit: quota.NoLimit, Amount: 1}}); err != nil {
+				if _, err := s.Admit(context.Background(), u.ID, "", []quota.Charge{{Resource: "messages", Limit: quota.NoLimit, Amount: 1}}); err != nil {
 					t.Error(err)
 					return
 				}
@@ -455,7 +455,7 @@ func TestClosedStore(t *testing.T) {
 	mustClose(t, s)
 	mustClose(t, s) // idempotent
 	ctx := context.Background()
-	if _, err := s.Admit(ctx, u.ID, []quota.Charge{messages}); !errors.Is(err, boltstore.ErrClosed) {
+	if _, err := s.Admit(ctx, u.ID, "", []quota.Charge{messages}); !errors.Is(err, boltstore.ErrClosed) {
 		t.Errorf("Admit after Close: %v", err)
 	}
 	if _, err := s.GetUser(ctx, u.ID); !errors.Is(err, boltstore.ErrClosed) {
@@ -470,7 +470,7 @@ func TestCanceledContext(t *testing.T) {
 	s := open(t, boltstore.Options{Path: dbPath(t)})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := s.Admit(ctx, quota.NewID(), []quota.Charge{messages}); !errors.Is(err, context.Canceled) {
+	if _, err := s.Admit(ctx, quota.NewID(), "", []quota.Charge{messages}); !errors.Is(err, context.Canceled) {
 		t.Errorf("Admit: %v", err)
 	}
 	if _, err := s.GetUser(ctx, "x"); !errors.Is(err, context.Canceled) {

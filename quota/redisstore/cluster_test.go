@@ -169,7 +169,7 @@ func testNoCrossSlot(t *testing.T, c *redistest.Cluster) {
 			}
 			used[tok.Hash] = time.Now()
 		}
-		if _, err := s.Admit(ctx, u.ID, []quota.Charge{
+		if _, err := s.Admit(ctx, u.ID, "", []quota.Charge{
 			{Resource: "messages", Limit: 50, Amount: 1},
 			{Resource: "tokens", Per: quota.Day, Limit: quota.NoLimit, Amount: 7},
 		}); err != nil {
@@ -283,7 +283,7 @@ func testClusterConcurrentAdmit(t *testing.T, c *redistest.Cluster) {
 		go func(u int) {
 			defer wg.Done()
 			<-start
-			adm, err := s.Admit(context.Background(), ids[u], []quota.Charge{{Resource: "messages", Limit: limit, Amount: 1}})
+			adm, err := s.Admit(context.Background(), ids[u], "", []quota.Charge{{Resource: "messages", Limit: limit, Amount: 1}})
 			if err != nil {
 				errs <- err
 				return

@@ -103,7 +103,7 @@ func TestKeysCarryUserHashTag(t *testing.T) {
 	if err := s.TouchTokens(ctx, map[string]time.Time{tok.Hash: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Admit(ctx, u.ID, []quota.Charge{
+	if _, err := s.Admit(ctx, u.ID, "", []quota.Charge{
 		{Resource: "messages", Limit: 50, Amount: 1},
 		{Resource: "tokens", Per: quota.Month, Limit: quota.NoLimit, Amount: 10},
 	}); err != nil {
@@ -264,7 +264,7 @@ func TestAdmitStaleWindow(t *testing.T) {
 	charge := quota.Charge{Resource: "messages", Per: quota.Month, Limit: 50, Amount: 1}
 
 	rdb.HSet(ctx, key, "messages|month", 50, "messages|month|s", prev.Unix())
-	adm, err := s.Admit(ctx, id, []quota.Charge{charge})
+	adm, err := s.Admit(ctx, id, "", []quota.Charge{charge})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,7 +276,7 @@ func TestAdmitStaleWindow(t *testing.T) {
 	}
 
 	rdb.HSet(ctx, key, "messages|month", 50)
-	adm, err = s.Admit(ctx, id, []quota.Charge{charge})
+	adm, err = s.Admit(ctx, id, "", []quota.Charge{charge})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -321,7 +321,7 @@ func TestAdmitMatchesApplyCharges(t *testing.T) {
 				Amount:   int64(rng.Intn(7) - 2),
 			}
 		}
-		got, err := s.Admit(ctx, id, charges)
+		got, err := s.Admit(ctx, id, "", charges)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -361,7 +361,7 @@ func TestAdmitLargeNumbers(t *testing.T) {
 	id := quota.NewID()
 	big := int64(quota.MaxLimit)
 	for i, want := range []int64{big, 2 * big, 3 * big} {
-		adm, err := s.Admit(ctx, id, []quota.Charge{{Resource: "tokens", Limit: quota.NoLimit, Amount: big}})
+		adm, err := s.Admit(ctx, id, "", []quota.Charge{{Resource: "tokens", Limit: quota.NoLimit, Amount: big}})
 		if err != nil || !adm.Allowed || adm.Used[0] != want {
 			t.Fatalf("step %d: %+v %v", i, adm, err)
 		}
@@ -370,10 +370,10 @@ func TestAdmitLargeNumbers(t *testing.T) {
 	if raw != strconv.FormatInt(3*big, 10) {
 		t.Fatalf("stored counter %q, want %d", raw, 3*big)
 	}
-	if _, err := s.Admit(ctx, id, []quota.Charge{{Resource: "tokens", Limit: big + 1, Amount: 1}}); !errors.Is(err, quota.ErrInvalid) {
+	if _, err := s.Admit(ctx, id, "", []quota.Charge{{Resource: "tokens", Limit: big + 1, Amount: 1}}); !errors.Is(err, quota.ErrInvalid) {
 		t.Fatalf("limit over MaxLimit: want ErrInvalid, got %v", err)
 	}
-	if _, err := s.Admit(ctx, id, []quota.Charge{{Resource: "a|b", Limit: 1, Amount: 1}}); !errors.Is(err, quota.ErrInvalid) {
+	if _, err := s.Admit(ctx, id, "", []quota.Charge{{Resource: "a|b", Limit: 1, Amount: 1}}); !errors.Is(err, quota.ErrInvalid) {
 		t.Fatalf("bad resource name: want ErrInvalid, got %v", err)
 	}
 }
@@ -390,7 +390,7 @@ func TestConcurrentAdmit(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			adm, err := s.Admit(context.Background(), id, []quota.Charge{{Resource: "messages", Limit: limit, Amount: 1}})
+			adm, err := s.Admit(context.Background(), id, "", []quota.Charge{{Resource: "messages", Limit: limit, Amount: 1}})
 			if err != nil {
 				errs <- err
 				return
@@ -647,7 +647,7 @@ func TestSentinel(t *testing.T) {
 	t.Cleanup(func() { _ = s.Close() })
 	ctx := testContext(t)
 	id := quota.NewID()
-	adm, err := s.Admit(ctx, id, []quota.Charge{{Resource: "messages", Limit: 5, Amount: 2}})
+	adm, err := s.Admit(ctx, id, "", []quota.Charge{{Resource: "messages", Limit: 5, Amount: 2}})
 	if err != nil || !adm.Allowed {
 		t.Fatalf("Admit through sentinel: %+v %v", adm, err)
 	}

@@ -38,24 +38,21 @@ local function window_start(per, now)
 end
 `
 
-// admitScript applies charges to one user's usage hash (KEYS[1]) all or
-// nothing, exactly like quota.ApplyCharges. ARGV holds one group of four per
-// charge: resource, period name, limit (-1: none), amount. A counter counts
-// only if its stored window start ("<field>|s") is the current one.
-//
-// The reply is {allowed (1/0), denied index (0-based, -1), now seconds,
-// now microseconds, used per charge...}.
-var admitScript = redis.NewScript(luaWindowStart + `
+// luaCharges parses the charges in ARGV from index first on, one group of
+// four per charge (resource, period name, limit (-1: none), amount), reads
+// the server clock, and defines stored(i) (the counter of charge i in its
+// current window) and write(i, value).
+const luaCharges = luaWindowStart + `
 local t = redis.call("TIME")
 local now = tonumber(t[1])
-local n = #ARGV / 4
+local n = (#ARGV - first + 1) / 4
 local fields, starts, limits, amounts = {}, {}, {}, {}
 for i = 1, n do
-  local b = (i - 1) * 4
-  fields[i] = ARGV[b + 1] .. "|" .. ARGV[b + 2]
-  starts[i] = window_start(ARGV[b + 2], now)
-  limits[i] = tonumber(ARGV[b + 3])
-  amounts[i] = tonumber(ARGV[b + 4])
+  local b = first + (i - 1) * 4
+  fields[i] = ARGV[b] .. "|" .. ARGV[b + 1]
+  starts[i] = window_start(ARGV[b + 1], now)
+  limits[i] = tonumber(ARGV[b + 2])
+  amounts[i] = tonumber(ARGV[b + 3])
 end
 
 local function stored(i)
@@ -64,31 +61,88 @@ local function stored(i)
   return 0
 end
 
+local function write(i, u)
+  redis.call("HSET", KEYS[1], fields[i], string.format("%d", u), fields[i] .. "|s", string.format("%d", starts[i]))
+end
+
+-- apply adds sign * amount of every charge, each against the counter as the
+-- earlier charges left it; with check, it first refuses (returning the
+-- index of) a charge that would go over its limit, writing nothing.
+local function apply(sign, check, used)
+  local cur = {}
+  for i = 1, n do
+    local f = fields[i]
+    if cur[f] == nil then cur[f] = stored(i) end
+    local u = cur[f]
+    used[i] = u
+    local amount = sign * amounts[i]
+    if check and amount > 0 and limits[i] >= 0 and u + amount > limits[i] then
+      return i - 1
+    end
+    u = u + amount
+    if u < 0 then u = 0 end
+    cur[f] = u
+    used[i] = u
+  end
+  for i = 1, n do write(i, used[i]) end
+  return -1
+end
+`
+
+// admitScript applies charges to one user's usage hash (KEYS[1]) all or
+// nothing, exactly like quota.ApplyCharges. A counter counts only if its
+// stored window start ("<field>|s") is the current one. ARGV[1] is the
+// request record's time to live in seconds and KEYS[2], if given, the
+// request record: an admission whose request id was already admitted
+// charges nothing again, and one that was cancelled charges nothing.
+//
+// The reply is {allowed (1/0), denied index (0-based; -1 none; -2
+// cancelled), now seconds, now microseconds, used per charge...}.
+var admitScript = redis.NewScript(`local first = 2
+` + luaCharges + `
 local function reply(allowed, denied, used)
   local r = {allowed, denied, now, tonumber(t[2])}
   for i = 1, n do r[4 + i] = used[i] or 0 end
   return r
 end
 
-local cur, used = {}, {}
-for i = 1, n do
-  local f = fields[i]
-  if cur[f] == nil then cur[f] = stored(i) end
-  local u = cur[f]
-  used[i] = u
-  if amounts[i] > 0 and limits[i] >= 0 and u + amounts[i] > limits[i] then
-    return reply(0, i - 1, used)
+local used = {}
+local rk = KEYS[2]
+if rk then
+  local state = redis.call("GET", rk)
+  if state == "c" then return reply(0, -2, used) end
+  if state == "a" then
+    for i = 1, n do used[i] = stored(i) end
+    return reply(1, -1, used)
   end
-  u = u + amounts[i]
-  if u < 0 then u = 0 end
-  cur[f] = u
-  used[i] = u
 end
-
-for i = 1, n do
-  redis.call("HSET", KEYS[1], fields[i], string.format("%d", used[i]), fields[i] .. "|s", string.format("%d", starts[i]))
-end
+local denied = apply(1, true, used)
+if denied >= 0 then return reply(0, denied, used) end
+if rk then redis.call("SET", rk, "a", "EX", ARGV[1]) end
 return reply(1, -1, used)
+`)
+
+// resolveScript settles a request whose admission outcome its caller could
+// not see. KEYS[1] is the usage hash, KEYS[2] the request record, ARGV[1]
+// its time to live, ARGV[2] "1" to make sure the charges are counted (once,
+// without limits) or "0" to take back whatever the request charged and keep
+// a late admission from charging. It returns 1 if it changed a counter.
+var resolveScript = redis.NewScript(`local first = 3
+` + luaCharges + `
+local state = redis.call("GET", KEYS[2])
+if state == "c" or (state == "a" and ARGV[2] == "1") then return 0 end
+local used, changed = {}, 0
+if ARGV[2] == "1" then
+  apply(1, false, used)
+  redis.call("SET", KEYS[2], "a", "EX", ARGV[1])
+  return 1
+end
+if state == "a" then
+  apply(-1, false, used)
+  changed = 1
+end
+redis.call("SET", KEYS[2], "c", "EX", ARGV[1])
+return changed
 `)
 
 // usageScript returns the server time (seconds, microseconds) followed by
@@ -108,25 +162,22 @@ const startSuffix = "|s"
 // server, with the server's clock. Charges are checked first: a resource
 // must be a valid name, the period known, the limit NoLimit or within
 // [0, quota.MaxLimit], and the amount within ±quota.MaxLimit.
-func (s *Store) Admit(ctx context.Context, userID string, charges []quota.Charge) (*quota.Admission, error) {
-	if !validID(userID) {
-		return nil, fmt.Errorf("user %q: %w", userID, quota.ErrNotFound)
-	}
-	args := make([]any, 0, 4*len(charges))
-	for i, c := range charges {
-		if err := checkCharge(c); err != nil {
-			return nil, fmt.Errorf("charge %d: %w", i, err)
-		}
-		args = append(args, c.Resource, c.Per.String(), strconv.FormatInt(c.Limit, 10), strconv.FormatInt(c.Amount, 10))
+func (s *Store) Admit(ctx context.Context, userID, requestID string, charges []quota.Charge) (*quota.Admission, error) {
+	keys, args, err := s.chargeArgs(userID, requestID, charges, strconv.Itoa(int(quota.RequestTTL/time.Second)))
+	if err != nil {
+		return nil, err
 	}
 	ctx, cancel := s.withDeadline(ctx)
 	defer cancel()
-	vals, err := admitScript.Run(ctx, s.rdb, []string{s.usageKey(userID)}, args...).Int64Slice()
+	vals, err := admitScript.Run(ctx, s.rdb, keys, args...).Int64Slice()
 	if err != nil {
 		return nil, fmt.Errorf("admit: %w", err)
 	}
 	if len(vals) != 4+len(charges) {
 		return nil, fmt.Errorf("admit: script replied %d values for %d charges", len(vals), len(charges))
+	}
+	if vals[1] == -2 {
+		return nil, fmt.Errorf("admit: request %s: %w", requestID, quota.ErrCancelled)
 	}
 	return &quota.Admission{
 		Allowed: vals[0] == 1,
@@ -134,6 +185,55 @@ func (s *Store) Admit(ctx context.Context, userID string, charges []quota.Charge
 		Now:     time.Unix(vals[2], vals[3]*int64(time.Microsecond)).UTC(),
 		Used:    vals[4:],
 	}, nil
+}
+
+// Resolve settles a request whose admission outcome the caller could not
+// see; see quota.Store.
+func (s *Store) Resolve(ctx context.Context, userID, requestID string, charges []quota.Charge, apply bool) error {
+	if requestID == "" {
+		return quota.Invalid("requestId", "is required")
+	}
+	flag := "0"
+	if apply {
+		flag = "1"
+	}
+	keys, args, err := s.chargeArgs(userID, requestID, charges, strconv.Itoa(int(quota.RequestTTL/time.Second)), flag)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := s.withDeadline(ctx)
+	defer cancel()
+	if err := resolveScript.Run(ctx, s.rdb, keys, args...).Err(); err != nil {
+		return fmt.Errorf("resolve: %w", err)
+	}
+	return nil
+}
+
+// chargeArgs checks charges and builds a script's keys and arguments: the
+// usage hash and, with a request id, its request record; then head and one
+// group of four per charge.
+func (s *Store) chargeArgs(userID, requestID string, charges []quota.Charge, head ...string) ([]string, []any, error) {
+	if !validID(userID) {
+		return nil, nil, fmt.Errorf("user %q: %w", userID, quota.ErrNotFound)
+	}
+	keys := []string{s.usageKey(userID)}
+	if requestID != "" {
+		if !validID(requestID) {
+			return nil, nil, quota.Invalid("requestId", "must be 1 to %d letters, digits, '-' or '_'", quota.MaxIDLength)
+		}
+		keys = append(keys, s.tag(userID)+":req:"+requestID)
+	}
+	args := make([]any, 0, len(head)+4*len(charges))
+	for _, h := range head {
+		args = append(args, h)
+	}
+	for i, c := range charges {
+		if err := checkCharge(c); err != nil {
+			return nil, nil, fmt.Errorf("charge %d: %w", i, err)
+		}
+		args = append(args, c.Resource, c.Per.String(), strconv.FormatInt(c.Limit, 10), strconv.FormatInt(c.Amount, 10))
+	}
+	return keys, args, nil
 }
 
 func checkCharge(c quota.Charge) error {

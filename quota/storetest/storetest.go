@@ -35,6 +35,7 @@ func Run(t *testing.T, newStore func(t *testing.T) quota.Store) {
 		{"AdmitWindowsAreSeparate", testAdmitWindows},
 		{"UsageAndReset", testUsageReset},
 		{"ConcurrentAdmissionIsExact", testConcurrentAdmit},
+		{"RequestIDsAndResolve", testRequestIDs},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -298,7 +299,7 @@ func testTokens(t *testing.T, s quota.Store) {
 func testDeleteUser(t *testing.T, s quota.Store) {
 	u := newUser(t, s, "a@example.com", "ext-a")
 	tok := newToken(t, s, u, "one")
-	if adm, err := s.Admit(ctx(t), u.ID, []quota.Charge{{Resource: "messages", Limit: 10, Amount: 3}}); err != nil || !adm.Allowed {
+	if adm, err := s.Admit(ctx(t), u.ID, "", []quota.Charge{{Resource: "messages", Limit: 10, Amount: 3}}); err != nil || !adm.Allowed {
 		t.Fatalf("Admit: %+v %v", adm, err)
 	}
 	if err := s.DeleteUser(ctx(t), u.ID); err != nil {
@@ -324,7 +325,7 @@ func testDeleteUser(t *testing.T, s quota.Store) {
 
 func admit(t *testing.T, s quota.Store, userID string, charges ...quota.Charge) *quota.Admission {
 	t.Helper()
-	adm, err := s.Admit(ctx(t), userID, charges)
+	adm, err := s.Admit(ctx(t), userID, "", charges)
 	if err != nil {
 		t.Fatalf("Admit: %v", err)
 	}
@@ -490,7 +491,7 @@ func testConcurrentAdmit(t *testing.T, s quota.Store) {
 		go func() {
 			defer wg.Done()
 			<-start
-			adm, err := s.Admit(context.Background(), u, []quota.Charge{
+			adm, err := s.Admit(context.Background(), u, "", []quota.Charge{
 				{Resource: "messages", Limit: limit, Amount: 1},
 				{Resource: "messages", Per: quota.Hour, Limit: quota.NoLimit, Amount: 1},
 			})
@@ -518,5 +519,66 @@ func testConcurrentAdmit(t *testing.T, s quota.Store) {
 	}
 	if got := snap.Current("messages", quota.Lifetime); got != limit {
 		t.Fatalf("counter = %d, want %d", got, limit)
+	}
+}
+
+func testRequestIDs(t *testing.T, s quota.Store) {
+	u := quota.NewID()
+	msg := func(limit int64) []quota.Charge {
+		return []quota.Charge{{Resource: "messages", Limit: limit, Amount: 1}}
+	}
+	used := func() int64 {
+		t.Helper()
+		snap, err := s.Usage(ctx(t), u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return snap.Current("messages", quota.Lifetime)
+	}
+	r1, r2, r3 := quota.NewID(), quota.NewID(), quota.NewID()
+
+	// A repeated request id is admitted once.
+	for i := 0; i < 3; i++ {
+		adm, err := s.Admit(ctx(t), u, r1, msg(5))
+		if err != nil || !adm.Allowed || adm.Used[0] != 1 {
+			t.Fatalf("admission %d of one request id: %+v %v", i, adm, err)
+		}
+	}
+	// Cancelling takes it back, once.
+	for i := 0; i < 2; i++ {
+		if err := s.Resolve(ctx(t), u, r1, msg(5), false); err != nil {
+			t.Fatal(err)
+		}
+		if got := used(); got != 0 {
+			t.Fatalf("after cancelling an admitted request (%d): counter %d", i, got)
+		}
+	}
+	if _, err := s.Admit(ctx(t), u, r1, msg(5)); !errors.Is(err, quota.ErrCancelled) {
+		t.Fatalf("admitting a cancelled request id: %v", err)
+	}
+	// A cancellation that overtakes its admission keeps it from charging.
+	if err := s.Resolve(ctx(t), u, r2, msg(5), false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Admit(ctx(t), u, r2, msg(5)); !errors.Is(err, quota.ErrCancelled) {
+		t.Fatalf("late admission of a cancelled request id: %v", err)
+	}
+	if got := used(); got != 0 {
+		t.Fatalf("a late admission charged: counter %d", got)
+	}
+	// Forcing counts once, over the limit, and a late admission adds nothing.
+	for i := 0; i < 2; i++ {
+		if err := s.Resolve(ctx(t), u, r3, msg(0), true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := used(); got != 1 {
+		t.Fatalf("after forcing a request twice: counter %d, want 1", got)
+	}
+	if adm, err := s.Admit(ctx(t), u, r3, msg(0)); err != nil || !adm.Allowed || used() != 1 {
+		t.Fatalf("late admission of a forced request id: %+v %v, counter %d", adm, err, used())
+	}
+	if err := s.Resolve(ctx(t), u, "", msg(5), false); !errors.Is(err, quota.ErrInvalid) {
+		t.Fatalf("resolving without a request id: %v", err)
 	}
 }
