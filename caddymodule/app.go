@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -118,6 +119,14 @@ func (a *App) Provision(ctx caddy.Context) error {
 				client.Close()
 				return nil, err
 			}
+			// Load the cluster slot map or ask the Sentinels for the master
+			// now, so the first request does not pay for it within its short
+			// deadline. Redis being down is not a config error.
+			pingCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if err := client.Ping(pingCtx).Err(); err != nil {
+				logger.Warn("redis does not answer yet", zap.Error(err))
+			}
+			cancel()
 			store, broadcaster = s, s.Broadcaster()
 			logger.Info("using the redis store", zap.Strings("addresses", opts.Addrs))
 		} else {
