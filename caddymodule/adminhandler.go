@@ -1,9 +1,12 @@
 package caddymodule
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"net/netip"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -22,6 +25,10 @@ func init() {
 type AdminHandler struct {
 	// MaxBodyBytes caps request bodies (default 64 KiB).
 	MaxBodyBytes int64 `json:"max_body_bytes,omitempty"`
+	// AllowPlainHTTP lets clients other than loopback ones use the admin
+	// API without TLS. Off by default: the admin key and token secrets
+	// would cross the network in clear text.
+	AllowPlainHTTP bool `json:"allow_plain_http,omitempty"`
 
 	api http.Handler
 }
@@ -64,8 +71,26 @@ func (h *AdminHandler) Validate() error {
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *AdminHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	if r.TLS == nil && !h.AllowPlainHTTP && !loopbackPeer(r.RemoteAddr) {
+		w.Header().Set("Content-Type", "application/problem+json")
+		w.WriteHeader(http.StatusForbidden)
+		return json.NewEncoder(w).Encode(map[string]any{
+			"type": "about:blank", "title": "Forbidden", "status": http.StatusForbidden,
+			"detail": "the admin API refuses plain HTTP from non-loopback clients: serve it over HTTPS, or set allow_plain_http in tenant_quota_admin",
+		})
+	}
 	h.api.ServeHTTP(w, r)
 	return nil
+}
+
+// loopbackPeer reports whether the connection's peer is on this machine.
+func loopbackPeer(remoteAddr string) bool {
+	host, _, err := net.SplitHostPort(remoteAddr)
+	if err != nil {
+		host = remoteAddr
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
 }
 
 // Interface guards.

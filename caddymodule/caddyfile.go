@@ -170,6 +170,7 @@ func parseAdminHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, err
 //
 //	tenant_quota_admin [<matcher>] {
 //		max_body_bytes <n>   # default 65536
+//		allow_plain_http     # let non-loopback clients in without TLS
 //	}
 func (h *AdminHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
@@ -190,8 +191,13 @@ func (h *AdminHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.ArgErr()
 			}
+		case "allow_plain_http":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.AllowPlainHTTP = true
 		default:
-			return d.Errf("unrecognized tenant_quota_admin subdirective %q (known: max_body_bytes)", d.Val())
+			return d.Errf("unrecognized tenant_quota_admin subdirective %q (known: max_body_bytes, allow_plain_http)", d.Val())
 		}
 	}
 	return nil
