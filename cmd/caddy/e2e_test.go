@@ -530,12 +530,26 @@ func TestReloadKeepsState(t *testing.T) {
 	}
 }
 
-// TestTwoNodes: two Caddy processes sharing one Redis admit exactly the cap
+// TestTwoNodes: two Caddy processes sharing one Redis (standalone or a
+// 3-master Cluster) admit exactly the cap
 // between them, and a revocation on one is enforced on the other within a
 // second.
 func TestTwoNodes(t *testing.T) {
+	for _, topo := range []struct {
+		name string
+		opts func(t *testing.T) string
+	}{
+		{"standalone", func(t *testing.T) string { return "redis redis://" + redistest.Start(t).Addr() + "/0" }},
+		{"cluster", func(t *testing.T) string {
+			return "redis redis-cluster://" + strings.Join(redistest.StartCluster(t).Addrs(), ",")
+		}},
+	} {
+		t.Run(topo.name, func(t *testing.T) { testTwoNodes(t, topo.opts(t)) })
+	}
+}
+
+func testTwoNodes(t *testing.T, opts string) {
 	be := newBackend(t)
-	opts := "redis redis://" + redistest.Start(t).Addr() + "/0"
 	a := startGateway(t, opts, strings.TrimPrefix(be.URL, "http://"))
 	b := startGateway(t, opts, strings.TrimPrefix(be.URL, "http://"))
 	var created userResp
