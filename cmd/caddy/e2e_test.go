@@ -729,3 +729,92 @@ func TestRedisOutage(t *testing.T) {
 		t.Fatalf("messages counter moved on to %d after settling at 14", got)
 	}
 }
+
+// TestRedisKilled kills Redis (SIGKILL) under load and restarts it from its
+// append-only file: every request is answered promptly (200 or 503), and
+// once the settlements are replayed the counter equals the requests served.
+func TestRedisKilled(t *testing.T) {
+	be := newBackend(t)
+	srv := redistest.StartAOF(t)
+	g := startGateway(t, "redis redis://"+srv.Addr()+"/0\n\t\tstore_timeout 50ms", strings.TrimPrefix(be.URL, "http://"))
+	var created userResp
+	wantStatus(t, call(t, "POST", g.url+"/quota/users", adminKey, map[string]any{
+		"name": "K", "email": "k@example.com", "limits": map[string]any{"messages": 1_000_000}, "issueToken": true,
+	}, &created), http.StatusCreated)
+
+	var served, refused, other atomic.Int64
+	var slowest atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	c := &http.Client{Timeout: 10 * time.Second}
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; n < 5000; n++ { // bounded even if stop never came
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				req, _ := http.NewRequest("POST", g.url+"/v1/x", strings.NewReader(`{}`))
+				req.Header.Set("Authorization", "Bearer "+created.Token.Token)
+				start := time.Now()
+				resp, err := c.Do(req)
+				if d := int64(time.Since(start)); d > slowest.Load() {
+					slowest.Store(d)
+				}
+				if err != nil {
+					other.Add(1)
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				switch resp.StatusCode {
+				case http.StatusOK:
+					served.Add(1)
+				case http.StatusServiceUnavailable:
+					refused.Add(1)
+				default:
+					other.Add(1)
+				}
+			}
+		}()
+	}
+	time.Sleep(500 * time.Millisecond)
+	srv.Kill(t)
+	time.Sleep(700 * time.Millisecond)
+	srv.Restart(t)
+	time.Sleep(1500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	t.Logf("served %d, refused %d, slowest answer %v", served.Load(), refused.Load(), time.Duration(slowest.Load()))
+	if other.Load() != 0 || refused.Load() == 0 || served.Load() == 0 {
+		t.Fatalf("served %d, refused %d, other %d: want only 200s and 503s, some of each", served.Load(), refused.Load(), other.Load())
+	}
+	if be.hits.Load() != served.Load() {
+		t.Fatalf("backend saw %d requests, clients got %d 200s", be.hits.Load(), served.Load())
+	}
+	lifetime := func() int64 {
+		var usage struct {
+			Items []struct {
+				Resource, Per string
+				Used          int64
+			} `json:"items"`
+		}
+		wantStatus(t, call(t, "GET", g.url+"/quota/users/"+created.User.ID+"/usage", adminKey, nil, &usage), http.StatusOK)
+		for _, it := range usage.Items {
+			if it.Resource == "messages" && it.Per == "lifetime" {
+				return it.Used
+			}
+		}
+		return -1
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for lifetime() != served.Load() {
+		if time.Now().After(deadline) {
+			t.Fatalf("messages counter = %d, want %d (the requests served)", lifetime(), served.Load())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

@@ -38,8 +38,11 @@ const startTimeout = 5 * time.Second
 // Server is one redis-server process owned by a test. It is safe for
 // concurrent use.
 type Server struct {
-	addr string
-	proc *os.Process
+	addr  string
+	proc  *os.Process
+	bin   string
+	dir   string
+	extra []string
 }
 
 // Start launches a standalone redis-server on a free loopback port with
@@ -49,8 +52,50 @@ type Server struct {
 func Start(t testing.TB) *Server {
 	t.Helper()
 	bin := lookPath(t, "redis-server")
-	addr, proc := startServer(t, bin, t.TempDir(), freePort, "")
-	return &Server{addr: addr, proc: proc}
+	dir := t.TempDir()
+	addr, proc := startServer(t, bin, dir, freePort, "")
+	return &Server{addr: addr, proc: proc, bin: bin, dir: dir}
+}
+
+// StartAOF is Start with the append-only file on and fsynced on every
+// write, so that Kill and Restart lose nothing Redis acknowledged.
+func StartAOF(t testing.TB) *Server {
+	t.Helper()
+	bin := lookPath(t, "redis-server")
+	dir := t.TempDir()
+	extra := []string{"--appendonly", "yes", "--appendfsync", "always"}
+	addr, proc := startServer(t, bin, dir, freePort, "", extra...)
+	return &Server{addr: addr, proc: proc, bin: bin, dir: dir, extra: extra}
+}
+
+// Kill ends the server with SIGKILL, as a crash would, and waits until its
+// port refuses connections.
+func (s *Server) Kill(t testing.TB) {
+	t.Helper()
+	if err := s.proc.Kill(); err != nil {
+		t.Fatalf("redistest: kill %s: %v", s.addr, err)
+	}
+	deadline := time.Now().Add(startTimeout)
+	for {
+		c, err := net.DialTimeout("tcp", s.addr, 100*time.Millisecond)
+		if err != nil {
+			return
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatalf("redistest: %s still accepts connections after SIGKILL", s.addr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Restart starts a killed server again on the same port and directory
+// (with StartAOF, from its append-only file).
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	_, port, _ := net.SplitHostPort(s.addr)
+	p, _ := strconv.Atoi(port)
+	_, s.proc = startServer(t, s.bin, s.dir, func(testing.TB) int { return p }, "", s.extra...)
 }
 
 // Pause freezes the server (SIGSTOP): connections stay open but nothing
