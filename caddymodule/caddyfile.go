@@ -29,7 +29,7 @@ func init() {
 //		db_path       <file>                            # embedded store file
 //		admin_key     <key> [<key>...]                  # repeatable, for rotation
 //		cache_ttl     <duration>                        # default 30s
-//		store_timeout <duration>                        # default 50ms
+//		store_timeout <duration>                        # default 100ms
 //		on_store_error deny | allow [<n> per minute|hour|day]
 //	}
 func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
@@ -146,16 +146,63 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 
 // UnmarshalCaddyfile reads the tenant_quota handler directive:
 //
-//	tenant_quota [<matcher>]
+//	tenant_quota [<matcher>] {
+//		tokens             on|off   # LLM token metering, default on
+//		usage_header       <name>   # default X-Usage-Tokens
+//		default_max_tokens <n>      # default 4096
+//		include_usage      on|off   # default on
+//		max_request_body   <bytes>  # default 4194304
+//	}
 //
-// Every admitted request counts one `messages` against the tenant's limits.
+// Every admitted request counts one `messages`; with token metering, it
+// also reserves its estimated tokens and settles to the backend's usage.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
 	if d.NextArg() {
 		return d.ArgErr()
 	}
 	for d.NextBlock(0) {
-		return d.Errf("unrecognized tenant_quota subdirective %q", d.Val())
+		opt := d.Val()
+		switch opt {
+		case "tokens", "include_usage", "usage_header", "default_max_tokens", "max_request_body":
+		default:
+			return d.Errf("unrecognized tenant_quota subdirective %q (known: tokens, usage_header, default_max_tokens, include_usage, max_request_body)", opt)
+		}
+		if !d.NextArg() {
+			return d.Errf("%s needs a value", opt)
+		}
+		val := d.Val()
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		switch opt {
+		case "tokens", "include_usage":
+			var on bool
+			switch val {
+			case "on":
+				on = true
+			case "off":
+			default:
+				return d.Errf("%s takes on or off, got %q", opt, val)
+			}
+			if opt == "tokens" {
+				h.Tokens = &on
+			} else {
+				h.IncludeUsage = &on
+			}
+		case "usage_header":
+			h.UsageHeader = val
+		case "default_max_tokens", "max_request_body":
+			n, err := strconv.ParseInt(val, 10, 64)
+			if err != nil || n <= 0 {
+				return d.Errf("%s: %q is not a positive whole number", opt, val)
+			}
+			if opt == "default_max_tokens" {
+				h.DefaultMaxTokens = n
+			} else {
+				h.MaxRequestBody = n
+			}
+		}
 	}
 	return nil
 }

@@ -27,6 +27,24 @@ func init() {
 // backend), removes the tenant's token and passes the request on with the
 // tenant's identity in placeholders.
 type Handler struct {
+	// Tokens, when false, turns LLM token metering off: only messages are
+	// counted. Default true.
+	Tokens *bool `json:"tokens,omitempty"`
+	// UsageHeader names a response header in which the backend may report
+	// token usage ("123" or "input=10, output=20"); it is removed before
+	// the response reaches the client. Default X-Usage-Tokens.
+	UsageHeader string `json:"usage_header,omitempty"`
+	// DefaultMaxTokens is the output reservation of a request that sets no
+	// max_tokens / max_completion_tokens / max_output_tokens. Default 4096.
+	DefaultMaxTokens int64 `json:"default_max_tokens,omitempty"`
+	// IncludeUsage, when true (the default), adds
+	// stream_options.include_usage to streamed chat completions that do
+	// not ask for usage, so that streams are never free.
+	IncludeUsage *bool `json:"include_usage,omitempty"`
+	// MaxRequestBody caps how much of a request body is read to estimate
+	// its tokens (default 4 MiB); larger bodies are forwarded untouched.
+	MaxRequestBody int64 `json:"max_request_body,omitempty"`
+
 	app    *App
 	logger *zap.Logger
 }
@@ -47,6 +65,33 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("loading the tenant_quota app: %w", err)
 	}
 	h.app = app.(*App)
+	on := true
+	if h.Tokens == nil {
+		h.Tokens = &on
+	}
+	if h.IncludeUsage == nil {
+		h.IncludeUsage = &on
+	}
+	if h.UsageHeader == "" {
+		h.UsageHeader = DefaultUsageHeader
+	}
+	if h.DefaultMaxTokens == 0 {
+		h.DefaultMaxTokens = DefaultMaxTokens
+	}
+	if h.MaxRequestBody == 0 {
+		h.MaxRequestBody = DefaultMaxRequestBody
+	}
+	return nil
+}
+
+// Validate checks the configuration.
+func (h *Handler) Validate() error {
+	if h.DefaultMaxTokens < 0 || h.DefaultMaxTokens > quota.MaxLimit {
+		return fmt.Errorf("default_max_tokens must be between 1 and %d", int64(quota.MaxLimit))
+	}
+	if h.MaxRequestBody < 0 {
+		return errors.New("max_request_body must not be negative")
+	}
 	return nil
 }
 
@@ -74,9 +119,23 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	case err != nil:
 		return h.storeFailure(w, err)
 	}
+	uses := []quota.Use{{Resource: quota.ResourceMessages, Amount: 1}}
+	var llm *llmRequest
+	if *h.Tokens {
+		if llm, err = h.inspectRequest(r); err != nil {
+			return caddyhttp.Error(http.StatusBadRequest, err)
+		}
+		if llm == nil {
+			llm = &llmRequest{}
+		}
+		// Reserve the estimate in the same atomic step, so concurrent
+		// requests cannot overshoot a token limit.
+		uses = append(uses, llm.reserved.Uses()...)
+	}
 	// The request id is ours, never the client's: a client that could pick
 	// it could replay an admitted id for free.
-	d, err := svc.Admit(r.Context(), p.User, quota.NewID(), []quota.Use{{Resource: quota.ResourceMessages, Amount: 1}})
+	requestID := quota.NewID()
+	d, err := svc.Admit(r.Context(), p.User, requestID, uses)
 	var le *quota.LimitError
 	switch {
 	case errors.As(err, &le):
@@ -105,7 +164,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	repl.Set(PlaceholderTokenID, p.Token.ID)
 	// The tenant's token is for this gateway only.
 	r.Header.Del("Authorization")
-	return next.ServeHTTP(w, r)
+	if llm == nil {
+		return next.ServeHTTP(w, r)
+	}
+	mw := &meterWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, usageHeader: h.UsageHeader}
+	err = next.ServeHTTP(mw, r)
+	h.settle(p.User, requestID, llm, mw, r.Context().Err() != nil)
+	return err
 }
 
 func (h *Handler) storeFailure(w http.ResponseWriter, err error) error {
@@ -201,5 +266,6 @@ func setRateLimitHeaders(h http.Header, st quota.LimitState, now time.Time) {
 // Interface guards.
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )

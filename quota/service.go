@@ -698,27 +698,7 @@ func (e *LimitError) Is(target error) bool { return target == ErrLimitExceeded }
 // requestID (optional) makes the admission idempotent and lets a timed-out
 // admission be settled exactly once; see Decision.Pending.
 func (s *Service) Admit(ctx context.Context, u *User, requestID string, uses []Use) (*Decision, error) {
-	charges := make([]Charge, 0, len(uses)*2)
-	limits := make([]*Limit, 0, len(uses)*2)
-	for _, use := range uses {
-		ls := u.Limits[use.Resource]
-		life := Charge{Resource: use.Resource, Limit: NoLimit, Amount: use.Amount}
-		var lifeLimit *Limit
-		for i := range ls {
-			if ls[i].Per == Lifetime {
-				life.Limit = ls[i].Limit
-				lifeLimit = &ls[i]
-			}
-		}
-		charges = append(charges, life)
-		limits = append(limits, lifeLimit)
-		for i := range ls {
-			if ls[i].Per != Lifetime {
-				charges = append(charges, Charge{Resource: use.Resource, Per: ls[i].Per, Limit: ls[i].Limit, Amount: use.Amount})
-				limits = append(limits, &ls[i])
-			}
-		}
-	}
+	charges, limits := s.expand(u, uses)
 	var adm *Admission
 	err := s.hot(ctx, func(ctx context.Context) (err error) {
 		adm, err = s.store.Admit(ctx, u.ID, requestID, charges)
@@ -751,6 +731,40 @@ func (s *Service) Admit(ctx context.Context, u *User, requestID string, uses []U
 		}
 	}
 	return d, nil
+}
+
+// expand turns uses into charges: each use counts against its resource's
+// lifetime counter and each of the user's windowed limits on it. limits[i]
+// is the limit of charges[i], nil for an unlimited lifetime counter.
+func (s *Service) expand(u *User, uses []Use) (charges []Charge, limits []*Limit) {
+	charges = make([]Charge, 0, len(uses)*2)
+	limits = make([]*Limit, 0, len(uses)*2)
+	for _, use := range uses {
+		ls := u.Limits[use.Resource]
+		life := Charge{Resource: use.Resource, Limit: NoLimit, Amount: use.Amount}
+		var lifeLimit *Limit
+		for i := range ls {
+			if ls[i].Per == Lifetime {
+				life.Limit = ls[i].Limit
+				lifeLimit = &ls[i]
+			}
+		}
+		charges = append(charges, life)
+		limits = append(limits, lifeLimit)
+		for i := range ls {
+			if ls[i].Per != Lifetime {
+				charges = append(charges, Charge{Resource: use.Resource, Per: ls[i].Per, Limit: ls[i].Limit, Amount: use.Amount})
+				limits = append(limits, &ls[i])
+			}
+		}
+	}
+	return charges, limits
+}
+
+// charges is expand without the limits.
+func (s *Service) charges(u *User, uses []Use) []Charge {
+	c, _ := s.expand(u, uses)
+	return c
 }
 
 // UsageItem reports one counter of a user.

@@ -123,6 +123,9 @@ func startGateway(t *testing.T, globalOpts, backendAddr string) *gateway {
 	admin 127.0.0.1:%d
 	tenant_quota {
 		admin_key {env.TQ_E2E_ADMIN_KEY} second-rotation-key
+		# Generous unless a test sets its own: a shared 2-core machine
+		# running the whole suite must not turn a slow moment into 503s.
+		store_timeout 1s
 		%s
 	}
 }
