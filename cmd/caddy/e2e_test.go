@@ -242,6 +242,65 @@ func wantStatus(t *testing.T, resp *http.Response, want int) {
 	}
 }
 
+// used returns a tenant's lifetime counter of resource, read through the
+// admin API.
+func (g *gateway) used(t *testing.T, userID, resource string) int64 {
+	t.Helper()
+	var usage struct {
+		Items []struct {
+			Resource, Per string
+			Used          int64
+		} `json:"items"`
+	}
+	wantStatus(t, call(t, "GET", g.url+"/quota/users/"+userID+"/usage", adminKey, nil, &usage), http.StatusOK)
+	for _, it := range usage.Items {
+		if it.Resource == resource && it.Per == "lifetime" {
+			return it.Used
+		}
+	}
+	return 0
+}
+
+// burst sends n requests at once, made by mk, and counts the answers by
+// status code (0 for a transport error).
+func burst(n int, mk func(i int) *http.Request) map[int]int64 {
+	var mu sync.Mutex
+	counts := map[int]int64{}
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	tr := &http.Transport{MaxIdleConnsPerHost: n}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	for i := 0; i < n; i++ {
+		req := mk(i)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			status := 0
+			if resp, err := c.Do(req); err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				status = resp.StatusCode
+			}
+			mu.Lock()
+			counts[status]++
+			mu.Unlock()
+		}()
+	}
+	close(start)
+	wg.Wait()
+	return counts
+}
+
+// tenantRequest is a POST to the gateway with a tenant's token.
+func tenantRequest(url, token, body string) *http.Request {
+	req, _ := http.NewRequest("POST", url, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	return req
+}
+
 type stores struct {
 	name string
 	opts func(t *testing.T) string
@@ -409,55 +468,17 @@ func TestConcurrentCap(t *testing.T) {
 			}, &created), http.StatusCreated)
 
 			const n = 200
-			var ok, limited, other atomic.Int64
-			var wg sync.WaitGroup
-			start := make(chan struct{})
-			tr := &http.Transport{MaxIdleConnsPerHost: n}
-			defer tr.CloseIdleConnections()
-			c := &http.Client{Transport: tr, Timeout: 30 * time.Second}
-			for i := 0; i < n; i++ {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					<-start
-					req, _ := http.NewRequest("POST", g.url+"/v1/chat/completions", strings.NewReader(`{}`))
-					req.Header.Set("Authorization", "Bearer "+created.Token.Token)
-					resp, err := c.Do(req)
-					if err != nil {
-						other.Add(1)
-						return
-					}
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					switch resp.StatusCode {
-					case http.StatusOK:
-						ok.Add(1)
-					case http.StatusTooManyRequests:
-						limited.Add(1)
-					default:
-						other.Add(1)
-					}
-				}()
-			}
-			close(start)
-			wg.Wait()
-			if ok.Load() != 50 || limited.Load() != n-50 || other.Load() != 0 {
-				t.Fatalf("200 concurrent requests against a cap of 50: %d admitted, %d limited, %d other", ok.Load(), limited.Load(), other.Load())
+			counts := burst(n, func(int) *http.Request {
+				return tenantRequest(g.url+"/v1/chat/completions", created.Token.Token, `{}`)
+			})
+			if counts[http.StatusOK] != 50 || counts[http.StatusTooManyRequests] != n-50 {
+				t.Fatalf("200 concurrent requests against a cap of 50: answers by status %v", counts)
 			}
 			if be.hits.Load() != 50 {
 				t.Fatalf("backend saw %d requests, want 50", be.hits.Load())
 			}
-			var usage struct {
-				Items []struct {
-					Resource, Per string
-					Used          int64
-				} `json:"items"`
-			}
-			wantStatus(t, call(t, "GET", g.url+"/quota/users/"+created.User.ID+"/usage", adminKey, nil, &usage), http.StatusOK)
-			for _, it := range usage.Items {
-				if it.Resource == "messages" && it.Per == "lifetime" && it.Used != 50 {
-					t.Fatalf("messages counter = %d, want 50", it.Used)
-				}
+			if got := g.used(t, created.User.ID, "messages"); got != 50 {
+				t.Fatalf("messages counter = %d, want 50", got)
 			}
 		})
 	}
@@ -561,45 +582,15 @@ func testTwoNodes(t *testing.T, opts string) {
 	}, &created), http.StatusCreated)
 
 	const n = 400
-	var ok, limited, other atomic.Int64
-	var wg sync.WaitGroup
-	start := make(chan struct{})
-	tr := &http.Transport{MaxIdleConnsPerHost: n}
-	defer tr.CloseIdleConnections()
-	c := &http.Client{Transport: tr, Timeout: 30 * time.Second}
-	for i := 0; i < n; i++ {
+	counts := burst(n, func(i int) *http.Request {
 		target := a.url
 		if i%2 == 1 {
 			target = b.url
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			req, _ := http.NewRequest("POST", target+"/v1/chat/completions", strings.NewReader(`{}`))
-			req.Header.Set("Authorization", "Bearer "+created.Token.Token)
-			resp, err := c.Do(req)
-			if err != nil {
-				other.Add(1)
-				return
-			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			switch resp.StatusCode {
-			case http.StatusOK:
-				ok.Add(1)
-			case http.StatusTooManyRequests:
-				limited.Add(1)
-			default:
-				other.Add(1)
-			}
-		}()
-	}
-	close(start)
-	wg.Wait()
-	if ok.Load() != 100 || limited.Load() != n-100 || other.Load() != 0 || be.hits.Load() != 100 {
-		t.Fatalf("400 requests over two nodes against a cap of 100: %d admitted, %d limited, %d other, backend saw %d",
-			ok.Load(), limited.Load(), other.Load(), be.hits.Load())
+		return tenantRequest(target+"/v1/chat/completions", created.Token.Token, `{}`)
+	})
+	if counts[http.StatusOK] != 100 || counts[http.StatusTooManyRequests] != n-100 || be.hits.Load() != 100 {
+		t.Fatalf("400 requests over two nodes against a cap of 100: answers by status %v, backend saw %d", counts, be.hits.Load())
 	}
 
 	// Raise the cap on A; B must see it (its cache holds the old user).
@@ -705,21 +696,7 @@ func TestRedisOutage(t *testing.T) {
 	// allowance let through (journaled, counted once Redis is back) and the
 	// 2 after recovery; the admissions that were stuck in the frozen Redis
 	// for requests that got 503 are cancelled, not counted.
-	lifetime := func() int64 {
-		var usage struct {
-			Items []struct {
-				Resource, Per string
-				Used          int64
-			} `json:"items"`
-		}
-		wantStatus(t, call(t, "GET", deny.url+"/quota/users/"+created.User.ID+"/usage", adminKey, nil, &usage), http.StatusOK)
-		for _, it := range usage.Items {
-			if it.Resource == "messages" && it.Per == "lifetime" {
-				return it.Used
-			}
-		}
-		return -1
-	}
+	lifetime := func() int64 { return deny.used(t, created.User.ID, "messages") }
 	deadline := time.Now().Add(15 * time.Second)
 	for lifetime() != 14 {
 		if time.Now().After(deadline) {
@@ -798,21 +775,7 @@ func TestRedisKilled(t *testing.T) {
 	if be.hits.Load() != served.Load() {
 		t.Fatalf("backend saw %d requests, clients got %d 200s", be.hits.Load(), served.Load())
 	}
-	lifetime := func() int64 {
-		var usage struct {
-			Items []struct {
-				Resource, Per string
-				Used          int64
-			} `json:"items"`
-		}
-		wantStatus(t, call(t, "GET", g.url+"/quota/users/"+created.User.ID+"/usage", adminKey, nil, &usage), http.StatusOK)
-		for _, it := range usage.Items {
-			if it.Resource == "messages" && it.Per == "lifetime" {
-				return it.Used
-			}
-		}
-		return -1
-	}
+	lifetime := func() int64 { return g.used(t, created.User.ID, "messages") }
 	deadline := time.Now().Add(15 * time.Second)
 	for lifetime() != served.Load() {
 		if time.Now().After(deadline) {

@@ -7,10 +7,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 )
 
 // llmBackend answers like an LLM API: JSON with usage on /v1/chat/completions,
@@ -53,28 +51,10 @@ func llmBackend(t *testing.T) (*httptest.Server, *atomic.Int64) {
 	return srv, &hits
 }
 
-type usageItems struct {
-	Items []struct {
-		Resource, Per string
-		Used          int64
-	} `json:"items"`
-}
-
-func (u usageItems) get(resource string) int64 {
-	for _, it := range u.Items {
-		if it.Resource == resource && it.Per == "lifetime" {
-			return it.Used
-		}
-	}
-	return 0
-}
-
+// chat sends a tenant request with the shared client.
 func chat(t *testing.T, url, token, body string) *http.Response {
 	t.Helper()
-	req, _ := http.NewRequest("POST", url, strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+token)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := client.Do(req)
+	resp, err := client.Do(tenantRequest(url, token, body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,19 +75,14 @@ func TestTokenMetering(t *testing.T) {
 				"limits": map[string]any{"tokens": 100000, "output_tokens": map[string]any{"limit": 50000, "per": "day"}},
 			}, &created), http.StatusCreated)
 			tok := created.Token.Token
-			usage := func() usageItems {
-				var u usageItems
-				wantStatus(t, call(t, "GET", g.url+"/quota/users/"+created.User.ID+"/usage", adminKey, nil, &u), http.StatusOK)
-				return u
-			}
+			used := func(resource string) int64 { return g.used(t, created.User.ID, resource) }
 
 			resp := chat(t, g.url+"/v1/chat/completions", tok, `{"model":"m","messages":[{"role":"user","content":"hello there"}],"max_tokens":100}`)
 			io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 			wantStatus(t, resp, http.StatusOK)
-			u := usage()
-			if u.get("tokens") != 30 || u.get("input_tokens") != 10 || u.get("output_tokens") != 20 {
-				t.Fatalf("after a JSON completion: %+v", u)
+			if used("tokens") != 30 || used("input_tokens") != 10 || used("output_tokens") != 20 {
+				t.Fatalf("after a JSON completion: tokens %d, input %d, output %d", used("tokens"), used("input_tokens"), used("output_tokens"))
 			}
 
 			resp = chat(t, g.url+"/v1/chat/completions", tok, `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`)
@@ -116,9 +91,8 @@ func TestTokenMetering(t *testing.T) {
 			if !strings.Contains(string(data), "[DONE]") {
 				t.Fatalf("stream body: %q", data)
 			}
-			u = usage()
-			if u.get("tokens") != 54 || u.get("input_tokens") != 21 || u.get("output_tokens") != 33 {
-				t.Fatalf("after a stream that did not ask for usage: %+v", u)
+			if used("tokens") != 54 || used("input_tokens") != 21 || used("output_tokens") != 33 {
+				t.Fatalf("after a stream that did not ask for usage: tokens %d, input %d, output %d", used("tokens"), used("input_tokens"), used("output_tokens"))
 			}
 
 			resp = chat(t, g.url+"/v1/header", tok, `{"model":"m","messages":[{"role":"user","content":"hi"}]}`)
@@ -127,9 +101,8 @@ func TestTokenMetering(t *testing.T) {
 			if resp.Header.Get("X-Usage-Tokens") != "" {
 				t.Fatal("the backend's usage header reached the client")
 			}
-			u = usage()
-			if u.get("tokens") != 66 || u.get("messages") != 3 {
-				t.Fatalf("after a header-reported usage: %+v", u)
+			if used("tokens") != 66 || used("messages") != 3 {
+				t.Fatalf("after a header-reported usage: tokens %d, messages %d", used("tokens"), used("messages"))
 			}
 		})
 	}
@@ -149,48 +122,17 @@ func TestTokenReservations(t *testing.T) {
 			wantStatus(t, call(t, "POST", g.url+"/quota/users", adminKey, map[string]any{
 				"name": "R", "email": "r@example.com", "issueToken": true, "limits": map[string]any{"tokens": capTokens},
 			}, &created), http.StatusCreated)
-			var ok, limited atomic.Int64
-			var wg sync.WaitGroup
-			start := make(chan struct{})
-			tr := &http.Transport{MaxIdleConnsPerHost: 100}
-			defer tr.CloseIdleConnections()
-			c := &http.Client{Transport: tr, Timeout: 30 * time.Second}
-			for i := 0; i < 100; i++ {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					<-start
-					req, _ := http.NewRequest("POST", g.url+"/v1/chat/completions",
-						strings.NewReader(`{"model":"m","messages":[{"role":"user","content":"hello"}],"max_tokens":30}`))
-					req.Header.Set("Authorization", "Bearer "+created.Token.Token)
-					req.Header.Set("Content-Type", "application/json")
-					resp, err := c.Do(req)
-					if err != nil {
-						t.Error(err)
-						return
-					}
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					switch resp.StatusCode {
-					case http.StatusOK:
-						ok.Add(1)
-					case http.StatusTooManyRequests:
-						limited.Add(1)
-					default:
-						t.Errorf("status %d", resp.StatusCode)
-					}
-				}()
+			counts := burst(100, func(int) *http.Request {
+				return tenantRequest(g.url+"/v1/chat/completions", created.Token.Token,
+					`{"model":"m","messages":[{"role":"user","content":"hello"}],"max_tokens":30}`)
+			})
+			ok, tokens := counts[http.StatusOK], g.used(t, created.User.ID, "tokens")
+			t.Logf("answers by status %v, tokens used %d of %d", counts, tokens, capTokens)
+			if tokens > capTokens {
+				t.Fatalf("tokens used %d over the cap of %d", tokens, capTokens)
 			}
-			close(start)
-			wg.Wait()
-			var u usageItems
-			wantStatus(t, call(t, "GET", g.url+"/quota/users/"+created.User.ID+"/usage", adminKey, nil, &u), http.StatusOK)
-			t.Logf("admitted %d, limited %d, tokens used %d of %d", ok.Load(), limited.Load(), u.get("tokens"), capTokens)
-			if u.get("tokens") > capTokens {
-				t.Fatalf("tokens used %d over the cap of %d", u.get("tokens"), capTokens)
-			}
-			if u.get("tokens") != 30*ok.Load() || hits.Load() != ok.Load() || ok.Load() == 0 || limited.Load() == 0 {
-				t.Fatalf("admitted %d, backend saw %d, tokens %d: want 30 tokens per admitted request", ok.Load(), hits.Load(), u.get("tokens"))
+			if ok == 0 || counts[http.StatusTooManyRequests] != 100-ok || tokens != 30*ok || hits.Load() != ok {
+				t.Fatalf("answers by status %v, backend saw %d, tokens %d: want 30 tokens per admitted request", counts, hits.Load(), tokens)
 			}
 		})
 	}
