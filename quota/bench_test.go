@@ -33,3 +33,21 @@ func BenchmarkAuthenticateCacheHit(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkAdmitEmbedded measures one admission (a message and a token
+// reservation) on the embedded store, with a request id.
+func BenchmarkAdmitEmbedded(b *testing.B) {
+	svc, _, _, _ := newService(b)
+	ctx := context.Background()
+	u, err := svc.CreateUser(ctx, quota.NewUser{Name: "B", Email: "b@example.com", Limits: quota.Limits{"messages": {{Limit: quota.MaxLimit}}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	uses := append([]quota.Use{{Resource: "messages", Amount: 1}}, quota.TokenCount{Input: 10, Output: 100}.Uses()...)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := svc.Admit(ctx, u, quota.NewID(), uses); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

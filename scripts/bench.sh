@@ -47,7 +47,7 @@ waitport() {
 		sleep 0.1
 	done
 	echo "nothing listens on 127.0.0.1:$1" >&2
-	exit 1
+	return 1
 }
 
 rport=$(freeport)
@@ -56,10 +56,12 @@ pids+=($!)
 waitport "$rport"
 
 # gateway NAME STORE_OPTION: starts Caddy with a bare route and a metered
-# route, and prints "bare_port quota_port".
+# route, and sets BARE and QUOTA to their ports. It runs in this shell (not
+# a subshell), so the EXIT trap knows its pid.
 gateway() {
 	local name=$1 store=$2 bare quota admin
 	bare=$(freeport); quota=$(freeport); admin=$(freeport)
+	BARE=$bare QUOTA=$quota
 	cat >"$work/$name.caddyfile" <<CADDY
 {
 	admin 127.0.0.1:$admin
@@ -85,8 +87,7 @@ http://127.0.0.1:$quota {
 CADDY
 	XDG_DATA_HOME="$work/$name-data" "$BIN" run --config "$work/$name.caddyfile" --adapter caddyfile >"$work/$name.log" 2>&1 &
 	pids+=($!)
-	waitport "$quota"
-	echo "$bare $quota"
+	waitport "$quota" || { tail -5 "$work/$name.log" >&2; exit 1; }
 }
 
 # token PORT: creates a tenant with high limits (a lifetime cap and a
@@ -105,8 +106,10 @@ rps() { # URL [TOKEN]
 	awk '/Requests\/sec/ {print $2}' "$work/wrk.out"
 }
 
-read -r bare1 quota1 < <(gateway embedded "")
-read -r bare2 quota2 < <(gateway redis "redis redis://127.0.0.1:$rport/0")
+gateway embedded ""
+bare1=$BARE quota1=$QUOTA
+gateway redis "redis redis://127.0.0.1:$rport/0"
+bare2=$BARE quota2=$QUOTA
 tok1=$(token "$quota1")
 tok2=$(token "$quota2")
 [ -n "$tok1" ] && [ -n "$tok2" ] || { echo "could not create the benchmark tenants" >&2; exit 1; }

@@ -32,10 +32,16 @@ type shard struct {
 // entry is one user's counters, keyed by quota.CounterKey.
 type entry struct {
 	counters map[string]quota.CounterState
-	// requests remembers request ids for quota.RequestTTL, in memory only:
-	// in one process an admission cannot arrive after its caller gave up.
+	// requests remembers request ids, in memory only, for requestTTL;
+	// order holds them oldest first so expiry costs no scan.
 	requests map[string]requestRecord
+	order    []string
 }
+
+// requestTTL is shorter than quota.RequestTTL: in one process an admission
+// cannot reach the store after its caller gave up, so a record only has to
+// cover a repeat or a settlement that follows at once.
+const requestTTL = 10 * time.Second
 
 type requestRecord struct {
 	applied bool
@@ -44,26 +50,38 @@ type requestRecord struct {
 
 // request returns the live record of a request id.
 func (e *entry) request(id string, now time.Time) (requestRecord, bool) {
+	e.expire(now)
 	r, ok := e.requests[id]
-	if ok && now.Sub(r.at) >= quota.RequestTTL {
-		delete(e.requests, id)
-		return r, false
-	}
 	return r, ok
 }
 
 func (e *entry) remember(id string, applied bool, now time.Time) {
+	e.expire(now)
 	if e.requests == nil {
 		e.requests = map[string]requestRecord{}
 	}
-	if len(e.requests) >= 1024 {
-		for k, r := range e.requests {
-			if now.Sub(r.at) >= quota.RequestTTL {
-				delete(e.requests, k)
-			}
-		}
+	if _, ok := e.requests[id]; !ok {
+		e.order = append(e.order, id)
 	}
 	e.requests[id] = requestRecord{applied: applied, at: now}
+}
+
+// expire drops the records older than requestTTL.
+func (e *entry) expire(now time.Time) {
+	n := 0
+	for n < len(e.order) && now.Sub(e.requests[e.order[n]].at) >= requestTTL {
+		delete(e.requests, e.order[n])
+		n++
+	}
+	if n == 0 {
+		return
+	}
+	e.order = e.order[n:]
+	if len(e.order) == 0 {
+		e.order = nil
+	} else if cap(e.order) > 2*len(e.order)+1024 {
+		e.order = append([]string(nil), e.order...)
+	}
 }
 
 // counterRecord is the stored form of one counter; it is decoupled from
