@@ -28,7 +28,7 @@ func TestRequestRecordsExpireInOrder(t *testing.T) {
 	if len(e.requests) != 2999 || len(e.order) != 2999 {
 		t.Fatalf("after expiry: %d records, %d in order", len(e.requests), len(e.order))
 	}
-	e.remember("2001", false, now.Add(3*time.Second+requestTTL))
+	e.remember("2001", false, now.Add(2*time.Second+requestTTL))
 	if len(e.order) != 2999 {
 		t.Fatal("updating a record queued it twice")
 	}
