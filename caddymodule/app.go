@@ -43,7 +43,7 @@ type App struct {
 	// (default 30s).
 	CacheTTL caddy.Duration `json:"cache_ttl,omitempty"`
 	// StoreTimeout is the deadline of each store call made to authenticate
-	// and admit a request (default 100ms); admin API calls get 1s.
+	// and admit a request (default 50ms); admin API calls get 1s.
 	StoreTimeout caddy.Duration `json:"store_timeout,omitempty"`
 	// OnStoreError decides what a tenant sees when the store fails or is
 	// too slow while admitting a request: "deny" (503, the default) or
@@ -195,7 +195,7 @@ const (
 )
 
 // DefaultStoreTimeout is the hot path's default store deadline.
-const DefaultStoreTimeout = 100 * time.Millisecond
+const DefaultStoreTimeout = 50 * time.Millisecond
 
 // admitOnStoreError applies the on_store_error policy to a request of
 // userID whose admission failed because the store did not answer.

@@ -29,7 +29,7 @@ func init() {
 //		db_path       <file>                            # embedded store file
 //		admin_key     <key> [<key>...]                  # repeatable, for rotation
 //		cache_ttl     <duration>                        # default 30s
-//		store_timeout <duration>                        # default 100ms
+//		store_timeout <duration>                        # default 50ms
 //		on_store_error deny | allow [<n> per minute|hour|day]
 //	}
 func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {

@@ -712,9 +712,10 @@ func TestRedisOutage(t *testing.T) {
 
 // TestRedisKilled kills Redis (SIGKILL) under load and restarts it from its
 // append-only file: every request is answered promptly (200 or 503), and
-// once the settlements are replayed the counter equals the requests served.
+// once the settlements are replayed the counters equal the requests served
+// and the backend-reported token usage of each.
 func TestRedisKilled(t *testing.T) {
-	be := newBackend(t)
+	be, hits := llmBackend(t)
 	srv := redistest.StartAOF(t)
 	g := startGateway(t, "redis redis://"+srv.Addr()+"/0\n\t\tstore_timeout 50ms", strings.TrimPrefix(be.URL, "http://"))
 	var created userResp
@@ -737,8 +738,9 @@ func TestRedisKilled(t *testing.T) {
 					return
 				default:
 				}
-				req, _ := http.NewRequest("POST", g.url+"/v1/x", strings.NewReader(`{}`))
-				req.Header.Set("Authorization", "Bearer "+created.Token.Token)
+				// Each completion reports 30 tokens (10 in, 20 out).
+				req := tenantRequest(g.url+"/v1/chat/completions", created.Token.Token,
+					`{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":50}`)
 				start := time.Now()
 				resp, err := c.Do(req)
 				if d := int64(time.Since(start)); d > slowest.Load() {
@@ -772,14 +774,20 @@ func TestRedisKilled(t *testing.T) {
 	if other.Load() != 0 || refused.Load() == 0 || served.Load() == 0 {
 		t.Fatalf("served %d, refused %d, other %d: want only 200s and 503s, some of each", served.Load(), refused.Load(), other.Load())
 	}
-	if be.hits.Load() != served.Load() {
-		t.Fatalf("backend saw %d requests, clients got %d 200s", be.hits.Load(), served.Load())
+	if hits.Load() != served.Load() {
+		t.Fatalf("backend saw %d requests, clients got %d 200s", hits.Load(), served.Load())
 	}
-	lifetime := func() int64 { return g.used(t, created.User.ID, "messages") }
+	// Messages equal the requests served, and tokens the backend-reported
+	// usage of every completed request, once the settlements of requests
+	// that finished while Redis was down have been replayed.
+	settled := func() bool {
+		return g.used(t, created.User.ID, "messages") == served.Load() && g.used(t, created.User.ID, "tokens") == 30*served.Load()
+	}
 	deadline := time.Now().Add(15 * time.Second)
-	for lifetime() != served.Load() {
+	for !settled() {
 		if time.Now().After(deadline) {
-			t.Fatalf("messages counter = %d, want %d (the requests served)", lifetime(), served.Load())
+			t.Fatalf("messages %d, tokens %d; want %d and %d (the requests served and their usage)",
+				g.used(t, created.User.ID, "messages"), g.used(t, created.User.ID, "tokens"), served.Load(), 30*served.Load())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
