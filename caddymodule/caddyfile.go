@@ -2,9 +2,12 @@ package caddymodule
 
 import (
 	"encoding/json"
+	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -140,7 +143,7 @@ func parseDurationArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
 
 func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	m := new(Handler)
-	err := m.UnmarshalCaddyfile(h.Dispenser)
+	err := m.unmarshal(h.Dispenser, h.MatcherToken)
 	return m, err
 }
 
@@ -152,11 +155,34 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //		default_max_tokens <n>      # default 4096
 //		include_usage      on|off   # default on
 //		max_request_body   <bytes>  # default 4194304
+//		meter <resource> [<matcher>] [<n> | +<n> | -<n>]   # repeatable
 //	}
 //
 // Every admitted request counts one `messages`; with token metering, it
 // also reserves its estimated tokens and settles to the backend's usage.
+// A meter counts a resource for the requests its matcher selects: n per
+// request, +n for an object created (refused over the limit, taken back
+// unless the backend answers 2xx), -n for an object deleted (released when
+// the backend answers 2xx). Named matchers (@name) need the Caddyfile
+// adapter, which resolves them.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	return h.unmarshal(d, func() (caddy.ModuleMap, bool, error) {
+		if !d.NextArg() {
+			return nil, false, nil
+		}
+		switch tok := d.Val(); {
+		case tok == "*":
+			return nil, true, nil
+		case strings.HasPrefix(tok, "/"):
+			return caddy.ModuleMap{"path": caddyconfig.JSON(caddyhttp.MatchPath{tok}, nil)}, true, nil
+		case strings.HasPrefix(tok, "@"):
+			return nil, false, fmt.Errorf("named matcher %s can only be resolved in a Caddyfile site block", tok)
+		}
+		return nil, false, nil
+	})
+}
+
+func (h *Handler) unmarshal(d *caddyfile.Dispenser, matcher func() (caddy.ModuleMap, bool, error)) error {
 	d.Next() // the directive name
 	if d.NextArg() {
 		return d.ArgErr()
@@ -164,9 +190,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		opt := d.Val()
 		switch opt {
+		case "meter":
+			m, err := parseMeter(d, matcher)
+			if err != nil {
+				return err
+			}
+			h.Meters = append(h.Meters, m)
+			continue
 		case "tokens", "include_usage", "usage_header", "default_max_tokens", "max_request_body":
 		default:
-			return d.Errf("unrecognized tenant_quota subdirective %q (known: tokens, usage_header, default_max_tokens, include_usage, max_request_body)", opt)
+			return d.Errf("unrecognized tenant_quota subdirective %q (known: tokens, usage_header, default_max_tokens, include_usage, max_request_body, meter)", opt)
 		}
 		if !d.NextArg() {
 			return d.Errf("%s needs a value", opt)

@@ -14,6 +14,8 @@ func FuzzCaddyfile(f *testing.F) {
 		"redis redis://127.0.0.1:6379/0\nadmin_key a b\ncache_ttl 10s",
 		"db_path /tmp/x.db\nstore_timeout 50ms",
 		"max_body_bytes 100",
+		"meter datasets /v1/datasets +1\nmeter datasets * -1\nmeter files 3",
+		"tokens off\nusage_header X-U\ndefault_max_tokens 10",
 		"redis\n",
 		"{\n}",
 	} {

@@ -44,6 +44,8 @@ type Handler struct {
 	// MaxRequestBody caps how much of a request body is read to estimate
 	// its tokens (default 4 MiB); larger bodies are forwarded untouched.
 	MaxRequestBody int64 `json:"max_request_body,omitempty"`
+	// Meters count further resources for the requests they select.
+	Meters []Meter `json:"meters,omitempty"`
 
 	app    *App
 	logger *zap.Logger
@@ -81,6 +83,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.MaxRequestBody == 0 {
 		h.MaxRequestBody = DefaultMaxRequestBody
 	}
+	for i := range h.Meters {
+		if err := h.Meters[i].provision(ctx); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -91,6 +98,11 @@ func (h *Handler) Validate() error {
 	}
 	if h.MaxRequestBody < 0 {
 		return errors.New("max_request_body must not be negative")
+	}
+	for i := range h.Meters {
+		if err := h.Meters[i].validate(); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -119,7 +131,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	case err != nil:
 		return h.storeFailure(w, err)
 	}
-	uses := []quota.Use{{Resource: quota.ResourceMessages, Amount: 1}}
+	plan, err := h.planMeters(r)
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	uses := append([]quota.Use{{Resource: quota.ResourceMessages, Amount: 1}}, plan.admit...)
 	var llm *llmRequest
 	if *h.Tokens {
 		if llm, err = h.inspectRequest(r); err != nil {
@@ -164,12 +180,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	repl.Set(PlaceholderTokenID, p.Token.ID)
 	// The tenant's token is for this gateway only.
 	r.Header.Del("Authorization")
-	if llm == nil {
+	if llm == nil && !plan.settles() {
 		return next.ServeHTTP(w, r)
 	}
 	mw := &meterWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, usageHeader: h.UsageHeader}
 	err = next.ServeHTTP(mw, r)
-	h.settle(p.User, requestID, llm, mw, r.Context().Err() != nil)
+	mw.finish()
+	var deltas []quota.Use
+	if llm != nil {
+		deltas = quota.TokenDeltas(llm.reserved, mw.actual(llm, r.Context().Err() != nil))
+	}
+	h.settle(p.User, requestID, append(deltas, plan.after(mw.status)...))
 	return err
 }
 

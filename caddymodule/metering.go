@@ -114,6 +114,13 @@ func (m *meterWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// finish ends the observer (and its gzip reader, if any).
+func (m *meterWriter) finish() {
+	if m.obs != nil {
+		m.obs.Close()
+	}
+}
+
 // ReadFrom makes sure io.Copy goes through Write.
 func (m *meterWriter) ReadFrom(r io.Reader) (int64, error) {
 	return io.Copy(writerOnly{m}, r)
@@ -121,7 +128,7 @@ func (m *meterWriter) ReadFrom(r io.Reader) (int64, error) {
 
 type writerOnly struct{ io.Writer }
 
-// actual decides what the request used: the backend's header, else the
+// actual (after finish) decides what the request used: the backend's header, else the
 // usage in its body, else (for a client that went away or a backend that
 // said nothing) the documented estimate: the prompt estimate plus one token
 // per four bytes of response body sent. A backend error without usage
@@ -129,7 +136,6 @@ type writerOnly struct{ io.Writer }
 func (m *meterWriter) actual(req *llmRequest, clientGone bool) quota.TokenCount {
 	var u llmusage.Usage
 	if m.obs != nil {
-		m.obs.Close()
 		u = m.obs.Usage()
 	}
 	if m.headerUsage != nil {
@@ -149,9 +155,9 @@ func (m *meterWriter) actual(req *llmRequest, clientGone bool) quota.TokenCount 
 	return est
 }
 
-// settle charges the difference between the reservation and what was used.
-func (h *Handler) settle(u *quota.User, requestID string, req *llmRequest, m *meterWriter, clientGone bool) {
-	deltas := quota.TokenDeltas(req.reserved, m.actual(req, clientGone))
+// settle applies what the response decided: the token reservation settled
+// to the usage, objects created or released.
+func (h *Handler) settle(u *quota.User, requestID string, deltas []quota.Use) {
 	// The client may be gone; the settlement must still be made.
 	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
 	defer cancel()

@@ -117,6 +117,13 @@ func (b *syncBuffer) String() string {
 // globalOpts, in front of backendAddr.
 func startGateway(t *testing.T, globalOpts, backendAddr string) *gateway {
 	t.Helper()
+	return startGatewayWith(t, globalOpts, "", "", backendAddr)
+}
+
+// startGatewayWith is startGateway with lines for the site block (named
+// matchers) and for the tenant_quota directive's block.
+func startGatewayWith(t *testing.T, globalOpts, siteLines, handlerLines, backendAddr string) *gateway {
+	t.Helper()
 	port, adminPort := freePort(t), freePort(t)
 	dir := t.TempDir()
 	caddyfile := fmt.Sprintf(`{
@@ -131,17 +138,20 @@ func startGateway(t *testing.T, globalOpts, backendAddr string) *gateway {
 }
 http://127.0.0.1:%d {
 	bind 127.0.0.1
+	%s
 	handle_path /quota/* {
 		tenant_quota_admin
 	}
 	handle {
-		tenant_quota
+		tenant_quota {
+			%s
+		}
 		reverse_proxy %s {
 			header_up X-Tenant-ID {http.quota.user.id}
 		}
 	}
 }
-`, adminPort, globalOpts, port, backendAddr)
+`, adminPort, globalOpts, port, siteLines, handlerLines, backendAddr)
 	path := filepath.Join(dir, "Caddyfile")
 	if err := os.WriteFile(path, []byte(caddyfile), 0o600); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,153 @@
+package caddymodule
+
+import (
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/tenantquota/caddy-tenant-quota/quota"
+)
+
+// Meter modes.
+const (
+	// MeterRequest charges Amount to every matching request at admission.
+	MeterRequest = "request"
+	// MeterCreate charges Amount at admission (refused over the limit) and
+	// takes it back unless the backend answers 2xx: a created object.
+	MeterCreate = "create"
+	// MeterDelete releases Amount when the backend answers 2xx: a deleted
+	// object.
+	MeterDelete = "delete"
+)
+
+// Meter counts a resource for the requests its matchers select.
+type Meter struct {
+	// Resource is the counted resource name.
+	Resource string `json:"resource"`
+	// MatcherSetsRaw selects the requests; none means every request.
+	MatcherSetsRaw caddyhttp.RawMatcherSets `json:"match,omitempty" caddy:"namespace=http.matchers"`
+	// Mode is request (default), create or delete.
+	Mode string `json:"mode,omitempty"`
+	// Amount is how much one request counts (default 1).
+	Amount int64 `json:"amount,omitempty"`
+
+	matchers caddyhttp.MatcherSets
+}
+
+func (m *Meter) provision(ctx caddy.Context) error {
+	if m.Mode == "" {
+		m.Mode = MeterRequest
+	}
+	if m.Amount == 0 {
+		m.Amount = 1
+	}
+	sets, err := ctx.LoadModule(m, "MatcherSetsRaw")
+	if err != nil {
+		return fmt.Errorf("meter %s: loading matchers: %w", m.Resource, err)
+	}
+	return m.matchers.FromInterface(sets)
+}
+
+func (m *Meter) validate() error {
+	switch {
+	case !quota.ValidResourceName(m.Resource):
+		return fmt.Errorf("meter: resource %q must match %s", m.Resource, quota.ResourceNamePattern)
+	case m.Mode != MeterRequest && m.Mode != MeterCreate && m.Mode != MeterDelete:
+		return fmt.Errorf("meter %s: mode must be request, create or delete, got %q", m.Resource, m.Mode)
+	case m.Amount < 1 || m.Amount > quota.MaxLimit:
+		return fmt.Errorf("meter %s: amount must be between 1 and %d", m.Resource, int64(quota.MaxLimit))
+	}
+	return nil
+}
+
+// meterPlan is what the meters make of one request: what to charge at
+// admission, and what to apply after the response depending on its status.
+type meterPlan struct {
+	admit     []quota.Use
+	onSuccess []quota.Use
+	onFailure []quota.Use
+}
+
+func (h *Handler) planMeters(r *http.Request) (meterPlan, error) {
+	var p meterPlan
+	for i := range h.Meters {
+		m := &h.Meters[i]
+		match, err := m.matchers.AnyMatchWithError(r)
+		if err != nil {
+			return p, err
+		}
+		if !match {
+			continue
+		}
+		switch m.Mode {
+		case MeterRequest:
+			p.admit = append(p.admit, quota.Use{Resource: m.Resource, Amount: m.Amount})
+		case MeterCreate:
+			p.admit = append(p.admit, quota.Use{Resource: m.Resource, Amount: m.Amount})
+			p.onFailure = append(p.onFailure, quota.Use{Resource: m.Resource, Amount: -m.Amount})
+		case MeterDelete:
+			p.onSuccess = append(p.onSuccess, quota.Use{Resource: m.Resource, Amount: -m.Amount})
+		}
+	}
+	return p, nil
+}
+
+// after returns what the response's status settles.
+func (p meterPlan) after(status int) []quota.Use {
+	if status >= 200 && status < 300 {
+		return p.onSuccess
+	}
+	return p.onFailure
+}
+
+func (p meterPlan) settles() bool { return len(p.onSuccess)+len(p.onFailure) > 0 }
+
+// parseMeter reads `meter <resource> [<matcher>] [<n> | +<n> | -<n>]`; the
+// dispenser is on "meter". matcher resolves a matcher token.
+func parseMeter(d *caddyfile.Dispenser, matcher func() (caddy.ModuleMap, bool, error)) (Meter, error) {
+	m := Meter{Mode: MeterRequest, Amount: 1}
+	if !d.NextArg() {
+		return m, d.Errf("meter needs a resource: meter <resource> [<matcher>] [<n> | +<n> | -<n>]")
+	}
+	m.Resource = d.Val()
+	if !quota.ValidResourceName(m.Resource) {
+		return m, d.Errf("meter: resource %q must match %s", m.Resource, quota.ResourceNamePattern)
+	}
+	set, isMatcher, err := matcher()
+	if err != nil {
+		return m, d.Errf("meter %s: %v", m.Resource, err)
+	}
+	var args []string
+	if isMatcher {
+		if set != nil {
+			m.MatcherSetsRaw = caddyhttp.RawMatcherSets{set}
+		}
+	} else if d.Val() != m.Resource {
+		// The token after the resource was not a matcher: an amount.
+		args = append(args, d.Val())
+	}
+	args = append(args, d.RemainingArgs()...)
+	if len(args) > 1 {
+		return m, d.Errf("meter %s: unexpected %q (syntax: meter <resource> [<matcher>] [<n> | +<n> | -<n>])", m.Resource, args[1])
+	}
+	if len(args) == 1 {
+		a := args[0]
+		switch {
+		case strings.HasPrefix(a, "+"):
+			m.Mode, a = MeterCreate, a[1:]
+		case strings.HasPrefix(a, "-"):
+			m.Mode, a = MeterDelete, a[1:]
+		}
+		n, err := strconv.ParseInt(a, 10, 64)
+		if err != nil || n < 1 || n > quota.MaxLimit {
+			return m, d.Errf("meter %s: %q is not an amount (n, +n or -n with n from 1 to %d)", m.Resource, args[0], int64(quota.MaxLimit))
+		}
+		m.Amount = n
+	}
+	return m, nil
+}
