@@ -89,7 +89,15 @@ type Charge struct {
 	Per      Period
 	Limit    int64
 	Amount   int64
+	// Key, if set, makes the charge distinct: a positive amount counts
+	// only the first time Key is seen for Resource (a repeat adds nothing
+	// and is never refused), and a negative amount takes back only a key
+	// that was counted, forgetting it.
+	Key string
 }
+
+// MaxKeyLength caps a distinct charge's key.
+const MaxKeyLength = 256
 
 // Admission is the outcome of Store.Admit.
 type Admission struct {
@@ -145,9 +153,17 @@ type CounterState struct {
 // place only when every charge is allowed. Charges are taken in order, each
 // against the counter as the earlier charges of the call left it.
 func ApplyCharges(counters map[string]CounterState, charges []Charge, now time.Time) *Admission {
+	return ApplyKeyedCharges(counters, nil, charges, now)
+}
+
+// ApplyKeyedCharges is ApplyCharges with the set of distinct keys already
+// counted (DistinctKey of resource and key), which it updates with the
+// counters. With a nil set, every key is new and none is remembered.
+func ApplyKeyedCharges(counters map[string]CounterState, keys map[string]struct{}, charges []Charge, now time.Time) *Admission {
 	adm := &Admission{Allowed: true, Denied: -1, Now: now, Used: make([]int64, len(charges))}
 	running := make(map[string]CounterState, len(charges))
 	for i, c := range charges {
+		amount := keyedAmount(keys, c)
 		key := CounterKey(c.Resource, c.Per)
 		cur, seen := running[key]
 		if !seen {
@@ -158,20 +174,46 @@ func ApplyCharges(counters map[string]CounterState, charges []Charge, now time.T
 			}
 		}
 		adm.Used[i] = cur.Used
-		if c.Amount > 0 && c.Limit >= 0 && cur.Used+c.Amount > c.Limit {
+		if amount > 0 && c.Limit >= 0 && cur.Used+amount > c.Limit {
 			adm.Allowed = false
 			adm.Denied = i
 			return adm
 		}
-		cur.Used = max(cur.Used+c.Amount, 0)
+		cur.Used = max(cur.Used+amount, 0)
 		running[key] = cur
 		adm.Used[i] = cur.Used
 	}
 	for key, cur := range running {
 		counters[key] = cur
 	}
+	if keys != nil {
+		for _, c := range charges {
+			switch {
+			case c.Key == "":
+			case c.Amount > 0:
+				keys[DistinctKey(c.Resource, c.Key)] = struct{}{}
+			case c.Amount < 0:
+				delete(keys, DistinctKey(c.Resource, c.Key))
+			}
+		}
+	}
 	return adm
 }
+
+// keyedAmount is what a charge adds given the distinct keys counted so far.
+func keyedAmount(keys map[string]struct{}, c Charge) int64 {
+	if c.Key == "" || keys == nil {
+		return c.Amount
+	}
+	_, counted := keys[DistinctKey(c.Resource, c.Key)]
+	if (c.Amount > 0) == counted {
+		return 0
+	}
+	return c.Amount
+}
+
+// DistinctKey names a distinct key of a resource.
+func DistinctKey(resource, key string) string { return resource + "|" + key }
 
 // Unlimited returns charges without limits and with each amount multiplied
 // by factor: 1 to force charges in, -1 to take them back, 0 to read.

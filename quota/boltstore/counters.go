@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -32,6 +33,9 @@ type shard struct {
 // entry is one user's counters, keyed by quota.CounterKey.
 type entry struct {
 	counters map[string]quota.CounterState
+	// keys are the distinct keys counted (quota.DistinctKey), persisted
+	// with the counters.
+	keys map[string]struct{}
 	// requests remembers request ids, in memory only, for requestTTL;
 	// order holds them oldest first so expiry costs no scan.
 	requests map[string]requestRecord
@@ -84,6 +88,29 @@ func (e *entry) expire(now time.Time) {
 	}
 }
 
+// countersDoc is the stored form of a user's counters and distinct keys.
+// The first format was the bare counters map; a document carries "v", which
+// no counter key can be (they all hold a '|').
+type countersDoc struct {
+	V        int                      `json:"v"`
+	Counters map[string]counterRecord `json:"counters"`
+	Keys     []string                 `json:"keys,omitempty"`
+}
+
+func decodeCounters(data []byte) (countersDoc, error) {
+	var probe map[string]json.RawMessage
+	if err := json.Unmarshal(data, &probe); err != nil {
+		return countersDoc{}, err
+	}
+	var doc countersDoc
+	if _, ok := probe["v"]; ok {
+		err := json.Unmarshal(data, &doc)
+		return doc, err
+	}
+	err := json.Unmarshal(data, &doc.Counters)
+	return doc, err
+}
+
 // counterRecord is the stored form of one counter; it is decoupled from
 // quota.CounterState so the file format does not follow Go field names.
 type counterRecord struct {
@@ -108,18 +135,21 @@ func (s *Store) load(sh *shard, userID string) (*entry, error) {
 	if e := sh.entries[userID]; e != nil {
 		return e, nil
 	}
-	e := &entry{counters: make(map[string]quota.CounterState)}
+	e := &entry{counters: make(map[string]quota.CounterState), keys: make(map[string]struct{})}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		data := tx.Bucket(bucketCounters).Get([]byte(userID))
 		if data == nil {
 			return nil
 		}
-		var recs map[string]counterRecord
-		if err := json.Unmarshal(data, &recs); err != nil {
+		doc, err := decodeCounters(data)
+		if err != nil {
 			return fmt.Errorf("boltstore: decode counters of user %q: %w", userID, err)
 		}
-		for k, r := range recs {
+		for k, r := range doc.Counters {
 			e.counters[k] = quota.CounterState(r)
+		}
+		for _, k := range doc.Keys {
+			e.keys[k] = struct{}{}
 		}
 		return nil
 	})
@@ -153,7 +183,7 @@ func (s *Store) withUser(ctx context.Context, userID string, fn func(e *entry, n
 		sh.dirty[userID] = e
 	}
 	// Reading an unknown id must not grow memory.
-	if _, pending := sh.dirty[userID]; !pending && len(e.counters) == 0 && len(e.requests) == 0 {
+	if _, pending := sh.dirty[userID]; !pending && len(e.counters) == 0 && len(e.keys) == 0 && len(e.requests) == 0 {
 		delete(sh.entries, userID)
 	}
 	return nil
@@ -176,11 +206,11 @@ func (s *Store) Admit(ctx context.Context, userID, requestID string, charges []q
 					return false
 				}
 				// A repeat: report the counters, charge nothing.
-				adm = quota.ApplyCharges(e.counters, quota.Unlimited(charges, 0), now)
+				adm = quota.ApplyKeyedCharges(e.counters, nil, quota.Unlimited(charges, 0), now)
 				return false
 			}
 		}
-		adm = quota.ApplyCharges(e.counters, charges, now)
+		adm = quota.ApplyKeyedCharges(e.counters, e.keys, charges, now)
 		if adm.Allowed && requestID != "" {
 			e.remember(requestID, true, now)
 		}
@@ -212,10 +242,10 @@ func (s *Store) Resolve(ctx context.Context, userID, requestID string, charges [
 		changed := false
 		switch {
 		case apply:
-			quota.ApplyCharges(e.counters, quota.Unlimited(charges, 1), now)
+			quota.ApplyKeyedCharges(e.counters, e.keys, quota.Unlimited(charges, 1), now)
 			changed = true
 		case ok && r.applied:
-			quota.ApplyCharges(e.counters, quota.Unlimited(charges, -1), now)
+			quota.ApplyKeyedCharges(e.counters, e.keys, quota.Unlimited(charges, -1), now)
 			changed = true
 		}
 		e.remember(requestID, apply, now)
@@ -227,6 +257,9 @@ func checkCharges(charges []quota.Charge) error {
 	for i, c := range charges {
 		if !c.Per.Valid() {
 			return quota.Invalid(fmt.Sprintf("charges[%d].per", i), "unknown period %q", string(c.Per))
+		}
+		if len(c.Key) > quota.MaxKeyLength {
+			return quota.Invalid(fmt.Sprintf("charges[%d].key", i), "must be at most %d bytes", quota.MaxKeyLength)
 		}
 	}
 	return nil
@@ -277,6 +310,13 @@ func (s *Store) ResetUsage(ctx context.Context, userID string, resources []strin
 				changed = true
 			}
 		}
+		for k := range e.keys {
+			resource, _, _ := strings.Cut(k, "|")
+			if len(names) == 0 || names[resource] {
+				delete(e.keys, k)
+				changed = true
+			}
+		}
 		return changed
 	})
 	if err != nil {
@@ -311,13 +351,16 @@ func (s *Store) flush() error {
 		sh.mu.Lock()
 		for id, e := range sh.dirty {
 			var data []byte
-			if len(e.counters) > 0 {
-				recs := make(map[string]counterRecord, len(e.counters))
+			if len(e.counters) > 0 || len(e.keys) > 0 {
+				doc := countersDoc{V: 2, Counters: make(map[string]counterRecord, len(e.counters))}
 				for k, st := range e.counters {
-					recs[k] = counterRecord(st)
+					doc.Counters[k] = counterRecord(st)
+				}
+				for k := range e.keys {
+					doc.Keys = append(doc.Keys, k)
 				}
 				var err error
-				if data, err = json.Marshal(recs); err != nil {
+				if data, err = json.Marshal(doc); err != nil {
 					sh.mu.Unlock()
 					s.redirty(snaps)
 					return fmt.Errorf("boltstore: encode counters of user %q: %w", id, err)

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/tenantquota/caddy-tenant-quota/quota"
 	"github.com/tenantquota/caddy-tenant-quota/quota/boltstore"
 )
@@ -475,5 +477,42 @@ func TestCanceledContext(t *testing.T) {
 	}
 	if _, err := s.GetUser(ctx, "x"); !errors.Is(err, context.Canceled) {
 		t.Errorf("GetUser: %v", err)
+	}
+}
+
+// TestDistinctKeysSurviveReopen: the keys of distinct charges are written
+// with the counters, and counters in the first file format still load.
+func TestDistinctKeysSurviveReopen(t *testing.T) {
+	path := dbPath(t)
+	s := open(t, boltstore.Options{Path: path})
+	u := createUser(t, s, "k@example.com", "")
+	conv := quota.Charge{Resource: "conversations", Limit: 5, Amount: 1, Key: "c1"}
+	if adm, err := s.Admit(context.Background(), u.ID, "", []quota.Charge{conv}); err != nil || adm.Used[0] != 1 {
+		t.Fatalf("admit: %+v %v", adm, err)
+	}
+	mustClose(t, s)
+
+	s = open(t, boltstore.Options{Path: path})
+	if adm, err := s.Admit(context.Background(), u.ID, "", []quota.Charge{conv}); err != nil || adm.Used[0] != 1 {
+		t.Fatalf("a counted key counted again after reopening: %+v %v", adm, err)
+	}
+	mustClose(t, s)
+
+	// The first format: the bare counters map.
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := `{"messages|lifetime":{"start":"0001-01-01T00:00:00Z","used":7}}`
+	if err := db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte("counters")).Put([]byte(u.ID), []byte(old))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	s = open(t, boltstore.Options{Path: path})
+	snap, err := s.Usage(context.Background(), u.ID)
+	if err != nil || snap.Current("messages", quota.Lifetime) != 7 {
+		t.Fatalf("old-format counters: %+v %v", snap, err)
 	}
 }

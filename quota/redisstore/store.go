@@ -277,6 +277,7 @@ func (s *Store) tag(userID string) string   { return s.prefix + ":{" + userID + 
 func (s *Store) userKey(id string) string   { return s.tag(id) + ":user" }
 func (s *Store) usageKey(id string) string  { return s.tag(id) + ":usage" }
 func (s *Store) tokensKey(id string) string { return s.tag(id) + ":tokens" }
+func (s *Store) keysKey(id string) string   { return s.tag(id) + ":keys" }
 func (s *Store) emailKey(e string) string   { return s.prefix + ":email:" + e }
 func (s *Store) extKey(ext string) string   { return s.prefix + ":ext:" + ext }
 func (s *Store) tokKey(hash string) string  { return s.prefix + ":tok:" + hash }

@@ -39,20 +39,22 @@ end
 `
 
 // luaCharges parses the charges in ARGV from index first on, one group of
-// four per charge (resource, period name, limit (-1: none), amount), reads
-// the server clock, and defines stored(i) (the counter of charge i in its
-// current window) and write(i, value).
+// five per charge (resource, period name, limit (-1: none), amount,
+// distinct key or ""), reads the server clock, and defines stored(i) (the
+// counter of charge i in its current window), write(i, value) and apply.
+// KEYS[1] is the usage hash, KEYS[2] the hash of distinct keys counted.
 const luaCharges = luaWindowStart + `
 local t = redis.call("TIME")
 local now = tonumber(t[1])
-local n = (#ARGV - first + 1) / 4
-local fields, starts, limits, amounts = {}, {}, {}, {}
+local n = (#ARGV - first + 1) / 5
+local fields, starts, limits, amounts, dkeys = {}, {}, {}, {}, {}
 for i = 1, n do
-  local b = first + (i - 1) * 4
+  local b = first + (i - 1) * 5
   fields[i] = ARGV[b] .. "|" .. ARGV[b + 1]
   starts[i] = window_start(ARGV[b + 1], now)
   limits[i] = tonumber(ARGV[b + 2])
   amounts[i] = tonumber(ARGV[b + 3])
+  if ARGV[b + 4] ~= "" then dkeys[i] = ARGV[b] .. "|" .. ARGV[b + 4] end
 end
 
 local function stored(i)
@@ -66,25 +68,44 @@ local function write(i, u)
 end
 
 -- apply adds sign * amount of every charge, each against the counter as the
--- earlier charges left it; with check, it first refuses (returning the
--- index of) a charge that would go over its limit, writing nothing.
+-- earlier charges left it; a distinct charge adds only for a key not yet
+-- counted (or, negative, takes back only a counted key). With check, it
+-- first refuses (returning the index of) a charge that would go over its
+-- limit, writing nothing.
 local function apply(sign, check, used)
+  local eff = {}
+  for i = 1, n do
+    local a = sign * amounts[i]
+    if dkeys[i] then
+      local counted = redis.call("HEXISTS", KEYS[2], dkeys[i]) == 1
+      if (a > 0) == counted then a = 0 end
+    end
+    eff[i] = a
+  end
   local cur = {}
   for i = 1, n do
     local f = fields[i]
     if cur[f] == nil then cur[f] = stored(i) end
     local u = cur[f]
     used[i] = u
-    local amount = sign * amounts[i]
-    if check and amount > 0 and limits[i] >= 0 and u + amount > limits[i] then
+    if check and eff[i] > 0 and limits[i] >= 0 and u + eff[i] > limits[i] then
       return i - 1
     end
-    u = u + amount
+    u = u + eff[i]
     if u < 0 then u = 0 end
     cur[f] = u
     used[i] = u
   end
-  for i = 1, n do write(i, used[i]) end
+  for i = 1, n do
+    write(i, used[i])
+    if dkeys[i] then
+      if sign * amounts[i] > 0 then
+        redis.call("HSET", KEYS[2], dkeys[i], "1")
+      elseif sign * amounts[i] < 0 then
+        redis.call("HDEL", KEYS[2], dkeys[i])
+      end
+    end
+  end
   return -1
 end
 `
@@ -92,7 +113,7 @@ end
 // admitScript applies charges to one user's usage hash (KEYS[1]) all or
 // nothing, exactly like quota.ApplyCharges. A counter counts only if its
 // stored window start ("<field>|s") is the current one. ARGV[1] is the
-// request record's time to live in seconds and KEYS[2], if given, the
+// request record's time to live in seconds and KEYS[3], if given, the
 // request record: an admission whose request id was already admitted
 // charges nothing again, and one that was cancelled charges nothing.
 //
@@ -107,7 +128,7 @@ local function reply(allowed, denied, used)
 end
 
 local used = {}
-local rk = KEYS[2]
+local rk = KEYS[3]
 if rk then
   local state = redis.call("GET", rk)
   if state == "c" then return reply(0, -2, used) end
@@ -123,25 +144,26 @@ return reply(1, -1, used)
 `)
 
 // resolveScript settles a request whose admission outcome its caller could
-// not see. KEYS[1] is the usage hash, KEYS[2] the request record, ARGV[1]
+// not see. KEYS[1] is the usage hash, KEYS[2] the distinct keys, KEYS[3]
+// the request record, ARGV[1]
 // its time to live, ARGV[2] "1" to make sure the charges are counted (once,
 // without limits) or "0" to take back whatever the request charged and keep
 // a late admission from charging. It returns 1 if it changed a counter.
 var resolveScript = redis.NewScript(`local first = 3
 ` + luaCharges + `
-local state = redis.call("GET", KEYS[2])
+local state = redis.call("GET", KEYS[3])
 if state == "c" or (state == "a" and ARGV[2] == "1") then return 0 end
 local used, changed = {}, 0
 if ARGV[2] == "1" then
   apply(1, false, used)
-  redis.call("SET", KEYS[2], "a", "EX", ARGV[1])
+  redis.call("SET", KEYS[3], "a", "EX", ARGV[1])
   return 1
 end
 if state == "a" then
   apply(-1, false, used)
   changed = 1
 end
-redis.call("SET", KEYS[2], "c", "EX", ARGV[1])
+redis.call("SET", KEYS[3], "c", "EX", ARGV[1])
 return changed
 `)
 
@@ -153,6 +175,18 @@ local r = redis.call("HGETALL", KEYS[1])
 table.insert(r, 1, t[2])
 table.insert(r, 1, t[1])
 return r
+`)
+
+// forgetKeysScript removes from the distinct-key hash KEYS[1] the keys of
+// the resources in ARGV.
+var forgetKeysScript = redis.NewScript(`
+local drop = {}
+for _, r in ipairs(ARGV) do drop[r] = true end
+for _, f in ipairs(redis.call("HKEYS", KEYS[1])) do
+  local r = string.match(f, "^([^|]*)|")
+  if r and drop[r] then redis.call("HDEL", KEYS[1], f) end
+end
+return 0
 `)
 
 // startSuffix marks the window-start field of a counter.
@@ -216,14 +250,14 @@ func (s *Store) chargeArgs(userID, requestID string, charges []quota.Charge, hea
 	if !validID(userID) {
 		return nil, nil, fmt.Errorf("user %q: %w", userID, quota.ErrNotFound)
 	}
-	keys := []string{s.usageKey(userID)}
+	keys := []string{s.usageKey(userID), s.keysKey(userID)}
 	if requestID != "" {
 		if !validID(requestID) {
 			return nil, nil, quota.Invalid("requestId", "must be 1 to %d letters, digits, '-' or '_'", quota.MaxIDLength)
 		}
 		keys = append(keys, s.tag(userID)+":req:"+requestID)
 	}
-	args := make([]any, 0, len(head)+4*len(charges))
+	args := make([]any, 0, len(head)+5*len(charges))
 	for _, h := range head {
 		args = append(args, h)
 	}
@@ -231,7 +265,7 @@ func (s *Store) chargeArgs(userID, requestID string, charges []quota.Charge, hea
 		if err := checkCharge(c); err != nil {
 			return nil, nil, fmt.Errorf("charge %d: %w", i, err)
 		}
-		args = append(args, c.Resource, c.Per.String(), strconv.FormatInt(c.Limit, 10), strconv.FormatInt(c.Amount, 10))
+		args = append(args, c.Resource, c.Per.String(), strconv.FormatInt(c.Limit, 10), strconv.FormatInt(c.Amount, 10), c.Key)
 	}
 	return keys, args, nil
 }
@@ -246,6 +280,8 @@ func checkCharge(c quota.Charge) error {
 		return quota.Invalid("limit", "must be %d or between 0 and %d, got %d", quota.NoLimit, int64(quota.MaxLimit), c.Limit)
 	case c.Amount < -quota.MaxLimit || c.Amount > quota.MaxLimit:
 		return quota.Invalid("amount", "must be within ±%d, got %d", int64(quota.MaxLimit), c.Amount)
+	case len(c.Key) > quota.MaxKeyLength:
+		return quota.Invalid("key", "must be at most %d bytes", quota.MaxKeyLength)
 	}
 	return nil
 }
@@ -338,16 +374,20 @@ func (s *Store) ResetUsage(ctx context.Context, userID string, resources []strin
 	key := s.usageKey(userID)
 	var err error
 	if len(resources) == 0 {
-		err = s.rdb.Del(ctx, key).Err()
+		err = s.rdb.Del(ctx, key, s.keysKey(userID)).Err()
 	} else {
 		fields := make([]string, 0, 2*len(periods)*len(resources))
-		for _, r := range resources {
+		args := make([]any, len(resources))
+		for i, r := range resources {
+			args[i] = r
 			for _, p := range periods {
 				f := quota.CounterKey(r, p)
 				fields = append(fields, f, f+startSuffix)
 			}
 		}
-		err = s.rdb.HDel(ctx, key, fields...).Err()
+		if err = s.rdb.HDel(ctx, key, fields...).Err(); err == nil {
+			err = forgetKeysScript.Run(ctx, s.rdb, []string{s.keysKey(userID)}, args...).Err()
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("reset usage: %w", err)

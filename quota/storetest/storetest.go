@@ -36,6 +36,7 @@ func Run(t *testing.T, newStore func(t *testing.T) quota.Store) {
 		{"UsageAndReset", testUsageReset},
 		{"ConcurrentAdmissionIsExact", testConcurrentAdmit},
 		{"RequestIDsAndResolve", testRequestIDs},
+		{"DistinctKeys", testDistinctKeys},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -580,5 +581,57 @@ func testRequestIDs(t *testing.T, s quota.Store) {
 	}
 	if err := s.Resolve(ctx(t), u, "", msg(5), false); !errors.Is(err, quota.ErrInvalid) {
 		t.Fatalf("resolving without a request id: %v", err)
+	}
+}
+
+func testDistinctKeys(t *testing.T, s quota.Store) {
+	u := newUser(t, s, "k@example.com", "")
+	conv := func(key string, amount int64) *quota.Admission {
+		t.Helper()
+		return admit(t, s, u.ID,
+			quota.Charge{Resource: "conversations", Limit: 2, Amount: amount, Key: key},
+			quota.Charge{Resource: "conversations", Per: quota.Day, Limit: 100, Amount: amount, Key: key})
+	}
+	steps := []struct {
+		key     string
+		amount  int64
+		allowed bool
+		used    int64
+	}{
+		{"c1", 1, true, 1},
+		{"c1", 1, true, 1}, // the fiftieth message of c1 is not a new conversation
+		{"c2", 1, true, 2},
+		{"c3", 1, false, 2}, // a new conversation over the cap
+		{"c1", 1, true, 2},  // an existing one goes on at the cap
+		{"zz", -1, true, 2}, // releasing a key never counted changes nothing
+		{"c2", -1, true, 1}, // releasing c2 forgets it
+		{"c2", 1, true, 2},  // so it counts again
+	}
+	for i, st := range steps {
+		adm := conv(st.key, st.amount)
+		if adm.Allowed != st.allowed || adm.Used[0] != st.used {
+			t.Fatalf("step %d (%s %+d): allowed=%v used=%d, want %v %d", i, st.key, st.amount, adm.Allowed, adm.Used[0], st.allowed, st.used)
+		}
+	}
+	snap, err := s.Usage(ctx(t), u.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := snap.Current("conversations", quota.Day); got != 2 {
+		t.Fatalf("day window = %d, want 2", got)
+	}
+	// A reset forgets the keys with the counts.
+	if err := s.ResetUsage(ctx(t), u.ID, []string{"conversations"}); err != nil {
+		t.Fatal(err)
+	}
+	if adm := conv("c1", 1); !adm.Allowed || adm.Used[0] != 1 {
+		t.Fatalf("c1 after a reset: %+v", adm)
+	}
+	// So does deleting the user.
+	if err := s.DeleteUser(ctx(t), u.ID); err != nil {
+		t.Fatal(err)
+	}
+	if adm := conv("c1", 1); !adm.Allowed || adm.Used[0] != 1 {
+		t.Fatalf("c1 after deleting the user: %+v", adm)
 	}
 }
