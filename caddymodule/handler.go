@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -47,8 +48,10 @@ type Handler struct {
 	// Meters count further resources for the requests they select.
 	Meters []Meter `json:"meters,omitempty"`
 
-	app    *App
-	logger *zap.Logger
+	// bodyFields are the JSON body fields meter keys refer to.
+	bodyFields []string
+	app        *App
+	logger     *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -87,9 +90,15 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err := h.Meters[i].provision(ctx); err != nil {
 			return err
 		}
+		for _, m := range bodyPlaceholder.FindAllStringSubmatch(h.Meters[i].Key, -1) {
+			h.bodyFields = append(h.bodyFields, m[1])
+		}
 	}
 	return nil
 }
+
+// bodyPlaceholder finds {http.quota.body.<field>} in a meter key.
+var bodyPlaceholder = regexp.MustCompile(`\{http\.quota\.body\.([A-Za-z0-9_]+)\}`)
 
 // Validate checks the configuration.
 func (h *Handler) Validate() error {
@@ -131,22 +140,26 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	case err != nil:
 		return h.storeFailure(w, err)
 	}
+	var llm *llmRequest
+	if *h.Tokens || len(h.bodyFields) > 0 {
+		if llm, err = h.inspectRequest(r); err != nil {
+			return caddyhttp.Error(http.StatusBadRequest, err)
+		}
+	}
 	plan, err := h.planMeters(r)
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	uses := append([]quota.Use{{Resource: quota.ResourceMessages, Amount: 1}}, plan.admit...)
-	var llm *llmRequest
 	if *h.Tokens {
-		if llm, err = h.inspectRequest(r); err != nil {
-			return caddyhttp.Error(http.StatusBadRequest, err)
-		}
 		if llm == nil {
 			llm = &llmRequest{}
 		}
 		// Reserve the estimate in the same atomic step, so concurrent
 		// requests cannot overshoot a token limit.
 		uses = append(uses, llm.reserved.Uses()...)
+	} else {
+		llm = nil
 	}
 	// The request id is ours, never the client's: a client that could pick
 	// it could replay an admitted id for free.

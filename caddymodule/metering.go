@@ -3,12 +3,14 @@ package caddymodule
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"mime"
 	"net/http"
 	"strings"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
@@ -52,8 +54,9 @@ func (h *Handler) inspectRequest(r *http.Request) (*llmRequest, error) {
 		r.Body = readCloser{io.MultiReader(bytes.NewReader(buf), r.Body), r.Body}
 		return &llmRequest{reserved: quota.TokenCount{Input: int64(len(buf)) / llmusage.BytesPerToken, Output: h.DefaultMaxTokens}}, nil
 	}
+	h.setBodyPlaceholders(r, buf)
 	prompt, maxOut, stream, includeUsage := llmusage.EstimatePrompt(buf)
-	if stream && !includeUsage && *h.IncludeUsage && strings.HasSuffix(r.URL.Path, "/chat/completions") {
+	if stream && !includeUsage && *h.Tokens && *h.IncludeUsage && strings.HasSuffix(r.URL.Path, "/chat/completions") {
 		// A stream that does not ask for usage would be free.
 		if body, ok := llmusage.AddIncludeUsage(buf); ok {
 			buf = body
@@ -69,6 +72,30 @@ func (h *Handler) inspectRequest(r *http.Request) (*llmRequest, error) {
 		maxOut = h.DefaultMaxTokens
 	}
 	return &llmRequest{reserved: quota.TokenCount{Input: prompt, Output: maxOut}, prompt: prompt}, nil
+}
+
+// setBodyPlaceholders sets {http.quota.body.<field>} for the top-level
+// JSON fields that meter keys use (strings and numbers).
+func (h *Handler) setBodyPlaceholders(r *http.Request, body []byte) {
+	if len(h.bodyFields) == 0 {
+		return
+	}
+	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	var doc map[string]json.RawMessage
+	if !ok || json.Unmarshal(body, &doc) != nil {
+		return
+	}
+	for _, f := range h.bodyFields {
+		raw := doc[f]
+		var str string
+		var num json.Number
+		switch {
+		case json.Unmarshal(raw, &str) == nil:
+			repl.Set("http.quota.body."+f, str)
+		case json.Unmarshal(raw, &num) == nil:
+			repl.Set("http.quota.body."+f, num.String())
+		}
+	}
 }
 
 type readCloser struct {

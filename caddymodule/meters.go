@@ -35,6 +35,12 @@ type Meter struct {
 	Mode string `json:"mode,omitempty"`
 	// Amount is how much one request counts (default 1).
 	Amount int64 `json:"amount,omitempty"`
+	// Key, a placeholder such as {http.request.header.X-Conversation-ID},
+	// counts the resource once per distinct value: the fiftieth message of
+	// a conversation is not a new conversation. A request whose key is
+	// empty counts every time. {http.quota.body.<field>} is a top-level
+	// field of a JSON request body.
+	Key string `json:"key,omitempty"`
 
 	matchers caddyhttp.MatcherSets
 }
@@ -75,6 +81,7 @@ type meterPlan struct {
 
 func (h *Handler) planMeters(r *http.Request) (meterPlan, error) {
 	var p meterPlan
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	for i := range h.Meters {
 		m := &h.Meters[i]
 		match, err := m.matchers.AnyMatchWithError(r)
@@ -84,14 +91,23 @@ func (h *Handler) planMeters(r *http.Request) (meterPlan, error) {
 		if !match {
 			continue
 		}
+		key := ""
+		if m.Key != "" && repl != nil {
+			key = repl.ReplaceAll(m.Key, "")
+			if len(key) > quota.MaxKeyLength {
+				return p, fmt.Errorf("meter %s: key longer than %d bytes", m.Resource, quota.MaxKeyLength)
+			}
+		}
+		use := quota.Use{Resource: m.Resource, Amount: m.Amount, Key: key}
+		undo := quota.Use{Resource: m.Resource, Amount: -m.Amount, Key: key}
 		switch m.Mode {
 		case MeterRequest:
-			p.admit = append(p.admit, quota.Use{Resource: m.Resource, Amount: m.Amount})
+			p.admit = append(p.admit, use)
 		case MeterCreate:
-			p.admit = append(p.admit, quota.Use{Resource: m.Resource, Amount: m.Amount})
-			p.onFailure = append(p.onFailure, quota.Use{Resource: m.Resource, Amount: -m.Amount})
+			p.admit = append(p.admit, use)
+			p.onFailure = append(p.onFailure, undo)
 		case MeterDelete:
-			p.onSuccess = append(p.onSuccess, quota.Use{Resource: m.Resource, Amount: -m.Amount})
+			p.onSuccess = append(p.onSuccess, undo)
 		}
 	}
 	return p, nil
@@ -107,8 +123,9 @@ func (p meterPlan) after(status int) []quota.Use {
 
 func (p meterPlan) settles() bool { return len(p.onSuccess)+len(p.onFailure) > 0 }
 
-// parseMeter reads `meter <resource> [<matcher>] [<n> | +<n> | -<n>]`; the
-// dispenser is on "meter". matcher resolves a matcher token.
+// parseMeter reads `meter <resource> [<matcher>] [<n> | +<n> | -<n>] [key
+// <placeholder>]`; the dispenser is on "meter". matcher resolves a matcher
+// token.
 func parseMeter(d *caddyfile.Dispenser, matcher func() (caddy.ModuleMap, bool, error)) (Meter, error) {
 	m := Meter{Mode: MeterRequest, Amount: 1}
 	if !d.NextArg() {
@@ -132,8 +149,13 @@ func parseMeter(d *caddyfile.Dispenser, matcher func() (caddy.ModuleMap, bool, e
 		args = append(args, d.Val())
 	}
 	args = append(args, d.RemainingArgs()...)
+	if n := len(args); n >= 2 && args[n-2] == "key" {
+		m.Key, args = args[n-1], args[:n-2]
+	} else if n >= 1 && args[n-1] == "key" {
+		return m, d.Errf("meter %s: key needs a placeholder, e.g. key {http.request.header.X-Conversation-ID}", m.Resource)
+	}
 	if len(args) > 1 {
-		return m, d.Errf("meter %s: unexpected %q (syntax: meter <resource> [<matcher>] [<n> | +<n> | -<n>])", m.Resource, args[1])
+		return m, d.Errf("meter %s: unexpected %q (syntax: meter <resource> [<matcher>] [<n> | +<n> | -<n>] [key <placeholder>])", m.Resource, args[1])
 	}
 	if len(args) == 1 {
 		a := args[0]

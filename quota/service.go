@@ -628,6 +628,8 @@ func (s *Service) flushTouches() {
 type Use struct {
 	Resource string
 	Amount   int64
+	// Key, if set, counts the use once per distinct key (see Charge.Key).
+	Key string
 }
 
 // LimitState is one limit of a user as it stands after an admission.
@@ -741,7 +743,7 @@ func (s *Service) expand(u *User, uses []Use) (charges []Charge, limits []*Limit
 	limits = make([]*Limit, 0, len(uses)*2)
 	for _, use := range uses {
 		ls := u.Limits[use.Resource]
-		life := Charge{Resource: use.Resource, Limit: NoLimit, Amount: use.Amount}
+		life := Charge{Resource: use.Resource, Limit: NoLimit, Amount: use.Amount, Key: use.Key}
 		var lifeLimit *Limit
 		for i := range ls {
 			if ls[i].Per == Lifetime {
@@ -753,7 +755,7 @@ func (s *Service) expand(u *User, uses []Use) (charges []Charge, limits []*Limit
 		limits = append(limits, lifeLimit)
 		for i := range ls {
 			if ls[i].Per != Lifetime {
-				charges = append(charges, Charge{Resource: use.Resource, Per: ls[i].Per, Limit: ls[i].Limit, Amount: use.Amount})
+				charges = append(charges, Charge{Resource: use.Resource, Per: ls[i].Per, Limit: ls[i].Limit, Amount: use.Amount, Key: use.Key})
 				limits = append(limits, &ls[i])
 			}
 		}

@@ -81,3 +81,59 @@ func TestObjectMeters(t *testing.T) {
 		})
 	}
 }
+
+// TestConversationMeter: conversations are counted once per conversation
+// id, from a header or from a JSON body field; a new conversation over the
+// cap is refused, an existing one goes on. On both stores.
+func TestConversationMeter(t *testing.T) {
+	for _, st := range allStores() {
+		t.Run(st.name, func(t *testing.T) {
+			be := newBackend(t)
+			site := "@chat path /v1/chat/completions"
+			meters := "meter conversations @chat key {header.X-Conversation-ID}\n\t\t\tmeter threads /v1/threads key {http.quota.body.thread_id}"
+			g := startGatewayWith(t, st.opts(t), site, meters, strings.TrimPrefix(be.URL, "http://"))
+			var created userResp
+			wantStatus(t, call(t, "POST", g.url+"/quota/users", adminKey, map[string]any{
+				"name": "C", "email": "c@example.com", "issueToken": true,
+				"limits": map[string]any{"conversations": 2, "threads": 1},
+			}, &created), http.StatusCreated)
+			tok, uid := created.Token.Token, created.User.ID
+			say := func(conv string, want int) {
+				t.Helper()
+				req := tenantRequest(g.url+"/v1/chat/completions", tok, `{"messages":[{"role":"user","content":"hi"}]}`)
+				req.Header.Set("X-Conversation-ID", conv)
+				resp, err := client.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != want {
+					t.Fatalf("message in %s: status %d, want %d", conv, resp.StatusCode, want)
+				}
+			}
+			for i := 0; i < 3; i++ {
+				say("conv-a", http.StatusOK)
+			}
+			say("conv-b", http.StatusOK)
+			say("conv-c", http.StatusTooManyRequests)
+			say("conv-a", http.StatusOK)
+			if got := g.used(t, uid, "conversations"); got != 2 {
+				t.Fatalf("conversations = %d, want 2", got)
+			}
+			if got := g.used(t, uid, "messages"); got != 5 {
+				t.Fatalf("messages = %d, want 5 (the refused one is not counted)", got)
+			}
+			thread := func(id string, want int) {
+				t.Helper()
+				wantStatus(t, call(t, "POST", g.url+"/v1/threads", tok, map[string]any{"thread_id": id}, nil), want)
+			}
+			thread("t1", http.StatusOK)
+			thread("t1", http.StatusOK)
+			thread("t2", http.StatusTooManyRequests)
+			if got := g.used(t, uid, "threads"); got != 1 {
+				t.Fatalf("threads = %d, want 1", got)
+			}
+		})
+	}
+}
