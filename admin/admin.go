@@ -95,6 +95,7 @@ func (h *Handler) routes() {
 	h.mux.HandleFunc("PATCH /users/{id}/limits", h.patchLimits)
 	h.mux.HandleFunc("GET /users/{id}/usage", h.getUsage)
 	h.mux.HandleFunc("POST /users/{id}/usage/reset", h.resetUsage)
+	h.mux.HandleFunc("POST /users/{id}/credits", h.addCredits)
 }
 
 // ServeHTTP authenticates the request and routes it.

@@ -133,3 +133,26 @@ func (h *Handler) resetUsage(w http.ResponseWriter, r *http.Request) {
 	}
 	h.writeJSON(w, r, http.StatusOK, u)
 }
+
+type addCreditsRequest struct {
+	Amount *int64 `json:"amount"`
+}
+
+// addCredits tops up a user's prepaid credits and answers with the user.
+func (h *Handler) addCredits(w http.ResponseWriter, r *http.Request) {
+	var req addCreditsRequest
+	if err := h.decodeBody(w, r, &req, false); err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	if req.Amount == nil {
+		h.writeError(w, r, quota.Invalid("amount", "is required"))
+		return
+	}
+	u, err := h.svc.AddCredits(r.Context(), r.PathValue("id"), *req.Amount)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	h.writeJSON(w, r, http.StatusOK, u)
+}

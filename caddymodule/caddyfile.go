@@ -155,7 +155,8 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //		default_max_tokens <n>      # default 4096
 //		include_usage      on|off   # default on
 //		max_request_body   <bytes>  # default 4194304
-//		meter <resource> [<matcher>] [<n> | +<n> | -<n>]   # repeatable
+//		meter <resource> [<matcher>] [<n> | +<n> | -<n>] [key <placeholder>]
+//		credits <resource> <n> [per <units>]   # price in prepaid credits
 //	}
 //
 // Every admitted request counts one `messages`; with token metering, it
@@ -182,6 +183,28 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	})
 }
 
+// parseCreditRate reads `credits <resource> <n> [per <units>]`.
+func parseCreditRate(d *caddyfile.Dispenser) (quota.CreditRate, error) {
+	args := d.RemainingArgs()
+	if len(args) != 2 && !(len(args) == 4 && args[2] == "per") {
+		return quota.CreditRate{}, d.Errf("credits takes <resource> <n> [per <units>], e.g. credits tokens 1 per 1000")
+	}
+	rate := quota.CreditRate{Resource: args[0]}
+	n, err := strconv.ParseInt(args[1], 10, 64)
+	if err != nil || n < 1 {
+		return rate, d.Errf("credits %s: %q is not a positive whole number of credits", args[0], args[1])
+	}
+	rate.Credits = n
+	if len(args) == 4 {
+		per, err := strconv.ParseInt(args[3], 10, 64)
+		if err != nil || per < 1 {
+			return rate, d.Errf("credits %s: per %q is not a positive whole number", args[0], args[3])
+		}
+		rate.Per = per
+	}
+	return rate, nil
+}
+
 func (h *Handler) unmarshal(d *caddyfile.Dispenser, matcher func() (caddy.ModuleMap, bool, error)) error {
 	d.Next() // the directive name
 	if d.NextArg() {
@@ -197,9 +220,16 @@ func (h *Handler) unmarshal(d *caddyfile.Dispenser, matcher func() (caddy.Module
 			}
 			h.Meters = append(h.Meters, m)
 			continue
+		case "credits":
+			rate, err := parseCreditRate(d)
+			if err != nil {
+				return err
+			}
+			h.Credits = append(h.Credits, rate)
+			continue
 		case "tokens", "include_usage", "usage_header", "default_max_tokens", "max_request_body":
 		default:
-			return d.Errf("unrecognized tenant_quota subdirective %q (known: tokens, usage_header, default_max_tokens, include_usage, max_request_body, meter)", opt)
+			return d.Errf("unrecognized tenant_quota subdirective %q (known: tokens, usage_header, default_max_tokens, include_usage, max_request_body, meter, credits)", opt)
 		}
 		if !d.NextArg() {
 			return d.Errf("%s needs a value", opt)

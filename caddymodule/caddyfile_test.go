@@ -84,6 +84,8 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"meter bad amount", ":80 {\n\ttenant_quota {\n\t\tmeter datasets /x +0\n\t}\n}", `"+0" is not an amount`},
 		{"meter extra args", ":80 {\n\ttenant_quota {\n\t\tmeter datasets /x 1 2\n\t}\n}", `unexpected "2"`},
 		{"meter key without placeholder", ":80 {\n\ttenant_quota {\n\t\tmeter conversations /x key\n\t}\n}", "key needs a placeholder"},
+		{"credits syntax", ":80 {\n\ttenant_quota {\n\t\tcredits tokens\n\t}\n}", "credits takes <resource> <n> [per <units>]"},
+		{"credits amount", ":80 {\n\ttenant_quota {\n\t\tcredits tokens x per 10\n\t}\n}", `"x" is not a positive whole number`},
 		{"handler args", ":80 {\n\ttenant_quota /a b\n}", "wrong argument count"},
 		{"admin body size", ":80 {\n\ttenant_quota_admin {\n\t\tmax_body_bytes lots\n\t}\n}", `max_body_bytes: "lots"`},
 		{"admin subdirective", ":80 {\n\ttenant_quota_admin {\n\t\tkey x\n\t}\n}", `unrecognized tenant_quota_admin subdirective "key"`},

@@ -47,6 +47,9 @@ type Handler struct {
 	MaxRequestBody int64 `json:"max_request_body,omitempty"`
 	// Meters count further resources for the requests they select.
 	Meters []Meter `json:"meters,omitempty"`
+	// Credits price resources in prepaid credits; a request whose price is
+	// more than the tenant has left is refused (402 insufficient_credits).
+	Credits []quota.CreditRate `json:"credits,omitempty"`
 
 	// bodyFields are the JSON body fields meter keys refer to.
 	bodyFields []string
@@ -113,6 +116,14 @@ func (h *Handler) Validate() error {
 			return err
 		}
 	}
+	for _, c := range h.Credits {
+		if !quota.ValidResourceName(c.Resource) || c.Resource == quota.ResourceCredits {
+			return fmt.Errorf("credits: %q is not a resource to price", c.Resource)
+		}
+		if c.Credits < 1 || c.Credits > 1_000_000_000 || c.Per < 0 || c.Per > 1_000_000_000 {
+			return fmt.Errorf("credits %s: the price must be 1 to 1e9 credits per 1 to 1e9 units", c.Resource)
+		}
+	}
 	return nil
 }
 
@@ -161,6 +172,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	} else {
 		llm = nil
 	}
+	priced := uses
+	if cost := quota.CreditCost(h.Credits, uses); cost > 0 {
+		uses = append(uses, quota.Use{Resource: quota.ResourceCredits, Amount: cost})
+	}
 	// The request id is ours, never the client's: a client that could pick
 	// it could replay an admitted id for free.
 	requestID := quota.NewID()
@@ -196,6 +211,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if llm == nil && !plan.settles() {
 		return next.ServeHTTP(w, r)
 	}
+	// From here on the response settles what the admission reserved.
 	mw := &meterWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, usageHeader: h.UsageHeader}
 	err = next.ServeHTTP(mw, r)
 	mw.finish()
@@ -203,7 +219,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if llm != nil {
 		deltas = quota.TokenDeltas(llm.reserved, mw.actual(llm, r.Context().Err() != nil))
 	}
-	h.settle(p.User, requestID, append(deltas, plan.after(mw.status)...))
+	deltas = append(deltas, plan.after(mw.status)...)
+	if c := quota.CreditDelta(h.Credits, priced, deltas); c != 0 {
+		deltas = append(deltas, quota.Use{Resource: quota.ResourceCredits, Amount: c})
+	}
+	h.settle(p.User, requestID, deltas)
 	return err
 }
 
@@ -260,6 +280,14 @@ func writeLimitExceeded(w http.ResponseWriter, st quota.LimitState, now time.Tim
 	body := openAIErrorBody{
 		Type: "rate_limit_error", Resource: st.Resource, Period: st.Limit.Per.String(),
 		Limit: &st.Limit.Limit, Used: &st.Used,
+	}
+	if st.Resource == quota.ResourceCredits {
+		body.Type, body.Code, body.Period = "insufficient_quota", "insufficient_credits", ""
+		body.Message = fmt.Sprintf("Your prepaid credits are used up (%d of %d spent); this request needs more. Top up to continue.", st.Used, st.Limit.Limit)
+		w.Header().Set("x-should-retry", "false")
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusPaymentRequired)
+		return json.NewEncoder(w).Encode(openAIError{Error: body})
 	}
 	if st.Limit.Per == quota.Lifetime {
 		body.Code = "quota_exceeded"

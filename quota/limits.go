@@ -84,6 +84,9 @@ const (
 	ResourceFiles         = "files"
 	ResourceSkillsets     = "skillsets"
 	ResourceIntegrations  = "integrations"
+	// ResourceCredits counts prepaid credits spent; its cap is the user's
+	// granted Credits, not an entry of Limits.
+	ResourceCredits = "credits"
 )
 
 // ResourceNamePattern is what a resource name must match.

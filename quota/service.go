@@ -69,6 +69,7 @@ const (
 	EventTokenRevoked  = "token.revoked"
 	EventLimitsUpdated = "limits.updated"
 	EventUsageReset    = "usage.reset"
+	EventCreditsAdded  = "credits.added"
 )
 
 // Event describes one change to an account, a token or a limit.
@@ -333,6 +334,20 @@ func (s *Service) UpdateUser(ctx context.Context, id string, p UserPatch) (*User
 	})
 }
 
+// AddCredits tops up a user's prepaid credits by amount (> 0).
+func (s *Service) AddCredits(ctx context.Context, id string, amount int64) (*User, error) {
+	if amount <= 0 || amount > MaxLimit {
+		return nil, Invalid("amount", "must be between 1 and %d", int64(MaxLimit))
+	}
+	u, err := s.modifyUser(ctx, id, func(u *User) {
+		u.Credits = min(u.Credits+amount, MaxLimit)
+	})
+	if err == nil {
+		s.emit(EventCreditsAdded, id, "", ResourceCredits)
+	}
+	return u, err
+}
+
 // SetLimits replaces a user's limits.
 func (s *Service) SetLimits(ctx context.Context, id string, limits Limits) (*User, error) {
 	return s.modifyUser(ctx, id, func(u *User) { u.Limits = limits.Clone() })
@@ -353,12 +368,22 @@ func (s *Service) modifyUser(ctx context.Context, id string, change func(*User))
 	if u.Limits == nil {
 		u.Limits = Limits{}
 	}
+	deactivated := old.Status != StatusDisabled && u.Status == StatusDisabled
+	if deactivated {
+		// A deactivated account keeps no prepaid balance.
+		u.Credits = 0
+	}
 	if err := validateUser(u); err != nil {
 		return nil, err
 	}
 	u.UpdatedAt = s.now()
 	if err := s.store.UpdateUser(ctx, u); err != nil {
 		return nil, err
+	}
+	if deactivated {
+		if err := s.store.ResetUsage(ctx, id, []string{ResourceCredits}); err != nil {
+			return nil, err
+		}
 	}
 	s.invalidate(ctx, userKey(id))
 	s.emit(EventUserUpdated, id, "")
@@ -743,6 +768,10 @@ func (s *Service) expand(u *User, uses []Use) (charges []Charge, limits []*Limit
 	limits = make([]*Limit, 0, len(uses)*2)
 	for _, use := range uses {
 		ls := u.Limits[use.Resource]
+		if use.Resource == ResourceCredits {
+			// Spent credits count against what the user was granted.
+			ls = []Limit{{Limit: u.Credits}}
+		}
 		life := Charge{Resource: use.Resource, Limit: NoLimit, Amount: use.Amount, Key: use.Key}
 		var lifeLimit *Limit
 		for i := range ls {
@@ -781,8 +810,9 @@ type UsageItem struct {
 
 // Usage is a user's usage of every limited or counted resource.
 type Usage struct {
-	UserID  string      `json:"userId"`
-	At      time.Time   `json:"at"`
+	UserID string    `json:"userId"`
+	At     time.Time `json:"at"`
+	// Credits is the prepaid balance left: granted minus spent.
 	Credits int64       `json:"credits"`
 	Items   []UsageItem `json:"items"`
 }
@@ -798,7 +828,7 @@ func (s *Service) Usage(ctx context.Context, userID string) (*Usage, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := &Usage{UserID: u.ID, At: snap.Now.UTC(), Credits: u.Credits, Items: []UsageItem{}}
+	out := &Usage{UserID: u.ID, At: snap.Now.UTC(), Credits: max(u.Credits-snap.Current(ResourceCredits, Lifetime), 0), Items: []UsageItem{}}
 	seen := map[string]bool{}
 	add := func(resource string, per Period, lim *int64) {
 		key := CounterKey(resource, per)
@@ -822,6 +852,10 @@ func (s *Service) Usage(ctx context.Context, userID string) (*Usage, error) {
 			lim := l.Limit
 			add(name, l.Per, &lim)
 		}
+	}
+	if u.Credits > 0 || snap.Current(ResourceCredits, Lifetime) > 0 {
+		granted := u.Credits
+		add(ResourceCredits, Lifetime, &granted)
 	}
 	for _, c := range snap.Counters {
 		if start, _ := c.Per.Window(snap.Now); c.Start.Equal(start) {

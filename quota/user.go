@@ -108,5 +108,8 @@ func validateUser(u *User) error {
 		v.add("credits", "must not be negative")
 	}
 	v.addErr(u.Limits.Validate())
+	if _, ok := u.Limits[ResourceCredits]; ok {
+		v.add("limits.credits", "credits are not a limit: set the credits field, or top up with POST /users/{id}/credits")
+	}
 	return v.err()
 }

@@ -137,3 +137,53 @@ func TestConversationMeter(t *testing.T) {
 		})
 	}
 }
+
+// TestCredits: requests spend prepaid credits at the configured prices
+// (reserved with the token estimate, settled to the real usage); at the end
+// of the balance they get 402 insufficient_credits before reaching the
+// backend; a top-up lets them through again.
+func TestCredits(t *testing.T) {
+	for _, st := range allStores() {
+		t.Run(st.name, func(t *testing.T) {
+			be, hits := llmBackend(t)
+			g := startGatewayWith(t, st.opts(t), "", "credits messages 2\n\t\t\tcredits tokens 1 per 10", strings.TrimPrefix(be.URL, "http://"))
+			var created userResp
+			wantStatus(t, call(t, "POST", g.url+"/quota/users", adminKey, map[string]any{
+				"name": "P", "email": "p@example.com", "issueToken": true, "credits": 20,
+			}, &created), http.StatusCreated)
+			tok, uid := created.Token.Token, created.User.ID
+			// Each completion: 2 credits for the message, 30 tokens = 3 credits;
+			// 6 are reserved up front (max_tokens 30 + the prompt estimate).
+			body := `{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":30}`
+			for i := 0; i < 3; i++ {
+				resp := chat(t, g.url+"/v1/chat/completions", tok, body)
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				wantStatus(t, resp, http.StatusOK)
+			}
+			if got := g.used(t, uid, "credits"); got != 15 {
+				t.Fatalf("credits spent after 3 completions = %d, want 15", got)
+			}
+			before := hits.Load()
+			resp := chat(t, g.url+"/v1/chat/completions", tok, body)
+			data, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusPaymentRequired || !strings.Contains(string(data), `"code":"insufficient_credits"`) ||
+				resp.Header.Get("x-should-retry") != "false" || hits.Load() != before {
+				t.Fatalf("at the end of the balance: %d %s %v (reached the backend: %v)", resp.StatusCode, data, resp.Header, hits.Load() != before)
+			}
+			wantStatus(t, call(t, "POST", g.url+"/quota/users/"+uid+"/credits", adminKey, map[string]any{"amount": 10}, nil), http.StatusOK)
+			resp = chat(t, g.url+"/v1/chat/completions", tok, body)
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			wantStatus(t, resp, http.StatusOK)
+			var usage struct {
+				Credits int64 `json:"credits"`
+			}
+			wantStatus(t, call(t, "GET", g.url+"/quota/users/"+uid+"/usage", adminKey, nil, &usage), http.StatusOK)
+			if usage.Credits != 10 {
+				t.Fatalf("balance = %d, want 10 (30 granted, 20 spent)", usage.Credits)
+			}
+		})
+	}
+}
