@@ -168,7 +168,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		// Reserve the estimate in the same atomic step, so concurrent
 		// requests cannot overshoot a token limit.
-		uses = append(uses, llm.reserved.Uses()...)
+		if llm.reserved != (quota.TokenCount{}) {
+			uses = append(uses, llm.reserved.Uses()...)
+			uses = append(uses, llm.reserved.Reservation(1)...)
+		}
 	} else {
 		llm = nil
 	}
@@ -218,6 +221,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	var deltas []quota.Use
 	if llm != nil {
 		deltas = quota.TokenDeltas(llm.reserved, mw.actual(llm, r.Context().Err() != nil))
+		deltas = append(deltas, llm.reserved.Reservation(-1)...)
 	}
 	deltas = append(deltas, plan.after(mw.status)...)
 	if c := quota.CreditDelta(h.Credits, priced, deltas); c != 0 {

@@ -24,6 +24,23 @@ func (c TokenCount) Uses() []Use {
 	}
 }
 
+// ReservedPrefix names the counters of what in-flight requests have
+// reserved: "reserved_tokens" holds the part of "tokens" that is an
+// estimate not yet settled. Usage reports them as Reserved of their
+// resource.
+const ReservedPrefix = "reserved_"
+
+// Reservation returns the uses that mark c as reserved (factor 1) or
+// release the mark (factor -1).
+func (c TokenCount) Reservation(factor int64) []Use {
+	uses := c.Uses()
+	for i := range uses {
+		uses[i].Resource = ReservedPrefix + uses[i].Resource
+		uses[i].Amount *= factor
+	}
+	return uses
+}
+
 // TokenDeltas returns what settles a reservation to the actual count: the
 // difference per resource, leaving out resources that need no change.
 func TokenDeltas(reserved, actual TokenCount) []Use {

@@ -800,9 +800,12 @@ func (s *Service) charges(u *User, uses []Use) []Charge {
 
 // UsageItem reports one counter of a user.
 type UsageItem struct {
-	Resource  string     `json:"resource"`
-	Per       string     `json:"per"`
-	Used      int64      `json:"used"`
+	Resource string `json:"resource"`
+	Per      string `json:"per"`
+	Used     int64  `json:"used"`
+	// Reserved is the part of Used that in-flight requests reserved and
+	// have not settled yet (lifetime counters of token resources).
+	Reserved  int64      `json:"reserved"`
 	Limit     *int64     `json:"limit"`
 	Remaining *int64     `json:"remaining"`
 	ResetsAt  *time.Time `json:"resetsAt"`
@@ -858,8 +861,16 @@ func (s *Service) Usage(ctx context.Context, userID string) (*Usage, error) {
 		add(ResourceCredits, Lifetime, &granted)
 	}
 	for _, c := range snap.Counters {
+		if strings.HasPrefix(c.Resource, ReservedPrefix) {
+			continue
+		}
 		if start, _ := c.Per.Window(snap.Now); c.Start.Equal(start) {
 			add(c.Resource, c.Per, nil)
+		}
+	}
+	for i := range out.Items {
+		if it := &out.Items[i]; it.Per == Lifetime.String() {
+			it.Reserved = snap.Current(ReservedPrefix+it.Resource, Lifetime)
 		}
 	}
 	sort.Slice(out.Items, func(i, j int) bool {

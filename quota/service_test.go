@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -203,5 +204,51 @@ func TestServiceAdmitAndUsage(t *testing.T) {
 		if e.Type != want[i] || e.UserID != u.ID {
 			t.Fatalf("event %d: %+v", i, e)
 		}
+	}
+}
+
+func TestReservedInUsage(t *testing.T) {
+	svc, _, _, _ := newService(t)
+	ctx := context.Background()
+	u, err := svc.CreateUser(ctx, quota.NewUser{Name: "R", Email: "r@example.com", Limits: quota.Limits{"tokens": {{Limit: 1000}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reserved := quota.TokenCount{Input: 10, Output: 100}
+	uses := append(reserved.Uses(), reserved.Reservation(1)...)
+	if _, err := svc.Admit(ctx, u, "r1", uses); err != nil {
+		t.Fatal(err)
+	}
+	item := func(usage *quota.Usage, resource string) quota.UsageItem {
+		for _, it := range usage.Items {
+			if it.Resource == resource && it.Per == "lifetime" {
+				return it
+			}
+		}
+		t.Fatalf("no %s in usage %+v", resource, usage.Items)
+		return quota.UsageItem{}
+	}
+	usage, err := svc.Usage(ctx, u.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if it := item(usage, "tokens"); it.Used != 110 || it.Reserved != 110 || *it.Remaining != 890 {
+		t.Fatalf("in flight: %+v", it)
+	}
+	for _, it := range usage.Items {
+		if strings.HasPrefix(it.Resource, quota.ReservedPrefix) {
+			t.Fatalf("a reservation counter is listed as a resource: %+v", it)
+		}
+	}
+	deltas := append(quota.TokenDeltas(reserved, quota.TokenCount{Input: 10, Output: 20}), reserved.Reservation(-1)...)
+	if err := svc.Settle(ctx, u, "r1", deltas); err != nil {
+		t.Fatal(err)
+	}
+	usage, _ = svc.Usage(ctx, u.ID)
+	if it := item(usage, "tokens"); it.Used != 30 || it.Reserved != 0 {
+		t.Fatalf("settled: %+v", it)
+	}
+	if it := item(usage, "output_tokens"); it.Used != 20 || it.Reserved != 0 {
+		t.Fatalf("settled output: %+v", it)
 	}
 }
