@@ -1,0 +1,62 @@
+package caddymodule
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/tenantquota/caddy-tenant-quota/quota"
+)
+
+// TestMeterWriterActual: what a response is charged, by what the backend
+// said and whether the client stayed.
+func TestMeterWriterActual(t *testing.T) {
+	req := &llmRequest{reserved: quota.TokenCount{Input: 7, Output: 100}, prompt: 7}
+	tests := []struct {
+		name       string
+		status     int
+		header     http.Header
+		body       string
+		clientGone bool
+		want       quota.TokenCount
+	}{
+		{"usage in the body", 200, http.Header{"Content-Type": {"application/json"}},
+			`{"usage":{"prompt_tokens":5,"completion_tokens":9}}`, false, quota.TokenCount{Input: 5, Output: 9}},
+		{"usage header wins and is removed", 200, http.Header{"Content-Type": {"application/json"}, "X-Usage-Tokens": {"input=1, output=2"}},
+			`{"usage":{"prompt_tokens":5,"completion_tokens":9}}`, false, quota.TokenCount{Input: 1, Output: 2}},
+		{"a bare total counts as output", 200, http.Header{"X-Usage-Tokens": {"12"}}, "ok", false, quota.TokenCount{Output: 12}},
+		{"client gone mid-stream: the estimate", 200, http.Header{"Content-Type": {"text/event-stream"}},
+			"data: {\"choices\":[{\"delta\":{\"content\":\"" + strings.Repeat("x", 70) + "\"}}]}\n\n", true, quota.TokenCount{Input: 7, Output: 29}}, // 116 bytes / 4, rounded up
+		{"the estimate is capped by the reservation", 200, http.Header{"Content-Type": {"text/event-stream"}},
+			"data: " + strings.Repeat("y", 1000) + "\n\n", true, quota.TokenCount{Input: 7, Output: 100}},
+		{"a backend error without usage costs nothing", 500, http.Header{"Content-Type": {"application/json"}},
+			`{"error":{"message":"boom"}}`, false, quota.TokenCount{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := httptest.NewRecorder()
+			m := &meterWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: rec}, usageHeader: DefaultUsageHeader}
+			for k, v := range tt.header {
+				m.Header()[k] = v
+			}
+			m.WriteHeader(tt.status)
+			// Several writes, as a stream arrives.
+			for i := 0; i < len(tt.body); i += 16 {
+				m.Write([]byte(tt.body[i:min(i+16, len(tt.body))]))
+			}
+			m.finish()
+			if got := m.actual(req, tt.clientGone); got != tt.want {
+				t.Fatalf("charged %+v, want %+v", got, tt.want)
+			}
+			if rec.Body.String() != tt.body {
+				t.Fatal("the body reaching the client changed")
+			}
+			if rec.Header().Get(DefaultUsageHeader) != "" {
+				t.Fatal("the usage header reached the client")
+			}
+		})
+	}
+}
