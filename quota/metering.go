@@ -59,9 +59,16 @@ func TokenDeltas(reserved, actual TokenCount) []Use {
 // request has been served). The settlement is journaled and replayed if the
 // store does not take it now.
 func (s *Service) Settle(ctx context.Context, u *User, requestID string, deltas []Use) error {
-	if len(deltas) == 0 {
+	nonzero := deltas[:0:0]
+	for _, d := range deltas {
+		if d.Amount != 0 {
+			nonzero = append(nonzero, d)
+		}
+	}
+	if len(nonzero) == 0 {
 		return nil
 	}
+	deltas = nonzero
 	p := Pending{userID: u.ID, requestID: requestID + "-settle", charges: Unlimited(s.charges(u, deltas), 1)}
 	err := s.hot(ctx, func(ctx context.Context) error {
 		return s.store.Resolve(ctx, p.userID, p.requestID, p.charges, true)
