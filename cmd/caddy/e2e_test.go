@@ -252,6 +252,15 @@ func wantStatus(t *testing.T, resp *http.Response, want int) {
 	}
 }
 
+// tenant creates a user with a token through the admin API.
+func (g *gateway) tenant(t *testing.T, fields map[string]any) userResp {
+	t.Helper()
+	fields["issueToken"] = true
+	var created userResp
+	wantStatus(t, call(t, "POST", g.url+"/quota/users", adminKey, fields, &created), http.StatusCreated)
+	return created
+}
+
 // used returns a tenant's lifetime counter of resource, read through the
 // admin API.
 func (g *gateway) used(t *testing.T, userID, resource string) int64 {
@@ -472,10 +481,9 @@ func TestConcurrentCap(t *testing.T) {
 		t.Run(st.name, func(t *testing.T) {
 			be := newBackend(t)
 			g := startGateway(t, st.opts(t), strings.TrimPrefix(be.URL, "http://"))
-			var created userResp
-			wantStatus(t, call(t, "POST", g.url+"/quota/users", adminKey, map[string]any{
+			created := g.tenant(t, map[string]any{
 				"name": "Load", "email": "load@example.com", "limits": map[string]any{"messages": 50}, "issueToken": true,
-			}, &created), http.StatusCreated)
+			})
 
 			const n = 200
 			counts := burst(n, func(int) *http.Request {
@@ -499,10 +507,9 @@ func TestConcurrentCap(t *testing.T) {
 func TestEmbeddedStoreSurvivesRestart(t *testing.T) {
 	be := newBackend(t)
 	g := startGateway(t, "", strings.TrimPrefix(be.URL, "http://"))
-	var created userResp
-	wantStatus(t, call(t, "POST", g.url+"/quota/users", adminKey, map[string]any{
+	created := g.tenant(t, map[string]any{
 		"name": "Bo", "email": "bo@example.com", "limits": map[string]any{"messages": 2}, "issueToken": true,
-	}, &created), http.StatusCreated)
+	})
 	wantStatus(t, call(t, "POST", g.url+"/v1/x", created.Token.Token, map[string]any{}, nil), http.StatusOK)
 	g.stop(t)
 	if _, err := os.Stat(filepath.Join(g.dataDir, "caddy", "tenant_quota", "quota.db")); err != nil {
@@ -527,10 +534,9 @@ func TestReloadKeepsState(t *testing.T) {
 				opts = "redis redis://" + srv.Addr() + "/0"
 			}
 			g := startGateway(t, opts, strings.TrimPrefix(be.URL, "http://"))
-			var created userResp
-			wantStatus(t, call(t, "POST", g.url+"/quota/users", adminKey, map[string]any{
+			created := g.tenant(t, map[string]any{
 				"name": "R", "email": "r@example.com", "limits": map[string]any{"messages": 12}, "issueToken": true,
-			}, &created), http.StatusCreated)
+			})
 			clients := func() string {
 				if rc == nil {
 					return ""
@@ -586,10 +592,9 @@ func testTwoNodes(t *testing.T, opts string) {
 	be := newBackend(t)
 	a := startGateway(t, opts, strings.TrimPrefix(be.URL, "http://"))
 	b := startGateway(t, opts, strings.TrimPrefix(be.URL, "http://"))
-	var created userResp
-	wantStatus(t, call(t, "POST", a.url+"/quota/users", adminKey, map[string]any{
+	created := a.tenant(t, map[string]any{
 		"name": "Two", "email": "two@example.com", "limits": map[string]any{"messages": 100}, "issueToken": true,
-	}, &created), http.StatusCreated)
+	})
 
 	const n = 400
 	counts := burst(n, func(i int) *http.Request {
@@ -637,10 +642,9 @@ func TestRedisOutage(t *testing.T) {
 	redisOpt := "redis redis://" + srv.Addr() + "/0\n\t\tstore_timeout 50ms"
 	deny := startGateway(t, redisOpt, strings.TrimPrefix(be.URL, "http://"))
 	allow := startGateway(t, redisOpt+"\n\t\ton_store_error allow 2 per minute", strings.TrimPrefix(be.URL, "http://"))
-	var created userResp
-	wantStatus(t, call(t, "POST", deny.url+"/quota/users", adminKey, map[string]any{
+	created := deny.tenant(t, map[string]any{
 		"name": "O", "email": "o@example.com", "limits": map[string]any{"messages": 1000}, "issueToken": true,
-	}, &created), http.StatusCreated)
+	})
 	var unused struct {
 		Token string `json:"token"`
 	}
@@ -728,10 +732,9 @@ func TestRedisKilled(t *testing.T) {
 	be, hits := llmBackend(t)
 	srv := redistest.StartAOF(t)
 	g := startGateway(t, "redis redis://"+srv.Addr()+"/0\n\t\tstore_timeout 50ms", strings.TrimPrefix(be.URL, "http://"))
-	var created userResp
-	wantStatus(t, call(t, "POST", g.url+"/quota/users", adminKey, map[string]any{
+	created := g.tenant(t, map[string]any{
 		"name": "K", "email": "k@example.com", "limits": map[string]any{"messages": 1_000_000}, "issueToken": true,
-	}, &created), http.StatusCreated)
+	})
 
 	var served, refused, other atomic.Int64
 	var slowest atomic.Int64

@@ -69,11 +69,10 @@ func TestTokenMetering(t *testing.T) {
 		t.Run(st.name, func(t *testing.T) {
 			be, _ := llmBackend(t)
 			g := startGateway(t, st.opts(t), strings.TrimPrefix(be.URL, "http://"))
-			var created userResp
-			wantStatus(t, call(t, "POST", g.url+"/quota/users", adminKey, map[string]any{
+			created := g.tenant(t, map[string]any{
 				"name": "T", "email": "t@example.com", "issueToken": true,
 				"limits": map[string]any{"tokens": 100000, "output_tokens": map[string]any{"limit": 50000, "per": "day"}},
-			}, &created), http.StatusCreated)
+			})
 			tok := created.Token.Token
 			used := func(resource string) int64 { return g.used(t, created.User.ID, resource) }
 
@@ -118,10 +117,9 @@ func TestTokenReservations(t *testing.T) {
 			be, hits := llmBackend(t)
 			g := startGateway(t, st.opts(t), strings.TrimPrefix(be.URL, "http://"))
 			const capTokens = 1000
-			var created userResp
-			wantStatus(t, call(t, "POST", g.url+"/quota/users", adminKey, map[string]any{
+			created := g.tenant(t, map[string]any{
 				"name": "R", "email": "r@example.com", "issueToken": true, "limits": map[string]any{"tokens": capTokens},
-			}, &created), http.StatusCreated)
+			})
 			counts := burst(100, func(int) *http.Request {
 				return tenantRequest(g.url+"/v1/chat/completions", created.Token.Token,
 					`{"model":"m","messages":[{"role":"user","content":"hello"}],"max_tokens":30}`)

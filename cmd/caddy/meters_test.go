@@ -35,11 +35,10 @@ func TestObjectMeters(t *testing.T) {
 			site := "@newDataset {\n\t\tmethod POST\n\t\tpath /v1/datasets\n\t}\n\t@dropDataset {\n\t\tmethod DELETE\n\t\tpath /v1/datasets/*\n\t}"
 			meters := "meter datasets @newDataset +1\n\t\t\tmeter datasets @dropDataset -1\n\t\t\tmeter search_units /v1/search 5"
 			g := startGatewayWith(t, st.opts(t), site, meters, strings.TrimPrefix(be.URL, "http://"))
-			var created userResp
-			wantStatus(t, call(t, "POST", g.url+"/quota/users", adminKey, map[string]any{
+			created := g.tenant(t, map[string]any{
 				"name": "D", "email": "d@example.com", "issueToken": true,
 				"limits": map[string]any{"datasets": 2, "search_units": 10},
-			}, &created), http.StatusCreated)
+			})
 			tok, uid := created.Token.Token, created.User.ID
 			do := func(method, path string, want int) {
 				t.Helper()
@@ -92,11 +91,10 @@ func TestConversationMeter(t *testing.T) {
 			site := "@chat path /v1/chat/completions"
 			meters := "meter conversations @chat key {header.X-Conversation-ID}\n\t\t\tmeter threads /v1/threads key {http.quota.body.thread_id}"
 			g := startGatewayWith(t, st.opts(t), site, meters, strings.TrimPrefix(be.URL, "http://"))
-			var created userResp
-			wantStatus(t, call(t, "POST", g.url+"/quota/users", adminKey, map[string]any{
+			created := g.tenant(t, map[string]any{
 				"name": "C", "email": "c@example.com", "issueToken": true,
 				"limits": map[string]any{"conversations": 2, "threads": 1},
-			}, &created), http.StatusCreated)
+			})
 			tok, uid := created.Token.Token, created.User.ID
 			say := func(conv string, want int) {
 				t.Helper()
@@ -147,10 +145,9 @@ func TestCredits(t *testing.T) {
 		t.Run(st.name, func(t *testing.T) {
 			be, hits := llmBackend(t)
 			g := startGatewayWith(t, st.opts(t), "", "credits messages 2\n\t\t\tcredits tokens 1 per 10", strings.TrimPrefix(be.URL, "http://"))
-			var created userResp
-			wantStatus(t, call(t, "POST", g.url+"/quota/users", adminKey, map[string]any{
+			created := g.tenant(t, map[string]any{
 				"name": "P", "email": "p@example.com", "issueToken": true, "credits": 20,
-			}, &created), http.StatusCreated)
+			})
 			tok, uid := created.Token.Token, created.User.ID
 			// Each completion: 2 credits for the message, 30 tokens = 3 credits;
 			// 6 are reserved up front (max_tokens 30 + the prompt estimate).

@@ -23,10 +23,9 @@ import (
 func TestOpenAIClient(t *testing.T) {
 	be, _ := llmBackend(t)
 	g := startGateway(t, "", strings.TrimPrefix(be.URL, "http://"))
-	var created userResp
-	wantStatus(t, call(t, "POST", g.url+"/quota/users", adminKey, map[string]any{
+	created := g.tenant(t, map[string]any{
 		"name": "SDK", "email": "sdk@example.com", "issueToken": true, "limits": map[string]any{"messages": 2},
-	}, &created), http.StatusCreated)
+	})
 
 	// Count what reaches the gateway, to see whether the client retries.
 	target, _ := url.Parse(g.url)

@@ -85,10 +85,9 @@ func testReloadUnderLoad(t *testing.T, storeName string) {
 	pid := g.cmd.Process.Pid
 	dbPath := filepath.Join(g.dataDir, "caddy", "tenant_quota", "quota.db")
 
-	var created userResp
-	wantStatus(t, call(t, "POST", g.url+"/quota/users", adminKey, map[string]any{
+	created := g.tenant(t, map[string]any{
 		"name": "Reload", "email": "reload@example.com", "limits": map[string]any{"messages": 10_000_000}, "issueToken": true,
-	}, &created), http.StatusCreated)
+	})
 
 	lg := newReloadLoad(g.url+"/v1/chat/completions", created.Token.Token)
 	t.Cleanup(lg.stop) // before the gateway's cleanup stops Caddy (cleanups run last-in first-out)
