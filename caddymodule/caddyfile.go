@@ -155,6 +155,7 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //		default_max_tokens <n>      # default 4096
 //		include_usage      on|off   # default on
 //		max_request_body   <bytes>  # default 4194304
+//		reservation_ttl    <duration> # default 10m
 //		meter <resource> [<matcher>] [<n> | +<n> | -<n>] [key <placeholder>]
 //		credits <resource> <n> [per <units>]   # price in prepaid credits
 //	}
@@ -227,9 +228,16 @@ func (h *Handler) unmarshal(d *caddyfile.Dispenser, matcher func() (caddy.Module
 			}
 			h.Credits = append(h.Credits, rate)
 			continue
+		case "reservation_ttl":
+			dur, err := parseDurationArg(d)
+			if err != nil {
+				return err
+			}
+			h.ReservationTTL = dur
+			continue
 		case "tokens", "include_usage", "usage_header", "default_max_tokens", "max_request_body":
 		default:
-			return d.Errf("unrecognized tenant_quota subdirective %q (known: tokens, usage_header, default_max_tokens, include_usage, max_request_body, meter, credits)", opt)
+			return d.Errf("unrecognized tenant_quota subdirective %q (known: tokens, usage_header, default_max_tokens, include_usage, max_request_body, reservation_ttl, meter, credits)", opt)
 		}
 		if !d.NextArg() {
 			return d.Errf("%s needs a value", opt)

@@ -50,6 +50,10 @@ type Handler struct {
 	// Credits price resources in prepaid credits; a request whose price is
 	// more than the tenant has left is refused (402 insufficient_credits).
 	Credits []quota.CreditRate `json:"credits,omitempty"`
+	// ReservationTTL is how long a request's reservation is held if the
+	// request never settles (its node crashed); then the store releases it.
+	// Default 10m; it must outlast the longest request.
+	ReservationTTL caddy.Duration `json:"reservation_ttl,omitempty"`
 
 	// bodyFields are the JSON body fields meter keys refer to.
 	bodyFields []string
@@ -89,6 +93,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.MaxRequestBody == 0 {
 		h.MaxRequestBody = DefaultMaxRequestBody
 	}
+	if h.ReservationTTL == 0 {
+		h.ReservationTTL = caddy.Duration(DefaultReservationTTL)
+	}
 	for i := range h.Meters {
 		if err := h.Meters[i].provision(ctx); err != nil {
 			return err
@@ -110,6 +117,9 @@ func (h *Handler) Validate() error {
 	}
 	if h.MaxRequestBody < 0 {
 		return errors.New("max_request_body must not be negative")
+	}
+	if h.ReservationTTL < 0 || time.Duration(h.ReservationTTL) > 24*time.Hour {
+		return errors.New("reservation_ttl must be between 1s and 24h")
 	}
 	for i := range h.Meters {
 		if err := h.Meters[i].validate(); err != nil {
@@ -161,7 +171,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	uses := append([]quota.Use{{Resource: quota.ResourceMessages, Amount: 1}}, plan.admit...)
+	// final uses count as they are; held uses are the reservation, which
+	// the settlement replaces with what the request actually used.
+	final := append([]quota.Use{{Resource: quota.ResourceMessages, Amount: 1}}, plan.admit...)
+	var held []quota.Use
 	if *h.Tokens {
 		if llm == nil {
 			llm = &llmRequest{}
@@ -169,16 +182,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// Reserve the estimate in the same atomic step, so concurrent
 		// requests cannot overshoot a token limit.
 		if llm.reserved != (quota.TokenCount{}) {
-			uses = append(uses, llm.reserved.Uses()...)
-			uses = append(uses, llm.reserved.Reservation(1)...)
+			held = append(llm.reserved.Uses(), llm.reserved.Reserved()...)
 		}
 	} else {
 		llm = nil
 	}
-	priced := uses
-	if cost := quota.CreditCost(h.Credits, uses); cost > 0 {
-		uses = append(uses, quota.Use{Resource: quota.ResourceCredits, Amount: cost})
+	if cost := quota.CreditCost(h.Credits, append(final, held...)); cost > 0 {
+		held = append(held, quota.Use{Resource: quota.ResourceCredits, Amount: cost})
 	}
+	uses := append(final, quota.Held(held, time.Duration(h.ReservationTTL))...)
 	// The request id is ours, never the client's: a client that could pick
 	// it could replay an admitted id for free.
 	requestID := quota.NewID()
@@ -211,24 +223,34 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	repl.Set(PlaceholderTokenID, p.Token.ID)
 	// The tenant's token is for this gateway only.
 	r.Header.Del("Authorization")
-	if llm == nil && !plan.settles() {
+	if len(held) == 0 && llm == nil && !plan.settles() {
 		return next.ServeHTTP(w, r)
 	}
 	// From here on the response settles what the admission reserved.
 	mw := &meterWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, usageHeader: h.UsageHeader}
 	err = next.ServeHTTP(mw, r)
 	mw.finish()
-	var deltas []quota.Use
+	var actual []quota.Use
 	if llm != nil {
-		deltas = quota.TokenDeltas(llm.reserved, mw.actual(llm, r.Context().Err() != nil))
-		deltas = append(deltas, llm.reserved.Reservation(-1)...)
+		actual = mw.actual(llm, r.Context().Err() != nil).Uses()
 	}
-	deltas = append(deltas, plan.after(mw.status)...)
-	if c := quota.CreditDelta(h.Credits, priced, deltas); c != 0 {
-		deltas = append(deltas, quota.Use{Resource: quota.ResourceCredits, Amount: c})
+	if cost := quota.CreditCost(h.Credits, append(final, actual...)); cost > 0 {
+		actual = append(actual, quota.Use{Resource: quota.ResourceCredits, Amount: cost})
 	}
-	h.settle(p.User, requestID, deltas)
+	actual = append(actual, plan.after(mw.status)...)
+	if len(held) > 0 || anyNonZero(actual) {
+		h.settle(p.User, requestID, actual)
+	}
 	return err
+}
+
+func anyNonZero(uses []quota.Use) bool {
+	for _, u := range uses {
+		if u.Amount != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func (h *Handler) storeFailure(w http.ResponseWriter, err error) error {

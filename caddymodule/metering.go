@@ -23,6 +23,7 @@ const (
 	DefaultUsageHeader      = "X-Usage-Tokens"
 	DefaultMaxTokens        = 4096
 	DefaultMaxRequestBody   = 4 << 20
+	DefaultReservationTTL   = 10 * time.Minute
 	settleTimeout           = time.Second
 	disconnectBytesPerToken = llmusage.BytesPerToken
 )
@@ -182,13 +183,13 @@ func (m *meterWriter) actual(req *llmRequest, clientGone bool) quota.TokenCount 
 	return est
 }
 
-// settle applies what the response decided: the token reservation settled
-// to the usage, objects created or released.
-func (h *Handler) settle(u *quota.User, requestID string, deltas []quota.Use) {
+// settle ends the request: what it actually used (tokens, credits, objects
+// created or released) replaces its reservation.
+func (h *Handler) settle(u *quota.User, requestID string, actual []quota.Use) {
 	// The client may be gone; the settlement must still be made.
 	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
 	defer cancel()
-	if err := h.app.Service().Settle(ctx, u, requestID, deltas); err != nil {
+	if err := h.app.Service().Settle(ctx, u, requestID, actual); err != nil {
 		h.logger.Warn("settling token usage; journaled for replay", zap.String("user_id", u.ID), zap.Error(err))
 	}
 }

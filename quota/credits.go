@@ -37,13 +37,3 @@ func (r CreditRate) cost(units int64) int64 {
 	// rest < per and Credits are both capped, so this cannot overflow.
 	return whole*r.Credits + (rest*r.Credits+per-1)/per
 }
-
-// CreditDelta is what settling from admitted to admitted+deltas changes
-// in credits.
-func CreditDelta(rates []CreditRate, admitted, deltas []Use) int64 {
-	if len(rates) == 0 || len(deltas) == 0 {
-		return 0
-	}
-	final := append(append([]Use(nil), admitted...), deltas...)
-	return CreditCost(rates, final) - CreditCost(rates, admitted)
-}

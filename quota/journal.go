@@ -28,8 +28,9 @@ type journal struct {
 }
 
 type resolution struct {
-	p     Pending
-	apply bool
+	p      Pending
+	apply  bool
+	settle bool // a Settle, not a Resolve
 }
 
 func newJournal(store Store, log *zap.Logger, size int) *journal {
@@ -75,7 +76,12 @@ func (j *journal) replay(timeout time.Duration) bool {
 		r := j.entries[0]
 		j.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		err := j.store.Resolve(ctx, r.p.userID, r.p.requestID, r.p.charges, r.apply)
+		var err error
+		if r.settle {
+			err = j.store.Settle(ctx, r.p.userID, r.p.requestID, r.p.charges)
+		} else {
+			err = j.store.Resolve(ctx, r.p.userID, r.p.requestID, r.p.charges, r.apply)
+		}
 		cancel()
 		if err != nil && !errors.Is(err, ErrInvalid) && !errors.Is(err, ErrNotFound) {
 			return false

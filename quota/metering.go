@@ -1,6 +1,9 @@
 package quota
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // Token resources. "tokens" counts input + output; operators may also limit
 // each direction.
@@ -30,51 +33,43 @@ func (c TokenCount) Uses() []Use {
 // resource.
 const ReservedPrefix = "reserved_"
 
-// Reservation returns the uses that mark c as reserved (factor 1) or
-// release the mark (factor -1).
-func (c TokenCount) Reservation(factor int64) []Use {
+// Reserved returns the uses that mark c as reserved; they are held with the
+// reservation and released with it.
+func (c TokenCount) Reserved() []Use {
 	uses := c.Uses()
 	for i := range uses {
 		uses[i].Resource = ReservedPrefix + uses[i].Resource
-		uses[i].Amount *= factor
 	}
 	return uses
 }
 
-// TokenDeltas returns what settles a reservation to the actual count: the
-// difference per resource, leaving out resources that need no change.
-func TokenDeltas(reserved, actual TokenCount) []Use {
-	var out []Use
-	r, a := reserved.Uses(), actual.Uses()
-	for i := range r {
-		if d := a[i].Amount - r[i].Amount; d != 0 {
-			out = append(out, Use{Resource: r[i].Resource, Amount: d})
+// Settle ends a served request exactly once: it counts what the request
+// actually used, without checking limits (it has been served), and
+// releases the reservation its admission holds. The settlement is
+// journaled and replayed if the store does not take it now.
+func (s *Service) Settle(ctx context.Context, u *User, requestID string, actual []Use) error {
+	nonzero := actual[:0:0]
+	for _, a := range actual {
+		if a.Amount != 0 {
+			nonzero = append(nonzero, a)
 		}
 	}
-	return out
-}
-
-// Settle applies the difference between what a request reserved and what
-// it used, exactly once per request id, without checking limits (the
-// request has been served). The settlement is journaled and replayed if the
-// store does not take it now.
-func (s *Service) Settle(ctx context.Context, u *User, requestID string, deltas []Use) error {
-	nonzero := deltas[:0:0]
-	for _, d := range deltas {
-		if d.Amount != 0 {
-			nonzero = append(nonzero, d)
-		}
-	}
-	if len(nonzero) == 0 {
-		return nil
-	}
-	deltas = nonzero
-	p := Pending{userID: u.ID, requestID: requestID + "-settle", charges: Unlimited(s.charges(u, deltas), 1)}
+	p := Pending{userID: u.ID, requestID: requestID, charges: Unlimited(s.charges(u, nonzero), 1)}
 	err := s.hot(ctx, func(ctx context.Context) error {
-		return s.store.Resolve(ctx, p.userID, p.requestID, p.charges, true)
+		return s.store.Settle(ctx, p.userID, p.requestID, p.charges)
 	})
 	if err != nil {
-		s.journal.add(resolution{p: p, apply: true})
+		s.journal.add(resolution{p: p, settle: true})
 	}
 	return err
+}
+
+// Held marks uses as a reservation held for d (see Charge.Hold).
+func Held(uses []Use, d time.Duration) []Use {
+	out := make([]Use, len(uses))
+	for i, u := range uses {
+		u.Hold = d
+		out[i] = u
+	}
+	return out
 }

@@ -655,6 +655,8 @@ type Use struct {
 	Amount   int64
 	// Key, if set, counts the use once per distinct key (see Charge.Key).
 	Key string
+	// Hold, if positive, marks the use as a reservation (see Charge.Hold).
+	Hold time.Duration
 }
 
 // LimitState is one limit of a user as it stands after an admission.
@@ -772,7 +774,7 @@ func (s *Service) expand(u *User, uses []Use) (charges []Charge, limits []*Limit
 			// Spent credits count against what the user was granted.
 			ls = []Limit{{Limit: u.Credits}}
 		}
-		life := Charge{Resource: use.Resource, Limit: NoLimit, Amount: use.Amount, Key: use.Key}
+		life := Charge{Resource: use.Resource, Limit: NoLimit, Amount: use.Amount, Key: use.Key, Hold: use.Hold}
 		var lifeLimit *Limit
 		for i := range ls {
 			if ls[i].Per == Lifetime {
@@ -784,7 +786,7 @@ func (s *Service) expand(u *User, uses []Use) (charges []Charge, limits []*Limit
 		limits = append(limits, lifeLimit)
 		for i := range ls {
 			if ls[i].Per != Lifetime {
-				charges = append(charges, Charge{Resource: use.Resource, Per: ls[i].Per, Limit: ls[i].Limit, Amount: use.Amount, Key: use.Key})
+				charges = append(charges, Charge{Resource: use.Resource, Per: ls[i].Per, Limit: ls[i].Limit, Amount: use.Amount, Key: use.Key, Hold: use.Hold})
 				limits = append(limits, &ls[i])
 			}
 		}

@@ -215,7 +215,7 @@ func TestReservedInUsage(t *testing.T) {
 		t.Fatal(err)
 	}
 	reserved := quota.TokenCount{Input: 10, Output: 100}
-	uses := append(reserved.Uses(), reserved.Reservation(1)...)
+	uses := quota.Held(append(reserved.Uses(), reserved.Reserved()...), time.Hour)
 	if _, err := svc.Admit(ctx, u, "r1", uses); err != nil {
 		t.Fatal(err)
 	}
@@ -240,8 +240,7 @@ func TestReservedInUsage(t *testing.T) {
 			t.Fatalf("a reservation counter is listed as a resource: %+v", it)
 		}
 	}
-	deltas := append(quota.TokenDeltas(reserved, quota.TokenCount{Input: 10, Output: 20}), reserved.Reservation(-1)...)
-	if err := svc.Settle(ctx, u, "r1", deltas); err != nil {
+	if err := svc.Settle(ctx, u, "r1", quota.TokenCount{Input: 10, Output: 20}.Uses()); err != nil {
 		t.Fatal(err)
 	}
 	usage, _ = svc.Usage(ctx, u.ID)

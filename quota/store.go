@@ -52,11 +52,16 @@ type Store interface {
 	Admit(ctx context.Context, userID, requestID string, charges []Charge) (*Admission, error)
 	// Resolve settles a request whose admission outcome the caller could
 	// not see (a timeout: the admission may still arrive). With apply false
-	// it takes back whatever the request charged and keeps a later
-	// admission of it from charging; with apply true it makes sure the
-	// charges are counted exactly once, without checking limits. It is
-	// idempotent.
+	// it takes back whatever the request charged (dropping its lease) and
+	// keeps a later admission of it from charging; with apply true it makes
+	// sure the charges are counted exactly once, without checking limits
+	// (held charges get their lease). It is idempotent.
 	Resolve(ctx context.Context, userID, requestID string, charges []Charge, apply bool) error
+	// Settle ends a served request, exactly once: it applies what the
+	// request actually used (without checking limits) and releases the
+	// reservation its admission holds. If the lease has already expired
+	// (and been released), only the actual charges are applied.
+	Settle(ctx context.Context, userID, requestID string, actual []Charge) error
 	// Usage returns the user's counters with the store's current time.
 	Usage(ctx context.Context, userID string) (*UsageSnapshot, error)
 	// ResetUsage zeroes the counters of the named resources (all if none).
@@ -94,6 +99,12 @@ type Charge struct {
 	// and is never refused), and a negative amount takes back only a key
 	// that was counted, forgetting it.
 	Key string
+	// Hold, if positive, makes the charge part of the request's
+	// reservation: the store keeps a lease on it under the request id and,
+	// unless Settle comes first, takes it back once Hold has passed (a
+	// request that never settles, say because its node crashed, does not
+	// keep its reservation forever).
+	Hold time.Duration
 }
 
 // MaxKeyLength caps a distinct charge's key.

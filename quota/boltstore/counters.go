@@ -36,6 +36,9 @@ type entry struct {
 	// keys are the distinct keys counted (quota.DistinctKey), persisted
 	// with the counters.
 	keys map[string]struct{}
+	// leases are the reservations of requests not settled yet, by request
+	// id, persisted with the counters.
+	leases map[string]lease
 	// requests remembers request ids, in memory only, for requestTTL;
 	// order holds them oldest first so expiry costs no scan.
 	requests map[string]requestRecord
@@ -46,6 +49,47 @@ type entry struct {
 // cannot reach the store after its caller gave up, so a record only has to
 // cover a repeat or a settlement that follows at once.
 const requestTTL = 10 * time.Second
+
+// lease is a held reservation: the charges that release it, and when the
+// store releases it by itself.
+type lease struct {
+	expires time.Time
+	release []quota.Charge
+}
+
+// hold records a lease on the held charges of a request.
+func (e *entry) hold(requestID string, charges []quota.Charge, now time.Time) {
+	var l lease
+	for _, c := range charges {
+		if c.Hold <= 0 {
+			continue
+		}
+		l.release = append(l.release, quota.Charge{Resource: c.Resource, Per: c.Per, Limit: quota.NoLimit, Amount: -c.Amount})
+		if exp := now.Add(c.Hold); exp.After(l.expires) {
+			l.expires = exp
+		}
+	}
+	if len(l.release) == 0 {
+		return
+	}
+	if e.leases == nil {
+		e.leases = map[string]lease{}
+	}
+	e.leases[requestID] = l
+}
+
+// sweep releases the leases that have expired and reports whether any did.
+func (e *entry) sweep(now time.Time) bool {
+	swept := false
+	for id, l := range e.leases {
+		if !now.Before(l.expires) {
+			quota.ApplyKeyedCharges(e.counters, nil, l.release, now)
+			delete(e.leases, id)
+			swept = true
+		}
+	}
+	return swept
+}
 
 type requestRecord struct {
 	applied bool
@@ -95,6 +139,18 @@ type countersDoc struct {
 	V        int                      `json:"v"`
 	Counters map[string]counterRecord `json:"counters"`
 	Keys     []string                 `json:"keys,omitempty"`
+	Leases   map[string]leaseRecord   `json:"leases,omitempty"`
+}
+
+type leaseRecord struct {
+	Expires time.Time      `json:"expires"`
+	Release []chargeRecord `json:"release"`
+}
+
+type chargeRecord struct {
+	Resource string `json:"resource"`
+	Per      string `json:"per,omitempty"`
+	Amount   int64  `json:"amount"`
 }
 
 func decodeCounters(data []byte) (countersDoc, error) {
@@ -151,6 +207,16 @@ func (s *Store) load(sh *shard, userID string) (*entry, error) {
 		for _, k := range doc.Keys {
 			e.keys[k] = struct{}{}
 		}
+		for id, lr := range doc.Leases {
+			l := lease{expires: lr.Expires}
+			for _, c := range lr.Release {
+				l.release = append(l.release, quota.Charge{Resource: c.Resource, Per: quota.Period(c.Per), Limit: quota.NoLimit, Amount: c.Amount})
+			}
+			if e.leases == nil {
+				e.leases = map[string]lease{}
+			}
+			e.leases[id] = l
+		}
 		return nil
 	})
 	if err != nil {
@@ -179,11 +245,13 @@ func (s *Store) withUser(ctx context.Context, userID string, fn func(e *entry, n
 	if err != nil {
 		return err
 	}
-	if fn(e, s.clock.Now()) {
+	now := s.clock.Now()
+	swept := e.sweep(now)
+	if fn(e, now) || swept {
 		sh.dirty[userID] = e
 	}
 	// Reading an unknown id must not grow memory.
-	if _, pending := sh.dirty[userID]; !pending && len(e.counters) == 0 && len(e.keys) == 0 && len(e.requests) == 0 {
+	if _, pending := sh.dirty[userID]; !pending && len(e.counters) == 0 && len(e.keys) == 0 && len(e.leases) == 0 && len(e.requests) == 0 {
 		delete(sh.entries, userID)
 	}
 	return nil
@@ -195,6 +263,9 @@ func (s *Store) withUser(ctx context.Context, userID string, fn func(e *entry, n
 func (s *Store) Admit(ctx context.Context, userID, requestID string, charges []quota.Charge) (*quota.Admission, error) {
 	if err := checkCharges(charges); err != nil {
 		return nil, err
+	}
+	if requestID == "" && held(charges) {
+		return nil, quota.Invalid("requestId", "is required to hold a reservation")
 	}
 	var adm *quota.Admission
 	cancelled := false
@@ -213,6 +284,7 @@ func (s *Store) Admit(ctx context.Context, userID, requestID string, charges []q
 		adm = quota.ApplyKeyedCharges(e.counters, e.keys, charges, now)
 		if adm.Allowed && requestID != "" {
 			e.remember(requestID, true, now)
+			e.hold(requestID, charges, now)
 		}
 		return adm.Allowed && len(charges) > 0
 	})
@@ -243,14 +315,48 @@ func (s *Store) Resolve(ctx context.Context, userID, requestID string, charges [
 		switch {
 		case apply:
 			quota.ApplyKeyedCharges(e.counters, e.keys, quota.Unlimited(charges, 1), now)
+			e.hold(requestID, charges, now)
 			changed = true
 		case ok && r.applied:
 			quota.ApplyKeyedCharges(e.counters, e.keys, quota.Unlimited(charges, -1), now)
+			delete(e.leases, requestID)
 			changed = true
 		}
 		e.remember(requestID, apply, now)
 		return changed
 	})
+}
+
+// Settle ends a served request exactly once; see quota.Store.
+func (s *Store) Settle(ctx context.Context, userID, requestID string, actual []quota.Charge) error {
+	if requestID == "" {
+		return quota.Invalid("requestId", "is required")
+	}
+	if err := checkCharges(actual); err != nil {
+		return err
+	}
+	settleID := requestID + "/settle"
+	return s.withUser(ctx, userID, func(e *entry, now time.Time) bool {
+		if _, done := e.request(settleID, now); done {
+			return false
+		}
+		quota.ApplyKeyedCharges(e.counters, e.keys, quota.Unlimited(actual, 1), now)
+		if l, ok := e.leases[requestID]; ok {
+			quota.ApplyKeyedCharges(e.counters, nil, l.release, now)
+			delete(e.leases, requestID)
+		}
+		e.remember(settleID, true, now)
+		return true
+	})
+}
+
+func held(charges []quota.Charge) bool {
+	for _, c := range charges {
+		if c.Hold > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func checkCharges(charges []quota.Charge) error {
@@ -351,13 +457,23 @@ func (s *Store) flush() error {
 		sh.mu.Lock()
 		for id, e := range sh.dirty {
 			var data []byte
-			if len(e.counters) > 0 || len(e.keys) > 0 {
+			if len(e.counters) > 0 || len(e.keys) > 0 || len(e.leases) > 0 {
 				doc := countersDoc{V: 2, Counters: make(map[string]counterRecord, len(e.counters))}
 				for k, st := range e.counters {
 					doc.Counters[k] = counterRecord(st)
 				}
 				for k := range e.keys {
 					doc.Keys = append(doc.Keys, k)
+				}
+				for id, l := range e.leases {
+					if doc.Leases == nil {
+						doc.Leases = map[string]leaseRecord{}
+					}
+					lr := leaseRecord{Expires: l.expires}
+					for _, c := range l.release {
+						lr.Release = append(lr.Release, chargeRecord{Resource: c.Resource, Per: string(c.Per), Amount: c.Amount})
+					}
+					doc.Leases[id] = lr
 				}
 				var err error
 				if data, err = json.Marshal(doc); err != nil {

@@ -39,32 +39,38 @@ end
 `
 
 // luaCharges parses the charges in ARGV from index first on, one group of
-// five per charge (resource, period name, limit (-1: none), amount,
-// distinct key or ""), reads the server clock, and defines stored(i) (the
-// counter of charge i in its current window), write(i, value) and apply.
-// KEYS[1] is the usage hash, KEYS[2] the hash of distinct keys counted.
+// six per charge (resource, period name, limit (-1: none), amount,
+// distinct key or "", hold seconds or 0), reads the server clock, and
+// defines the helpers below. KEYS[1] is the usage hash, KEYS[2] the hash of
+// distinct keys counted, KEYS[3] the sorted set of lease expiries and
+// KEYS[4] the hash of lease bodies (what releases each lease, by request
+// id); KEYS[5], if given, is the request record.
 const luaCharges = luaWindowStart + `
 local t = redis.call("TIME")
 local now = tonumber(t[1])
-local n = (#ARGV - first + 1) / 5
-local fields, starts, limits, amounts, dkeys = {}, {}, {}, {}, {}
+local n = (#ARGV - first + 1) / 6
+local fields, starts, limits, amounts, dkeys, holds, pers = {}, {}, {}, {}, {}, {}, {}
 for i = 1, n do
-  local b = first + (i - 1) * 5
+  local b = first + (i - 1) * 6
   fields[i] = ARGV[b] .. "|" .. ARGV[b + 1]
+  pers[i] = ARGV[b + 1]
   starts[i] = window_start(ARGV[b + 1], now)
   limits[i] = tonumber(ARGV[b + 2])
   amounts[i] = tonumber(ARGV[b + 3])
   if ARGV[b + 4] ~= "" then dkeys[i] = ARGV[b] .. "|" .. ARGV[b + 4] end
+  holds[i] = tonumber(ARGV[b + 5])
 end
 
-local function stored(i)
-  local v = redis.call("HMGET", KEYS[1], fields[i], fields[i] .. "|s")
-  if v[2] and tonumber(v[2]) == starts[i] then return tonumber(v[1]) or 0 end
+local function stored_at(field, start)
+  local v = redis.call("HMGET", KEYS[1], field, field .. "|s")
+  if v[2] and tonumber(v[2]) == start then return tonumber(v[1]) or 0 end
   return 0
 end
 
-local function write(i, u)
-  redis.call("HSET", KEYS[1], fields[i], string.format("%d", u), fields[i] .. "|s", string.format("%d", starts[i]))
+local function stored(i) return stored_at(fields[i], starts[i]) end
+
+local function write_at(field, start, u)
+  redis.call("HSET", KEYS[1], field, string.format("%d", u), field .. "|s", string.format("%d", start))
 end
 
 -- apply adds sign * amount of every charge, each against the counter as the
@@ -97,7 +103,7 @@ local function apply(sign, check, used)
     used[i] = u
   end
   for i = 1, n do
-    write(i, used[i])
+    write_at(fields[i], starts[i], used[i])
     if dkeys[i] then
       if sign * amounts[i] > 0 then
         redis.call("HSET", KEYS[2], dkeys[i], "1")
@@ -108,18 +114,63 @@ local function apply(sign, check, used)
   end
   return -1
 end
+
+-- hold records a lease on the held charges under request id rid: its body
+-- is "resource|period|amount;..." and it expires after the longest hold.
+local function hold(rid)
+  local parts, longest = {}, 0
+  for i = 1, n do
+    if holds[i] > 0 then
+      table.insert(parts, fields[i] .. "|" .. string.format("%d", amounts[i]))
+      if holds[i] > longest then longest = holds[i] end
+    end
+  end
+  if #parts == 0 then return end
+  redis.call("HSET", KEYS[4], rid, table.concat(parts, ";"))
+  redis.call("ZADD", KEYS[3], now + longest, rid)
+end
+
+-- release takes back the lease of rid, if it still holds.
+local function release(rid)
+  local body = redis.call("HGET", KEYS[4], rid)
+  if not body then return end
+  for res, per, amount in string.gmatch(body, "([^|;]+)|([^|;]+)|([^|;]+)") do
+    local field = res .. "|" .. per
+    local start = window_start(per, now)
+    local u = stored_at(field, start) - tonumber(amount)
+    if u < 0 then u = 0 end
+    write_at(field, start, u)
+  end
+  redis.call("HDEL", KEYS[4], rid)
+  redis.call("ZREM", KEYS[3], rid)
+end
+
+-- drop forgets the lease of rid without releasing it.
+local function drop(rid)
+  redis.call("HDEL", KEYS[4], rid)
+  redis.call("ZREM", KEYS[3], rid)
+end
+
+-- sweep releases leases that have expired: their requests never settled.
+local function sweep()
+  for _, rid in ipairs(redis.call("ZRANGEBYSCORE", KEYS[3], "-inf", now, "LIMIT", 0, 32)) do
+    release(rid)
+  end
+end
 `
 
 // admitScript applies charges to one user's usage hash (KEYS[1]) all or
-// nothing, exactly like quota.ApplyCharges. A counter counts only if its
-// stored window start ("<field>|s") is the current one. ARGV[1] is the
-// request record's time to live in seconds and KEYS[3], if given, the
-// request record: an admission whose request id was already admitted
-// charges nothing again, and one that was cancelled charges nothing.
+// nothing, exactly like quota.ApplyCharges, after releasing expired leases.
+// A counter counts only if its stored window start ("<field>|s") is the
+// current one. ARGV[1] is the request record's time to live in seconds,
+// ARGV[2] the request id ("" for none) and KEYS[5] its request record: an
+// admission whose request id was already admitted charges nothing again,
+// one that was cancelled charges nothing, and an admitted one holds a lease
+// on its held charges.
 //
 // The reply is {allowed (1/0), denied index (0-based; -1 none; -2
 // cancelled), now seconds, now microseconds, used per charge...}.
-var admitScript = redis.NewScript(`local first = 2
+var admitScript = redis.NewScript(`local first = 3
 ` + luaCharges + `
 local function reply(allowed, denied, used)
   local r = {allowed, denied, now, tonumber(t[2])}
@@ -127,10 +178,11 @@ local function reply(allowed, denied, used)
   return r
 end
 
+sweep()
 local used = {}
-local rk = KEYS[3]
-if rk then
-  local state = redis.call("GET", rk)
+local rid = ARGV[2]
+if rid ~= "" then
+  local state = redis.call("GET", KEYS[5])
   if state == "c" then return reply(0, -2, used) end
   if state == "a" then
     for i = 1, n do used[i] = stored(i) end
@@ -139,32 +191,52 @@ if rk then
 end
 local denied = apply(1, true, used)
 if denied >= 0 then return reply(0, denied, used) end
-if rk then redis.call("SET", rk, "a", "EX", ARGV[1]) end
+if rid ~= "" then
+  redis.call("SET", KEYS[5], "a", "EX", ARGV[1])
+  hold(rid)
+end
 return reply(1, -1, used)
 `)
 
 // resolveScript settles a request whose admission outcome its caller could
-// not see. KEYS[1] is the usage hash, KEYS[2] the distinct keys, KEYS[3]
-// the request record, ARGV[1]
-// its time to live, ARGV[2] "1" to make sure the charges are counted (once,
-// without limits) or "0" to take back whatever the request charged and keep
-// a late admission from charging. It returns 1 if it changed a counter.
-var resolveScript = redis.NewScript(`local first = 3
+// not see. ARGV[1] is the request record's time to live, ARGV[2] "1" to
+// make sure the charges are counted (once, without limits, holding a lease
+// on the held ones) or "0" to take back whatever the request charged (and
+// drop its lease) and keep a late admission from charging, ARGV[3] the
+// request id. It returns 1 if it changed a counter.
+var resolveScript = redis.NewScript(`local first = 4
 ` + luaCharges + `
-local state = redis.call("GET", KEYS[3])
+local rid = ARGV[3]
+local state = redis.call("GET", KEYS[5])
 if state == "c" or (state == "a" and ARGV[2] == "1") then return 0 end
 local used, changed = {}, 0
 if ARGV[2] == "1" then
   apply(1, false, used)
-  redis.call("SET", KEYS[3], "a", "EX", ARGV[1])
+  redis.call("SET", KEYS[5], "a", "EX", ARGV[1])
+  hold(rid)
   return 1
 end
 if state == "a" then
   apply(-1, false, used)
+  drop(rid)
   changed = 1
 end
-redis.call("SET", KEYS[3], "c", "EX", ARGV[1])
+redis.call("SET", KEYS[5], "c", "EX", ARGV[1])
 return changed
+`)
+
+// settleScript ends a served request exactly once: it applies the actual
+// charges without limits and releases the request's lease. ARGV[1] is the
+// settlement record's time to live, ARGV[2] the request id; KEYS[5] is the
+// settlement record. It returns 1 if it settled, 0 for a repeat.
+var settleScript = redis.NewScript(`local first = 3
+` + luaCharges + `
+if redis.call("GET", KEYS[5]) then return 0 end
+local used = {}
+apply(1, false, used)
+release(ARGV[2])
+redis.call("SET", KEYS[5], "s", "EX", ARGV[1])
+return 1
 `)
 
 // usageScript returns the server time (seconds, microseconds) followed by
@@ -197,7 +269,14 @@ const startSuffix = "|s"
 // must be a valid name, the period known, the limit NoLimit or within
 // [0, quota.MaxLimit], and the amount within ±quota.MaxLimit.
 func (s *Store) Admit(ctx context.Context, userID, requestID string, charges []quota.Charge) (*quota.Admission, error) {
-	keys, args, err := s.chargeArgs(userID, requestID, charges, strconv.Itoa(int(quota.RequestTTL/time.Second)))
+	if requestID == "" {
+		for _, c := range charges {
+			if c.Hold > 0 {
+				return nil, quota.Invalid("requestId", "is required to hold a reservation")
+			}
+		}
+	}
+	keys, args, err := s.chargeArgs(userID, requestID, requestID, charges, s.recordTTL(charges), requestID)
 	if err != nil {
 		return nil, err
 	}
@@ -231,7 +310,7 @@ func (s *Store) Resolve(ctx context.Context, userID, requestID string, charges [
 	if apply {
 		flag = "1"
 	}
-	keys, args, err := s.chargeArgs(userID, requestID, charges, strconv.Itoa(int(quota.RequestTTL/time.Second)), flag)
+	keys, args, err := s.chargeArgs(userID, requestID, requestID, charges, s.recordTTL(charges), flag, requestID)
 	if err != nil {
 		return err
 	}
@@ -243,21 +322,49 @@ func (s *Store) Resolve(ctx context.Context, userID, requestID string, charges [
 	return nil
 }
 
+// Settle ends a served request exactly once; see quota.Store.
+func (s *Store) Settle(ctx context.Context, userID, requestID string, actual []quota.Charge) error {
+	if requestID == "" {
+		return quota.Invalid("requestId", "is required")
+	}
+	keys, args, err := s.chargeArgs(userID, requestID, requestID+"-settle", actual, s.recordTTL(nil), requestID)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := s.withDeadline(ctx)
+	defer cancel()
+	if err := settleScript.Run(ctx, s.rdb, keys, args...).Err(); err != nil {
+		return fmt.Errorf("settle: %w", err)
+	}
+	return nil
+}
+
+// recordTTL is how long a request record lives, in seconds: RequestTTL,
+// or longer than the longest hold so a lease never outlives its record.
+func (s *Store) recordTTL(charges []quota.Charge) string {
+	ttl := quota.RequestTTL
+	for _, c := range charges {
+		ttl = max(ttl, c.Hold+time.Minute)
+	}
+	return strconv.Itoa(int(ttl / time.Second))
+}
+
 // chargeArgs checks charges and builds a script's keys and arguments: the
-// usage hash and, with a request id, its request record; then head and one
-// group of four per charge.
-func (s *Store) chargeArgs(userID, requestID string, charges []quota.Charge, head ...string) ([]string, []any, error) {
+// usage hash, the distinct keys, the lease set and bodies and, with a
+// record name, the request record; then head and one group of six per
+// charge.
+func (s *Store) chargeArgs(userID, requestID, record string, charges []quota.Charge, head ...string) ([]string, []any, error) {
 	if !validID(userID) {
 		return nil, nil, fmt.Errorf("user %q: %w", userID, quota.ErrNotFound)
 	}
-	keys := []string{s.usageKey(userID), s.keysKey(userID)}
-	if requestID != "" {
-		if !validID(requestID) {
-			return nil, nil, quota.Invalid("requestId", "must be 1 to %d letters, digits, '-' or '_'", quota.MaxIDLength)
-		}
-		keys = append(keys, s.tag(userID)+":req:"+requestID)
+	if requestID != "" && !validID(requestID) {
+		return nil, nil, quota.Invalid("requestId", "must be 1 to %d letters, digits, '-' or '_'", quota.MaxIDLength)
 	}
-	args := make([]any, 0, len(head)+5*len(charges))
+	keys := []string{s.usageKey(userID), s.keysKey(userID), s.tag(userID) + ":lease_exp", s.tag(userID) + ":leases"}
+	if record != "" {
+		keys = append(keys, s.tag(userID)+":req:"+record)
+	}
+	args := make([]any, 0, len(head)+6*len(charges))
 	for _, h := range head {
 		args = append(args, h)
 	}
@@ -265,7 +372,8 @@ func (s *Store) chargeArgs(userID, requestID string, charges []quota.Charge, hea
 		if err := checkCharge(c); err != nil {
 			return nil, nil, fmt.Errorf("charge %d: %w", i, err)
 		}
-		args = append(args, c.Resource, c.Per.String(), strconv.FormatInt(c.Limit, 10), strconv.FormatInt(c.Amount, 10), c.Key)
+		args = append(args, c.Resource, c.Per.String(), strconv.FormatInt(c.Limit, 10), strconv.FormatInt(c.Amount, 10), c.Key,
+			strconv.FormatInt(int64((c.Hold+time.Second-1)/time.Second), 10))
 	}
 	return keys, args, nil
 }
@@ -282,6 +390,8 @@ func checkCharge(c quota.Charge) error {
 		return quota.Invalid("amount", "must be within ±%d, got %d", int64(quota.MaxLimit), c.Amount)
 	case len(c.Key) > quota.MaxKeyLength:
 		return quota.Invalid("key", "must be at most %d bytes", quota.MaxKeyLength)
+	case c.Hold < 0 || c.Hold > 24*time.Hour:
+		return quota.Invalid("hold", "must be between 0 and 24h")
 	}
 	return nil
 }

@@ -51,7 +51,7 @@ local u = redis.call("GET", KEYS[1])
 if not u then return false end
 local out = redis.call("HVALS", KEYS[3])
 table.insert(out, 1, u)
-redis.call("DEL", KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+redis.call("DEL", KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
 return out
 `)
 
@@ -361,7 +361,7 @@ func (s *Store) DeleteUser(ctx context.Context, id string) error {
 	if err := s.deleteTokenKeys(ctx, toks); err != nil {
 		return fmt.Errorf("delete user: %w", err)
 	}
-	vals, err := deleteUserScript.Run(ctx, s.rdb, []string{s.userKey(id), s.usageKey(id), s.tokensKey(id), s.keysKey(id)}).StringSlice()
+	vals, err := deleteUserScript.Run(ctx, s.rdb, []string{s.userKey(id), s.usageKey(id), s.tokensKey(id), s.keysKey(id), s.tag(id) + ":lease_exp", s.tag(id) + ":leases"}).StringSlice()
 	if errors.Is(err, redis.Nil) {
 		return fmt.Errorf("user %q: %w", id, quota.ErrNotFound)
 	}

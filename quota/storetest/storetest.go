@@ -37,6 +37,7 @@ func Run(t *testing.T, newStore func(t *testing.T) quota.Store) {
 		{"ConcurrentAdmissionIsExact", testConcurrentAdmit},
 		{"RequestIDsAndResolve", testRequestIDs},
 		{"DistinctKeys", testDistinctKeys},
+		{"ReservationLeases", testLeases},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -633,5 +634,66 @@ func testDistinctKeys(t *testing.T, s quota.Store) {
 	}
 	if adm := conv("c1", 1); !adm.Allowed || adm.Used[0] != 1 {
 		t.Fatalf("c1 after deleting the user: %+v", adm)
+	}
+}
+
+func testLeases(t *testing.T, s quota.Store) {
+	u := quota.NewID()
+	tokens := func(amount int64, hold time.Duration) []quota.Charge {
+		return []quota.Charge{{Resource: "tokens", Limit: 100, Amount: amount, Hold: hold}}
+	}
+	used := func() int64 {
+		t.Helper()
+		snap, err := s.Usage(ctx(t), u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return snap.Current("tokens", quota.Lifetime)
+	}
+	if _, err := s.Admit(ctx(t), u, "", tokens(1, time.Second)); !errors.Is(err, quota.ErrInvalid) {
+		t.Fatalf("holding without a request id: %v", err)
+	}
+	r1, r2, r3 := quota.NewID(), quota.NewID(), quota.NewID()
+	adm, err := s.Admit(ctx(t), u, r1, tokens(60, time.Hour))
+	if err != nil || !adm.Allowed || adm.Used[0] != 60 {
+		t.Fatalf("reserve 60: %+v %v", adm, err)
+	}
+	// Settling releases the reservation and counts the actual use, once.
+	for i := 0; i < 2; i++ {
+		if err := s.Settle(ctx(t), u, r1, []quota.Charge{{Resource: "tokens", Limit: quota.NoLimit, Amount: 20}}); err != nil {
+			t.Fatal(err)
+		}
+		if got := used(); got != 20 {
+			t.Fatalf("after settling (%d): %d, want 20", i, got)
+		}
+	}
+	// A reservation that is never settled is released when its hold ends.
+	if adm, err := s.Admit(ctx(t), u, r2, tokens(50, time.Second)); err != nil || adm.Used[0] != 70 {
+		t.Fatalf("reserve 50: %+v %v", adm, err)
+	}
+	time.Sleep(2100 * time.Millisecond)
+	admit(t, s, u, quota.Charge{Resource: "tokens", Limit: 100, Amount: 0}) // any admission sweeps
+	if got := used(); got != 20 {
+		t.Fatalf("after the hold ended: %d, want 20", got)
+	}
+	// A late settlement of the expired reservation counts only the actual.
+	if err := s.Settle(ctx(t), u, r2, []quota.Charge{{Resource: "tokens", Limit: quota.NoLimit, Amount: 30}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := used(); got != 50 {
+		t.Fatalf("after a late settlement: %d, want 50", got)
+	}
+	// Cancelling an admitted reservation takes it back and drops its lease.
+	if _, err := s.Admit(ctx(t), u, r3, tokens(10, time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Resolve(ctx(t), u, r3, tokens(10, time.Hour), false); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Settle(ctx(t), u, r3, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := used(); got != 50 {
+		t.Fatalf("a cancelled reservation was released twice: %d, want 50", got)
 	}
 }
