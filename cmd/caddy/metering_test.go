@@ -9,6 +9,9 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/tenantquota/caddy-tenant-quota/internal/redistest"
 )
 
 // llmBackend answers like an LLM API: JSON with usage on /v1/chat/completions,
@@ -133,5 +136,52 @@ func TestTokenReservations(t *testing.T) {
 				t.Fatalf("answers by status %v, backend saw %d, tokens %d: want 30 tokens per admitted request", counts, hits.Load(), tokens)
 			}
 		})
+	}
+}
+
+// TestCrashedNodeReleasesReservation: a node that dies with a request in
+// flight never settles its reservation; once reservation_ttl has passed the
+// next admission on any node releases it.
+func TestCrashedNodeReleasesReservation(t *testing.T) {
+	release := make(chan struct{})
+	hung := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select { // hold the request until the test ends
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(func() { close(release); hung.Close() })
+	opts := "redis redis://" + redistest.Start(t).Addr() + "/0"
+	a := startGatewayWith(t, opts, "", "reservation_ttl 1s", strings.TrimPrefix(hung.URL, "http://"))
+	created := a.tenant(t, map[string]any{"name": "X", "email": "x@example.com", "limits": map[string]any{"tokens": 1000}})
+
+	go func() { // in flight when node A dies
+		resp, err := client.Do(tenantRequest(a.url+"/v1/chat/completions", created.Token.Token,
+			`{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":500}`))
+		if err == nil {
+			resp.Body.Close()
+		}
+	}()
+	eventually(t, "the reservation", func() bool { return a.used(t, created.User.ID, "tokens") == 501 })
+	a.cmd.Process.Kill() // a crash: no settlement
+	a.cmd.Wait()
+	a.cmd = nil
+
+	b := startGatewayWith(t, opts, "", "reservation_ttl 1s", strings.TrimPrefix(hung.URL, "http://"))
+	if got := b.used(t, created.User.ID, "tokens"); got != 501 {
+		t.Fatalf("tokens after the crash = %d, want the 501 still reserved", got)
+	}
+	time.Sleep(2100 * time.Millisecond)
+	// Any admission of the tenant sweeps its expired leases first, even
+	// one it then refuses (this one asks for more than the cap).
+	resp, err := client.Do(tenantRequest(b.url+"/v1/chat/completions", created.Token.Token,
+		`{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":5000}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	wantStatus(t, resp, http.StatusTooManyRequests)
+	if got := b.used(t, created.User.ID, "tokens"); got != 0 {
+		t.Fatalf("tokens after reservation_ttl = %d, want 0 (released)", got)
 	}
 }
