@@ -86,6 +86,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"meter key without placeholder", ":80 {\n\ttenant_quota {\n\t\tmeter conversations /x key\n\t}\n}", "key needs a placeholder"},
 		{"credits syntax", ":80 {\n\ttenant_quota {\n\t\tcredits tokens\n\t}\n}", "credits takes <resource> <n> [per <units>]"},
 		{"credits amount", ":80 {\n\ttenant_quota {\n\t\tcredits tokens x per 10\n\t}\n}", `"x" is not a positive whole number`},
+		{"reservation ttl", ":80 {\n\ttenant_quota {\n\t\treservation_ttl forever\n\t}\n}", `reservation_ttl: "forever" is not a positive duration`},
 		{"handler args", ":80 {\n\ttenant_quota /a b\n}", "wrong argument count"},
 		{"admin body size", ":80 {\n\ttenant_quota_admin {\n\t\tmax_body_bytes lots\n\t}\n}", `max_body_bytes: "lots"`},
 		{"admin subdirective", ":80 {\n\ttenant_quota_admin {\n\t\tkey x\n\t}\n}", `unrecognized tenant_quota_admin subdirective "key"`},
