@@ -156,6 +156,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("opening the quota store: %w", err)
 	}
 	a.service = val.(*sharedStore).service
+	// The store is shared across reloads; this config's tuning applies to it.
+	a.service.Tune(timeout, cacheTTL)
 	return nil
 }
 

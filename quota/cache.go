@@ -17,7 +17,7 @@ import (
 // served. Other nodes rely on the TTL (and, later, pub/sub).
 type hotCache struct {
 	c   *ristretto.Cache[string, cacheEntry]
-	ttl time.Duration
+	ttl atomic.Int64 // time.Duration; settable while in use
 	gen atomic.Uint64
 	// flushed is the generation of the last flush: older entries are stale.
 	flushed atomic.Uint64
@@ -46,7 +46,9 @@ func newHotCache(maxEntries int64, ttl time.Duration) (*hotCache, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &hotCache{c: c, ttl: ttl, invalidated: map[string]invalidation{}}, nil
+	h := &hotCache{c: c, invalidated: map[string]invalidation{}}
+	h.ttl.Store(int64(ttl))
+	return h, nil
 }
 
 func tokenKey(hash string) string { return "t:" + hash }
@@ -70,7 +72,7 @@ func (h *hotCache) get(key string) (cacheEntry, bool) {
 }
 
 func (h *hotCache) set(key string, e cacheEntry) {
-	h.c.SetWithTTL(key, e, 1, h.ttl)
+	h.c.SetWithTTL(key, e, 1, time.Duration(h.ttl.Load()))
 }
 
 // invalidate drops keys and makes sure that no load which began before now
@@ -85,7 +87,7 @@ func (h *hotCache) invalidate(keys ...string) {
 	// Entries older than the TTL cannot be in the cache any more.
 	if len(h.invalidated) > 1024 {
 		for k, inv := range h.invalidated {
-			if now.Sub(inv.at) > h.ttl {
+			if now.Sub(inv.at) > time.Duration(h.ttl.Load()) {
 				delete(h.invalidated, k)
 			}
 		}

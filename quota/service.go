@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -100,7 +101,7 @@ type Service struct {
 	done         chan struct{}
 	closeOnce    sync.Once
 
-	hotTimeout     time.Duration
+	hotTimeout     atomic.Int64 // time.Duration
 	breaker        *Breaker
 	journal        *journal
 	journalDone    chan struct{}
@@ -140,9 +141,10 @@ func NewService(opts Options) (*Service, error) {
 		store: opts.Store, clock: opts.Clock, log: opts.Logger, cache: cache, onEvent: opts.OnEvent,
 		touchPending: map[string]time.Time{}, touchLast: map[string]time.Time{}, touchEvery: opts.TouchInterval,
 		stop: make(chan struct{}), done: make(chan struct{}),
-		hotTimeout: opts.HotPathTimeout, breaker: opts.Breaker,
+		breaker: opts.Breaker,
 		journal: newJournal(opts.Store, opts.Logger, opts.JournalSize), journalDone: make(chan struct{}),
 	}
+	s.hotTimeout.Store(int64(opts.HotPathTimeout))
 	go s.touchLoop()
 	go func() {
 		defer close(s.journalDone)
@@ -187,12 +189,24 @@ func (s *Service) FlushCache() { s.cache.flush() }
 // hot runs a hot-path store call with the hot-path deadline, through the
 // circuit breaker. Failures come back matching ErrUnavailable.
 func (s *Service) hot(ctx context.Context, call func(ctx context.Context) error) error {
-	if s.hotTimeout > 0 {
+	if d := time.Duration(s.hotTimeout.Load()); d > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, s.hotTimeout)
+		ctx, cancel = context.WithTimeout(ctx, d)
 		defer cancel()
 	}
 	return s.breaker.Do(func() error { return call(ctx) })
+}
+
+// Tune changes the hot path's store deadline and the cache TTL of a
+// running service (a config reload keeps the service but may change them);
+// zero leaves a setting as it is. Entries already cached keep their TTL.
+func (s *Service) Tune(hotPathTimeout, cacheTTL time.Duration) {
+	if hotPathTimeout > 0 {
+		s.hotTimeout.Store(int64(hotPathTimeout))
+	}
+	if cacheTTL > 0 {
+		s.cache.ttl.Store(int64(cacheTTL))
+	}
 }
 
 // Breaker returns the circuit breaker of the hot path.

@@ -251,3 +251,31 @@ func TestReservedInUsage(t *testing.T) {
 		t.Fatalf("settled output: %+v", it)
 	}
 }
+
+// TestTune: a running service takes a new cache TTL (a config reload keeps
+// the service but may change its tuning).
+func TestTune(t *testing.T) {
+	svc, cs, _, _ := newService(t)
+	ctx := context.Background()
+	u, err := svc.CreateUser(ctx, quota.NewUser{Name: "T", Email: "t@example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	issued, err := svc.CreateToken(ctx, u.ID, quota.NewToken{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.Tune(0, 50*time.Millisecond)
+	for i := 0; i < 20; i++ { // cached, with the new TTL
+		svc.Authenticate(ctx, issued.Secret)
+		time.Sleep(2 * time.Millisecond)
+	}
+	before := cs.tokenLookups.Load()
+	time.Sleep(150 * time.Millisecond)
+	if _, err := svc.Authenticate(ctx, issued.Secret); err != nil {
+		t.Fatal(err)
+	}
+	if cs.tokenLookups.Load() == before {
+		t.Fatal("a token cached with a 50ms TTL was still served from the cache after 150ms")
+	}
+}
