@@ -174,6 +174,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// final uses count as they are; held uses are the reservation, which
 	// the settlement replaces with what the request actually used.
 	final := append([]quota.Use{{Resource: quota.ResourceMessages, Amount: 1}}, plan.admit...)
+	final = final[:len(final):len(final)] // appends below must not share it
 	var held []quota.Use
 	if *h.Tokens {
 		if llm == nil {
