@@ -122,7 +122,11 @@ func TestServiceAuthenticateAndCache(t *testing.T) {
 	if _, err := svc.Authenticate(ctx, issued.Secret); !errors.Is(err, quota.ErrUnauthenticated) {
 		t.Fatalf("revoked token: %v", err)
 	}
-	for _, bad := range []string{"", "tq_nope", issued.Secret[:len(issued.Secret)-1] + "0"} {
+	typo := issued.Secret[:len(issued.Secret)-1] + "0"
+	if typo == issued.Secret {
+		typo = issued.Secret[:len(issued.Secret)-1] + "1"
+	}
+	for _, bad := range []string{"", "tq_nope", typo} {
 		if _, err := svc.Authenticate(ctx, bad); !errors.Is(err, quota.ErrUnauthenticated) {
 			t.Fatalf("%q: %v", bad, err)
 		}
