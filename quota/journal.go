@@ -57,7 +57,7 @@ func (j *journal) add(r resolution) {
 	}
 }
 
-// Len reports how many settlements wait.
+// len reports how many settlements wait.
 func (j *journal) len() int {
 	j.mu.Lock()
 	defer j.mu.Unlock()

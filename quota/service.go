@@ -183,9 +183,6 @@ func (s *Service) Close() error {
 	return nil
 }
 
-// FlushCache drops every cached token and user.
-func (s *Service) FlushCache() { s.cache.flush() }
-
 // hot runs a hot-path store call with the hot-path deadline, through the
 // circuit breaker. Failures come back matching ErrUnavailable.
 func (s *Service) hot(ctx context.Context, call func(ctx context.Context) error) error {
@@ -208,9 +205,6 @@ func (s *Service) Tune(hotPathTimeout, cacheTTL time.Duration) {
 		s.cache.ttl.Store(int64(cacheTTL))
 	}
 }
-
-// Breaker returns the circuit breaker of the hot path.
-func (s *Service) Breaker() *Breaker { return s.breaker }
 
 // invalidate drops cache keys here and on every other node.
 func (s *Service) invalidate(ctx context.Context, keys ...string) {
@@ -719,9 +713,6 @@ func (s *Service) Abandon(p *Pending) { s.journal.add(resolution{p: *p, apply: f
 // Force settles a pending admission as served: its charges are counted
 // exactly once, without limits, when the store takes the settlement.
 func (s *Service) Force(p *Pending) { s.journal.add(resolution{p: *p, apply: true}) }
-
-// Unsettled reports how many settlements wait for the store.
-func (s *Service) Unsettled() int { return s.journal.len() }
 
 // LimitError is returned by Admit when a limit refuses the request; it
 // matches ErrLimitExceeded.

@@ -166,7 +166,7 @@ func testReloadUnderLoad(t *testing.T, storeName string) {
 	if got := be.hits.Load(); got != served {
 		t.Errorf("backend saw %d requests, clients got %d answers 200", got, served)
 	}
-	if got := reloadLifetimeMessages(t, g.url, created.User.ID); got != served {
+	if got := g.used(t, created.User.ID, "messages"); got != served {
 		t.Errorf("messages counter = %d after %d requests served through %d reloads", got, served, reloadCount)
 	}
 
@@ -233,7 +233,7 @@ func testReloadUnderLoad(t *testing.T, storeName string) {
 		}
 	}
 	g.start(t, configs[reloadCount%2])
-	if got := reloadLifetimeMessages(t, g.url, created.User.ID); got != served {
+	if got := g.used(t, created.User.ID, "messages"); got != served {
 		t.Errorf("messages counter after a restart = %d, want the %d requests served", got, served)
 	}
 	t.Logf("%s: whole test %v", storeName, time.Since(began).Round(time.Millisecond))
@@ -543,25 +543,6 @@ func (l *reloadLoad) failure() error {
 		return nil
 	}
 	return fmt.Errorf("%d requests failed (%d answered 200), first: %s", l.failed, l.ok.Load(), strings.Join(l.failures, "; "))
-}
-
-// reloadLifetimeMessages returns the user's lifetime messages counter.
-func reloadLifetimeMessages(t *testing.T, gatewayURL, userID string) int64 {
-	t.Helper()
-	var usage struct {
-		Items []struct {
-			Resource, Per string
-			Used          int64
-		} `json:"items"`
-	}
-	wantStatus(t, call(t, "GET", gatewayURL+"/quota/users/"+userID+"/usage", adminKey, nil, &usage), http.StatusOK)
-	for _, it := range usage.Items {
-		if it.Resource == "messages" && it.Per == "lifetime" {
-			return it.Used
-		}
-	}
-	t.Fatalf("no lifetime messages counter in %+v", usage)
-	return 0
 }
 
 // caddyGoroutines reads the goroutine count from the pprof endpoint of
