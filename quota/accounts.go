@@ -1,0 +1,326 @@
+package quota
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+)
+
+// NewUser is the input of CreateUser.
+type NewUser struct {
+	Name       string
+	Email      string
+	ExternalID string
+	Limits     Limits
+	Credits    int64
+	// Status defaults to active.
+	Status Status
+}
+
+// CreateUser validates and stores a new user.
+func (s *Service) CreateUser(ctx context.Context, in NewUser) (*User, error) {
+	now := s.now()
+	u := &User{
+		ID: NewID(), Name: strings.TrimSpace(in.Name), Email: NormalizeEmail(in.Email), ExternalID: in.ExternalID,
+		Status: in.Status, Limits: in.Limits.Clone(), Credits: in.Credits, CreatedAt: now, UpdatedAt: now,
+	}
+	if u.Status == "" {
+		u.Status = StatusActive
+	}
+	if u.Limits == nil {
+		u.Limits = Limits{}
+	}
+	if err := validateUser(u); err != nil {
+		return nil, err
+	}
+	if err := s.store.CreateUser(ctx, u); err != nil {
+		return nil, err
+	}
+	s.emit(EventUserCreated, u.ID, "")
+	return u, nil
+}
+
+// GetUser returns a user by id.
+func (s *Service) GetUser(ctx context.Context, id string) (*User, error) {
+	if !validID(id) {
+		return nil, fmt.Errorf("user %q: %w", id, ErrNotFound)
+	}
+	return s.store.GetUser(ctx, id)
+}
+
+// GetUserByEmail looks a user up by email (case-insensitive).
+func (s *Service) GetUserByEmail(ctx context.Context, email string) (*User, error) {
+	email = NormalizeEmail(email)
+	if email == "" || len(email) > MaxEmailLength {
+		return nil, fmt.Errorf("email %q: %w", email, ErrNotFound)
+	}
+	return s.store.GetUserByEmail(ctx, email)
+}
+
+// GetUserByExternalID looks a user up by external id.
+func (s *Service) GetUserByExternalID(ctx context.Context, ext string) (*User, error) {
+	if ext == "" || len(ext) > MaxExternalIDLength {
+		return nil, fmt.Errorf("external id %q: %w", ext, ErrNotFound)
+	}
+	return s.store.GetUserByExternalID(ctx, ext)
+}
+
+// MaxPageSize is the largest page ListUsers returns.
+const MaxPageSize = 1000
+
+// ListUsers returns a page of users in creation order after the cursor
+// (an id; "" for the first page) and the cursor of the next page ("" on
+// the last).
+func (s *Service) ListUsers(ctx context.Context, after string, take int) ([]*User, string, error) {
+	if take < 1 || take > MaxPageSize {
+		return nil, "", Invalid("take", "must be between 1 and %d", MaxPageSize)
+	}
+	if after != "" && !validID(after) {
+		return nil, "", Invalid("cursor", "is not a cursor this API returned")
+	}
+	users, more, err := s.store.ListUsers(ctx, after, take)
+	if err != nil {
+		return nil, "", err
+	}
+	next := ""
+	if more && len(users) > 0 {
+		next = users[len(users)-1].ID
+	}
+	return users, next, nil
+}
+
+// UserPatch is the input of UpdateUser; nil fields are left unchanged.
+type UserPatch struct {
+	Name       *string
+	Email      *string
+	ExternalID *string
+	// Limits are merged: named resources are replaced, a nil entry removes
+	// a resource's limits.
+	Limits Limits
+	Status *Status
+}
+
+// UpdateUser applies a patch.
+func (s *Service) UpdateUser(ctx context.Context, id string, p UserPatch) (*User, error) {
+	return s.modifyUser(ctx, id, func(u *User) {
+		if p.Name != nil {
+			u.Name = strings.TrimSpace(*p.Name)
+		}
+		if p.Email != nil {
+			u.Email = NormalizeEmail(*p.Email)
+		}
+		if p.ExternalID != nil {
+			u.ExternalID = *p.ExternalID
+		}
+		if p.Limits != nil {
+			u.Limits = u.Limits.Merge(p.Limits)
+		}
+		if p.Status != nil {
+			u.Status = *p.Status
+		}
+	})
+}
+
+// AddCredits tops up a user's prepaid credits by amount (> 0).
+func (s *Service) AddCredits(ctx context.Context, id string, amount int64) (*User, error) {
+	if amount <= 0 || amount > MaxLimit {
+		return nil, Invalid("amount", "must be between 1 and %d", int64(MaxLimit))
+	}
+	u, err := s.modifyUser(ctx, id, func(u *User) {
+		u.Credits = min(u.Credits+amount, MaxLimit)
+	})
+	if err == nil {
+		s.emit(EventCreditsAdded, id, "", ResourceCredits)
+	}
+	return u, err
+}
+
+// SetLimits replaces a user's limits.
+func (s *Service) SetLimits(ctx context.Context, id string, limits Limits) (*User, error) {
+	return s.modifyUser(ctx, id, func(u *User) { u.Limits = limits.Clone() })
+}
+
+// PatchLimits merges limits into a user's limits.
+func (s *Service) PatchLimits(ctx context.Context, id string, patch Limits) (*User, error) {
+	return s.modifyUser(ctx, id, func(u *User) { u.Limits = u.Limits.Merge(patch) })
+}
+
+func (s *Service) modifyUser(ctx context.Context, id string, change func(*User)) (*User, error) {
+	old, err := s.GetUser(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	u := old.Clone()
+	change(u)
+	if u.Limits == nil {
+		u.Limits = Limits{}
+	}
+	deactivated := old.Status != StatusDisabled && u.Status == StatusDisabled
+	if deactivated {
+		// A deactivated account keeps no prepaid balance.
+		u.Credits = 0
+	}
+	if err := validateUser(u); err != nil {
+		return nil, err
+	}
+	u.UpdatedAt = s.now()
+	if err := s.store.UpdateUser(ctx, u); err != nil {
+		return nil, err
+	}
+	if deactivated {
+		if err := s.store.ResetUsage(ctx, id, []string{ResourceCredits}); err != nil {
+			return nil, err
+		}
+	}
+	s.invalidate(ctx, userKey(id))
+	s.emit(EventUserUpdated, id, "")
+	if old.Status != u.Status {
+		if u.Status == StatusDisabled {
+			s.emit(EventUserDisabled, id, "")
+		} else {
+			s.emit(EventUserEnabled, id, "")
+		}
+	}
+	if changed := changedResources(old.Limits, u.Limits); len(changed) > 0 {
+		s.emit(EventLimitsUpdated, id, "", changed...)
+	}
+	return u, nil
+}
+
+func changedResources(a, b Limits) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, m := range []Limits{a, b} {
+		for name := range m {
+			if seen[name] {
+				continue
+			}
+			seen[name] = true
+			if fmt.Sprint(a[name]) != fmt.Sprint(b[name]) {
+				out = append(out, name)
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// DeleteUser deletes a user, its tokens and its counters.
+func (s *Service) DeleteUser(ctx context.Context, id string) error {
+	if !validID(id) {
+		return fmt.Errorf("user %q: %w", id, ErrNotFound)
+	}
+	tokens, err := s.store.ListTokens(ctx, id)
+	if err != nil {
+		return err
+	}
+	if err := s.store.DeleteUser(ctx, id); err != nil {
+		return err
+	}
+	keys := []string{userKey(id)}
+	for _, t := range tokens {
+		keys = append(keys, tokenKey(t.Hash))
+	}
+	s.invalidate(ctx, keys...)
+	s.emit(EventUserDeleted, id, "")
+	return nil
+}
+
+// NewToken is the input of CreateToken.
+type NewToken struct {
+	Name      string
+	ExpiresAt *time.Time
+}
+
+// IssuedToken is a freshly created token with its secret, which is never
+// shown again.
+type IssuedToken struct {
+	Token
+	Secret string `json:"token"`
+}
+
+// MaxTokenNameLength caps token names.
+const MaxTokenNameLength = 200
+
+// CreateToken issues a new token for a user.
+func (s *Service) CreateToken(ctx context.Context, userID string, in NewToken) (*IssuedToken, error) {
+	var v validator
+	name := strings.TrimSpace(in.Name)
+	if len(name) > MaxTokenNameLength {
+		v.add("name", "must be at most %d characters", MaxTokenNameLength)
+	}
+	now := s.now()
+	if in.ExpiresAt != nil && !in.ExpiresAt.After(now) {
+		v.add("expiresAt", "must be in the future")
+	}
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	if _, err := s.GetUser(ctx, userID); err != nil {
+		return nil, err
+	}
+	secret, err := NewTokenSecret()
+	if err != nil {
+		return nil, fmt.Errorf("generating token: %w", err)
+	}
+	t := Token{
+		ID: NewID(), UserID: userID, Name: name, Prefix: TokenDisplayPrefix(secret),
+		Hash: HashTokenSecret(secret), CreatedAt: now,
+	}
+	if in.ExpiresAt != nil {
+		exp := in.ExpiresAt.UTC().Truncate(time.Millisecond)
+		t.ExpiresAt = &exp
+	}
+	if err := s.store.CreateToken(ctx, &t); err != nil {
+		return nil, err
+	}
+	s.emit(EventTokenCreated, userID, t.ID)
+	return &IssuedToken{Token: t.Public(), Secret: secret}, nil
+}
+
+// ListTokens lists a user's tokens, without secrets or hashes.
+func (s *Service) ListTokens(ctx context.Context, userID string) ([]Token, error) {
+	if _, err := s.GetUser(ctx, userID); err != nil {
+		return nil, err
+	}
+	ts, err := s.store.ListTokens(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Token, len(ts))
+	for i, t := range ts {
+		out[i] = t.Public()
+	}
+	return out, nil
+}
+
+// RevokeToken deletes a user's token; it is refused from the next request
+// on this node.
+func (s *Service) RevokeToken(ctx context.Context, userID, tokenID string) error {
+	if !validID(userID) || !validID(tokenID) {
+		return fmt.Errorf("token %q: %w", tokenID, ErrNotFound)
+	}
+	t, err := s.store.DeleteToken(ctx, userID, tokenID)
+	if err != nil {
+		return err
+	}
+	s.invalidate(ctx, tokenKey(t.Hash))
+	s.emit(EventTokenRevoked, userID, tokenID)
+	return nil
+}
+
+// validID filters ids before they reach a store key.
+func validID(id string) bool {
+	if id == "" || len(id) > MaxIDLength {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
