@@ -593,7 +593,7 @@ func TestUsage(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 3 {
-		if _, err := e.svc.Admit(ctx, full, "", []quota.Use{{Resource: "messages", Amount: 1}, {Resource: "tokens", Amount: 250}}); err != nil {
+		if _, err := e.svc.AdmitUses(ctx, full, []quota.Use{{Resource: "messages", Amount: 1}, {Resource: "tokens", Amount: 250}}); err != nil {
 			t.Fatalf("Admit: %v", err)
 		}
 	}
@@ -633,7 +633,7 @@ func TestUsage(t *testing.T) {
 		})
 	}
 	t.Run("reset with an empty object resets all", func(t *testing.T) {
-		if _, err := e.svc.Admit(ctx, full, "", []quota.Use{{Resource: "messages", Amount: 2}}); err != nil {
+		if _, err := e.svc.AdmitUses(ctx, full, []quota.Use{{Resource: "messages", Amount: 2}}); err != nil {
 			t.Fatal(err)
 		}
 		got := used(t, e.call(t, "POST", path+"/reset", `{}`, http.StatusOK))

@@ -26,10 +26,10 @@ func TestCredits(t *testing.T) {
 
 	// Spending shows in usage as a balance.
 	full, _ := e.svc.GetUser(context.Background(), u.ID)
-	if _, err := e.svc.Admit(context.Background(), full, "", []quota.Use{{Resource: quota.ResourceCredits, Amount: 4}}); err != nil {
+	if _, err := e.svc.AdmitUses(context.Background(), full, []quota.Use{{Resource: quota.ResourceCredits, Amount: 4}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.svc.Admit(context.Background(), full, "", []quota.Use{{Resource: quota.ResourceCredits, Amount: 12}}); err == nil {
+	if _, err := e.svc.AdmitUses(context.Background(), full, []quota.Use{{Resource: quota.ResourceCredits, Amount: 12}}); err == nil {
 		t.Fatal("spending more credits than are left was admitted")
 	}
 	var usage quota.Usage

@@ -150,7 +150,9 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 // UnmarshalCaddyfile reads the tenant_quota handler directive:
 //
 //	tenant_quota [<matcher>] {
-//		tokens             on|off   # LLM token metering, default on
+//		tokens             on|off|<matcher> # LLM token metering, default on (LLM API paths)
+//		reserve            strict|estimate  # default strict: caps hold
+//		part_tokens        image|audio|file <n> # strict bound of one part
 //		usage_header       <name>   # default X-Usage-Tokens
 //		default_max_tokens <n>      # default 4096
 //		include_usage      on|off   # default on
@@ -160,8 +162,11 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //		credits <resource> <n> [per <units>]   # price in prepaid credits
 //	}
 //
-// Every admitted request counts one `messages`; with token metering, it
-// also reserves its estimated tokens and settles to the backend's usage.
+// Every admitted request counts one `messages`; with token metering, an
+// LLM request (by default a POST whose path ends in /chat/completions,
+// /completions, /responses, /messages or /embeddings; with `tokens
+// <matcher>`, the requests the matcher selects) also reserves its tokens
+// and settles to the backend's usage.
 // A meter counts a resource for the requests its matcher selects: n per
 // request, +n for an object created (refused over the limit, taken back
 // unless the backend answers 2xx), -n for an object deleted (released when
@@ -235,9 +240,43 @@ func (h *Handler) unmarshal(d *caddyfile.Dispenser, matcher func() (caddy.Module
 			}
 			h.ReservationTTL = dur
 			continue
-		case "tokens", "include_usage", "usage_header", "default_max_tokens", "max_request_body":
+		case "part_tokens":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return d.Errf("part_tokens takes <image|audio|file> <n>, e.g. part_tokens image 2000")
+			}
+			n, err := strconv.ParseInt(args[1], 10, 64)
+			if err != nil || n < 1 || n > quota.MaxLimit {
+				return d.Errf("part_tokens %s: %q is not a whole number from 1 to %d", args[0], args[1], int64(quota.MaxLimit))
+			}
+			if args[0] != "image" && args[0] != "audio" && args[0] != "file" {
+				return d.Errf("part_tokens: kind must be image, audio or file, got %q", args[0])
+			}
+			if h.PartTokens == nil {
+				h.PartTokens = map[string]int64{}
+			}
+			h.PartTokens[args[0]] = n
+			continue
+		case "tokens":
+			if d.CountRemainingArgs() == 1 {
+				d.NextArg()
+				if v := d.Val(); v != "on" && v != "off" {
+					d.Prev()
+					set, isMatcher, err := matcher()
+					if err != nil {
+						return d.Errf("tokens: %v", err)
+					}
+					if !isMatcher || set == nil {
+						return d.Errf("tokens takes on, off or a matcher, got %q", v)
+					}
+					h.TokenRoutesRaw = caddyhttp.RawMatcherSets{set}
+					continue
+				}
+				d.Prev()
+			}
+		case "include_usage", "usage_header", "default_max_tokens", "max_request_body", "reserve":
 		default:
-			return d.Errf("unrecognized tenant_quota subdirective %q (known: tokens, usage_header, default_max_tokens, include_usage, max_request_body, reservation_ttl, meter, credits)", opt)
+			return d.Errf("unrecognized tenant_quota subdirective %q (known: tokens, reserve, part_tokens, usage_header, default_max_tokens, include_usage, max_request_body, reservation_ttl, meter, credits)", opt)
 		}
 		if !d.NextArg() {
 			return d.Errf("%s needs a value", opt)
@@ -263,6 +302,11 @@ func (h *Handler) unmarshal(d *caddyfile.Dispenser, matcher func() (caddy.Module
 			}
 		case "usage_header":
 			h.UsageHeader = val
+		case "reserve":
+			if val != string(quota.ReserveStrict) && val != string(quota.ReserveEstimate) {
+				return d.Errf("reserve takes strict or estimate, got %q", val)
+			}
+			h.Reserve = val
 		case "default_max_tokens", "max_request_body":
 			n, err := strconv.ParseInt(val, 10, 64)
 			if err != nil || n <= 0 {

@@ -75,7 +75,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"bad allowance", "{\n\ttenant_quota {\n\t\ton_store_error allow lots per minute\n\t}\n}\n:80 {\n\trespond ok\n}", `"lots" is not a positive number`},
 		{"bad allowance period", "{\n\ttenant_quota {\n\t\ton_store_error allow 5 per week\n\t}\n}\n:80 {\n\trespond ok\n}", `period must be minute, hour or day, got "week"`},
 		{"handler subdirective", ":80 {\n\ttenant_quota {\n\t\tnope\n\t}\n}", `unrecognized tenant_quota subdirective "nope"`},
-		{"tokens value", ":80 {\n\ttenant_quota {\n\t\ttokens maybe\n\t}\n}", `tokens takes on or off, got "maybe"`},
+		{"tokens value", ":80 {\n\ttenant_quota {\n\t\ttokens maybe\n\t}\n}", `tokens takes on, off or a matcher, got "maybe"`},
 		{"max tokens value", ":80 {\n\ttenant_quota {\n\t\tdefault_max_tokens -5\n\t}\n}", `default_max_tokens: "-5" is not a positive whole number`},
 		{"usage header missing", ":80 {\n\ttenant_quota {\n\t\tusage_header\n\t}\n}", "usage_header needs a value"},
 		{"meter without resource", ":80 {\n\ttenant_quota {\n\t\tmeter\n\t}\n}", "meter needs a resource"},

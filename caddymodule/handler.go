@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/tenantquota/caddy-tenant-quota/quota"
+	"github.com/tenantquota/caddy-tenant-quota/quota/llmusage"
 )
 
 func init() {
@@ -54,11 +55,29 @@ type Handler struct {
 	// request never settles (its node crashed); then the store releases it.
 	// Default 10m; it must outlast the longest request.
 	ReservationTTL caddy.Duration `json:"reservation_ttl,omitempty"`
+	// Reserve is strict (default: an upper bound of the request's tokens,
+	// so that caps hold) or estimate (the prompt's bytes / 4).
+	Reserve string `json:"reserve,omitempty"`
+	// PartTokens bound the tokens of one image, audio or file content
+	// part in a strict reservation (keys image, audio, file).
+	PartTokens map[string]int64 `json:"part_tokens,omitempty"`
+	// TokenRoutesRaw, if set, selects the requests whose tokens are
+	// metered instead of the default (POST requests whose path ends in
+	// /chat/completions, /completions, /responses, /messages or
+	// /embeddings).
+	TokenRoutesRaw caddyhttp.RawMatcherSets `json:"token_routes,omitempty" caddy:"namespace=http.matchers"`
 
-	// bodyFields are the JSON body fields meter keys refer to.
-	bodyFields []string
-	app        *App
-	logger     *zap.Logger
+	route         quota.Route
+	tokenMatchers caddyhttp.MatcherSets
+	// bodyFields are the JSON body fields meter keys refer to; the
+	// response* fields are what keys taken from a response need.
+	bodyFields        []string
+	responseKeyMeters []int
+	responseHeaders   []string
+	responseFields    []string
+	responseBodyKeys  bool
+	app               *App
+	logger            *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -96,6 +115,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.ReservationTTL == 0 {
 		h.ReservationTTL = caddy.Duration(DefaultReservationTTL)
 	}
+	if h.Reserve == "" {
+		h.Reserve = string(quota.ReserveStrict)
+	}
 	for i := range h.Meters {
 		if err := h.Meters[i].provision(ctx); err != nil {
 			return err
@@ -103,12 +125,42 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		for _, m := range bodyPlaceholder.FindAllStringSubmatch(h.Meters[i].Key, -1) {
 			h.bodyFields = append(h.bodyFields, m[1])
 		}
+		if h.Meters[i].responseKey {
+			h.responseKeyMeters = append(h.responseKeyMeters, i)
+		}
+		for _, m := range responsePlaceholder.FindAllStringSubmatch(h.Meters[i].Key, -1) {
+			if m[1] == "header" {
+				h.responseHeaders = append(h.responseHeaders, m[2])
+			} else {
+				h.responseFields = append(h.responseFields, m[2])
+				h.responseBodyKeys = true
+			}
+		}
+	}
+	if len(h.TokenRoutesRaw) > 0 {
+		sets, err := ctx.LoadModule(h, "TokenRoutesRaw")
+		if err != nil {
+			return fmt.Errorf("loading token route matchers: %w", err)
+		}
+		if err := h.tokenMatchers.FromInterface(sets); err != nil {
+			return err
+		}
+	}
+	h.route = quota.Route{
+		Reserve: quota.ReservePolicy(h.Reserve), DefaultMaxTokens: h.DefaultMaxTokens,
+		ImageTokens: h.PartTokens["image"], AudioTokens: h.PartTokens["audio"], FileTokens: h.PartTokens["file"],
+		Credits: h.Credits, Hold: time.Duration(h.ReservationTTL),
 	}
 	return nil
 }
 
-// bodyPlaceholder finds {http.quota.body.<field>} in a meter key.
-var bodyPlaceholder = regexp.MustCompile(`\{http\.quota\.body\.([A-Za-z0-9_]+)\}`)
+// bodyPlaceholder finds {http.quota.body.<field>} in a meter key, and
+// responsePlaceholder {http.quota.response.header.<Name>} and
+// {http.quota.response.body.<field>}.
+var (
+	bodyPlaceholder     = regexp.MustCompile(`\{http\.quota\.body\.([A-Za-z0-9_]+)\}`)
+	responsePlaceholder = regexp.MustCompile(`\{http\.quota\.response\.(header|body)\.([A-Za-z0-9_-]+)\}`)
+)
 
 // Validate checks the configuration.
 func (h *Handler) Validate() error {
@@ -120,6 +172,17 @@ func (h *Handler) Validate() error {
 	}
 	if h.ReservationTTL < 0 || time.Duration(h.ReservationTTL) > 24*time.Hour {
 		return errors.New("reservation_ttl must be between 1s and 24h")
+	}
+	if p := quota.ReservePolicy(h.Reserve); p != "" && p != quota.ReserveStrict && p != quota.ReserveEstimate {
+		return fmt.Errorf("reserve must be strict or estimate, got %q", h.Reserve)
+	}
+	for kind, n := range h.PartTokens {
+		if kind != "image" && kind != "audio" && kind != "file" {
+			return fmt.Errorf("part_tokens: kind must be image, audio or file, got %q", kind)
+		}
+		if n < 1 || n > quota.MaxLimit {
+			return fmt.Errorf("part_tokens %s must be between 1 and %d", kind, int64(quota.MaxLimit))
+		}
 	}
 	for i := range h.Meters {
 		if err := h.Meters[i].validate(); err != nil {
@@ -145,7 +208,9 @@ const (
 	PlaceholderTokenID    = "http.quota.token.id"
 )
 
-// ServeHTTP implements caddyhttp.MiddlewareHandler.
+// ServeHTTP implements caddyhttp.MiddlewareHandler: authenticate, plan,
+// admit, proxy, and settle in a deferred call that also runs when the
+// proxy aborts the handler (a client that hung up mid-stream).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	svc := h.app.Service()
 	secret, ok := bearerToken(r.Header.Get("Authorization"))
@@ -161,97 +226,54 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	case err != nil:
 		return h.storeFailure(w, err)
 	}
-	var llm *llmRequest
-	if *h.Tokens || len(h.bodyFields) > 0 {
-		if llm, err = h.inspectRequest(r); err != nil {
-			return caddyhttp.Error(http.StatusBadRequest, err)
-		}
-	}
-	plan, err := h.planMeters(r)
+	req, err := h.readRequest(r)
 	if err != nil {
-		return caddyhttp.Error(http.StatusInternalServerError, err)
+		return writeRequestError(w, err)
 	}
-	// final uses count as they are; held uses are the reservation, which
-	// the settlement replaces with what the request actually used.
-	final := append([]quota.Use{{Resource: quota.ResourceMessages, Amount: 1}}, plan.admit...)
-	final = final[:len(final):len(final)] // appends below must not share it
-	var held []quota.Use
-	if *h.Tokens {
-		if llm == nil {
-			llm = &llmRequest{}
-		}
-		// Reserve the estimate in the same atomic step, so concurrent
-		// requests cannot overshoot a token limit.
-		if llm.reserved != (quota.TokenCount{}) {
-			held = append(llm.reserved.Uses(), llm.reserved.Reserved()...)
-		}
-	} else {
-		llm = nil
+	meters, err := h.planMeters(r)
+	if err != nil {
+		return writeRequestError(w, err)
 	}
-	if cost := quota.CreditCost(h.Credits, append(final, held...)); cost > 0 {
-		held = append(held, quota.Use{Resource: quota.ResourceCredits, Amount: cost})
-	}
-	uses := append(final, quota.Held(held, time.Duration(h.ReservationTTL))...)
-	// The request id is ours, never the client's: a client that could pick
-	// it could replay an admitted id for free.
-	requestID := quota.NewID()
-	d, err := svc.Admit(r.Context(), p.User, requestID, uses)
+	plan := h.route.Plan(meters, req.tokens)
+	ticket, err := svc.Admit(r.Context(), p.User, plan)
 	var le *quota.LimitError
 	switch {
 	case errors.As(err, &le):
-		return writeLimitExceeded(w, le.State, d.Now)
+		return writeLimitExceeded(w, le, time.Now())
 	case errors.Is(err, quota.ErrUnavailable) && h.app.admitOnStoreError(p.User.ID):
-		// Served: counted once when the store is back.
-		svc.Force(d.Pending)
+		ticket.Force() // served: counted once when the store is back
 		if c := h.logger.Check(zapcore.WarnLevel, "quota store unavailable; admitted by on_store_error allow"); c != nil {
 			c.Write(zap.String("user_id", p.User.ID), zap.Error(err))
 		}
 	case err != nil:
-		if d != nil && d.Pending != nil {
-			// Refused: the admission, if it still lands, must not count.
-			svc.Abandon(d.Pending)
+		if ticket != nil {
+			ticket.Abandon() // refused: the admission, if it still lands, must not count
 		}
 		return h.storeFailure(w, err)
 	}
-	if d != nil && d.Tightest != nil {
-		setRateLimitHeaders(w.Header(), *d.Tightest, d.Now)
+	if ticket.Tightest != nil {
+		setRateLimitHeaders(w.Header(), *ticket.Tightest, ticket.Now)
 	}
+	if err := h.forwardBody(r, req, plan); err != nil {
+		ticket.Abandon()
+		return h.storeFailure(w, err)
+	}
+	h.setPlaceholders(r, p)
+	r.Header.Del("Authorization") // the tenant's token is for this gateway only
+	if !plan.Settles() {
+		return next.ServeHTTP(w, r)
+	}
+	mw := &meterWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, usageHeader: h.UsageHeader, keepBody: h.responseBodyKeys}
+	defer h.settle(ticket, mw, r)
+	return next.ServeHTTP(mw, r)
+}
 
+func (h *Handler) setPlaceholders(r *http.Request, p *quota.Principal) {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	repl.Set(PlaceholderUserID, p.User.ID)
 	repl.Set(PlaceholderExternalID, p.User.ExternalID)
 	repl.Set(PlaceholderEmail, p.User.Email)
 	repl.Set(PlaceholderTokenID, p.Token.ID)
-	// The tenant's token is for this gateway only.
-	r.Header.Del("Authorization")
-	if len(held) == 0 && llm == nil && !plan.settles() {
-		return next.ServeHTTP(w, r)
-	}
-	// From here on the response settles what the admission reserved.
-	mw := &meterWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, usageHeader: h.UsageHeader}
-	err = next.ServeHTTP(mw, r)
-	mw.finish()
-	var actual []quota.Use
-	if llm != nil {
-		actual = mw.actual(llm, r.Context().Err() != nil).Uses()
-	}
-	if cost := quota.CreditCost(h.Credits, append(final, actual...)); cost > 0 {
-		actual = append(actual, quota.Use{Resource: quota.ResourceCredits, Amount: cost})
-	}
-	actual = append(actual, plan.after(mw.status)...)
-	if len(held) > 0 || anyNonZero(actual) {
-		h.settle(p.User, requestID, actual)
-	}
-	return err
-}
-
-func anyNonZero(uses []quota.Use) bool {
-	for _, u := range uses {
-		if u.Amount != 0 {
-			return true
-		}
-	}
-	return false
 }
 
 func (h *Handler) storeFailure(w http.ResponseWriter, err error) error {
@@ -303,30 +325,62 @@ func writeUnauthorized(w http.ResponseWriter, msg string) error {
 	return writeError(w, http.StatusUnauthorized, msg, "invalid_request_error", "invalid_api_key")
 }
 
-func writeLimitExceeded(w http.ResponseWriter, st quota.LimitState, now time.Time) error {
+// writeRequestError refuses a request the gateway cannot meter as sent:
+// 400 naming the offending field, or 413 for a body too large to bound.
+func writeRequestError(w http.ResponseWriter, err error) error {
+	var fe *llmusage.FieldError
+	var tooLarge errBodyTooLarge
+	switch {
+	case errors.As(err, &fe):
+		field := fe.Field
+		return writeErrorBody(w, http.StatusBadRequest, openAIErrorBody{
+			Message: fmt.Sprintf("Invalid value for '%s': %s.", fe.Field, fe.Detail),
+			Type:    "invalid_request_error", Code: "invalid_value", Param: &field,
+		})
+	case errors.As(err, &tooLarge):
+		return writeError(w, http.StatusRequestEntityTooLarge, err.Error(), "invalid_request_error", "request_too_large")
+	}
+	return writeError(w, http.StatusBadRequest, err.Error(), "invalid_request_error", "invalid_request")
+}
+
+func writeLimitExceeded(w http.ResponseWriter, le *quota.LimitError, now time.Time) error {
+	st := le.State
 	body := openAIErrorBody{
 		Type: "rate_limit_error", Resource: st.Resource, Period: st.Limit.Per.String(),
 		Limit: &st.Limit.Limit, Used: &st.Used,
 	}
+	// What this request asked for, when that is why it does not fit.
+	asked := ""
+	if le.Request != "" && le.Need > st.Remaining() {
+		asked = fmt.Sprintf("This request may use up to %d %s (%s), but %d remain. ", le.Need, st.Resource, le.Request, st.Remaining())
+	}
+	neverFits := le.Need > st.Limit.Limit
 	if st.Resource == quota.ResourceCredits {
 		body.Type, body.Code, body.Period = "insufficient_quota", "insufficient_credits", ""
-		body.Message = fmt.Sprintf("Your prepaid credits are used up (%d of %d spent); this request needs more. Top up to continue.", st.Used, st.Limit.Limit)
+		body.Message = fmt.Sprintf("%sYour prepaid credits are used up (%d of %d spent, including requests in flight); this request needs more. Top up to continue.", asked, st.Used, st.Limit.Limit)
 		w.Header().Set("x-should-retry", "false")
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusPaymentRequired)
-		return json.NewEncoder(w).Encode(openAIError{Error: body})
+		return writeErrorBody(w, http.StatusPaymentRequired, body)
+	}
+	lower := ""
+	if asked != "" {
+		lower = "Lower max_tokens or shorten the prompt, or "
 	}
 	if st.Limit.Per == quota.Lifetime {
 		body.Code = "quota_exceeded"
-		body.Message = fmt.Sprintf("You have reached your %s limit of %d. It does not reset by itself: ask your provider to raise it.", st.Resource, st.Limit.Limit)
-		// Retrying cannot help until an operator lifts the cap.
-		w.Header().Set("x-should-retry", "false")
+		body.Message = fmt.Sprintf("%sYou have used %d of your %s limit of %d, including requests in flight. It does not reset by itself: %sask your provider to raise it.", asked, st.Used, st.Resource, st.Limit.Limit, strings.ToLower(lower))
+		neverFits = true
 	} else {
 		body.Code = "rate_limited"
 		reset := st.ResetsAt.UTC()
 		body.ResetsAt = &reset
-		body.Message = fmt.Sprintf("You have reached your %s limit of %d per %s. It resets at %s.", st.Resource, st.Limit.Limit, st.Limit.Per, reset.Format(time.RFC3339))
-		w.Header().Set("Retry-After", strconv.FormatInt(secondsUntil(st.ResetsAt, now), 10))
+		body.Message = fmt.Sprintf("%sYou have used %d of your %s limit of %d per %s. It resets at %s.", asked, st.Used, st.Resource, st.Limit.Limit, st.Limit.Per, reset.Format(time.RFC3339))
+		if !neverFits {
+			w.Header().Set("Retry-After", strconv.FormatInt(secondsUntil(st.ResetsAt, now), 10))
+		}
+	}
+	if neverFits {
+		// Retrying the same request cannot help.
+		w.Header().Set("x-should-retry", "false")
 	}
 	setRateLimitHeaders(w.Header(), st, now)
 	return writeErrorBody(w, http.StatusTooManyRequests, body)

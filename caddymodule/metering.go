@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
-	"mime"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -20,59 +22,142 @@ import (
 
 // Token metering defaults.
 const (
-	DefaultUsageHeader      = "X-Usage-Tokens"
-	DefaultMaxTokens        = 4096
-	DefaultMaxRequestBody   = 4 << 20
-	DefaultReservationTTL   = 10 * time.Minute
-	settleTimeout           = time.Second
-	disconnectBytesPerToken = llmusage.BytesPerToken
+	DefaultUsageHeader    = "X-Usage-Tokens"
+	DefaultMaxTokens      = quota.DefaultMaxTokens
+	DefaultMaxRequestBody = 4 << 20
+	DefaultReservationTTL = 10 * time.Minute
+	settleTimeout         = time.Second
+	// maxResponseKeyBody caps how much of a JSON response is kept to read
+	// a created object's key from it.
+	maxResponseKeyBody = 64 << 10
 )
 
-// llmRequest is what the handler learned from a request body before
-// forwarding it.
-type llmRequest struct {
-	reserved quota.TokenCount
-	prompt   int64
+// llmPaths are the path endings of the LLM APIs metered by default.
+var llmPaths = []struct {
+	suffix string
+	api    quota.API
+}{
+	{"/chat/completions", quota.APIChat},
+	{"/completions", quota.APICompletions},
+	{"/responses", quota.APIResponses},
+	{"/messages", quota.APIMessages},
+	{"/embeddings", quota.APIEmbeddings},
 }
 
-// inspectRequest reads a JSON request body (up to the parse cap), estimates
-// the tokens to reserve, asks a streamed chat completion for its usage, and
-// puts the body back for the backend. It returns nil for requests that do
-// not look like LLM calls.
-func (h *Handler) inspectRequest(r *http.Request) (*llmRequest, error) {
-	if r.Body == nil || r.Method != http.MethodPost {
-		return nil, nil
+// llmAPI says which LLM API a request calls, or APINone: by default a POST
+// whose path ends in a known API's path; with `tokens <matcher>`, every
+// request the matchers select.
+func (h *Handler) llmAPI(r *http.Request) (quota.API, error) {
+	if !*h.Tokens {
+		return quota.APINone, nil
 	}
-	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" {
-		return nil, nil
+	if len(h.tokenMatchers) > 0 {
+		ok, err := h.tokenMatchers.AnyMatchWithError(r)
+		if err != nil || !ok {
+			return quota.APINone, err
+		}
+	} else if r.Method != http.MethodPost {
+		return quota.APINone, nil
 	}
-	buf, err := io.ReadAll(io.LimitReader(r.Body, h.MaxRequestBody+1))
+	path := strings.TrimRight(r.URL.Path, "/")
+	for _, p := range llmPaths {
+		if strings.HasSuffix(path, p.suffix) {
+			return p.api, nil
+		}
+	}
+	if len(h.tokenMatchers) > 0 {
+		return quota.APIOther, nil
+	}
+	return quota.APINone, nil
+}
+
+// request is what the handler read of a request before admitting it.
+type request struct {
+	tokens quota.TokenRequest
+	body   []byte // the body read, when it is to be forwarded from memory
+	rest   io.Reader
+}
+
+// errBodyTooLarge refuses a body the gateway cannot meter.
+type errBodyTooLarge struct{ limit int64 }
+
+func (e errBodyTooLarge) Error() string {
+	return fmt.Sprintf("the request body is larger than %d bytes and has no Content-Length, so its tokens cannot be bounded; send a Content-Length, or ask the operator to raise max_request_body", e.limit)
+}
+
+// readRequest reads the body of an LLM request (whatever its
+// Content-Type), or of a request whose meter keys name body fields, up to
+// max_request_body.
+func (h *Handler) readRequest(r *http.Request) (*request, error) {
+	api, err := h.llmAPI(r)
 	if err != nil {
 		return nil, err
 	}
-	if int64(len(buf)) > h.MaxRequestBody {
-		// Too large to parse: forward it untouched, reserve by size.
-		r.Body = readCloser{io.MultiReader(bytes.NewReader(buf), r.Body), r.Body}
-		return &llmRequest{reserved: quota.TokenCount{Input: int64(len(buf)) / llmusage.BytesPerToken, Output: h.DefaultMaxTokens}}, nil
+	req := &request{tokens: quota.TokenRequest{API: api}}
+	if api == quota.APINone && len(h.bodyFields) == 0 || r.Body == nil || r.Body == http.NoBody {
+		return req, nil
 	}
+	buf, err := io.ReadAll(io.LimitReader(r.Body, h.MaxRequestBody+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading the request body: %w", err)
+	}
+	req.body = buf
+	if int64(len(buf)) > h.MaxRequestBody {
+		// Too large to read: forwarded as it comes, reserved by its size.
+		req.rest = r.Body
+		req.tokens.Size = r.ContentLength
+		if r.ContentLength < 0 {
+			if h.route.Reserve == quota.ReserveStrict && api != quota.APINone {
+				return nil, errBodyTooLarge{h.MaxRequestBody}
+			}
+			req.tokens.Size = int64(len(buf))
+		}
+		return req, nil
+	}
+	req.tokens.Size = int64(len(buf))
 	h.setBodyPlaceholders(r, buf)
-	prompt, maxOut, stream, includeUsage := llmusage.EstimatePrompt(buf)
-	if stream && !includeUsage && *h.Tokens && *h.IncludeUsage && strings.HasSuffix(r.URL.Path, "/chat/completions") {
-		// A stream that does not ask for usage would be free.
-		if body, ok := llmusage.AddIncludeUsage(buf); ok {
-			buf = body
-			r.ContentLength = int64(len(buf))
-			r.Header.Del("Content-Length")
+	if api != quota.APINone {
+		if req.tokens.Body, err = llmusage.ParseRequest(buf); err != nil {
+			return nil, err
 		}
 	}
-	r.Body = io.NopCloser(bytes.NewReader(buf))
-	if prompt == 0 && maxOut == 0 && !stream {
-		return nil, nil
+	return req, nil
+}
+
+// forwardBody puts the body back for the backend, with the output maximum
+// the plan set and, for a streamed chat completion, a request for usage.
+func (h *Handler) forwardBody(r *http.Request, req *request, plan *quota.Plan) error {
+	if req.body == nil {
+		return nil
 	}
-	if maxOut == 0 {
-		maxOut = h.DefaultMaxTokens
+	body := req.body
+	if req.rest == nil && req.tokens.Body.Object {
+		set := map[string]json.RawMessage{}
+		if field, n, ok := plan.OutputMax(); ok {
+			set[field] = json.RawMessage(strconv.FormatInt(n, 10))
+		}
+		if api := req.tokens.API; *h.IncludeUsage && (api == quota.APIChat || api == quota.APICompletions) {
+			if opts, ok := llmusage.IncludeUsageOptions(body); ok {
+				set["stream_options"] = opts
+			}
+		}
+		if len(set) > 0 {
+			var err error
+			if body, err = llmusage.Rewrite(body, set); err != nil {
+				return err
+			}
+		}
 	}
-	return &llmRequest{reserved: quota.TokenCount{Input: prompt, Output: maxOut}, prompt: prompt}, nil
+	if req.rest != nil {
+		r.Body = readCloser{io.MultiReader(bytes.NewReader(body), req.rest), r.Body}
+		return nil
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	if int64(len(body)) != r.ContentLength {
+		r.ContentLength = int64(len(body))
+		r.Header.Del("Content-Length")
+	}
+	return nil
 }
 
 // setBodyPlaceholders sets {http.quota.body.<field>} for the top-level
@@ -82,19 +167,28 @@ func (h *Handler) setBodyPlaceholders(r *http.Request, body []byte) {
 		return
 	}
 	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	var doc map[string]json.RawMessage
-	if !ok || json.Unmarshal(body, &doc) != nil {
+	if !ok {
 		return
 	}
-	for _, f := range h.bodyFields {
+	setJSONFields(repl, "http.quota.body.", h.bodyFields, body)
+}
+
+// setJSONFields sets prefix+field for the named top-level fields of a JSON
+// object that are strings or numbers.
+func setJSONFields(repl *caddy.Replacer, prefix string, fields []string, body []byte) {
+	var doc map[string]json.RawMessage
+	if json.Unmarshal(body, &doc) != nil {
+		return
+	}
+	for _, f := range fields {
 		raw := doc[f]
 		var str string
 		var num json.Number
 		switch {
 		case json.Unmarshal(raw, &str) == nil:
-			repl.Set("http.quota.body."+f, str)
+			repl.Set(prefix+f, str)
 		case json.Unmarshal(raw, &num) == nil:
-			repl.Set("http.quota.body."+f, num.String())
+			repl.Set(prefix+f, num.String())
 		}
 	}
 }
@@ -110,11 +204,15 @@ type readCloser struct {
 type meterWriter struct {
 	*caddyhttp.ResponseWriterWrapper
 	usageHeader string
+	// keepBody keeps the start of a JSON response, to read created
+	// objects' keys from it.
+	keepBody bool
 
 	status      int
 	obs         *llmusage.Observer
 	headerUsage *llmusage.Usage
 	bytesOut    int64
+	kept        []byte
 }
 
 func (m *meterWriter) WriteHeader(code int) {
@@ -139,14 +237,10 @@ func (m *meterWriter) Write(p []byte) (int, error) {
 	n, err := m.ResponseWriterWrapper.Write(p)
 	m.bytesOut += int64(n)
 	m.obs.Write(p[:n])
-	return n, err
-}
-
-// finish ends the observer (and its gzip reader, if any).
-func (m *meterWriter) finish() {
-	if m.obs != nil {
-		m.obs.Close()
+	if m.keepBody && len(m.kept) < maxResponseKeyBody {
+		m.kept = append(m.kept, p[:min(n, maxResponseKeyBody-len(m.kept))]...)
 	}
+	return n, err
 }
 
 // ReadFrom makes sure io.Copy goes through Write.
@@ -156,40 +250,65 @@ func (m *meterWriter) ReadFrom(r io.Reader) (int64, error) {
 
 type writerOnly struct{ io.Writer }
 
-// actual (after finish) decides what the request used: the backend's header, else the
-// usage in its body, else (for a client that went away or a backend that
-// said nothing) the documented estimate: the prompt estimate plus one token
-// per four bytes of response body sent. A backend error without usage
-// costs nothing.
-func (m *meterWriter) actual(req *llmRequest, clientGone bool) quota.TokenCount {
-	var u llmusage.Usage
+// outcome ends the observer (and its gzip reader, if any) and says what
+// the response showed.
+func (m *meterWriter) outcome(clientGone bool) quota.Outcome {
+	o := quota.Outcome{Status: m.status, BytesOut: m.bytesOut, ClientGone: clientGone}
 	if m.obs != nil {
-		u = m.obs.Usage()
+		m.obs.Close()
+		o.Reported = m.obs.Usage()
 	}
 	if m.headerUsage != nil {
-		u = *m.headerUsage
+		o.Reported = *m.headerUsage
 	}
-	if u.Found {
-		if u.InputTokens == 0 && u.OutputTokens == 0 {
-			return quota.TokenCount{Output: u.Total()} // a bare total
-		}
-		return quota.TokenCount{Input: u.InputTokens, Output: u.OutputTokens}
-	}
-	if m.status >= 400 && !clientGone {
-		return quota.TokenCount{}
-	}
-	est := quota.TokenCount{Input: req.prompt, Output: (m.bytesOut + disconnectBytesPerToken - 1) / disconnectBytesPerToken}
-	est.Output = min(est.Output, req.reserved.Output)
-	return est
+	return o
 }
 
-// settle ends the request: what it actually used (tokens, credits, objects
-// created or released) replaces its reservation.
-func (h *Handler) settle(u *quota.User, requestID string, actual []quota.Use) {
+// settle ends the request, also when the proxy aborted the handler: what
+// it actually used (tokens, credits, objects created or released) replaces
+// its reservation, at once. A panic is passed on once settled.
+func (h *Handler) settle(t *quota.Ticket, mw *meterWriter, r *http.Request) {
+	rec := recover()
+	gone := rec != nil || r.Context().Err() != nil
+	o := mw.outcome(gone)
+	if rec == nil || errors.Is(asError(rec), http.ErrAbortHandler) {
+		o.CreatedKeys = h.createdKeys(r, mw)
+	}
 	// The client may be gone; the settlement must still be made.
 	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
 	defer cancel()
-	if err := h.app.Service().Settle(ctx, u, requestID, actual); err != nil {
-		h.logger.Warn("settling token usage; journaled for replay", zap.String("user_id", u.ID), zap.Error(err))
+	if err := t.Settle(ctx, o); err != nil {
+		h.logger.Warn("settling usage; journaled for replay", zap.Error(err))
 	}
+	if rec != nil {
+		panic(rec)
+	}
+}
+
+func asError(v any) error {
+	err, _ := v.(error)
+	return err
+}
+
+// createdKeys resolves the keys of the meters that count objects by a
+// key the response names.
+func (h *Handler) createdKeys(r *http.Request, mw *meterWriter) []string {
+	if len(h.responseKeyMeters) == 0 || mw.status < 200 || mw.status >= 300 {
+		return nil
+	}
+	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if !ok {
+		return nil
+	}
+	for _, name := range h.responseHeaders {
+		repl.Set("http.quota.response.header."+name, mw.Header().Get(name))
+	}
+	if len(h.responseFields) > 0 {
+		setJSONFields(repl, "http.quota.response.body.", h.responseFields, mw.kept)
+	}
+	var keys []string
+	for _, i := range h.responseKeyMeters {
+		keys = append(keys, repl.ReplaceAll(h.Meters[i].Key, ""))
+	}
+	return keys
 }

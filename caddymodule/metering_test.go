@@ -9,12 +9,18 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/tenantquota/caddy-tenant-quota/quota"
+	"github.com/tenantquota/caddy-tenant-quota/quota/llmusage"
 )
 
 // TestMeterWriterActual: what a response is charged, by what the backend
 // said and whether the client stayed.
 func TestMeterWriterActual(t *testing.T) {
-	req := &llmRequest{reserved: quota.TokenCount{Input: 7, Output: 100}, prompt: 7}
+	body, err := llmusage.ParseRequest([]byte(`{"messages":[{"role":"user","content":"` + strings.Repeat("w", 28) + `"}],"max_tokens":100}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	route := quota.Route{Reserve: quota.ReserveEstimate}
+	plan := route.Plan(quota.MeterUses{}, quota.TokenRequest{API: quota.APIChat, Body: body})
 	tests := []struct {
 		name       string
 		status     int
@@ -47,8 +53,7 @@ func TestMeterWriterActual(t *testing.T) {
 			for i := 0; i < len(tt.body); i += 16 {
 				m.Write([]byte(tt.body[i:min(i+16, len(tt.body))]))
 			}
-			m.finish()
-			if got := m.actual(req, tt.clientGone); got != tt.want {
+			if got := plan.Tokens(m.outcome(tt.clientGone)); got != tt.want {
 				t.Fatalf("charged %+v, want %+v", got, tt.want)
 			}
 			if rec.Body.String() != tt.body {

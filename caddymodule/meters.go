@@ -13,6 +13,10 @@ import (
 	"github.com/tenantquota/caddy-tenant-quota/quota"
 )
 
+// responsePrefix starts the placeholders of what a response names:
+// {http.quota.response.header.<Name>} and {http.quota.response.body.<field>}.
+const responsePrefix = "http.quota.response."
+
 // Meter modes.
 const (
 	// MeterRequest charges Amount to every matching request at admission.
@@ -39,10 +43,14 @@ type Meter struct {
 	// counts the resource once per distinct value: the fiftieth message of
 	// a conversation is not a new conversation. A request whose key is
 	// empty counts every time. {http.quota.body.<field>} is a top-level
-	// field of a JSON request body.
+	// field of a JSON request body. A create (+n) may take its key from
+	// the response: {http.quota.response.header.<Name>} or
+	// {http.quota.response.body.<field>} (a top-level field of a JSON
+	// response); a delete (-n) with a key frees only a counted key.
 	Key string `json:"key,omitempty"`
 
-	matchers caddyhttp.MatcherSets
+	matchers    caddyhttp.MatcherSets
+	responseKey bool // Key names the response: {http.quota.response.*}
 }
 
 func (m *Meter) provision(ctx caddy.Context) error {
@@ -52,6 +60,7 @@ func (m *Meter) provision(ctx caddy.Context) error {
 	if m.Amount == 0 {
 		m.Amount = 1
 	}
+	m.responseKey = strings.Contains(m.Key, "{"+responsePrefix)
 	sets, err := ctx.LoadModule(m, "MatcherSetsRaw")
 	if err != nil {
 		return fmt.Errorf("meter %s: loading matchers: %w", m.Resource, err)
@@ -67,20 +76,15 @@ func (m *Meter) validate() error {
 		return fmt.Errorf("meter %s: mode must be request, create or delete, got %q", m.Resource, m.Mode)
 	case m.Amount < 1 || m.Amount > quota.MaxLimit:
 		return fmt.Errorf("meter %s: amount must be between 1 and %d", m.Resource, int64(quota.MaxLimit))
+	case m.responseKey && m.Mode != MeterCreate:
+		return fmt.Errorf("meter %s: a key from the response ({%s...}) counts created objects: use +n", m.Resource, responsePrefix)
 	}
 	return nil
 }
 
-// meterPlan is what the meters make of one request: what to charge at
-// admission, and what to apply after the response depending on its status.
-type meterPlan struct {
-	admit     []quota.Use
-	onSuccess []quota.Use
-	onFailure []quota.Use
-}
-
-func (h *Handler) planMeters(r *http.Request) (meterPlan, error) {
-	var p meterPlan
+// planMeters says what the meters count for one request.
+func (h *Handler) planMeters(r *http.Request) (quota.MeterUses, error) {
+	var p quota.MeterUses
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	for i := range h.Meters {
 		m := &h.Meters[i]
@@ -89,6 +93,11 @@ func (h *Handler) planMeters(r *http.Request) (meterPlan, error) {
 			return p, err
 		}
 		if !match {
+			continue
+		}
+		if m.responseKey {
+			// Counted by the key the response names, held until then.
+			p.Created = append(p.Created, quota.Use{Resource: m.Resource, Amount: m.Amount})
 			continue
 		}
 		key := ""
@@ -102,26 +111,16 @@ func (h *Handler) planMeters(r *http.Request) (meterPlan, error) {
 		undo := quota.Use{Resource: m.Resource, Amount: -m.Amount, Key: key}
 		switch m.Mode {
 		case MeterRequest:
-			p.admit = append(p.admit, use)
+			p.Admit = append(p.Admit, use)
 		case MeterCreate:
-			p.admit = append(p.admit, use)
-			p.onFailure = append(p.onFailure, undo)
+			p.Admit = append(p.Admit, use)
+			p.OnFailure = append(p.OnFailure, undo)
 		case MeterDelete:
-			p.onSuccess = append(p.onSuccess, undo)
+			p.OnSuccess = append(p.OnSuccess, undo)
 		}
 	}
 	return p, nil
 }
-
-// after returns what the response's status settles.
-func (p meterPlan) after(status int) []quota.Use {
-	if status >= 200 && status < 300 {
-		return p.onSuccess
-	}
-	return p.onFailure
-}
-
-func (p meterPlan) settles() bool { return len(p.onSuccess)+len(p.onFailure) > 0 }
 
 // parseMeter reads `meter <resource> [<matcher>] [<n> | +<n> | -<n>] [key
 // <placeholder>]`; the dispenser is on "meter". matcher resolves a matcher

@@ -5,42 +5,112 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync/atomic"
 	"time"
 )
 
-// Decision is the outcome of Admit.
-type Decision struct {
-	Allowed bool
-	Now     time.Time
-	// Denied is the limit that refused the request (when !Allowed).
-	Denied LimitState
+// Ticket is an admitted request (like x/time/rate's Reservation): it owns
+// the request id and what the admission charged, and settles the request
+// exactly once. Its methods are safe to call from any goroutine; only the
+// first of Settle, SettleUses, Force and Abandon does anything.
+type Ticket struct {
+	// Now is the store's clock at admission.
+	Now time.Time
 	// Tightest is the limit with the least remaining after admission (nil
 	// when no used resource has a limit).
 	Tightest *LimitState
-	// Pending is set when the store did not answer (the error matches
-	// ErrUnavailable) and the request had an id: the admission may still
-	// reach the store. The caller must settle it with Abandon or Force.
-	Pending *Pending
+
+	s         *Service
+	user      *User
+	requestID string
+	plan      *Plan
+	charges   []Charge
+	holds     bool
+	done      atomic.Bool
 }
 
-// Pending is an admission whose outcome is unknown.
+// Abandon settles an admission whose outcome is unknown (Admit failed
+// with ErrUnavailable) as refused: whatever it charged is taken back, and
+// if it reaches the store later it charges nothing. The settlement is
+// journaled and replayed until the store takes it.
+func (t *Ticket) Abandon() {
+	if t.done.CompareAndSwap(false, true) {
+		t.s.journal.add(resolution{p: t.pending(t.charges), apply: false})
+	}
+}
+
+// Force settles an admission whose outcome is unknown as served: its
+// charges are counted exactly once, without limits, when the store takes
+// the settlement.
+func (t *Ticket) Force() {
+	if t.done.CompareAndSwap(false, true) {
+		t.s.journal.add(resolution{p: t.pending(t.charges), apply: true})
+	}
+}
+
+func (t *Ticket) pending(charges []Charge) Pending {
+	return Pending{userID: t.user.ID, requestID: t.requestID, charges: charges}
+}
+
+// Plan returns the plan the ticket was admitted under (nil for AdmitUses).
+func (t *Ticket) Plan() *Plan { return t.plan }
+
+// Settle ends a request admitted with Admit: what its response shows it
+// used (Plan.Settlement) replaces what the admission held.
+func (t *Ticket) Settle(ctx context.Context, o Outcome) error {
+	if t.plan == nil {
+		return t.SettleUses(ctx, nil)
+	}
+	return t.SettleUses(ctx, t.plan.Settlement(o))
+}
+
+// SettleUses ends a served request exactly once: it counts what the
+// request actually used, without checking limits (it has been served), and
+// releases the reservation its admission holds. The settlement is
+// journaled and replayed if the store does not take it now. A request
+// that held nothing and used nothing costs no store call.
+func (t *Ticket) SettleUses(ctx context.Context, actual []Use) error {
+	if !t.done.CompareAndSwap(false, true) {
+		return nil
+	}
+	nonzero := make([]Use, 0, len(actual))
+	for _, a := range actual {
+		if a.Amount = clampSigned(a.Amount); a.Amount != 0 {
+			nonzero = append(nonzero, a)
+		}
+	}
+	if !t.holds && len(nonzero) == 0 {
+		return nil
+	}
+	charges, _ := expand(t.user, nonzero)
+	p := t.pending(Unlimited(charges, 1))
+	err := t.s.hot(ctx, func(ctx context.Context) error {
+		return t.s.store.Settle(ctx, p.userID, p.requestID, p.charges)
+	})
+	if err != nil {
+		t.s.journal.add(resolution{p: p, settle: true})
+	}
+	return err
+}
+
+// Pending is an admission or settlement whose outcome is unknown.
 type Pending struct {
 	userID, requestID string
 	charges           []Charge
 }
 
-// Abandon settles a pending admission as refused: whatever it charged is
-// taken back, and if it reaches the store later it charges nothing. The
-// settlement is journaled and replayed until the store takes it.
-func (s *Service) Abandon(p *Pending) { s.journal.add(resolution{p: *p, apply: false}) }
-
-// Force settles a pending admission as served: its charges are counted
-// exactly once, without limits, when the store takes the settlement.
-func (s *Service) Force(p *Pending) { s.journal.add(resolution{p: *p, apply: true}) }
-
 // LimitError is returned by Admit when a limit refuses the request; it
 // matches ErrLimitExceeded.
-type LimitError struct{ State LimitState }
+type LimitError struct {
+	State LimitState
+	// Need is how much of State.Resource the request asked for (0 when
+	// unknown).
+	Need int64
+	// Request describes what the request asked for, in the client's
+	// terms ("a prompt of up to 12 tokens and max_tokens 2000"), when it
+	// is an LLM request refused on a token or credit limit.
+	Request string
+}
 
 // Error implements error.
 func (e *LimitError) Error() string {
@@ -50,32 +120,69 @@ func (e *LimitError) Error() string {
 // Is reports whether target is ErrLimitExceeded.
 func (e *LimitError) Is(target error) bool { return target == ErrLimitExceeded }
 
-// Admit charges uses to a user's counters in one atomic store step: every
-// use counts against its resource's lifetime counter and each of the user's
-// windowed limits on that resource. Refused requests consume nothing.
-// requestID (optional) makes the admission idempotent and lets a timed-out
-// admission be settled exactly once; see Decision.Pending.
-func (s *Service) Admit(ctx context.Context, u *User, requestID string, uses []Use) (*Decision, error) {
-	charges, limits := s.expand(u, uses)
+// maxFits bounds how often Admit shrinks an output reservation to fit
+// (each is one more store round trip, only for a tenant near its cap).
+const maxFits = 3
+
+// Admit admits a planned request in one atomic store step, or refuses it
+// with a *LimitError, charging nothing. A request that set no output
+// maximum and does not fit with the default one is admitted with the
+// largest that fits (see Plan.OutputMax), if one token fits.
+//
+// When the store does not answer, the error matches ErrUnavailable and
+// the ticket is still returned: the admission may yet reach the store,
+// and the caller must end it with Force or Abandon.
+func (s *Service) Admit(ctx context.Context, u *User, p *Plan) (*Ticket, error) {
+	for fits := 0; ; fits++ {
+		t, err := s.admit(ctx, u, p.Uses(), p)
+		var le *LimitError
+		if !errors.As(err, &le) {
+			return t, err
+		}
+		if fits < maxFits && p.fit(le.State.Resource, le.State.Remaining()) {
+			continue
+		}
+		le.Need, le.Request = p.need(le.State.Resource), p.describe(le.State.Resource)
+		return t, err
+	}
+}
+
+// AdmitUses admits uses that no plan describes (an operator's own
+// charges): every use counts against its resource's lifetime counter and
+// each of the user's windowed limits on that resource.
+func (s *Service) AdmitUses(ctx context.Context, u *User, uses []Use) (*Ticket, error) {
+	return s.admit(ctx, u, uses, nil)
+}
+
+func (s *Service) admit(ctx context.Context, u *User, uses []Use, p *Plan) (*Ticket, error) {
+	for i := range uses {
+		uses[i].Amount = clampSigned(uses[i].Amount)
+	}
+	charges, limits := expand(u, uses)
+	// The request id is ours, never the client's, and new for every
+	// attempt: a client that could pick it could replay an admitted id.
+	t := &Ticket{s: s, user: u, requestID: NewID(), plan: p, charges: charges}
+	for _, c := range charges {
+		t.holds = t.holds || c.Hold > 0
+	}
 	var adm *Admission
 	err := s.hot(ctx, func(ctx context.Context) (err error) {
-		adm, err = s.store.Admit(ctx, u.ID, requestID, charges)
+		adm, err = s.store.Admit(ctx, u.ID, t.requestID, charges)
 		return err
 	})
-	if errors.Is(err, ErrUnavailable) && requestID != "" {
-		return &Decision{Pending: &Pending{userID: u.ID, requestID: requestID, charges: charges}}, err
+	if errors.Is(err, ErrUnavailable) {
+		return t, err
 	}
 	if err != nil {
 		return nil, err
 	}
-	d := &Decision{Allowed: adm.Allowed, Now: adm.Now}
+	t.Now = adm.Now
 	state := func(i int) LimitState {
 		_, end := charges[i].Per.Window(adm.Now)
 		return LimitState{Resource: charges[i].Resource, Limit: *limits[i], Used: adm.Used[i], ResetsAt: end}
 	}
 	if !adm.Allowed {
-		d.Denied = state(adm.Denied)
-		return d, &LimitError{State: d.Denied}
+		return nil, &LimitError{State: state(adm.Denied)}
 	}
 	best := int64(math.MaxInt64)
 	for i := range charges {
@@ -85,16 +192,16 @@ func (s *Service) Admit(ctx context.Context, u *User, requestID string, uses []U
 		st := state(i)
 		if r := st.Remaining(); r < best {
 			best = r
-			d.Tightest = &st
+			t.Tightest = &st
 		}
 	}
-	return d, nil
+	return t, nil
 }
 
 // expand turns uses into charges: each use counts against its resource's
 // lifetime counter and each of the user's windowed limits on it. limits[i]
 // is the limit of charges[i], nil for an unlimited lifetime counter.
-func (s *Service) expand(u *User, uses []Use) (charges []Charge, limits []*Limit) {
+func expand(u *User, uses []Use) (charges []Charge, limits []*Limit) {
 	charges = make([]Charge, 0, len(uses)*2)
 	limits = make([]*Limit, 0, len(uses)*2)
 	for _, use := range uses {
@@ -121,10 +228,4 @@ func (s *Service) expand(u *User, uses []Use) (charges []Charge, limits []*Limit
 		}
 	}
 	return charges, limits
-}
-
-// charges is expand without the limits.
-func (s *Service) charges(u *User, uses []Use) []Charge {
-	c, _ := s.expand(u, uses)
-	return c
 }

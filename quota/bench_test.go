@@ -46,7 +46,7 @@ func BenchmarkAdmitEmbedded(b *testing.B) {
 	uses := append([]quota.Use{{Resource: "messages", Amount: 1}}, quota.TokenCount{Input: 10, Output: 100}.Uses()...)
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := svc.Admit(ctx, u, quota.NewID(), uses); err != nil {
+		if _, err := svc.AdmitUses(ctx, u, uses); err != nil {
 			b.Fatal(err)
 		}
 	}

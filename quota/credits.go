@@ -11,16 +11,18 @@ type CreditRate struct {
 // CreditCost prices uses at rates: per rate, the sum of the resource's
 // unkeyed amounts, rounded up to a whole credit. Keyed (distinct) uses are
 // not priced: whether they count is only known in the store.
-func CreditCost(rates []CreditRate, uses []Use) int64 {
+func CreditCost(rates []CreditRate, uses ...[]Use) int64 {
 	var total int64
 	for _, rate := range rates {
 		var units int64
-		for _, u := range uses {
-			if u.Resource == rate.Resource && u.Key == "" {
-				units += u.Amount
+		for _, us := range uses {
+			for _, u := range us {
+				if u.Resource == rate.Resource && u.Key == "" {
+					units = clampSigned(units + clampSigned(u.Amount))
+				}
 			}
 		}
-		total = min(total+rate.cost(units), MaxLimit)
+		total = satAdd(total, rate.cost(units))
 	}
 	return total
 }

@@ -1,9 +1,6 @@
 package quota
 
-import (
-	"context"
-	"time"
-)
+import "time"
 
 // Token resources. "tokens" counts input + output; operators may also limit
 // each direction.
@@ -41,27 +38,6 @@ func (c TokenCount) Reserved() []Use {
 		uses[i].Resource = ReservedPrefix + uses[i].Resource
 	}
 	return uses
-}
-
-// Settle ends a served request exactly once: it counts what the request
-// actually used, without checking limits (it has been served), and
-// releases the reservation its admission holds. The settlement is
-// journaled and replayed if the store does not take it now.
-func (s *Service) Settle(ctx context.Context, u *User, requestID string, actual []Use) error {
-	nonzero := actual[:0:0]
-	for _, a := range actual {
-		if a.Amount != 0 {
-			nonzero = append(nonzero, a)
-		}
-	}
-	p := Pending{userID: u.ID, requestID: requestID, charges: Unlimited(s.charges(u, nonzero), 1)}
-	err := s.hot(ctx, func(ctx context.Context) error {
-		return s.store.Settle(ctx, p.userID, p.requestID, p.charges)
-	})
-	if err != nil {
-		s.journal.add(resolution{p: p, settle: true})
-	}
-	return err
 }
 
 // Held marks uses as a reservation held for d (see Charge.Hold).

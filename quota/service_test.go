@@ -99,7 +99,7 @@ func TestServiceAuthenticateAndCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	p, _ = svc.Authenticate(ctx, issued.Secret)
-	if _, err := svc.Admit(ctx, p.User, "", []quota.Use{{Resource: "messages", Amount: 1}}); !errors.Is(err, quota.ErrLimitExceeded) {
+	if _, err := svc.AdmitUses(ctx, p.User, []quota.Use{{Resource: "messages", Amount: 1}}); !errors.Is(err, quota.ErrLimitExceeded) {
 		t.Fatalf("admit after lowering the limit to 0: %v", err)
 	}
 	st := quota.StatusDisabled
@@ -175,14 +175,14 @@ func TestServiceAdmitAndUsage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := svc.Admit(ctx, u, "", []quota.Use{{Resource: "messages", Amount: 1}})
-	if err != nil || !d.Allowed || d.Tightest == nil || d.Tightest.Limit.Per != quota.Minute || d.Tightest.Remaining() != 1 {
+	d, err := svc.AdmitUses(ctx, u, []quota.Use{{Resource: "messages", Amount: 1}})
+	if err != nil || d.Tightest == nil || d.Tightest.Limit.Per != quota.Minute || d.Tightest.Remaining() != 1 {
 		t.Fatalf("first admission: %+v %v", d, err)
 	}
-	svc.Admit(ctx, u, "", []quota.Use{{Resource: "messages", Amount: 1}})
-	d, err = svc.Admit(ctx, u, "", []quota.Use{{Resource: "messages", Amount: 1}})
+	svc.AdmitUses(ctx, u, []quota.Use{{Resource: "messages", Amount: 1}})
+	d, err = svc.AdmitUses(ctx, u, []quota.Use{{Resource: "messages", Amount: 1}})
 	var le *quota.LimitError
-	if !errors.As(err, &le) || le.State.Limit.Per != quota.Minute || le.State.ResetsAt.IsZero() || d.Allowed {
+	if !errors.As(err, &le) || le.State.Limit.Per != quota.Minute || le.State.ResetsAt.IsZero() || d != nil {
 		t.Fatalf("third admission in a minute: %+v %v", d, err)
 	}
 	usage, err := svc.Usage(ctx, u.ID)
@@ -220,7 +220,8 @@ func TestReservedInUsage(t *testing.T) {
 	}
 	reserved := quota.TokenCount{Input: 10, Output: 100}
 	uses := quota.Held(append(reserved.Uses(), reserved.Reserved()...), time.Hour)
-	if _, err := svc.Admit(ctx, u, "r1", uses); err != nil {
+	ticket, err := svc.AdmitUses(ctx, u, uses)
+	if err != nil {
 		t.Fatal(err)
 	}
 	item := func(usage *quota.Usage, resource string) quota.UsageItem {
@@ -244,7 +245,7 @@ func TestReservedInUsage(t *testing.T) {
 			t.Fatalf("a reservation counter is listed as a resource: %+v", it)
 		}
 	}
-	if err := svc.Settle(ctx, u, "r1", quota.TokenCount{Input: 10, Output: 20}.Uses()); err != nil {
+	if err := ticket.SettleUses(ctx, quota.TokenCount{Input: 10, Output: 20}.Uses()); err != nil {
 		t.Fatal(err)
 	}
 	usage, _ = svc.Usage(ctx, u.ID)

@@ -190,7 +190,7 @@ func ApplyKeyedCharges(counters map[string]CounterState, keys map[string]struct{
 			adm.Denied = i
 			return adm
 		}
-		cur.Used = max(cur.Used+amount, 0)
+		cur.Used = min(max(cur.Used+amount, 0), MaxCounter)
 		running[key] = cur
 		adm.Used[i] = cur.Used
 	}

@@ -103,12 +103,12 @@ func BenchmarkJSONObserverGzip(b *testing.B) {
 	benchObserve(b, ctJSON, "gzip", len(body), splitEvery(zipped, 4<<10), Usage{InputTokens: 19, OutputTokens: 10, Found: true})
 }
 
-func BenchmarkEstimatePrompt(b *testing.B) {
+func BenchmarkParseRequest(b *testing.B) {
 	body := fmt.Appendf(nil, `{"model":"gpt-4o","stream":true,"max_tokens":512,"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":%q}]}`,
 		strings.Repeat("Tell me about foxes. ", 200))
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()
 	for b.Loop() {
-		EstimatePrompt(body)
+		ParseRequest(body)
 	}
 }

@@ -4,7 +4,7 @@
 // It understands OpenAI Chat Completions, the OpenAI Responses API and
 // Anthropic Messages, as plain JSON bodies and as server-sent event streams,
 // gzip-encoded or not (Observer), a backend-reported usage header
-// (FromHeader), and request bodies (EstimatePrompt, AddIncludeUsage) for
+// (FromHeader), and request bodies (ParseRequest, Rewrite, IncludeUsageOptions) for
 // reservations and for streams that would otherwise report no usage.
 //
 // An Observer watches a copy of the response bytes: it never modifies,

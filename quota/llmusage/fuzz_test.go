@@ -127,7 +127,7 @@ func FuzzFromHeader(f *testing.F) {
 	})
 }
 
-func FuzzEstimatePrompt(f *testing.F) {
+func FuzzParseRequest(f *testing.F) {
 	for _, s := range []string{
 		`{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}],"max_tokens":10}`,
 		`{"stream":true,"stream_options":{"include_usage":false,"x":1},"messages":[]}`,
@@ -139,12 +139,12 @@ func FuzzEstimatePrompt(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		prompt, maxOut, _, _ := EstimatePrompt(body)
-		if prompt < 0 || maxOut < 0 {
-			t.Fatalf("EstimatePrompt = %d, %d", prompt, maxOut)
+		r, err := ParseRequest(body)
+		if err == nil && (r.BoundBytes < r.EstimateBytes || r.EstimateBytes < 0 || r.MaxOutput < 0 || r.MaxOutput > MaxOutputTokens) {
+			t.Fatalf("ParseRequest = %+v", r)
 		}
-		if n := int64(len(body)); prompt > n/BytesPerToken+1 {
-			t.Fatalf("prompt estimate %d for a %d-byte body", prompt, n)
+		if n := int64(len(body)); r.EstimateBytes > n {
+			t.Fatalf("prompt estimate %d bytes for a %d-byte body", r.EstimateBytes, n)
 		}
 		orig := bytes.Clone(body)
 		out, changed := AddIncludeUsage(body)

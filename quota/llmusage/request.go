@@ -3,78 +3,217 @@ package llmusage
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
+	"fmt"
+	"strconv"
 )
 
-// BytesPerToken is the rule of thumb EstimatePrompt uses: about four bytes
-// of English text per token for OpenAI and Anthropic tokenizers. It
-// underestimates code and non-Latin scripts, which is acceptable for a
-// reservation that is settled to the backend's real count afterwards.
+// BytesPerToken is the rule of thumb of the estimate: about four bytes of
+// English text per token for OpenAI and Anthropic tokenizers. It
+// underestimates code and non-Latin scripts; Request.BoundBytes is the
+// bound that no tokenizer can exceed.
 const BytesPerToken = 4
 
-// requestFields is what EstimatePrompt reads from an OpenAI Chat
-// Completions, OpenAI Responses or Anthropic Messages request body.
-type requestFields struct {
-	Messages     any `json:"messages"`     // chat completions, Anthropic
-	Input        any `json:"input"`        // Responses API
-	System       any `json:"system"`       // Anthropic
-	Instructions any `json:"instructions"` // Responses API
-	Prompt       any `json:"prompt"`       // legacy completions
+// MaxOutputTokens is the largest output maximum a request may ask for.
+const MaxOutputTokens = 1 << 50
 
-	MaxTokens           *int64 `json:"max_tokens"`            // chat completions (deprecated), Anthropic
-	MaxCompletionTokens *int64 `json:"max_completion_tokens"` // chat completions
-	MaxOutputTokens     *int64 `json:"max_output_tokens"`     // Responses API
+// Output maximum fields, by API.
+const (
+	FieldMaxTokens           = "max_tokens"            // chat completions (legacy), completions, Anthropic
+	FieldMaxCompletionTokens = "max_completion_tokens" // chat completions
+	FieldMaxOutputTokens     = "max_output_tokens"     // OpenAI Responses
+)
 
-	Stream        bool `json:"stream"`
-	StreamOptions *struct {
-		IncludeUsage bool `json:"include_usage"`
-	} `json:"stream_options"`
+var maxFields = []string{FieldMaxTokens, FieldMaxCompletionTokens, FieldMaxOutputTokens}
+
+// Request is what a request body says about the tokens it may use.
+type Request struct {
+	// Object is true when the body is a JSON object; every other field is
+	// zero otherwise.
+	Object bool
+	// BoundBytes is an upper bound on the bytes of text a model is shown
+	// for the request: the UTF-8 bytes of every string, number and object
+	// key in the body, plus four bytes of punctuation per key and two per
+	// object or array, except binary payloads (images, audio, file data),
+	// which Parts counts instead. A byte-level BPE token covers at least
+	// one byte, so no tokenizer makes more tokens of this text.
+	BoundBytes int64
+	// EstimateBytes is the UTF-8 bytes of the prompt text alone (strings
+	// under messages, input, system, instructions and prompt, without
+	// identifiers, roles and binary payloads): the rule-of-thumb estimate.
+	EstimateBytes int64
+	// Messages counts messages, input items and prompts, each of which
+	// costs a few template tokens besides its text.
+	Messages int64
+	// Images, Audio and Files count binary content parts.
+	Images, Audio, Files int64
+	// MaxOutput is the largest of max_tokens, max_completion_tokens and
+	// max_output_tokens; HasMax is false when none is set.
+	MaxOutput int64
+	HasMax    bool
+	// Stream is "stream": true; IncludeUsage is
+	// "stream_options": {"include_usage": true}.
+	Stream, IncludeUsage bool
 }
 
-// skipKeys name values that are not prompt text: binary payloads (images,
-// files, audio, encrypted reasoning, thinking signatures) and identifiers
-// or enumerations (ids, types, roles).
+// FieldError is a request body field whose value a backend would not
+// accept the way the gateway reads it.
+type FieldError struct {
+	Field  string
+	Detail string
+}
+
+// Error implements error.
+func (e *FieldError) Error() string { return e.Field + ": " + e.Detail }
+
+// ParseRequest reads an OpenAI Chat Completions, Completions, Responses or
+// Embeddings, or an Anthropic Messages request body. A body that is not a
+// JSON object yields the zero Request and no error. An output maximum that
+// is not a whole number from 1 to MaxOutputTokens, or a "stream" that is
+// not a boolean, is a *FieldError: such a request is refused rather than
+// guessed at, since a backend may read it differently.
+func ParseRequest(body []byte) (Request, error) {
+	var top map[string]json.RawMessage
+	if json.Unmarshal(body, &top) != nil || top == nil {
+		return Request{}, nil
+	}
+	r := Request{Object: true}
+	for _, f := range maxFields {
+		raw, ok := top[f]
+		if !ok || isNull(raw) {
+			continue
+		}
+		n, err := strconv.ParseInt(string(raw), 10, 64)
+		if err != nil || n < 1 || n > MaxOutputTokens {
+			return Request{}, &FieldError{Field: f, Detail: fmt.Sprintf("must be a whole number from 1 to %d, got %s", int64(MaxOutputTokens), clip(raw))}
+		}
+		r.MaxOutput, r.HasMax = max(r.MaxOutput, n), true
+	}
+	if raw, ok := top["stream"]; ok && !isNull(raw) {
+		switch string(raw) {
+		case "true":
+			r.Stream = true
+		case "false":
+		default:
+			return Request{}, &FieldError{Field: "stream", Detail: "must be true or false, got " + clip(raw)}
+		}
+	}
+	if raw, ok := top["stream_options"]; ok {
+		var opts map[string]json.RawMessage
+		if json.Unmarshal(raw, &opts) == nil {
+			r.IncludeUsage = bytes.Equal(opts["include_usage"], []byte("true"))
+		}
+	}
+	var w walker
+	for k, raw := range top {
+		var v any
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.UseNumber()
+		if dec.Decode(&v) != nil {
+			continue
+		}
+		w.bound = addSat(w.bound, int64(len(k))+4)
+		if binary(k, v) {
+			continue
+		}
+		w.walk(v)
+		switch k {
+		case "messages", "input", "prompt":
+			if a, ok := v.([]any); ok {
+				r.Messages = addSat(r.Messages, int64(len(a)))
+			} else {
+				r.Messages = addSat(r.Messages, 1)
+			}
+			r.EstimateBytes = addSat(r.EstimateBytes, textBytes(v))
+		case "system", "instructions":
+			r.Messages = addSat(r.Messages, 1)
+			r.EstimateBytes = addSat(r.EstimateBytes, textBytes(v))
+		}
+	}
+	r.BoundBytes, r.Images, r.Audio, r.Files = w.bound, w.images, w.audio, w.files
+	return r, nil
+}
+
+func isNull(raw json.RawMessage) bool { return bytes.Equal(bytes.TrimSpace(raw), []byte("null")) }
+
+func clip(raw json.RawMessage) string {
+	if len(raw) > 32 {
+		return string(raw[:32]) + "…"
+	}
+	return string(raw)
+}
+
+// binaryKeys name binary payloads: they are not text a tokenizer reads, and
+// the content part that holds them is counted as an image, audio or file.
+var binaryKeys = map[string]bool{
+	"image_url": true, "image": true, "source": true, "file_data": true,
+	"input_audio": true, "audio": true,
+}
+
+// binary reports whether the value of key k is a binary payload. Anthropic's
+// plain-text document source ({"type": "text", "data": ...}) is text.
+func binary(k string, v any) bool {
+	if !binaryKeys[k] {
+		return false
+	}
+	m, ok := v.(map[string]any)
+	return !ok || (m["type"] != "text" && m["type"] != "content")
+}
+
+// Content part types that carry an image, audio or a file.
+var (
+	imageParts = map[string]bool{"image_url": true, "image": true, "input_image": true}
+	audioParts = map[string]bool{"input_audio": true, "audio": true}
+	fileParts  = map[string]bool{"file": true, "input_file": true, "document": true}
+)
+
+// walker adds up BoundBytes and the binary parts of a decoded JSON value.
+type walker struct {
+	bound                int64
+	images, audio, files int64
+}
+
+func (w *walker) walk(v any) {
+	switch v := v.(type) {
+	case string:
+		w.bound = addSat(w.bound, int64(len(v)))
+	case json.Number:
+		w.bound = addSat(w.bound, int64(len(v)))
+	case bool:
+		w.bound = addSat(w.bound, 5)
+	case []any:
+		w.bound = addSat(w.bound, 2)
+		for _, e := range v {
+			w.walk(e)
+		}
+	case map[string]any:
+		w.bound = addSat(w.bound, 2)
+		if t, ok := v["type"].(string); ok {
+			switch {
+			case imageParts[t]:
+				w.images++
+			case audioParts[t]:
+				w.audio++
+			case fileParts[t]:
+				w.files++
+			}
+		}
+		for k, e := range v {
+			w.bound = addSat(w.bound, int64(len(k))+4)
+			if !binary(k, e) {
+				w.walk(e)
+			}
+		}
+	}
+}
+
+// skipKeys name values that the estimate does not count as prompt text:
+// binary payloads and identifiers or enumerations.
 var skipKeys = map[string]bool{
 	"image_url": true, "image": true, "source": true, "file_data": true,
 	"file_id": true, "input_audio": true, "audio": true, "signature": true,
 	"encrypted_content": true, "cache_control": true,
 	"id": true, "call_id": true, "tool_call_id": true, "tool_use_id": true,
 	"type": true, "role": true,
-}
-
-// EstimatePrompt estimates a request before it is forwarded, for a token
-// reservation: promptTokens is ceil(text bytes / BytesPerToken), where the
-// text bytes are the UTF-8 lengths of every string under messages, input,
-// system, instructions and prompt (message text, tool call arguments, tool
-// results), except the values named by binary-payload and identifier keys
-// (image_url, source, file_data, input_audio, signature, encrypted_content,
-// id, type, role, ...). maxOutput is the largest of max_tokens,
-// max_completion_tokens and max_output_tokens, or 0 when none is set. stream
-// and includeUsage report "stream" and "stream_options.include_usage"
-// (which only Chat Completions needs: the other APIs always report usage).
-//
-// A body that is not a JSON object yields zeros; a field of the wrong type is
-// treated as absent.
-func EstimatePrompt(body []byte) (promptTokens int64, maxOutput int64, stream bool, includeUsage bool) {
-	var req requestFields
-	if err := json.Unmarshal(body, &req); err != nil {
-		var typeErr *json.UnmarshalTypeError
-		if !errors.As(err, &typeErr) {
-			return 0, 0, false, false
-		}
-	}
-	var n int64
-	for _, v := range []any{req.Messages, req.Input, req.System, req.Instructions, req.Prompt} {
-		n = addSat(n, textBytes(v))
-	}
-	promptTokens = n/BytesPerToken + min(n%BytesPerToken, 1)
-	for _, m := range []*int64{req.MaxTokens, req.MaxCompletionTokens, req.MaxOutputTokens} {
-		if m != nil {
-			maxOutput = max(maxOutput, *m)
-		}
-	}
-	includeUsage = req.StreamOptions != nil && req.StreamOptions.IncludeUsage
-	return promptTokens, maxOutput, req.Stream, includeUsage
 }
 
 // textBytes sums the lengths of the strings in v, skipping skipKeys.
@@ -100,40 +239,66 @@ func textBytes(v any) int64 {
 	return 0
 }
 
-// AddIncludeUsage makes a streamed OpenAI Chat Completions request ask for
-// usage: when body is a JSON object with "stream": true and without
-// "stream_options": {"include_usage": true}, it returns the body with
-// stream_options.include_usage set to true (other stream_options kept) and
-// true. Otherwise it returns body unchanged and false.
+// Rewrite returns body (a JSON object) re-encoded with the top-level fields
+// in set replaced or added. Every other top-level field is kept byte for
+// byte apart from white space, duplicates of a key are reduced to the one
+// ParseRequest read (the last), and the order of fields is not kept.
+func Rewrite(body []byte, set map[string]json.RawMessage) ([]byte, error) {
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(body, &top); err != nil || top == nil {
+		return nil, fmt.Errorf("not a JSON object")
+	}
+	for k, v := range set {
+		top[k] = v
+	}
+	return marshal(top)
+}
+
+// IncludeUsageOptions returns the stream_options of body with
+// include_usage set to true (other options kept), for a streamed OpenAI
+// Chat Completions request; ok is false when body already asks for usage,
+// is not streamed, or has stream_options that are not an object.
 //
 // The caller decides that body is a Chat Completions (or legacy
 // Completions) request, from the route: Anthropic rejects unknown fields,
-// and the Responses API always reports usage. Top-level fields are kept
-// byte for byte apart from whitespace; their order is not.
-func AddIncludeUsage(body []byte) ([]byte, bool) {
+// and the Responses API always reports usage.
+func IncludeUsageOptions(body []byte) (json.RawMessage, bool) {
 	var req map[string]json.RawMessage
 	if err := json.Unmarshal(body, &req); err != nil || req == nil {
-		return body, false
+		return nil, false
 	}
 	if !bytes.Equal(req["stream"], []byte("true")) {
-		return body, false
+		return nil, false
 	}
 	opts := map[string]json.RawMessage{}
-	if raw, ok := req["stream_options"]; ok && !bytes.Equal(raw, []byte("null")) {
+	if raw, ok := req["stream_options"]; ok && !isNull(raw) {
 		if err := json.Unmarshal(raw, &opts); err != nil || opts == nil {
-			return body, false // not an object: the backend will say so
+			return nil, false // not an object: the backend will say so
 		}
 	}
 	if bytes.Equal(opts["include_usage"], []byte("true")) {
-		return body, false
+		return nil, false
 	}
 	opts["include_usage"] = json.RawMessage("true")
 	raw, err := marshal(opts)
 	if err != nil {
+		return nil, false
+	}
+	return raw, true
+}
+
+// AddIncludeUsage makes a streamed OpenAI Chat Completions request ask for
+// usage: when body is a JSON object with "stream": true and without
+// "stream_options": {"include_usage": true}, it returns the body with
+// stream_options.include_usage set to true (other stream_options kept) and
+// true. Otherwise it returns body unchanged and false. See
+// IncludeUsageOptions and Rewrite.
+func AddIncludeUsage(body []byte) ([]byte, bool) {
+	opts, ok := IncludeUsageOptions(body)
+	if !ok {
 		return body, false
 	}
-	req["stream_options"] = raw
-	out, err := marshal(req)
+	out, err := Rewrite(body, map[string]json.RawMessage{"stream_options": opts})
 	if err != nil {
 		return body, false
 	}

@@ -2,11 +2,14 @@ package llmusage
 
 import (
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 )
 
-func TestEstimatePrompt(t *testing.T) {
+// TestParseRequestEstimate: the rule-of-thumb estimate counts prompt text
+// alone, and the fields the gateway reads.
+func TestParseRequestEstimate(t *testing.T) {
 	image := strings.Repeat("A", 10000)
 	tests := []struct {
 		name                 string
@@ -50,19 +53,25 @@ func TestEstimatePrompt(t *testing.T) {
 		{"multi-byte text counts bytes", `{"input":"日本語"}`, (9 + 3) / 4, 0, false, false},
 		{"escapes count decoded", `{"input":"\u00e9\n"}`, 1, 0, false, false},
 		{"empty object", `{}`, 0, 0, false, false},
-		{"wrong types are absent", `{"stream":"yes","max_tokens":"lots","max_output_tokens":1.5,"stream_options":true,"input":"abcdefgh"}`,
+		{"null maxima are absent", `{"max_tokens":null,"stream":null,"stream_options":true,"input":"abcdefgh"}`,
 			2, 0, false, false},
-		{"negative max", `{"max_tokens":-5}`, 0, 0, false, false},
 		{"not an object", `["stream",true]`, 0, 0, false, false},
 		{"not json", `stream=true`, 0, 0, false, false},
 		{"empty", ``, 0, 0, false, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			prompt, maxOut, stream, inc := EstimatePrompt([]byte(tt.body))
-			if prompt != tt.prompt || maxOut != tt.maxOut || stream != tt.stream || inc != tt.includeUsage {
-				t.Errorf("EstimatePrompt = %d, %d, %v, %v; want %d, %d, %v, %v",
-					prompt, maxOut, stream, inc, tt.prompt, tt.maxOut, tt.stream, tt.includeUsage)
+			r, err := ParseRequest([]byte(tt.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			prompt := r.EstimateBytes/BytesPerToken + min(r.EstimateBytes%BytesPerToken, 1)
+			if prompt != tt.prompt || r.MaxOutput != tt.maxOut || r.Stream != tt.stream || r.IncludeUsage != tt.includeUsage {
+				t.Errorf("ParseRequest = %d, %d, %v, %v; want %d, %d, %v, %v",
+					prompt, r.MaxOutput, r.Stream, r.IncludeUsage, tt.prompt, tt.maxOut, tt.stream, tt.includeUsage)
+			}
+			if r.BoundBytes < r.EstimateBytes {
+				t.Errorf("bound %d below the estimate's %d bytes", r.BoundBytes, r.EstimateBytes)
 			}
 		})
 	}
@@ -119,8 +128,8 @@ func TestAddIncludeUsage(t *testing.T) {
 			if len(got) != len(orig) && !(len(got) == len(orig)+1 && orig["stream_options"] == nil) {
 				t.Errorf("fields: got %d, had %d", len(got), len(orig))
 			}
-			if _, _, _, inc := EstimatePrompt(out); !inc {
-				t.Errorf("EstimatePrompt does not see include_usage in %s", out)
+			if r, _ := ParseRequest(out); !r.IncludeUsage {
+				t.Errorf("ParseRequest does not see include_usage in %s", out)
 			}
 		})
 	}
@@ -135,4 +144,47 @@ func compact(t *testing.T, raw json.RawMessage) string {
 		t.Fatal(err)
 	}
 	return b.String()
+}
+
+// TestParseRequestRefuses: an output maximum or stream a backend could read
+// differently from the gateway is refused, naming the field.
+func TestParseRequestRefuses(t *testing.T) {
+	for _, tt := range []struct{ body, field string }{
+		{`{"max_tokens":9223372036854775807}`, "max_tokens"},
+		{`{"max_tokens":1125899906842625}`, "max_tokens"},
+		{`{"max_tokens":-5}`, "max_tokens"},
+		{`{"max_tokens":0}`, "max_tokens"},
+		{`{"max_completion_tokens":1.5}`, "max_completion_tokens"},
+		{`{"max_output_tokens":"100"}`, "max_output_tokens"},
+		{`{"max_tokens":1e3}`, "max_tokens"},
+		{`{"max_tokens":[1]}`, "max_tokens"},
+		{`{"stream":"true"}`, "stream"},
+		{`{"stream":1}`, "stream"},
+	} {
+		_, err := ParseRequest([]byte(tt.body))
+		var fe *FieldError
+		if !errors.As(err, &fe) || fe.Field != tt.field {
+			t.Errorf("ParseRequest(%s) = %v, want a FieldError on %s", tt.body, err, tt.field)
+		}
+	}
+}
+
+// TestParseRequestBound: the strict bound counts every byte a model may be
+// shown (tools, keys, numbers), and parts instead of their binary payloads.
+func TestParseRequestBound(t *testing.T) {
+	image := strings.Repeat("A", 10000)
+	body := `{"model":"m","tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}],
+		"messages":[{"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"data:image/png;base64,` + image + `"}},
+		{"type":"input_audio","input_audio":{"data":"` + image + `","format":"wav"}},{"type":"file","file":{"file_data":"` + image + `"}}]},
+		{"role":"user","content":[{"type":"document","source":{"type":"text","media_type":"text/plain","data":"` + strings.Repeat("d", 3000) + `"}}]}]}`
+	r, err := ParseRequest([]byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Images != 1 || r.Audio != 1 || r.Files != 2 || r.Messages != 2 {
+		t.Fatalf("parts %d/%d/%d, messages %d", r.Images, r.Audio, r.Files, r.Messages)
+	}
+	if r.BoundBytes < 3000+int64(len("function")+len("city")+len("string")+len("object")) || r.BoundBytes > 4000 {
+		t.Fatalf("bound %d bytes: a text document and the tools count, binary payloads do not", r.BoundBytes)
+	}
 }

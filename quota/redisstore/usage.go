@@ -46,6 +46,7 @@ end
 // KEYS[4] the hash of lease bodies (what releases each lease, by request
 // id); KEYS[5], if given, is the request record.
 const luaCharges = luaWindowStart + `
+local MAXC = 4503599627370496 -- quota.MaxCounter (2^52)
 local t = redis.call("TIME")
 local now = tonumber(t[1])
 local n = (#ARGV - first + 1) / 6
@@ -99,6 +100,7 @@ local function apply(sign, check, used)
     end
     u = u + eff[i]
     if u < 0 then u = 0 end
+    if u > MAXC then u = MAXC end
     cur[f] = u
     used[i] = u
   end
