@@ -2,7 +2,9 @@ package quota
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sort"
 	"strings"
 	"time"
@@ -53,7 +55,7 @@ func (s *Service) GetUser(ctx context.Context, id string) (*User, error) {
 // GetUserByEmail looks a user up by email (case-insensitive).
 func (s *Service) GetUserByEmail(ctx context.Context, email string) (*User, error) {
 	email = NormalizeEmail(email)
-	if email == "" || len(email) > MaxEmailLength {
+	if email == "" || len(email) > 4*MaxEmailLength {
 		return nil, fmt.Errorf("email %q: %w", email, ErrNotFound)
 	}
 	return s.store.GetUserByEmail(ctx, email)
@@ -61,7 +63,7 @@ func (s *Service) GetUserByEmail(ctx context.Context, email string) (*User, erro
 
 // GetUserByExternalID looks a user up by external id.
 func (s *Service) GetUserByExternalID(ctx context.Context, ext string) (*User, error) {
-	if ext == "" || len(ext) > MaxExternalIDLength {
+	if ext == "" || len(ext) > 4*MaxExternalIDLength {
 		return nil, fmt.Errorf("external id %q: %w", ext, ErrNotFound)
 	}
 	return s.store.GetUserByExternalID(ctx, ext)
@@ -104,7 +106,7 @@ type UserPatch struct {
 
 // UpdateUser applies a patch.
 func (s *Service) UpdateUser(ctx context.Context, id string, p UserPatch) (*User, error) {
-	return s.modifyUser(ctx, id, func(u *User) {
+	return s.modifyUser(ctx, id, func(u *User) error {
 		if p.Name != nil {
 			u.Name = strings.TrimSpace(*p.Name)
 		}
@@ -120,16 +122,23 @@ func (s *Service) UpdateUser(ctx context.Context, id string, p UserPatch) (*User
 		if p.Status != nil {
 			u.Status = *p.Status
 		}
+		return nil
 	})
 }
 
-// AddCredits tops up a user's prepaid credits by amount (> 0).
+// AddCredits tops up a user's prepaid credits by amount (1 to MaxLimit);
+// a top-up that would take the granted credits over MaxLimit is refused.
+// Debits are not supported: spending is what requests do.
 func (s *Service) AddCredits(ctx context.Context, id string, amount int64) (*User, error) {
 	if amount <= 0 || amount > MaxLimit {
 		return nil, Invalid("amount", "must be between 1 and %d", int64(MaxLimit))
 	}
-	u, err := s.modifyUser(ctx, id, func(u *User) {
-		u.Credits = min(u.Credits+amount, MaxLimit)
+	u, err := s.modifyUser(ctx, id, func(u *User) error {
+		if u.Credits > MaxLimit-amount {
+			return Invalid("amount", "would take the credits granted (%d) over %d", u.Credits, int64(MaxLimit))
+		}
+		u.Credits += amount
+		return nil
 	})
 	if err == nil {
 		s.emit(EventCreditsAdded, id, "", ResourceCredits)
@@ -139,21 +148,49 @@ func (s *Service) AddCredits(ctx context.Context, id string, amount int64) (*Use
 
 // SetLimits replaces a user's limits.
 func (s *Service) SetLimits(ctx context.Context, id string, limits Limits) (*User, error) {
-	return s.modifyUser(ctx, id, func(u *User) { u.Limits = limits.Clone() })
+	return s.modifyUser(ctx, id, func(u *User) error { u.Limits = limits.Clone(); return nil })
 }
 
 // PatchLimits merges limits into a user's limits.
 func (s *Service) PatchLimits(ctx context.Context, id string, patch Limits) (*User, error) {
-	return s.modifyUser(ctx, id, func(u *User) { u.Limits = u.Limits.Merge(patch) })
+	return s.modifyUser(ctx, id, func(u *User) error { u.Limits = u.Limits.Merge(patch); return nil })
 }
 
-func (s *Service) modifyUser(ctx context.Context, id string, change func(*User)) (*User, error) {
-	old, err := s.GetUser(ctx, id)
-	if err != nil {
-		return nil, err
+// maxModifyAttempts bounds the compare-and-swap retries of one change.
+const maxModifyAttempts = 64
+
+// modifyUser applies change to the stored user as a compare-and-swap:
+// the write succeeds only over the revision change saw, and is retried on
+// a fresh read otherwise, so concurrent changes (on any node) are never
+// lost.
+func (s *Service) modifyUser(ctx context.Context, id string, change func(*User) error) (*User, error) {
+	for attempt := 0; ; attempt++ {
+		old, u, err := s.tryModifyUser(ctx, id, change)
+		if errors.Is(err, ErrStale) && attempt < maxModifyAttempts {
+			// Back off a little, with jitter, so that racing writers spread.
+			time.Sleep(time.Duration(rand.Int64N(int64(time.Millisecond) << min(attempt, 4))))
+			continue
+		}
+		if errors.Is(err, ErrStale) {
+			return nil, fmt.Errorf("user %q changed concurrently %d times; try again: %w", id, attempt+1, ErrConflict)
+		}
+		if err != nil {
+			return nil, err
+		}
+		s.afterModify(ctx, old, u)
+		return u, nil
 	}
-	u := old.Clone()
-	change(u)
+}
+
+func (s *Service) tryModifyUser(ctx context.Context, id string, change func(*User) error) (old, u *User, err error) {
+	old, err = s.GetUser(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	u = old.Clone()
+	if err := change(u); err != nil {
+		return nil, nil, err
+	}
 	if u.Limits == nil {
 		u.Limits = Limits{}
 	}
@@ -163,30 +200,34 @@ func (s *Service) modifyUser(ctx context.Context, id string, change func(*User))
 		u.Credits = 0
 	}
 	if err := validateUser(u); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	u.UpdatedAt = s.now()
+	u.Revision = old.Revision + 1
 	if err := s.store.UpdateUser(ctx, u); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if deactivated {
 		if err := s.store.ResetUsage(ctx, id, []string{ResourceCredits}); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	s.invalidate(ctx, userKey(id))
-	s.emit(EventUserUpdated, id, "")
+	return old, u, nil
+}
+
+func (s *Service) afterModify(ctx context.Context, old, u *User) {
+	s.invalidate(ctx, userKey(u.ID))
+	s.emit(EventUserUpdated, u.ID, "")
 	if old.Status != u.Status {
 		if u.Status == StatusDisabled {
-			s.emit(EventUserDisabled, id, "")
+			s.emit(EventUserDisabled, u.ID, "")
 		} else {
-			s.emit(EventUserEnabled, id, "")
+			s.emit(EventUserEnabled, u.ID, "")
 		}
 	}
 	if changed := changedResources(old.Limits, u.Limits); len(changed) > 0 {
-		s.emit(EventLimitsUpdated, id, "", changed...)
+		s.emit(EventLimitsUpdated, u.ID, "", changed...)
 	}
-	return u, nil
 }
 
 func changedResources(a, b Limits) []string {

@@ -20,6 +20,9 @@ var (
 	ErrUnauthenticated = errors.New("unauthenticated")
 	// ErrDisabled: the token is valid but its user is disabled.
 	ErrDisabled = errors.New("account disabled")
+	// ErrStale: a user changed between the read and the write of a
+	// read-modify-write (Store.UpdateUser); the Service retries.
+	ErrStale = errors.New("changed concurrently")
 	// ErrLimitExceeded: admission was refused because a charge would take a
 	// counter over its limit.
 	ErrLimitExceeded = errors.New("limit exceeded")

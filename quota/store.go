@@ -22,7 +22,9 @@ type Store interface {
 	// GetUserByExternalID looks a user up by external id.
 	GetUserByExternalID(ctx context.Context, externalID string) (*User, error)
 	// UpdateUser replaces the stored user that has u.ID, keeping the email
-	// and external id indexes unique.
+	// and external id indexes unique, only if the stored user's Revision
+	// is u.Revision-1 (else ErrStale): a compare-and-swap, atomic with the
+	// write.
 	UpdateUser(ctx context.Context, u *User) error
 	// DeleteUser removes the user, all of its tokens and all its counters.
 	DeleteUser(ctx context.Context, id string) error

@@ -4,7 +4,10 @@ import (
 	"net/mail"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
+
+	"golang.org/x/text/unicode/norm"
 
 	"github.com/google/uuid"
 )
@@ -29,6 +32,9 @@ type User struct {
 	Credits    int64     `json:"credits"`
 	CreatedAt  time.Time `json:"createdAt"`
 	UpdatedAt  time.Time `json:"updatedAt"`
+	// Revision counts the changes made to the user; Store.UpdateUser
+	// writes revision n+1 only over revision n.
+	Revision int64 `json:"revision"`
 }
 
 // Clone returns a deep copy of u.
@@ -52,15 +58,28 @@ func NewID() string {
 	return uuid.Must(uuid.NewV7()).String()
 }
 
-// NormalizeEmail lower-cases and trims an email address.
-func NormalizeEmail(s string) string { return strings.ToLower(strings.TrimSpace(s)) }
+// NormalizeEmail puts an email address in Unicode normal form C, trims it
+// and lower-cases it, so that one address has one spelling.
+func NormalizeEmail(s string) string { return strings.ToLower(norm.NFC.String(strings.TrimSpace(s))) }
+
+// invisible reports whether s holds a control or format character
+// (Unicode categories Cc and Cf: NUL, CR, LF, zero-width joiners,
+// direction overrides, ...), which no address or id needs and which could
+// make two values look alike or break a header.
+func invisible(s string) bool {
+	return strings.IndexFunc(s, func(r rune) bool { return unicode.In(r, unicode.Cc, unicode.Cf) }) >= 0
+}
 
 func validateEmail(v *validator, email string) {
 	switch {
 	case email == "":
 		v.add("email", "is required")
-	case len(email) > MaxEmailLength:
-		v.add("email", "must be at most %d characters, got %d", MaxEmailLength, len(email))
+	case !utf8.ValidString(email):
+		v.add("email", "must be valid UTF-8")
+	case utf8.RuneCountInString(email) > MaxEmailLength:
+		v.add("email", "must be at most %d characters, got %d", MaxEmailLength, utf8.RuneCountInString(email))
+	case invisible(email):
+		v.add("email", "must not contain control or invisible characters")
 	default:
 		a, err := mail.ParseAddress(email)
 		if err != nil || a.Address != email || a.Name != "" || !strings.Contains(email[strings.LastIndexByte(email, '@')+1:], ".") {
@@ -82,10 +101,12 @@ func validateName(v *validator, name string) {
 
 func validateExternalID(v *validator, ext string) {
 	switch {
-	case len(ext) > MaxExternalIDLength:
-		v.add("externalId", "must be at most %d characters", MaxExternalIDLength)
 	case !utf8.ValidString(ext):
 		v.add("externalId", "must be valid UTF-8")
+	case utf8.RuneCountInString(ext) > MaxExternalIDLength:
+		v.add("externalId", "must be at most %d characters", MaxExternalIDLength)
+	case invisible(ext):
+		v.add("externalId", "must not contain control or invisible characters (CR, LF, NUL, ...)")
 	case strings.TrimSpace(ext) != ext:
 		v.add("externalId", "must not start or end with white space")
 	}
@@ -104,8 +125,8 @@ func validateUser(u *User) error {
 	validateEmail(&v, u.Email)
 	validateExternalID(&v, u.ExternalID)
 	validateStatus(&v, u.Status)
-	if u.Credits < 0 {
-		v.add("credits", "must not be negative")
+	if u.Credits < 0 || u.Credits > MaxLimit {
+		v.add("credits", "must be between 0 and %d", int64(MaxLimit))
 	}
 	v.addErr(u.Limits.Validate())
 	if _, ok := u.Limits[ResourceCredits]; ok {

@@ -307,6 +307,9 @@ func (s *Store) UpdateUser(ctx context.Context, u *quota.User) error {
 		if err != nil {
 			return err
 		}
+		if old.Revision != u.Revision-1 {
+			return fmt.Errorf("user %q is at revision %d, not %d: %w", u.ID, old.Revision, u.Revision-1, quota.ErrStale)
+		}
 		if err := claimIndexes(tx, u.ID, old, u); err != nil {
 			return err
 		}

@@ -132,6 +132,7 @@ func TestCrossNodeInvalidation(t *testing.T) {
 	warm(t, b, tok3.Secret)
 	changed := u2.Clone()
 	changed.Status = quota.StatusDisabled
+	changed.Revision++
 	if err := storeB.UpdateUser(ctx, changed); err != nil { // behind every cache's back
 		t.Fatal(err)
 	}

@@ -208,6 +208,7 @@ func testNoCrossSlot(t *testing.T, c *redistest.Cluster) {
 		case 0:
 			u.Email = fmt.Sprintf("moved%d@example.com", i)
 			u.ExternalID = ""
+			u.Revision++
 			if err := s.UpdateUser(ctx, u); err != nil {
 				t.Fatal(err)
 			}

@@ -36,6 +36,16 @@ redis.call("PERSIST", KEYS[1])
 return 1
 `)
 
+// swapScript sets KEYS[1] to ARGV[2] only if it holds ARGV[1]: it returns
+// 1 when set, 0 when the key holds something else, -1 when it is gone.
+var swapScript = redis.NewScript(`
+local cur = redis.call("GET", KEYS[1])
+if not cur then return -1 end
+if cur ~= ARGV[1] then return 0 end
+redis.call("SET", KEYS[1], ARGV[2])
+return 1
+`)
+
 // deleteIfScript deletes KEYS[1] only if it still holds ARGV[1], and returns
 // how many keys it deleted.
 var deleteIfScript = redis.NewScript(`
@@ -320,15 +330,23 @@ func (s *Store) UpdateUser(ctx context.Context, u *quota.User) error {
 	if err != nil {
 		return err
 	}
+	if old.Revision != u.Revision-1 {
+		return fmt.Errorf("user %q is at revision %d, not %d: %w", u.ID, old.Revision, u.Revision-1, quota.ErrStale)
+	}
 	claimed := s.changedIndexes(old, u)
 	taken, err := s.claimAll(ctx, u.ID, claimed)
 	if err != nil {
 		return err
 	}
-	// XX: a user deleted meanwhile stays deleted.
-	res, err := s.rdb.SetArgs(ctx, s.userKey(u.ID), data, redis.SetArgs{Mode: "XX"}).Result()
-	if errors.Is(err, redis.Nil) || (err == nil && res != "OK") {
+	// Written only over the record just read: a change made meanwhile (on
+	// any node) makes this one stale, and a user deleted meanwhile stays
+	// deleted.
+	res, err := swapScript.Run(ctx, s.rdb, []string{s.userKey(u.ID)}, oldData, data).Int()
+	if err == nil && res != 1 {
 		s.releaseAll(ctx, u.ID, taken)
+		if res == 0 {
+			return fmt.Errorf("user %q: %w", u.ID, quota.ErrStale)
+		}
 		return fmt.Errorf("user %q: %w", u.ID, quota.ErrNotFound)
 	}
 	if err == nil {

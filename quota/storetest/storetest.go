@@ -38,6 +38,9 @@ func Run(t *testing.T, newStore func(t *testing.T) quota.Store) {
 		{"RequestIDsAndResolve", testRequestIDs},
 		{"DistinctKeys", testDistinctKeys},
 		{"ReservationLeases", testLeases},
+		{"UpdateUserCompareAndSwap", testUpdateCAS},
+		{"ConcurrentAdminWrites", testConcurrentAdminWrites},
+		{"CountersSaturate", testCountersSaturate},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -111,6 +114,7 @@ func testUserCRUD(t *testing.T, s quota.Store) {
 	u.Status = quota.StatusDisabled
 	u.Limits = quota.Limits{"files": {{Limit: 3}, {Limit: 1, Per: quota.Minute}}}
 	u.UpdatedAt = u.UpdatedAt.Add(time.Second)
+	u.Revision++
 	if err := s.UpdateUser(ctx(t), u); err != nil {
 		t.Fatal(err)
 	}
@@ -154,6 +158,7 @@ func testUnique(t *testing.T, s quota.Store) {
 	newUser(t, s, "d@example.com", "")
 	b, _ := s.GetUser(ctx(t), dup.ID)
 	b.Email = "a@example.com"
+	b.Revision++
 	if err := s.UpdateUser(ctx(t), b); !errors.Is(err, quota.ErrConflict) {
 		t.Fatalf("update to taken email: want ErrConflict, got %v", err)
 	}
@@ -167,6 +172,7 @@ func testUpdateIndexes(t *testing.T, s quota.Store) {
 	u := newUser(t, s, "old@example.com", "old-ext")
 	u.Email = "new@example.com"
 	u.ExternalID = "new-ext"
+	u.Revision++
 	if err := s.UpdateUser(ctx(t), u); err != nil {
 		t.Fatal(err)
 	}
@@ -184,6 +190,7 @@ func testUpdateIndexes(t *testing.T, s quota.Store) {
 	newUser(t, s, "old@example.com", "old-ext")
 	// Clearing the external id frees it.
 	u.ExternalID = ""
+	u.Revision++
 	if err := s.UpdateUser(ctx(t), u); err != nil {
 		t.Fatal(err)
 	}
@@ -695,5 +702,105 @@ func testLeases(t *testing.T, s quota.Store) {
 	}
 	if got := used(); got != 50 {
 		t.Fatalf("a cancelled reservation was released twice: %d, want 50", got)
+	}
+}
+
+// testUpdateCAS: a write over a revision other than the stored one is
+// stale and changes nothing.
+func testUpdateCAS(t *testing.T, s quota.Store) {
+	u := newUser(t, s, "cas@example.com", "cas")
+	a, b := u.Clone(), u.Clone()
+	a.Name, a.Revision = "A", u.Revision+1
+	b.Name, b.Revision = "B", u.Revision+1
+	if err := s.UpdateUser(ctx(t), a); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.UpdateUser(ctx(t), b); !errors.Is(err, quota.ErrStale) {
+		t.Fatalf("second write over the same revision: want ErrStale, got %v", err)
+	}
+	b.Email = "moved@example.com"
+	if err := s.UpdateUser(ctx(t), b); !errors.Is(err, quota.ErrStale) {
+		t.Fatalf("stale write with a new email: want ErrStale, got %v", err)
+	}
+	if got, _ := s.GetUser(ctx(t), u.ID); got.Name != "A" || got.Revision != u.Revision+1 {
+		t.Fatalf("after a stale write: %+v", got)
+	}
+	// The stale write's email claim was released.
+	newUser(t, s, "moved@example.com", "")
+}
+
+// testConcurrentAdminWrites: through the Service, concurrent top-ups all
+// count and a disable racing them sticks.
+func testConcurrentAdminWrites(t *testing.T, s quota.Store) {
+	svc, err := quota.NewService(quota.Options{Store: s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Close() })
+	u, err := svc.CreateUser(ctx(t), quota.NewUser{Name: "Race", Email: "race@example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := svc.AddCredits(context.Background(), u.ID, 1); err != nil {
+				failed.Add(1)
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if got, _ := svc.GetUser(ctx(t), u.ID); got.Credits != 50 || failed.Load() != 0 {
+		t.Fatalf("50 concurrent top-ups of 1: credits %d, %d failed", got.Credits, failed.Load())
+	}
+	disabled := quota.StatusDisabled
+	for range 5 {
+		for i := range 20 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if i == 10 {
+					if _, err := svc.UpdateUser(context.Background(), u.ID, quota.UserPatch{Status: &disabled}); err != nil {
+						t.Error(err)
+					}
+					return
+				}
+				lim := quota.Limits{"messages": {{Limit: int64(i)}}}
+				if _, err := svc.PatchLimits(context.Background(), u.ID, lim); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+		wg.Wait()
+		if got, _ := svc.GetUser(ctx(t), u.ID); got.Status != quota.StatusDisabled {
+			t.Fatalf("a disable racing limit changes did not stick: %+v", got)
+		}
+		active := quota.StatusActive
+		if _, err := svc.UpdateUser(ctx(t), u.ID, quota.UserPatch{Status: &active}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// testCountersSaturate: no sum of charges takes a counter past
+// quota.MaxCounter or below zero.
+func testCountersSaturate(t *testing.T, s quota.Store) {
+	u := newUser(t, s, "sat@example.com", "")
+	big := []quota.Charge{{Resource: "tokens", Limit: quota.NoLimit, Amount: quota.MaxLimit}}
+	for range 10 {
+		if adm, err := s.Admit(ctx(t), u.ID, "", big); err != nil || !adm.Allowed {
+			t.Fatalf("admit: %+v %v", adm, err)
+		}
+	}
+	snap, err := s.Usage(ctx(t), u.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := snap.Current("tokens", quota.Lifetime); got != quota.MaxCounter {
+		t.Fatalf("ten charges of MaxLimit: counter %d, want %d", got, int64(quota.MaxCounter))
 	}
 }
