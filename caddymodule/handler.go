@@ -211,20 +211,20 @@ const (
 // ServeHTTP implements caddyhttp.MiddlewareHandler: authenticate, plan,
 // admit, proxy, and settle in a deferred call that also runs when the
 // proxy aborts the handler (a client that hung up mid-stream).
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) (err error) {
 	svc := h.app.Service()
 	secret, ok := bearerToken(r.Header.Get("Authorization"))
 	if !ok {
 		return writeUnauthorized(w, "missing bearer token: send Authorization: Bearer <token>")
 	}
-	p, err := svc.Authenticate(r.Context(), secret)
+	p, aerr := svc.Authenticate(r.Context(), secret)
 	switch {
-	case errors.Is(err, quota.ErrUnauthenticated):
-		return writeUnauthorized(w, err.Error())
-	case errors.Is(err, quota.ErrDisabled):
+	case errors.Is(aerr, quota.ErrUnauthenticated):
+		return writeUnauthorized(w, aerr.Error())
+	case errors.Is(aerr, quota.ErrDisabled):
 		return writeError(w, http.StatusForbidden, "this account is disabled", "permission_error", "account_disabled")
-	case err != nil:
-		return h.storeFailure(w, err)
+	case aerr != nil:
+		return h.storeFailure(w, aerr)
 	}
 	req, err := h.readRequest(r)
 	if err != nil {
@@ -264,7 +264,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, r)
 	}
 	mw := &meterWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, usageHeader: h.UsageHeader, keepBody: h.responseBodyKeys}
-	defer h.settle(ticket, mw, r)
+	defer func() { h.settle(ticket, mw, r, recover(), err) }()
 	return next.ServeHTTP(mw, r)
 }
 

@@ -25,7 +25,7 @@ const (
 	DefaultUsageHeader    = "X-Usage-Tokens"
 	DefaultMaxTokens      = quota.DefaultMaxTokens
 	DefaultMaxRequestBody = 4 << 20
-	DefaultReservationTTL = 10 * time.Minute
+	DefaultReservationTTL = quota.DefaultHold
 	settleTimeout         = time.Second
 	// maxResponseKeyBody caps how much of a JSON response is kept to read
 	// a created object's key from it.
@@ -264,12 +264,14 @@ func (m *meterWriter) outcome(clientGone bool) quota.Outcome {
 	return o
 }
 
-// settle ends the request, also when the proxy aborted the handler: what
-// it actually used (tokens, credits, objects created or released) replaces
-// its reservation, at once. A panic is passed on once settled.
-func (h *Handler) settle(t *quota.Ticket, mw *meterWriter, r *http.Request) {
-	rec := recover()
-	gone := rec != nil || r.Context().Err() != nil
+// settle ends the request, also when the proxy aborted the handler
+// (rec is what it panicked with): what it actually used (tokens, credits,
+// objects created or released) replaces its reservation, at once. A panic
+// is passed on once settled. The client is gone when the proxy aborted or
+// failed with the request's context done; a client that hangs up right
+// after a complete response is not.
+func (h *Handler) settle(t *quota.Ticket, mw *meterWriter, r *http.Request, rec any, err error) {
+	gone := rec != nil || (err != nil && r.Context().Err() != nil)
 	o := mw.outcome(gone)
 	if rec == nil || errors.Is(asError(rec), http.ErrAbortHandler) {
 		o.CreatedKeys = h.createdKeys(r, mw)

@@ -18,7 +18,7 @@ type TokenCount struct {
 // output_tokens.
 func (c TokenCount) Uses() []Use {
 	return []Use{
-		{Resource: ResourceTokens, Amount: c.Input + c.Output},
+		{Resource: ResourceTokens, Amount: satAdd(c.Input, c.Output)},
 		{Resource: ResourceInputTokens, Amount: c.Input},
 		{Resource: ResourceOutputTokens, Amount: c.Output},
 	}

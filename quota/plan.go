@@ -31,6 +31,9 @@ const (
 	DefaultImageTokens = 4096
 	DefaultAudioTokens = 16384
 	DefaultFileTokens  = 65536
+	// DefaultHold is how long a reservation is held if its request never
+	// settles (its node crashed).
+	DefaultHold = 10 * time.Minute
 	// MessageTokens is what a strict bound adds per message (and once
 	// per request) for the template tokens that frame it.
 	MessageTokens = 8
@@ -51,8 +54,8 @@ type Route struct {
 	Hold time.Duration
 }
 
-func (r *Route) withDefaults() Route {
-	c := *r
+func (r Route) withDefaults() Route {
+	c := r
 	def := func(v *int64, d int64) {
 		if *v <= 0 {
 			*v = d
@@ -65,6 +68,9 @@ func (r *Route) withDefaults() Route {
 	def(&c.ImageTokens, DefaultImageTokens)
 	def(&c.AudioTokens, DefaultAudioTokens)
 	def(&c.FileTokens, DefaultFileTokens)
+	if c.Hold <= 0 {
+		c.Hold = DefaultHold
+	}
 	return c
 }
 
@@ -132,7 +138,7 @@ type tokenPlan struct {
 // Plan builds the plan of one request: every request counts one message,
 // the meters count what they count, and an LLM request (tr.API !=
 // APINone) reserves its tokens. Amounts are clamped to MaxLimit.
-func (r *Route) Plan(meters MeterUses, tr TokenRequest) *Plan {
+func (r Route) Plan(meters MeterUses, tr TokenRequest) *Plan {
 	p := &Plan{route: r.withDefaults(), meters: meters}
 	p.final = append([]Use{{Resource: ResourceMessages, Amount: 1}}, meters.Admit...)
 	if tr.API == APINone {

@@ -144,13 +144,14 @@ func TestCredits(t *testing.T) {
 	for _, st := range allStores() {
 		t.Run(st.name, func(t *testing.T) {
 			be, hits := llmBackend(t)
-			g := startGatewayWith(t, st.opts(t), "", "credits messages 2\n\t\t\tcredits tokens 1 per 10", strings.TrimPrefix(be.URL, "http://"))
+			g := startGatewayWith(t, st.opts(t), "", "reserve estimate\n\t\t\tcredits messages 2\n\t\t\tcredits tokens 1 per 10", strings.TrimPrefix(be.URL, "http://"))
 			created := g.tenant(t, map[string]any{
 				"name": "P", "email": "p@example.com", "issueToken": true, "credits": 20,
 			})
 			tok, uid := created.Token.Token, created.User.ID
 			// Each completion: 2 credits for the message, 30 tokens = 3 credits;
-			// 6 are reserved up front (max_tokens 30 + the prompt estimate).
+			// 6 are reserved up front (max_tokens 30 + the prompt estimate:
+			// reserve estimate, so that the arithmetic stays readable).
 			body := `{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":30}`
 			for i := 0; i < 3; i++ {
 				resp := chat(t, g.url+"/v1/chat/completions", tok, body)
