@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -72,10 +73,10 @@ type Handler struct {
 	// bodyFields are the JSON body fields meter keys refer to; the
 	// response* fields are what keys taken from a response need.
 	bodyFields        []string
-	responseKeyMeters []int
 	responseHeaders   []string
 	responseFields    []string
 	responseBodyKeys  bool
+	absurdLogged      *atomic.Bool // the absurd-usage warning is logged once
 	app               *App
 	logger            *zap.Logger
 }
@@ -91,6 +92,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision loads the tenant_quota app.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.absurdLogged = new(atomic.Bool)
 	app, err := ctx.App("tenant_quota")
 	if err != nil {
 		return fmt.Errorf("loading the tenant_quota app: %w", err)
@@ -124,9 +126,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		for _, m := range bodyPlaceholder.FindAllStringSubmatch(h.Meters[i].Key, -1) {
 			h.bodyFields = append(h.bodyFields, m[1])
-		}
-		if h.Meters[i].responseKey {
-			h.responseKeyMeters = append(h.responseKeyMeters, i)
 		}
 		for _, m := range responsePlaceholder.FindAllStringSubmatch(h.Meters[i].Key, -1) {
 			if m[1] == "header" {
@@ -230,7 +229,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if err != nil {
 		return writeRequestError(w, err)
 	}
-	meters, err := h.planMeters(r)
+	meters, created, err := h.planMeters(r)
 	if err != nil {
 		return writeRequestError(w, err)
 	}
@@ -263,8 +262,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !plan.Settles() {
 		return next.ServeHTTP(w, r)
 	}
-	mw := &meterWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, usageHeader: h.UsageHeader, keepBody: h.responseBodyKeys}
-	defer func() { h.settle(ticket, mw, r, recover(), err) }()
+	mw := &meterWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, usageHeader: h.UsageHeader, keepBody: h.responseBodyKeys && len(created) > 0}
+	defer func() { h.settle(ticket, mw, r, created, recover(), err) }()
 	return next.ServeHTTP(mw, r)
 }
 

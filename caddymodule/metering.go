@@ -270,11 +270,15 @@ func (m *meterWriter) outcome(clientGone bool) quota.Outcome {
 // is passed on once settled. The client is gone when the proxy aborted or
 // failed with the request's context done; a client that hangs up right
 // after a complete response is not.
-func (h *Handler) settle(t *quota.Ticket, mw *meterWriter, r *http.Request, rec any, err error) {
+func (h *Handler) settle(t *quota.Ticket, mw *meterWriter, r *http.Request, created []int, rec any, err error) {
 	gone := rec != nil || (err != nil && r.Context().Err() != nil)
 	o := mw.outcome(gone)
 	if rec == nil || errors.Is(asError(rec), http.ErrAbortHandler) {
-		o.CreatedKeys = h.createdKeys(r, mw)
+		o.CreatedKeys = h.createdKeys(r, mw, created)
+	}
+	if u := o.Reported; u.Found && max(u.InputTokens, u.OutputTokens, u.TotalTokens) > quota.MaxLimit && h.absurdLogged.CompareAndSwap(false, true) {
+		h.logger.Warn("the backend reported an absurd token usage; counted as the largest amount instead (logged once)",
+			zap.Int64("input_tokens", u.InputTokens), zap.Int64("output_tokens", u.OutputTokens), zap.Int64("max", quota.MaxLimit))
 	}
 	// The client may be gone; the settlement must still be made.
 	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
@@ -292,10 +296,10 @@ func asError(v any) error {
 	return err
 }
 
-// createdKeys resolves the keys of the meters that count objects by a
-// key the response names.
-func (h *Handler) createdKeys(r *http.Request, mw *meterWriter) []string {
-	if len(h.responseKeyMeters) == 0 || mw.status < 200 || mw.status >= 300 {
+// createdKeys resolves the keys that the response names for the meters
+// (by index) that count created objects by them.
+func (h *Handler) createdKeys(r *http.Request, mw *meterWriter, created []int) []string {
+	if len(created) == 0 || mw.status < 200 || mw.status >= 300 {
 		return nil
 	}
 	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
@@ -309,7 +313,7 @@ func (h *Handler) createdKeys(r *http.Request, mw *meterWriter) []string {
 		setJSONFields(repl, "http.quota.response.body.", h.responseFields, mw.kept)
 	}
 	var keys []string
-	for _, i := range h.responseKeyMeters {
+	for _, i := range created {
 		keys = append(keys, repl.ReplaceAll(h.Meters[i].Key, ""))
 	}
 	return keys

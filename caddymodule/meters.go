@@ -82,15 +82,16 @@ func (m *Meter) validate() error {
 	return nil
 }
 
-// planMeters says what the meters count for one request.
-func (h *Handler) planMeters(r *http.Request) (quota.MeterUses, error) {
-	var p quota.MeterUses
+// planMeters says what the meters count for one request, and which meters
+// count objects created by a key the response names (in the order of
+// MeterUses.Created).
+func (h *Handler) planMeters(r *http.Request) (p quota.MeterUses, created []int, err error) {
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	for i := range h.Meters {
 		m := &h.Meters[i]
 		match, err := m.matchers.AnyMatchWithError(r)
 		if err != nil {
-			return p, err
+			return p, nil, err
 		}
 		if !match {
 			continue
@@ -98,13 +99,14 @@ func (h *Handler) planMeters(r *http.Request) (quota.MeterUses, error) {
 		if m.responseKey {
 			// Counted by the key the response names, held until then.
 			p.Created = append(p.Created, quota.Use{Resource: m.Resource, Amount: m.Amount})
+			created = append(created, i)
 			continue
 		}
 		key := ""
 		if m.Key != "" && repl != nil {
 			key = repl.ReplaceAll(m.Key, "")
 			if len(key) > quota.MaxKeyLength {
-				return p, fmt.Errorf("meter %s: key longer than %d bytes", m.Resource, quota.MaxKeyLength)
+				return p, nil, fmt.Errorf("meter %s: key longer than %d bytes", m.Resource, quota.MaxKeyLength)
 			}
 		}
 		use := quota.Use{Resource: m.Resource, Amount: m.Amount, Key: key}
@@ -119,7 +121,7 @@ func (h *Handler) planMeters(r *http.Request) (quota.MeterUses, error) {
 			p.OnSuccess = append(p.OnSuccess, undo)
 		}
 	}
-	return p, nil
+	return p, created, nil
 }
 
 // parseMeter reads `meter <resource> [<matcher>] [<n> | +<n> | -<n>] [key

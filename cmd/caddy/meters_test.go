@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -182,6 +183,71 @@ func TestCredits(t *testing.T) {
 			if usage.Credits != 10 {
 				t.Fatalf("balance = %d, want 10 (30 granted, 20 spent)", usage.Credits)
 			}
+		})
+	}
+}
+
+// TestKeyedObjectMeters: objects counted by id. A create takes its key from
+// the response (a JSON body field, or a header); a delete frees only a key
+// that was counted, so deleting an object twice, or one that never
+// existed, frees nothing, even when the backend answers 2xx. On both
+// stores.
+func TestKeyedObjectMeters(t *testing.T) {
+	for _, st := range allStores() {
+		t.Run(st.name, func(t *testing.T) {
+			var n atomic.Int64
+			be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				io.Copy(io.Discard, r.Body)
+				switch {
+				case r.Method == http.MethodPost && strings.HasPrefix(r.URL.Path, "/v1/files"):
+					w.Header().Set("Content-Type", "application/json")
+					w.WriteHeader(http.StatusCreated)
+					fmt.Fprintf(w, `{"object":"file","id":"file-%d"}`, n.Add(1))
+				case r.Method == http.MethodPost:
+					w.Header().Set("X-Folder-Id", fmt.Sprintf("folder-%d", n.Add(1)))
+					w.WriteHeader(http.StatusCreated)
+				default:
+					w.WriteHeader(http.StatusNoContent) // a backend that says yes to any delete
+				}
+			}))
+			t.Cleanup(be.Close)
+			site := "@newFile {\n\t\tmethod POST\n\t\tpath /v1/files\n\t}\n\t@dropFile {\n\t\tmethod DELETE\n\t\tpath /v1/files/*\n\t}\n" +
+				"\t@newFolder {\n\t\tmethod POST\n\t\tpath /v1/folders\n\t}\n\t@dropFolder {\n\t\tmethod DELETE\n\t\tpath /v1/folders/*\n\t}"
+			meters := "meter files @newFile +1 key {http.quota.response.body.id}\n\t\t\tmeter files @dropFile -1 key {http.request.uri.path.2}\n" +
+				"\t\t\tmeter folders @newFolder +1 key {http.quota.response.header.X-Folder-Id}\n\t\t\tmeter folders @dropFolder -1 key {http.request.uri.path.2}"
+			g := startGatewayWith(t, st.opts(t), site, meters, strings.TrimPrefix(be.URL, "http://"))
+			created := g.tenant(t, map[string]any{"name": "F", "email": "f@example.com", "limits": map[string]any{"files": 2, "folders": 1}})
+			tok, uid := created.Token.Token, created.User.ID
+			do := func(method, path string, want int) {
+				t.Helper()
+				wantStatus(t, call(t, method, g.url+path, tok, map[string]any{}, nil), want)
+			}
+			want := func(resource string, n int64) {
+				t.Helper()
+				if got := g.used(t, uid, resource); got != n {
+					t.Fatalf("%s = %d, want %d", resource, got, n)
+				}
+			}
+			do("POST", "/v1/files", http.StatusCreated) // file-1
+			do("POST", "/v1/files", http.StatusCreated) // file-2
+			want("files", 2)
+			do("POST", "/v1/files", http.StatusTooManyRequests)
+			do("DELETE", "/v1/files/never-existed", http.StatusNoContent)
+			want("files", 2)
+			do("DELETE", "/v1/files/file-1", http.StatusNoContent)
+			do("DELETE", "/v1/files/file-1", http.StatusNoContent)
+			want("files", 1)
+			do("POST", "/v1/files", http.StatusCreated) // file-3
+			want("files", 2)
+			do("POST", "/v1/files", http.StatusTooManyRequests)
+
+			do("POST", "/v1/folders", http.StatusCreated) // folder-4
+			want("folders", 1)
+			do("POST", "/v1/folders", http.StatusTooManyRequests)
+			do("DELETE", "/v1/folders/folder-1", http.StatusNoContent) // not ours
+			want("folders", 1)
+			do("DELETE", "/v1/folders/folder-4", http.StatusNoContent)
+			want("folders", 0)
 		})
 	}
 }
