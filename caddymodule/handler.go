@@ -362,11 +362,11 @@ func writeLimitExceeded(w http.ResponseWriter, le *quota.LimitError, now time.Ti
 	}
 	lower := ""
 	if asked != "" {
-		lower = "Lower max_tokens or shorten the prompt, or "
+		lower = le.Advice + ", or "
 	}
 	if st.Limit.Per == quota.Lifetime {
 		body.Code = "quota_exceeded"
-		body.Message = fmt.Sprintf("%sYou have used %d of your %s limit of %d, including requests in flight. It does not reset by itself: %sask your provider to raise it.", asked, st.Used, st.Resource, st.Limit.Limit, strings.ToLower(lower))
+		body.Message = fmt.Sprintf("%sYou have used %d of your %s limit of %d, including requests in flight. It does not reset by itself: %sask your provider to raise it.", asked, st.Used, st.Resource, st.Limit.Limit, lower)
 		neverFits = true
 	} else {
 		body.Code = "rate_limited"

@@ -108,8 +108,9 @@ type LimitError struct {
 	Need int64
 	// Request describes what the request asked for, in the client's
 	// terms ("a prompt of up to 12 tokens and max_tokens 2000"), when it
-	// is an LLM request refused on a token or credit limit.
-	Request string
+	// is an LLM request refused on a token or credit limit; Advice what
+	// its client can change ("shorten the prompt").
+	Request, Advice string
 }
 
 // Error implements error.
@@ -142,7 +143,10 @@ func (s *Service) Admit(ctx context.Context, u *User, p *Plan) (*Ticket, error) 
 		if fits < maxFits && p.fit(le.State.Resource, le.State.Remaining()) {
 			continue
 		}
-		le.Need, le.Request = p.need(le.State.Resource), p.describe(le.State.Resource)
+		le.Need, le.Request = p.minNeed(le.State.Resource), p.describe(le.State.Resource)
+		if le.Request != "" {
+			le.Advice = p.advice()
+		}
 		return t, err
 	}
 }

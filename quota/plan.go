@@ -337,6 +337,27 @@ func (p *Plan) Settlement(o Outcome) []Use {
 	return actual
 }
 
+// minNeed is how much of resource the request needs at the least: with
+// its own maximum, or with one output token if the gateway sets it.
+func (p *Plan) minNeed(resource string) int64 {
+	t := p.tokens
+	if t == nil || t.clientMax || t.opaque || t.output <= 1 {
+		return p.need(resource)
+	}
+	orig := t.output
+	t.output = 1
+	defer func() { t.output = orig }()
+	return p.need(resource)
+}
+
+// advice says what the client can change to fit.
+func (p *Plan) advice() string {
+	if p.tokens != nil && p.tokens.clientMax {
+		return "lower max_tokens or shorten the prompt"
+	}
+	return "shorten the prompt"
+}
+
 // describe says what the request asked for, in terms its client can act
 // on, when resource is one its tokens count against.
 func (p *Plan) describe(resource string) string {

@@ -75,3 +75,58 @@ func TestOpenAIClient(t *testing.T) {
 	}
 	t.Logf("refused in %v: %s", time.Since(start), apiErr.Message)
 }
+
+// TestOpenAIClientSmallCap: a tenant with a 1,000-token cap and a client
+// that sets no max_tokens is served (the gateway writes a maximum that
+// fits into the request), until the cap; then it gets one 429 that the
+// client does not retry, and the cap held.
+func TestOpenAIClientSmallCap(t *testing.T) {
+	be := newHonestBackend(t)
+	g := startGateway(t, "", strings.TrimPrefix(be.URL, "http://"))
+	created := g.tenant(t, map[string]any{"name": "Small", "email": "small-sdk@example.com", "limits": map[string]any{"tokens": 1000}})
+	target, _ := url.Parse(g.url)
+	var seen atomic.Int64
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	counting := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen.Add(1)
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(counting.Close)
+	client := openai.NewClient(option.WithBaseURL(counting.URL+"/v1/"), option.WithAPIKey(created.Token.Token), option.WithMaxRetries(3))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	params := openai.ChatCompletionNewParams{
+		Model:    "gpt-test",
+		Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hello")},
+	}
+	served := 0
+	for {
+		seen.Store(0)
+		_, err := client.Chat.Completions.New(ctx, params)
+		if err == nil {
+			served++
+			if served > 20 {
+				t.Fatal("served past the cap")
+			}
+			continue
+		}
+		var apiErr *openai.Error
+		if !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusTooManyRequests || apiErr.Code != "quota_exceeded" {
+			t.Fatalf("at the cap: %v", err)
+		}
+		if seen.Load() != 1 {
+			t.Fatalf("the refused request was sent %d times", seen.Load())
+		}
+		t.Logf("served %d, then: %s", served, apiErr.Message)
+		break
+	}
+	if served == 0 {
+		t.Fatal("a 1,000-token tenant was never served")
+	}
+	if be.noMaxes.Load() != 0 {
+		t.Fatal("a request reached the backend without a maximum")
+	}
+	if used := g.used(t, created.User.ID, "tokens"); used > 1000 {
+		t.Fatalf("tokens used %d over the cap of 1000", used)
+	}
+}
