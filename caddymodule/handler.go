@@ -72,13 +72,13 @@ type Handler struct {
 	tokenMatchers caddyhttp.MatcherSets
 	// bodyFields are the JSON body fields meter keys refer to; the
 	// response* fields are what keys taken from a response need.
-	bodyFields        []string
-	responseHeaders   []string
-	responseFields    []string
-	responseBodyKeys  bool
-	absurdLogged      *atomic.Bool // the absurd-usage warning is logged once
-	app               *App
-	logger            *zap.Logger
+	bodyFields       []string
+	responseHeaders  []string
+	responseFields   []string
+	responseBodyKeys bool
+	absurdLogged     *atomic.Bool // the absurd-usage warning is logged once
+	app              *App
+	logger           *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
