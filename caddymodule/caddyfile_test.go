@@ -87,6 +87,11 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"credits syntax", ":80 {\n\ttenant_quota {\n\t\tcredits tokens\n\t}\n}", "credits takes <resource> <n> [per <units>]"},
 		{"credits amount", ":80 {\n\ttenant_quota {\n\t\tcredits tokens x per 10\n\t}\n}", `"x" is not a positive whole number`},
 		{"reservation ttl", ":80 {\n\ttenant_quota {\n\t\treservation_ttl forever\n\t}\n}", `reservation_ttl: "forever" is not a positive duration`},
+		{"reserve value", ":80 {\n\ttenant_quota {\n\t\treserve loose\n\t}\n}", `reserve takes strict or estimate, got "loose"`},
+		{"part tokens kind", ":80 {\n\ttenant_quota {\n\t\tpart_tokens video 10\n\t}\n}", `part_tokens: kind must be image, audio or file, got "video"`},
+		{"part tokens amount", ":80 {\n\ttenant_quota {\n\t\tpart_tokens image 0\n\t}\n}", `part_tokens image: "0" is not a whole number`},
+		{"part tokens arity", ":80 {\n\ttenant_quota {\n\t\tpart_tokens image\n\t}\n}", "part_tokens takes <image|audio|file> <n>"},
+		{"tokens unknown matcher", ":80 {\n\ttenant_quota {\n\t\ttokens @nope\n\t}\n}", "unrecognized matcher name: @nope"},
 		{"handler args", ":80 {\n\ttenant_quota /a b\n}", "wrong argument count"},
 		{"admin body size", ":80 {\n\ttenant_quota_admin {\n\t\tmax_body_bytes lots\n\t}\n}", `max_body_bytes: "lots"`},
 		{"admin subdirective", ":80 {\n\ttenant_quota_admin {\n\t\tkey x\n\t}\n}", `unrecognized tenant_quota_admin subdirective "key"`},
@@ -97,6 +102,26 @@ func TestCaddyfileErrors(t *testing.T) {
 			_, _, err := adapter.Adapt([]byte(tt.src), map[string]any{"filename": "Caddyfile"})
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("error %v, want one containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestHandlerValidate: settings the Caddyfile cannot catch while adapting.
+func TestHandlerValidate(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		h    Handler
+		want string
+	}{
+		{"response key on a delete", Handler{Meters: []Meter{{Resource: "files", Mode: MeterDelete, Amount: 1, Key: "{http.quota.response.body.id}"}}}, "counts created objects"},
+		{"reserve", Handler{Reserve: "loose"}, "reserve must be strict or estimate"},
+		{"part kind", Handler{PartTokens: map[string]int64{"video": 5}}, "kind must be image, audio or file"},
+		{"part amount", Handler{PartTokens: map[string]int64{"image": -5}}, "part_tokens image must be between 1"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := tt.h.Validate(); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Validate() = %v, want %q", err, tt.want)
 			}
 		})
 	}

@@ -76,7 +76,7 @@ func (m *Meter) validate() error {
 		return fmt.Errorf("meter %s: mode must be request, create or delete, got %q", m.Resource, m.Mode)
 	case m.Amount < 1 || m.Amount > quota.MaxLimit:
 		return fmt.Errorf("meter %s: amount must be between 1 and %d", m.Resource, int64(quota.MaxLimit))
-	case m.responseKey && m.Mode != MeterCreate:
+	case strings.Contains(m.Key, "{"+responsePrefix) && m.Mode != MeterCreate:
 		return fmt.Errorf("meter %s: a key from the response ({%s...}) counts created objects: use +n", m.Resource, responsePrefix)
 	}
 	return nil
