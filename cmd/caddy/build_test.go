@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -100,4 +101,53 @@ func main() {
 			t.Errorf("the xcaddy-style build does not list %s", id)
 		}
 	}
+}
+
+// TestReadmeCaddyfiles adapts and validates every Caddyfile block of the
+// README with the real binary, so that no example an operator copies is
+// wrong. Syntax summaries (with <placeholders>) are skipped; a snippet of
+// directives is put in a site block, and global options alone get one.
+func TestReadmeCaddyfiles(t *testing.T) {
+	src, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var blocks []string
+	for _, part := range strings.Split(string(src), "```caddyfile\n")[1:] {
+		block, _, ok := strings.Cut(part, "```")
+		if !ok {
+			t.Fatal("an unclosed caddyfile block in the README")
+		}
+		blocks = append(blocks, block)
+	}
+	if len(blocks) < 5 {
+		t.Fatalf("only %d caddyfile blocks found", len(blocks))
+	}
+	dir := t.TempDir()
+	tested := 0
+	for i, block := range blocks {
+		if strings.Contains(block, "<") {
+			continue // a syntax summary
+		}
+		cfg := block
+		switch first := strings.Fields(block)[0]; {
+		case first == "{":
+			if !strings.Contains(strings.TrimSpace(block), "\n}\n") {
+				cfg += ":8080 {\n\trespond ok\n}\n"
+			}
+		case first == "handle" || first == "tenant_quota":
+			cfg = ":8080 {\n" + block + "}\n"
+		}
+		path := filepath.Join(dir, fmt.Sprintf("block%d.caddyfile", i+1))
+		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(caddyBin, "adapt", "--config", path, "--adapter", "caddyfile", "--validate")
+		cmd.Env = append(os.Environ(), "TQ_ADMIN_KEY=k", "TQ_OLD_ADMIN_KEY=k2", "OPENAI_API_KEY=k", "REDIS_PASSWORD=p", "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("README caddyfile block %d does not validate: %v\n%s\n%s", i+1, err, cfg, out)
+		}
+		tested++
+	}
+	t.Logf("%d of %d blocks validated", tested, len(blocks))
 }
