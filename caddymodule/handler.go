@@ -338,6 +338,8 @@ func writeRequestError(w http.ResponseWriter, err error) error {
 		})
 	case errors.As(err, &tooLarge):
 		return writeError(w, http.StatusRequestEntityTooLarge, err.Error(), "invalid_request_error", "request_too_large")
+	case errors.Is(err, errNotObject):
+		return writeError(w, http.StatusBadRequest, err.Error(), "invalid_request_error", "invalid_json")
 	}
 	return writeError(w, http.StatusBadRequest, err.Error(), "invalid_request_error", "invalid_request")
 }

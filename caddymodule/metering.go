@@ -78,12 +78,17 @@ type request struct {
 	rest   io.Reader
 }
 
-// errBodyTooLarge refuses a body the gateway cannot meter.
+// errBodyTooLarge refuses a body too large to bound (reserve strict).
 type errBodyTooLarge struct{ limit int64 }
 
 func (e errBodyTooLarge) Error() string {
-	return fmt.Sprintf("the request body is larger than %d bytes and has no Content-Length, so its tokens cannot be bounded; send a Content-Length, or ask the operator to raise max_request_body", e.limit)
+	return fmt.Sprintf("the request body is larger than %d bytes, too large for the gateway to bound its tokens; send a smaller request, or ask the operator to raise max_request_body", e.limit)
 }
+
+// errNotObject refuses an LLM request whose body is not a JSON object
+// (reserve strict): no backend of the known APIs serves one, and the
+// gateway could not tell it the output maximum that bounds what it costs.
+var errNotObject = errors.New("the request body must be a JSON object")
 
 // readRequest reads the body of an LLM request (whatever its
 // Content-Type), or of a request whose meter keys name body fields, up to
@@ -94,7 +99,14 @@ func (h *Handler) readRequest(r *http.Request) (*request, error) {
 		return nil, err
 	}
 	req := &request{tokens: quota.TokenRequest{API: api}}
-	if api == quota.APINone && len(h.bodyFields) == 0 || r.Body == nil || r.Body == http.NoBody {
+	strict := h.route.Reserve == quota.ReserveStrict && api != quota.APINone
+	if api == quota.APINone && len(h.bodyFields) == 0 {
+		return req, nil
+	}
+	if r.Body == nil || r.Body == http.NoBody {
+		if strict {
+			return nil, errNotObject
+		}
 		return req, nil
 	}
 	buf, err := io.ReadAll(io.LimitReader(r.Body, h.MaxRequestBody+1))
@@ -103,15 +115,12 @@ func (h *Handler) readRequest(r *http.Request) (*request, error) {
 	}
 	req.body = buf
 	if int64(len(buf)) > h.MaxRequestBody {
+		if strict {
+			return nil, errBodyTooLarge{h.MaxRequestBody}
+		}
 		// Too large to read: forwarded as it comes, reserved by its size.
 		req.rest = r.Body
-		req.tokens.Size = r.ContentLength
-		if r.ContentLength < 0 {
-			if h.route.Reserve == quota.ReserveStrict && api != quota.APINone {
-				return nil, errBodyTooLarge{h.MaxRequestBody}
-			}
-			req.tokens.Size = int64(len(buf))
-		}
+		req.tokens.Size = max(r.ContentLength, int64(len(buf)))
 		return req, nil
 	}
 	req.tokens.Size = int64(len(buf))
@@ -119,6 +128,9 @@ func (h *Handler) readRequest(r *http.Request) (*request, error) {
 	if api != quota.APINone {
 		if req.tokens.Body, err = llmusage.ParseRequest(buf); err != nil {
 			return nil, err
+		}
+		if strict && !req.tokens.Body.Object {
+			return nil, errNotObject
 		}
 	}
 	return req, nil

@@ -11,8 +11,10 @@ import (
 
 // Ticket is an admitted request (like x/time/rate's Reservation): it owns
 // the request id and what the admission charged, and settles the request
-// exactly once. Its methods are safe to call from any goroutine; only the
-// first of Settle, SettleUses, Force and Abandon does anything.
+// exactly once. Its methods are safe to call from any goroutine. An
+// admission whose outcome is unknown is resolved once, by Force (served:
+// it is then settled like any other) or Abandon (refused: nothing to
+// settle); only the first Settle or SettleUses does anything.
 type Ticket struct {
 	// Now is the store's clock at admission.
 	Now time.Time
@@ -26,7 +28,8 @@ type Ticket struct {
 	plan      *Plan
 	charges   []Charge
 	holds     bool
-	done      atomic.Bool
+	resolved  atomic.Bool // Force or Abandon
+	settled   atomic.Bool
 }
 
 // Abandon settles an admission whose outcome is unknown (Admit failed
@@ -34,7 +37,8 @@ type Ticket struct {
 // if it reaches the store later it charges nothing. The settlement is
 // journaled and replayed until the store takes it.
 func (t *Ticket) Abandon() {
-	if t.done.CompareAndSwap(false, true) {
+	t.settled.Store(true)
+	if t.resolved.CompareAndSwap(false, true) {
 		t.s.journal.add(resolution{p: t.pending(t.charges), apply: false})
 	}
 }
@@ -43,7 +47,7 @@ func (t *Ticket) Abandon() {
 // charges are counted exactly once, without limits, when the store takes
 // the settlement.
 func (t *Ticket) Force() {
-	if t.done.CompareAndSwap(false, true) {
+	if t.resolved.CompareAndSwap(false, true) {
 		t.s.journal.add(resolution{p: t.pending(t.charges), apply: true})
 	}
 }
@@ -70,7 +74,7 @@ func (t *Ticket) Settle(ctx context.Context, o Outcome) error {
 // journaled and replayed if the store does not take it now. A request
 // that held nothing and used nothing costs no store call.
 func (t *Ticket) SettleUses(ctx context.Context, actual []Use) error {
-	if !t.done.CompareAndSwap(false, true) {
+	if !t.settled.CompareAndSwap(false, true) {
 		return nil
 	}
 	nonzero := make([]Use, 0, len(actual))

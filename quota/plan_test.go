@@ -5,9 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/tenantquota/caddy-tenant-quota/quota"
 	"github.com/tenantquota/caddy-tenant-quota/quota/llmusage"
@@ -247,4 +250,64 @@ func FuzzPlan(f *testing.F) {
 			t.Fatalf("output reservation %d", out)
 		}
 	})
+}
+
+// downOnce fails its first Admit as a store that did not answer, after
+// applying it (the admission landed, the answer was lost).
+type downOnce struct {
+	quota.Store
+	failed atomic.Bool
+}
+
+func (d *downOnce) Admit(ctx context.Context, userID, requestID string, charges []quota.Charge) (*quota.Admission, error) {
+	adm, err := d.Store.Admit(ctx, userID, requestID, charges)
+	if err == nil && d.failed.CompareAndSwap(false, true) {
+		return nil, fmt.Errorf("timeout: %w", quota.ErrUnavailable)
+	}
+	return adm, err
+}
+
+// TestForcedTicketSettles: a request served although its admission's
+// outcome was unknown (on_store_error allow) is counted once, and its
+// settlement still replaces its reservation with what it used.
+func TestForcedTicketSettles(t *testing.T) {
+	svc, cs, _, _ := newService(t)
+	d := &downOnce{Store: cs.Store}
+	svc2, err := quota.NewService(quota.Options{Store: d})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc2.Close() })
+	ctx := context.Background()
+	u, err := svc.CreateUser(ctx, quota.NewUser{Name: "F", Email: "f@example.com", Limits: quota.Limits{"tokens": {{Limit: 100000}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := plan(t, quota.Route{}, quota.APIChat, `{"messages":[{"role":"user","content":"hi"}],"max_tokens":500}`)
+	ticket, err := svc2.Admit(ctx, u, p)
+	if !errors.Is(err, quota.ErrUnavailable) || ticket == nil {
+		t.Fatalf("admission: %v", err)
+	}
+	ticket.Force()
+	ticket.Settle(ctx, quota.Outcome{Status: 200, Reported: llmusage.Usage{InputTokens: 3, OutputTokens: 4, Found: true}})
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		usage, err := svc.Usage(ctx, u.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var tokens, reserved int64
+		for _, it := range usage.Items {
+			if it.Resource == "tokens" && it.Per == "lifetime" {
+				tokens, reserved = it.Used, it.Reserved
+			}
+		}
+		if tokens == 7 && reserved == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tokens %d, reserved %d: want 7 and 0", tokens, reserved)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -282,22 +282,23 @@ func TestHardCaps(t *testing.T) {
 				}
 			})
 
-			t.Run("a body too large to read is charged", func(t *testing.T) {
+			t.Run("a body too large to bound, or not JSON, is refused", func(t *testing.T) {
 				uid, tok := newTenant("big@example.com", 100000000)
+				before := be.hits.Load()
 				big := `{"model":"m","messages":[{"role":"user","content":"` + strings.Repeat("x", 5<<20) + `"}]}`
-				status, _ := send(t, chatURL, tok, "application/json", big)
-				if status != http.StatusOK {
-					t.Fatalf("a %d-byte body: %d", len(big), status)
+				if status, body := send(t, chatURL, tok, "application/json", big); status != http.StatusRequestEntityTooLarge || !strings.Contains(body, "max_request_body") {
+					t.Fatalf("a %d-byte body: %d %s", len(big), status, body)
 				}
-				if u := g.lifetime(t, uid); u["tokens"].Used < 5<<20 || u["tokens"].Reserved != 0 {
-					t.Fatalf("a 5 MiB prompt was charged %+v", u["tokens"])
+				for _, body := range []string{"hello, not JSON", `["a list"]`, `"a string"`, ""} {
+					if status, b := send(t, chatURL, tok, "text/plain", body); status != http.StatusBadRequest || !strings.Contains(b, "JSON object") {
+						t.Fatalf("a body %q: %d %s", body, status, b)
+					}
 				}
-				status, _ = send(t, chatURL, tok, "text/plain", "hello, not JSON")
-				if status != http.StatusBadRequest {
-					t.Fatalf("a body that is not JSON: %d", status)
+				if be.hits.Load() != before {
+					t.Fatal("a refused body reached the backend")
 				}
-				if u := g.lifetime(t, uid); u["tokens"].Reserved != 0 || u["messages"].Used != 2 {
-					t.Fatalf("after a body that is not JSON: %+v", u)
+				if u := g.lifetime(t, uid); u["tokens"].Used != 0 || u["messages"].Used != 0 {
+					t.Fatalf("refused bodies were charged: %+v", u)
 				}
 			})
 
@@ -459,5 +460,32 @@ func adversarial(t *testing.T, a, b *gateway) {
 		if strings.Contains(g.logs.String(), `"level":"error"`) {
 			t.Errorf("an ERROR log line:\n%s", g.logs)
 		}
+	}
+}
+
+// TestEstimateLargeBodies: with reserve estimate, a body too large to read
+// is forwarded and charged by its size, and one that is not JSON is
+// charged its estimate even when the backend refuses it: never 0.
+func TestEstimateLargeBodies(t *testing.T) {
+	for _, st := range allStores() {
+		t.Run(st.name, func(t *testing.T) {
+			be := newHonestBackend(t)
+			g := startGatewayWith(t, st.opts(t), "", "reserve estimate", strings.TrimPrefix(be.URL, "http://"))
+			c := g.tenant(t, map[string]any{"name": "B", "email": "b@example.com", "limits": map[string]any{"tokens": 100000000}})
+			big := `{"model":"m","max_tokens":10,"messages":[{"role":"user","content":"` + strings.Repeat("x", 5<<20) + `"}]}`
+			if status, _ := send(t, g.url+"/v1/chat/completions", c.Token.Token, "application/json", big); status != http.StatusOK {
+				t.Fatalf("a %d-byte body: %d", len(big), status)
+			}
+			if u := g.lifetime(t, c.User.ID); u["tokens"].Used < 5<<20 || u["tokens"].Reserved != 0 {
+				t.Fatalf("a 5 MiB prompt was charged %+v", u["tokens"])
+			}
+			before := g.lifetime(t, c.User.ID)["tokens"].Used
+			if status, _ := send(t, g.url+"/v1/chat/completions", c.Token.Token, "text/plain", "hello, not JSON"); status != http.StatusBadRequest {
+				t.Fatalf("a body that is not JSON: %d", status)
+			}
+			if u := g.lifetime(t, c.User.ID); u["tokens"].Used <= before || u["tokens"].Reserved != 0 {
+				t.Fatalf("a body that is not JSON was charged nothing: %+v", u["tokens"])
+			}
+		})
 	}
 }
