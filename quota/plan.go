@@ -130,7 +130,8 @@ type tokenPlan struct {
 	api       API
 	prompt    int64 // the input reserved
 	estimate  int64 // the input charged when the backend reports nothing
-	output    int64 // the output reserved
+	output    int64 // the output reserved per choice (the maximum)
+	choices   int64 // completions generated, each up to output
 	clientMax bool  // the client set its own maximum
 	opaque    bool  // the body could not be read: charge an estimate whatever the status
 }
@@ -144,7 +145,7 @@ func (r Route) Plan(meters MeterUses, tr TokenRequest) *Plan {
 	if tr.API == APINone {
 		return p
 	}
-	t := &tokenPlan{api: tr.API}
+	t := &tokenPlan{api: tr.API, choices: max(tr.Body.Choices, 1)}
 	b := tr.Body
 	switch {
 	case !b.Object:
@@ -205,7 +206,7 @@ func (p *Plan) Uses() []Use {
 func (p *Plan) heldUses() []Use {
 	var held []Use
 	if t := p.tokens; t != nil {
-		c := TokenCount{Input: t.prompt, Output: t.output}
+		c := TokenCount{Input: t.prompt, Output: satMul(t.output, t.choices)}
 		if c != (TokenCount{}) {
 			held = append(c.Uses(), c.Reserved()...)
 		}
@@ -292,7 +293,7 @@ func (p *Plan) Tokens(o Outcome) TokenCount {
 		return TokenCount{}
 	}
 	u := o.Reported
-	sent := min(ceilDiv(max(o.BytesOut, 0), llmusage.BytesPerToken), t.output)
+	sent := min(ceilDiv(max(o.BytesOut, 0), llmusage.BytesPerToken), satMul(t.output, t.choices))
 	if u.Found {
 		c := TokenCount{Input: clampAmount(u.InputTokens), Output: clampAmount(u.OutputTokens)}
 		if u.InputTokens == 0 && u.OutputTokens == 0 {
@@ -368,6 +369,9 @@ func (p *Plan) describe(resource string) string {
 	max := "max_tokens " + strconv.FormatInt(t.output, 10)
 	if !t.clientMax {
 		max = "at least 1 output token"
+	}
+	if t.choices > 1 {
+		max += " for each of " + strconv.FormatInt(t.choices, 10) + " choices"
 	}
 	return fmt.Sprintf("a prompt of up to %d tokens and %s", t.prompt, max)
 }

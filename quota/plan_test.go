@@ -311,3 +311,21 @@ func TestForcedTicketSettles(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestPlanChoices: n (or best_of) completions may each use the maximum.
+func TestPlanChoices(t *testing.T) {
+	p := plan(t, quota.Route{}, quota.APIChat, `{"messages":[{"role":"user","content":"hi"}],"max_tokens":100,"n":5}`)
+	if out := amountOf(p.Uses(), quota.ResourceOutputTokens); out != 500 {
+		t.Fatalf("n 5 × max_tokens 100 reserved %d output tokens", out)
+	}
+	p = plan(t, quota.Route{}, quota.APICompletions, `{"prompt":"hi","best_of":3,"n":2}`)
+	_, n, _ := p.OutputMax()
+	if out := amountOf(p.Uses(), quota.ResourceOutputTokens); out != 3*n {
+		t.Fatalf("best_of 3 reserved %d output tokens for a maximum of %d", out, n)
+	}
+	for _, bad := range []string{`{"n":0}`, `{"n":129}`, `{"best_of":-1}`, `{"n":"2"}`, `{"n":1.5}`} {
+		if _, err := llmusage.ParseRequest([]byte(bad)); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
+	}
+}

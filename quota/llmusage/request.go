@@ -16,6 +16,10 @@ const BytesPerToken = 4
 // MaxOutputTokens is the largest output maximum a request may ask for.
 const MaxOutputTokens = 1 << 50
 
+// MaxChoices is the most completions ("n", "best_of") a request may ask
+// for, as OpenAI allows.
+const MaxChoices = 128
+
 // Output maximum fields, by API.
 const (
 	FieldMaxTokens           = "max_tokens"            // chat completions (legacy), completions, Anthropic
@@ -50,6 +54,10 @@ type Request struct {
 	// max_output_tokens; HasMax is false when none is set.
 	MaxOutput int64
 	HasMax    bool
+	// Choices is how many completions the request asks for: the largest
+	// of "n" and "best_of" (legacy completions generate best_of and
+	// return n), 1 when neither is set. Each may use MaxOutput tokens.
+	Choices int64
 	// Stream is "stream": true; IncludeUsage is
 	// "stream_options": {"include_usage": true}.
 	Stream, IncludeUsage bool
@@ -76,7 +84,18 @@ func ParseRequest(body []byte) (Request, error) {
 	if json.Unmarshal(body, &top) != nil || top == nil {
 		return Request{}, nil
 	}
-	r := Request{Object: true}
+	r := Request{Object: true, Choices: 1}
+	for _, f := range []string{"n", "best_of"} {
+		raw, ok := top[f]
+		if !ok || isNull(raw) {
+			continue
+		}
+		n, err := strconv.ParseInt(string(raw), 10, 64)
+		if err != nil || n < 1 || n > MaxChoices {
+			return Request{}, &FieldError{Field: f, Detail: fmt.Sprintf("must be a whole number from 1 to %d, got %s", MaxChoices, clip(raw))}
+		}
+		r.Choices = max(r.Choices, n)
+	}
 	for _, f := range maxFields {
 		raw, ok := top[f]
 		if !ok || isNull(raw) {
