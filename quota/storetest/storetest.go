@@ -730,7 +730,7 @@ func testUpdateCAS(t *testing.T, s quota.Store) {
 }
 
 // testConcurrentAdminWrites: through the Service, concurrent top-ups all
-// count and a disable racing them sticks.
+// count, and a disable racing top-ups and limit changes sticks.
 func testConcurrentAdminWrites(t *testing.T, s quota.Store) {
 	svc, err := quota.NewService(quota.Options{Store: s})
 	if err != nil {
@@ -769,6 +769,12 @@ func testConcurrentAdminWrites(t *testing.T, s quota.Store) {
 					}
 					return
 				}
+				if i%2 == 0 {
+					if _, err := svc.AddCredits(context.Background(), u.ID, 1); err != nil {
+						t.Error(err)
+					}
+					return
+				}
 				lim := quota.Limits{"messages": {{Limit: int64(i)}}}
 				if _, err := svc.PatchLimits(context.Background(), u.ID, lim); err != nil {
 					t.Error(err)
@@ -777,7 +783,7 @@ func testConcurrentAdminWrites(t *testing.T, s quota.Store) {
 		}
 		wg.Wait()
 		if got, _ := svc.GetUser(ctx(t), u.ID); got.Status != quota.StatusDisabled {
-			t.Fatalf("a disable racing limit changes did not stick: %+v", got)
+			t.Fatalf("a disable racing top-ups and limit changes did not stick: %+v", got)
 		}
 		active := quota.StatusActive
 		if _, err := svc.UpdateUser(ctx(t), u.ID, quota.UserPatch{Status: &active}); err != nil {
