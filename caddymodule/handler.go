@@ -211,19 +211,9 @@ const (
 // admit, proxy, and settle in a deferred call that also runs when the
 // proxy aborts the handler (a client that hung up mid-stream).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) (err error) {
-	svc := h.app.Service()
-	secret, ok := bearerToken(r.Header.Get("Authorization"))
-	if !ok {
-		return writeUnauthorized(w, "missing bearer token: send Authorization: Bearer <token>")
-	}
-	p, aerr := svc.Authenticate(r.Context(), secret)
-	switch {
-	case errors.Is(aerr, quota.ErrUnauthenticated):
-		return writeUnauthorized(w, aerr.Error())
-	case errors.Is(aerr, quota.ErrDisabled):
-		return writeError(w, http.StatusForbidden, "this account is disabled", "permission_error", "account_disabled")
-	case aerr != nil:
-		return h.storeFailure(w, aerr)
+	p, answered, err := h.authenticate(w, r)
+	if answered {
+		return err
 	}
 	req, err := h.readRequest(r)
 	if err != nil {
@@ -234,28 +224,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return writeRequestError(w, err)
 	}
 	plan := h.route.Plan(meters, req.tokens)
-	ticket, err := svc.Admit(r.Context(), p.User, plan)
-	var le *quota.LimitError
-	switch {
-	case errors.As(err, &le):
-		return writeLimitExceeded(w, le, time.Now())
-	case errors.Is(err, quota.ErrUnavailable) && h.app.admitOnStoreError(p.User.ID):
-		ticket.Force() // served: counted once when the store is back
-		if c := h.logger.Check(zapcore.WarnLevel, "quota store unavailable; admitted by on_store_error allow"); c != nil {
-			c.Write(zap.String("user_id", p.User.ID), zap.Error(err))
-		}
-	case err != nil:
-		if ticket != nil {
-			ticket.Abandon() // refused: the admission, if it still lands, must not count
-		}
-		return h.storeFailure(w, err)
-	}
-	if ticket.Tightest != nil {
-		setRateLimitHeaders(w.Header(), *ticket.Tightest, ticket.Now)
+	ticket, answered, err := h.admit(w, r, p, plan)
+	if answered {
+		return err
 	}
 	if err := h.forwardBody(r, req, plan); err != nil {
 		ticket.Abandon()
-		return h.storeFailure(w, err)
+		return writeRequestError(w, err)
 	}
 	h.setPlaceholders(r, p)
 	r.Header.Del("Authorization") // the tenant's token is for this gateway only
@@ -265,6 +240,50 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	mw := &meterWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, usageHeader: h.UsageHeader, keepBody: h.responseBodyKeys && len(created) > 0}
 	defer func() { h.settle(ticket, mw, r, created, recover(), err) }()
 	return next.ServeHTTP(mw, r)
+}
+
+// authenticate finds the request's tenant, or answers 401, 403 or 503
+// (answered is then true).
+func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) (p *quota.Principal, answered bool, err error) {
+	secret, ok := bearerToken(r.Header.Get("Authorization"))
+	if !ok {
+		return nil, true, writeUnauthorized(w, "missing bearer token: send Authorization: Bearer <token>")
+	}
+	p, err = h.app.Service().Authenticate(r.Context(), secret)
+	switch {
+	case errors.Is(err, quota.ErrUnauthenticated):
+		return nil, true, writeUnauthorized(w, err.Error())
+	case errors.Is(err, quota.ErrDisabled):
+		return nil, true, writeError(w, http.StatusForbidden, "this account is disabled", "permission_error", "account_disabled")
+	case err != nil:
+		return nil, true, h.storeFailure(w, err)
+	}
+	return p, false, nil
+}
+
+// admit admits the planned request, or answers 429, 402 or 503 (answered
+// is then true). When the store does not answer, on_store_error decides.
+func (h *Handler) admit(w http.ResponseWriter, r *http.Request, p *quota.Principal, plan *quota.Plan) (t *quota.Ticket, answered bool, err error) {
+	t, err = h.app.Service().Admit(r.Context(), p.User, plan)
+	var le *quota.LimitError
+	switch {
+	case errors.As(err, &le):
+		return nil, true, writeLimitExceeded(w, le, time.Now())
+	case errors.Is(err, quota.ErrUnavailable) && h.app.admitOnStoreError(p.User.ID):
+		t.Force() // served: counted once when the store is back
+		if c := h.logger.Check(zapcore.WarnLevel, "quota store unavailable; admitted by on_store_error allow"); c != nil {
+			c.Write(zap.String("user_id", p.User.ID), zap.Error(err))
+		}
+	case err != nil:
+		if t != nil {
+			t.Abandon() // refused: the admission, if it still lands, must not count
+		}
+		return nil, true, h.storeFailure(w, err)
+	}
+	if t.Tightest != nil {
+		setRateLimitHeaders(w.Header(), *t.Tightest, t.Now)
+	}
+	return t, false, nil
 }
 
 func (h *Handler) setPlaceholders(r *http.Request, p *quota.Principal) {
