@@ -166,6 +166,17 @@ func TestHardCaps(t *testing.T) {
 				c := g.tenant(t, map[string]any{"name": "H", "email": email, "limits": map[string]any{"tokens": tokens}})
 				return c.User.ID, c.Token.Token
 			}
+			// refusedFree checks that refused requests reached no backend
+			// and charged nothing.
+			refusedFree := func(t *testing.T, uid string, hitsBefore int64) {
+				t.Helper()
+				if be.hits.Load() != hitsBefore {
+					t.Fatal("a refused request reached the backend")
+				}
+				if u := g.lifetime(t, uid); u["tokens"].Used != 0 || u["messages"].Used != 0 {
+					t.Fatalf("refused requests were charged: %+v", u)
+				}
+			}
 
 			t.Run("huge and malformed maxima are refused before the backend", func(t *testing.T) {
 				uid, tok := newTenant("overflow@example.com", 1000)
@@ -176,12 +187,7 @@ func TestHardCaps(t *testing.T) {
 						t.Fatalf("max_tokens %s: %d %s", v, status, body)
 					}
 				}
-				if be.hits.Load() != before {
-					t.Fatal("a refused request reached the backend")
-				}
-				if u := g.lifetime(t, uid); u["tokens"].Used != 0 || u["messages"].Used != 0 {
-					t.Fatalf("refused requests were charged: %+v", u)
-				}
+				refusedFree(t, uid, before)
 			})
 
 			t.Run("any Content-Type is metered and streams report usage", func(t *testing.T) {
@@ -294,12 +300,7 @@ func TestHardCaps(t *testing.T) {
 						t.Fatalf("a body %q: %d %s", body, status, b)
 					}
 				}
-				if be.hits.Load() != before {
-					t.Fatal("a refused body reached the backend")
-				}
-				if u := g.lifetime(t, uid); u["tokens"].Used != 0 || u["messages"].Used != 0 {
-					t.Fatalf("refused bodies were charged: %+v", u)
-				}
+				refusedFree(t, uid, before)
 			})
 
 			t.Run("an absurd usage report is clamped", func(t *testing.T) {

@@ -27,17 +27,8 @@ func TestOpenAIClient(t *testing.T) {
 		"name": "SDK", "email": "sdk@example.com", "issueToken": true, "limits": map[string]any{"messages": 2},
 	})
 
-	// Count what reaches the gateway, to see whether the client retries.
-	target, _ := url.Parse(g.url)
-	var seen atomic.Int64
-	proxy := httputil.NewSingleHostReverseProxy(target)
-	counting := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		seen.Add(1)
-		proxy.ServeHTTP(w, r)
-	}))
-	t.Cleanup(counting.Close)
-
-	client := openai.NewClient(option.WithBaseURL(counting.URL+"/v1/"), option.WithAPIKey(created.Token.Token), option.WithMaxRetries(3))
+	counting, seen := countingProxy(t, g)
+	client := openai.NewClient(option.WithBaseURL(counting+"/v1/"), option.WithAPIKey(created.Token.Token), option.WithMaxRetries(3))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	params := openai.ChatCompletionNewParams{
@@ -84,15 +75,8 @@ func TestOpenAIClientSmallCap(t *testing.T) {
 	be := newHonestBackend(t)
 	g := startGateway(t, "", strings.TrimPrefix(be.URL, "http://"))
 	created := g.tenant(t, map[string]any{"name": "Small", "email": "small-sdk@example.com", "limits": map[string]any{"tokens": 1000}})
-	target, _ := url.Parse(g.url)
-	var seen atomic.Int64
-	proxy := httputil.NewSingleHostReverseProxy(target)
-	counting := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		seen.Add(1)
-		proxy.ServeHTTP(w, r)
-	}))
-	t.Cleanup(counting.Close)
-	client := openai.NewClient(option.WithBaseURL(counting.URL+"/v1/"), option.WithAPIKey(created.Token.Token), option.WithMaxRetries(3))
+	counting, seen := countingProxy(t, g)
+	client := openai.NewClient(option.WithBaseURL(counting+"/v1/"), option.WithAPIKey(created.Token.Token), option.WithMaxRetries(3))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	params := openai.ChatCompletionNewParams{
@@ -129,4 +113,18 @@ func TestOpenAIClientSmallCap(t *testing.T) {
 	if used := g.used(t, created.User.ID, "tokens"); used > 1000 {
 		t.Fatalf("tokens used %d over the cap of 1000", used)
 	}
+}
+
+// countingProxy is a proxy in front of the gateway that counts the requests
+// it passes, to see whether a client retries.
+func countingProxy(t *testing.T, g *gateway) (string, *atomic.Int64) {
+	target, _ := url.Parse(g.url)
+	seen := new(atomic.Int64)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	counting := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen.Add(1)
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(counting.Close)
+	return counting.URL, seen
 }
