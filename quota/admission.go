@@ -97,12 +97,6 @@ func (t *Ticket) SettleUses(ctx context.Context, actual []Use) error {
 	return err
 }
 
-// Pending is an admission or settlement whose outcome is unknown.
-type Pending struct {
-	userID, requestID string
-	charges           []Charge
-}
-
 // LimitError is returned by Admit when a limit refuses the request; it
 // matches ErrLimitExceeded.
 type LimitError struct {

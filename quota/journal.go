@@ -27,6 +27,12 @@ type journal struct {
 	wake    chan struct{}
 }
 
+// Pending is an admission or settlement whose outcome is unknown.
+type Pending struct {
+	userID, requestID string
+	charges           []Charge
+}
+
 type resolution struct {
 	p      Pending
 	apply  bool
