@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 )
 
 // BytesPerToken is the rule of thumb of the estimate: about four bytes of
@@ -28,6 +29,9 @@ const (
 )
 
 var maxFields = []string{FieldMaxTokens, FieldMaxCompletionTokens, FieldMaxOutputTokens}
+
+// readFields are the fields whose values bound what a request costs.
+var readFields = append([]string{"n", "best_of", "stream", "stream_options"}, maxFields...)
 
 // Request is what a request body says about the tokens it may use.
 type Request struct {
@@ -85,6 +89,15 @@ func ParseRequest(body []byte) (Request, error) {
 		return Request{}, nil
 	}
 	r := Request{Object: true, Choices: 1}
+	for k := range top {
+		for _, f := range readFields {
+			if k != f && strings.EqualFold(k, f) {
+				// A backend that matches keys without regard to case (Go's
+				// encoding/json does) would read what the gateway did not.
+				return Request{}, &FieldError{Field: k, Detail: "is not a field of this API; did you mean " + f + "?"}
+			}
+		}
+	}
 	for _, f := range []string{"n", "best_of"} {
 		raw, ok := top[f]
 		if !ok || isNull(raw) {

@@ -160,6 +160,10 @@ func TestParseRequestRefuses(t *testing.T) {
 		{`{"max_tokens":[1]}`, "max_tokens"},
 		{`{"stream":"true"}`, "stream"},
 		{`{"stream":1}`, "stream"},
+		{`{"max_tokens":10,"MAX_TOKENS":100000}`, "MAX_TOKENS"},
+		{`{"Max_Completion_Tokens":100000}`, "Max_Completion_Tokens"},
+		{`{"max_to\u212aens":100000}`, "max_to\u212aens"},
+		{`{"N":50}`, "N"},
 	} {
 		_, err := ParseRequest([]byte(tt.body))
 		var fe *FieldError
