@@ -153,6 +153,7 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //		tokens             on|off|<matcher> # LLM token metering, default on (LLM API paths)
 //		reserve            strict|estimate  # default strict: caps hold
 //		part_tokens        image|audio|file <n> # strict bound of one part
+//		max_tokens_field   max_tokens|max_completion_tokens # chat field the gateway sets
 //		usage_header       <name>   # default X-Usage-Tokens
 //		default_max_tokens <n>      # default 4096
 //		include_usage      on|off   # default on
@@ -274,9 +275,9 @@ func (h *Handler) unmarshal(d *caddyfile.Dispenser, matcher func() (caddy.Module
 				}
 				d.Prev()
 			}
-		case "include_usage", "usage_header", "default_max_tokens", "max_request_body", "reserve":
+		case "include_usage", "usage_header", "default_max_tokens", "max_request_body", "reserve", "max_tokens_field":
 		default:
-			return d.Errf("unrecognized tenant_quota subdirective %q (known: tokens, reserve, part_tokens, usage_header, default_max_tokens, include_usage, max_request_body, reservation_ttl, meter, credits)", opt)
+			return d.Errf("unrecognized tenant_quota subdirective %q (known: tokens, reserve, part_tokens, max_tokens_field, usage_header, default_max_tokens, include_usage, max_request_body, reservation_ttl, meter, credits)", opt)
 		}
 		if !d.NextArg() {
 			return d.Errf("%s needs a value", opt)
@@ -302,6 +303,11 @@ func (h *Handler) unmarshal(d *caddyfile.Dispenser, matcher func() (caddy.Module
 			}
 		case "usage_header":
 			h.UsageHeader = val
+		case "max_tokens_field":
+			if val != "max_tokens" && val != "max_completion_tokens" {
+				return d.Errf("max_tokens_field takes max_tokens or max_completion_tokens, got %q", val)
+			}
+			h.MaxTokensField = val
 		case "reserve":
 			if val != string(quota.ReserveStrict) && val != string(quota.ReserveEstimate) {
 				return d.Errf("reserve takes strict or estimate, got %q", val)

@@ -91,6 +91,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"part tokens kind", ":80 {\n\ttenant_quota {\n\t\tpart_tokens video 10\n\t}\n}", `part_tokens: kind must be image, audio or file, got "video"`},
 		{"part tokens amount", ":80 {\n\ttenant_quota {\n\t\tpart_tokens image 0\n\t}\n}", `part_tokens image: "0" is not a whole number`},
 		{"part tokens arity", ":80 {\n\ttenant_quota {\n\t\tpart_tokens image\n\t}\n}", "part_tokens takes <image|audio|file> <n>"},
+		{"max tokens field", ":80 {\n\ttenant_quota {\n\t\tmax_tokens_field max_output\n\t}\n}", `max_tokens_field takes max_tokens or max_completion_tokens, got "max_output"`},
 		{"tokens unknown matcher", ":80 {\n\ttenant_quota {\n\t\ttokens @nope\n\t}\n}", "unrecognized matcher name: @nope"},
 		{"handler args", ":80 {\n\ttenant_quota /a b\n}", "wrong argument count"},
 		{"admin body size", ":80 {\n\ttenant_quota_admin {\n\t\tmax_body_bytes lots\n\t}\n}", `max_body_bytes: "lots"`},

@@ -62,6 +62,11 @@ type Handler struct {
 	// PartTokens bound the tokens of one image, audio or file content
 	// part in a strict reservation (keys image, audio, file).
 	PartTokens map[string]int64 `json:"part_tokens,omitempty"`
+	// MaxTokensField is the field a Chat Completions request that sets no
+	// output maximum is given one under: max_tokens (default, which every
+	// OpenAI-compatible server honours) or max_completion_tokens (which
+	// OpenAI's reasoning models require).
+	MaxTokensField string `json:"max_tokens_field,omitempty"`
 	// TokenRoutesRaw, if set, selects the requests whose tokens are
 	// metered instead of the default (POST requests whose path ends in
 	// /chat/completions, /completions, /responses, /messages or
@@ -148,7 +153,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.route = quota.Route{
 		Reserve: quota.ReservePolicy(h.Reserve), DefaultMaxTokens: h.DefaultMaxTokens,
 		ImageTokens: h.PartTokens["image"], AudioTokens: h.PartTokens["audio"], FileTokens: h.PartTokens["file"],
-		Credits: h.Credits, Hold: time.Duration(h.ReservationTTL),
+		Credits: h.Credits, Hold: time.Duration(h.ReservationTTL), ChatOutputField: h.MaxTokensField,
 	}
 	return nil
 }
@@ -174,6 +179,9 @@ func (h *Handler) Validate() error {
 	}
 	if p := quota.ReservePolicy(h.Reserve); p != "" && p != quota.ReserveStrict && p != quota.ReserveEstimate {
 		return fmt.Errorf("reserve must be strict or estimate, got %q", h.Reserve)
+	}
+	if f := h.MaxTokensField; f != "" && f != llmusage.FieldMaxTokens && f != llmusage.FieldMaxCompletionTokens {
+		return fmt.Errorf("max_tokens_field must be max_tokens or max_completion_tokens, got %q", f)
 	}
 	for kind, n := range h.PartTokens {
 		if kind != "image" && kind != "audio" && kind != "file" {

@@ -52,6 +52,11 @@ type Route struct {
 	Credits []CreditRate
 	// Hold is how long a reservation is held if the request never settles.
 	Hold time.Duration
+	// ChatOutputField, if set, is the field the maximum is written under
+	// in Chat Completions (and unknown-API) requests instead of
+	// max_tokens: max_completion_tokens for OpenAI's reasoning models,
+	// which refuse max_tokens.
+	ChatOutputField string
 }
 
 func (r Route) withDefaults() Route {
@@ -190,7 +195,11 @@ func (p *Plan) OutputMax() (field string, n int64, ok bool) {
 	if t == nil || t.clientMax || t.opaque || t.output == 0 {
 		return "", 0, false
 	}
-	return t.api.outputField(), t.output, true
+	field = t.api.outputField()
+	if p.route.ChatOutputField != "" && (t.api == APIChat || t.api == APIOther) {
+		field = p.route.ChatOutputField
+	}
+	return field, t.output, true
 }
 
 // Uses returns what the admission charges: the final uses, and the held

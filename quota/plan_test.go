@@ -329,3 +329,15 @@ func TestPlanChoices(t *testing.T) {
 		}
 	}
 }
+
+// TestPlanChatOutputField: the maximum can be written as
+// max_completion_tokens, which OpenAI's reasoning models require.
+func TestPlanChatOutputField(t *testing.T) {
+	route := quota.Route{ChatOutputField: llmusage.FieldMaxCompletionTokens}
+	if field, _, _ := plan(t, route, quota.APIChat, `{"messages":[]}`).OutputMax(); field != "max_completion_tokens" {
+		t.Fatalf("chat field %q", field)
+	}
+	if field, _, _ := plan(t, route, quota.APIMessages, `{"messages":[]}`).OutputMax(); field != "max_tokens" {
+		t.Fatalf("Anthropic field %q", field)
+	}
+}
