@@ -490,3 +490,53 @@ func TestEstimateLargeBodies(t *testing.T) {
 		})
 	}
 }
+
+// TestAdminWritesAtomic: through the real binary, on both stores, 50
+// concurrent top-ups of 1 add exactly 50, a disable racing top-ups sticks
+// (the token stops working), and credits keep the bound of top-ups.
+func TestAdminWritesAtomic(t *testing.T) {
+	for _, st := range allStores() {
+		t.Run(st.name, func(t *testing.T) {
+			g := startGateway(t, st.opts(t), "127.0.0.1:1")
+			wantStatus(t, call(t, "POST", g.url+"/quota/users", adminKey, map[string]any{"name": "B", "email": "bound@example.com", "credits": int64(1) << 62}, nil), http.StatusBadRequest)
+			c := g.tenant(t, map[string]any{"name": "A", "email": "atomic@example.com"})
+			topUps := func(n int) {
+				var wg sync.WaitGroup
+				for range n {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						resp := call(t, "POST", g.url+"/quota/users/"+c.User.ID+"/credits", adminKey, map[string]any{"amount": 1}, nil)
+						if resp.StatusCode != http.StatusOK {
+							t.Errorf("top-up: %d", resp.StatusCode)
+						}
+					}()
+				}
+				wg.Wait()
+			}
+			topUps(50)
+			var u struct {
+				Credits int64  `json:"credits"`
+				Status  string `json:"status"`
+			}
+			wantStatus(t, call(t, "GET", g.url+"/quota/users/"+c.User.ID, adminKey, nil, &u), http.StatusOK)
+			if u.Credits != 50 {
+				t.Fatalf("50 concurrent top-ups of 1 left %d credits", u.Credits)
+			}
+			for trial := range 5 {
+				done := make(chan struct{})
+				go func() { defer close(done); topUps(10) }()
+				wantStatus(t, call(t, "PATCH", g.url+"/quota/users/"+c.User.ID, adminKey, map[string]any{"status": "disabled"}, nil), http.StatusOK)
+				<-done
+				wantStatus(t, call(t, "GET", g.url+"/quota/users/"+c.User.ID, adminKey, nil, &u), http.StatusOK)
+				if u.Status != "disabled" {
+					t.Fatalf("trial %d: a disable racing top-ups did not stick", trial)
+				}
+				if resp := call(t, "POST", g.url+"/v1/chat/completions", c.Token.Token, map[string]any{}, nil); resp.StatusCode != http.StatusForbidden {
+					t.Fatalf("trial %d: a disabled tenant's token got %d", trial, resp.StatusCode)
+				}
+				wantStatus(t, call(t, "PATCH", g.url+"/quota/users/"+c.User.ID, adminKey, map[string]any{"status": "active"}, nil), http.StatusOK)
+			}
+		})
+	}
+}
