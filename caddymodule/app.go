@@ -142,8 +142,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 		svc, err := quota.NewService(quota.Options{
 			Store: store, Logger: logger, CacheTTL: cacheTTL, Broadcaster: broadcaster, HotPathTimeout: timeout,
 			OnEvent: func(e quota.Event) {
-				logger.Info("quota event", zap.String("type", e.Type), zap.String("user_id", e.UserID),
-					zap.String("token_id", e.TokenID), zap.Strings("resources", e.Resources))
+				logger.Info("quota event", zap.String("type", e.Type), zap.String("event_id", e.ID),
+					zap.String("user_id", e.Subject), zap.String("actor", e.Actor))
 			},
 		})
 		if err != nil {

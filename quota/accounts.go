@@ -37,10 +37,11 @@ func (s *Service) CreateUser(ctx context.Context, in NewUser) (*User, error) {
 	if err := validateUser(u); err != nil {
 		return nil, err
 	}
-	if err := s.store.CreateUser(ctx, u); err != nil {
+	ev := s.newEvent(ctx, EventUserCreated, u.ID, userData{User: u})
+	if err := s.store.CreateUser(ctx, u, ev); err != nil {
 		return nil, err
 	}
-	s.emit(EventUserCreated, u.ID, "")
+	s.published(ev)
 	return u, nil
 }
 
@@ -140,9 +141,6 @@ func (s *Service) AddCredits(ctx context.Context, id string, amount int64) (*Use
 		u.Credits += amount
 		return nil
 	})
-	if err == nil {
-		s.emit(EventCreditsAdded, id, "", ResourceCredits)
-	}
 	return u, err
 }
 
@@ -165,7 +163,7 @@ const maxModifyAttempts = 64
 // lost.
 func (s *Service) modifyUser(ctx context.Context, id string, change func(*User) error) (*User, error) {
 	for attempt := 0; ; attempt++ {
-		old, u, err := s.tryModifyUser(ctx, id, change)
+		u, events, err := s.tryModifyUser(ctx, id, change)
 		if errors.Is(err, ErrStale) && attempt < maxModifyAttempts {
 			// Back off a little, with jitter, so that racing writers spread.
 			time.Sleep(time.Duration(rand.Int64N(int64(time.Millisecond) << min(attempt, 4))))
@@ -177,13 +175,14 @@ func (s *Service) modifyUser(ctx context.Context, id string, change func(*User) 
 		if err != nil {
 			return nil, err
 		}
-		s.afterModify(ctx, old, u)
+		s.invalidate(ctx, userKey(u.ID))
+		s.published(events...)
 		return u, nil
 	}
 }
 
-func (s *Service) tryModifyUser(ctx context.Context, id string, change func(*User) error) (old, u *User, err error) {
-	old, err = s.GetUser(ctx, id)
+func (s *Service) tryModifyUser(ctx context.Context, id string, change func(*User) error) (u *User, events []Event, err error) {
+	old, err := s.GetUser(ctx, id)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -204,7 +203,8 @@ func (s *Service) tryModifyUser(ctx context.Context, id string, change func(*Use
 	}
 	u.UpdatedAt = s.now()
 	u.Revision = old.Revision + 1
-	if err := s.store.UpdateUser(ctx, u); err != nil {
+	events = s.changeEvents(ctx, old, u)
+	if err := s.store.UpdateUser(ctx, u, events...); err != nil {
 		return nil, nil, err
 	}
 	if deactivated {
@@ -212,22 +212,38 @@ func (s *Service) tryModifyUser(ctx context.Context, id string, change func(*Use
 			return nil, nil, err
 		}
 	}
-	return old, u, nil
+	return u, events, nil
 }
 
-func (s *Service) afterModify(ctx context.Context, old, u *User) {
-	s.invalidate(ctx, userKey(u.ID))
-	s.emit(EventUserUpdated, u.ID, "")
+// userData is the data of user.* events.
+type userData struct {
+	User *User `json:"user"`
+}
+
+// changeEvents are the events of a change from old to u.
+func (s *Service) changeEvents(ctx context.Context, old, u *User) []Event {
+	events := []Event{s.newEvent(ctx, EventUserUpdated, u.ID, userData{User: u})}
 	if old.Status != u.Status {
+		typ := EventUserEnabled
 		if u.Status == StatusDisabled {
-			s.emit(EventUserDisabled, u.ID, "")
-		} else {
-			s.emit(EventUserEnabled, u.ID, "")
+			typ = EventUserDisabled
 		}
+		events = append(events, s.newEvent(ctx, typ, u.ID, userData{User: u}))
 	}
 	if changed := changedResources(old.Limits, u.Limits); len(changed) > 0 {
-		s.emit(EventLimitsUpdated, u.ID, "", changed...)
+		events = append(events, s.newEvent(ctx, EventLimitsUpdated, u.ID, struct {
+			Resources []string `json:"resources"`
+			Old       Limits   `json:"old"`
+			New       Limits   `json:"new"`
+		}{changed, old.Limits, u.Limits}))
 	}
+	if u.Credits > old.Credits {
+		events = append(events, s.newEvent(ctx, EventCreditsAdded, u.ID, struct {
+			Amount  int64 `json:"amount"`
+			Credits int64 `json:"credits"`
+		}{u.Credits - old.Credits, u.Credits}))
+	}
+	return events
 }
 
 func changedResources(a, b Limits) []string {
@@ -253,11 +269,16 @@ func (s *Service) DeleteUser(ctx context.Context, id string) error {
 	if !validID(id) {
 		return fmt.Errorf("user %q: %w", id, ErrNotFound)
 	}
+	u, err := s.store.GetUser(ctx, id)
+	if err != nil {
+		return err
+	}
 	tokens, err := s.store.ListTokens(ctx, id)
 	if err != nil {
 		return err
 	}
-	if err := s.store.DeleteUser(ctx, id); err != nil {
+	ev := s.newEvent(ctx, EventUserDeleted, id, userData{User: u})
+	if err := s.store.DeleteUser(ctx, id, ev); err != nil {
 		return err
 	}
 	keys := []string{userKey(id)}
@@ -265,8 +286,13 @@ func (s *Service) DeleteUser(ctx context.Context, id string) error {
 		keys = append(keys, tokenKey(t.Hash))
 	}
 	s.invalidate(ctx, keys...)
-	s.emit(EventUserDeleted, id, "")
+	s.published(ev)
 	return nil
+}
+
+// tokenData is the data of token.* events: never the secret or its hash.
+type tokenData struct {
+	Token Token `json:"token"`
 }
 
 // NewToken is the input of CreateToken.
@@ -314,10 +340,11 @@ func (s *Service) CreateToken(ctx context.Context, userID string, in NewToken) (
 		exp := in.ExpiresAt.UTC().Truncate(time.Millisecond)
 		t.ExpiresAt = &exp
 	}
-	if err := s.store.CreateToken(ctx, &t); err != nil {
+	ev := s.newEvent(ctx, EventTokenCreated, userID, tokenData{Token: t.Public()})
+	if err := s.store.CreateToken(ctx, &t, ev); err != nil {
 		return nil, err
 	}
-	s.emit(EventTokenCreated, userID, t.ID)
+	s.published(ev)
 	return &IssuedToken{Token: t.Public(), Secret: secret}, nil
 }
 
@@ -343,12 +370,13 @@ func (s *Service) RevokeToken(ctx context.Context, userID, tokenID string) error
 	if !validID(userID) || !validID(tokenID) {
 		return fmt.Errorf("token %q: %w", tokenID, ErrNotFound)
 	}
-	t, err := s.store.DeleteToken(ctx, userID, tokenID)
+	ev := s.newEvent(ctx, EventTokenRevoked, userID, tokenData{Token: Token{ID: tokenID, UserID: userID}})
+	t, err := s.store.DeleteToken(ctx, userID, tokenID, ev)
 	if err != nil {
 		return err
 	}
 	s.invalidate(ctx, tokenKey(t.Hash))
-	s.emit(EventTokenRevoked, userID, tokenID)
+	s.published(ev)
 	return nil
 }
 

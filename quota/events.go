@@ -1,28 +1,127 @@
 package quota
 
 import (
+	"context"
+	"encoding/json"
+	"strings"
 	"time"
 )
 
 // Event types.
 const (
-	EventUserCreated   = "user.created"
-	EventUserUpdated   = "user.updated"
-	EventUserDisabled  = "user.disabled"
-	EventUserEnabled   = "user.enabled"
-	EventUserDeleted   = "user.deleted"
-	EventTokenCreated  = "token.created"
-	EventTokenRevoked  = "token.revoked"
-	EventLimitsUpdated = "limits.updated"
-	EventUsageReset    = "usage.reset"
-	EventCreditsAdded  = "credits.added"
+	EventUserCreated    = "user.created"
+	EventUserUpdated    = "user.updated"
+	EventUserDisabled   = "user.disabled"
+	EventUserEnabled    = "user.enabled"
+	EventUserDeleted    = "user.deleted"
+	EventTokenCreated   = "token.created"
+	EventTokenRevoked   = "token.revoked"
+	EventLimitsUpdated  = "limits.updated"
+	EventUsageReset     = "usage.reset"
+	EventCreditsAdded   = "credits.added"
+	EventUsageThreshold = "usage.threshold"
 )
 
-// Event describes one change to an account, a token or a limit.
+// EventTypes lists every event type, for validation of type filters.
+var EventTypes = []string{
+	EventUserCreated, EventUserUpdated, EventUserDisabled, EventUserEnabled, EventUserDeleted,
+	EventTokenCreated, EventTokenRevoked, EventLimitsUpdated, EventUsageReset, EventCreditsAdded,
+	EventUsageThreshold,
+}
+
+// Event is one change to an account, a token or a limit, or a tenant
+// reaching a share of a limit. A store writes it in the same atomic step as
+// the change it reports (its outbox), and the events package delivers it as
+// a CloudEvent.
 type Event struct {
-	Type      string    `json:"type"`
-	UserID    string    `json:"userId"`
-	TokenID   string    `json:"tokenId,omitempty"`
-	Resources []string  `json:"resources,omitempty"`
-	At        time.Time `json:"at"`
+	// ID is unique and sorts in time order (a UUIDv7, or one with a suffix).
+	ID   string    `json:"id"`
+	Type string    `json:"type"`
+	Time time.Time `json:"time"`
+	// Subject is the user the event is about.
+	Subject string `json:"subject"`
+	// Actor names the admin key that made the change ("" for the gateway
+	// itself, as for thresholds).
+	Actor string          `json:"actor,omitempty"`
+	Data  json.RawMessage `json:"data"`
+	// Pos is where the event sits in its outbox partition; it is not part
+	// of the event.
+	Pos string `json:"-"`
+}
+
+// ThresholdData is the data of a usage.threshold event.
+type ThresholdData struct {
+	Resource string `json:"resource"`
+	Period   string `json:"period"`
+	// WindowStart and WindowEnd are nil for a lifetime cap.
+	WindowStart *time.Time `json:"windowStart"`
+	WindowEnd   *time.Time `json:"windowEnd"`
+	Percent     int64      `json:"percent"`
+	Used        int64      `json:"used"`
+	Limit       int64      `json:"limit"`
+}
+
+type actorKey struct{}
+
+// WithActor returns ctx carrying the name of who makes the changes done
+// with it (an admin key's name), for their events.
+func WithActor(ctx context.Context, name string) context.Context {
+	return context.WithValue(ctx, actorKey{}, name)
+}
+
+// ActorFrom returns the actor set by WithActor, or "".
+func ActorFrom(ctx context.Context) string {
+	name, _ := ctx.Value(actorKey{}).(string)
+	return name
+}
+
+// newEvent builds an event about userID with data (marshalled; it cannot
+// fail for the types used here).
+func (s *Service) newEvent(ctx context.Context, typ, userID string, data any) Event {
+	raw, err := json.Marshal(data)
+	if err != nil {
+		raw = json.RawMessage(`{}`)
+	}
+	return Event{ID: NewID(), Type: typ, Time: s.now(), Subject: userID, Actor: ActorFrom(ctx), Data: raw}
+}
+
+// EventQuery selects events from an outbox, oldest first.
+type EventQuery struct {
+	// After is a cursor a previous page returned ("" for the first page):
+	// only events written after it.
+	After string
+	// TypePrefix keeps events whose type starts with it ("user." or
+	// "usage.threshold").
+	TypePrefix string
+	// UserID keeps one user's events.
+	UserID string
+	// Take is the page size (1 to MaxPageSize).
+	Take int
+}
+
+// Match reports whether e passes the query's filters (not the cursor).
+func (q EventQuery) Match(e Event) bool {
+	return strings.HasPrefix(e.Type, q.TypePrefix) && (q.UserID == "" || e.Subject == q.UserID)
+}
+
+// EventLog is a store's outbox as the events API and the delivery loop
+// read it. An outbox has one or more partitions (Redis: one stream per
+// hash slot in use); events of one user are in one partition, in order.
+type EventLog interface {
+	// ListEvents returns up to q.Take events matching q, oldest first (in
+	// the order they were written), and the cursor of the next page ("" on
+	// the last). A cursor the store did not make is ErrInvalid.
+	ListEvents(ctx context.Context, q EventQuery) (events []Event, next string, err error)
+	// EventPartitions lists the outbox's partitions.
+	EventPartitions(ctx context.Context) ([]string, error)
+	// ReadEvents returns up to n events of partition after sink's cursor,
+	// in order, with Pos set.
+	ReadEvents(ctx context.Context, partition, sink string, n int) ([]Event, error)
+	// AckEvent moves sink's cursor in partition to pos.
+	AckEvent(ctx context.Context, partition, sink, pos string) error
+	// LeadEvents takes or renews, for holder, the lease that makes it the
+	// one node that delivers events; false if another node holds it.
+	LeadEvents(ctx context.Context, holder string, ttl time.Duration) (bool, error)
+	// TrimEvents drops events written before t.
+	TrimEvents(ctx context.Context, before time.Time) error
 }

@@ -26,8 +26,8 @@ type Options struct {
 	CacheEntries int64
 	// TouchInterval is how often last-used times are written (default 10s).
 	TouchInterval time.Duration
-	// OnEvent, if set, is called after every account, token and limit
-	// change. It must not block.
+	// OnEvent, if set, is called with every event after the store has
+	// committed it (with its change). It must not block.
 	OnEvent func(Event)
 	// HotPathTimeout, if set, is the deadline of each store call made to
 	// authenticate and admit a request (the admin API's calls keep the
@@ -192,11 +192,14 @@ func (s *Service) invalidate(ctx context.Context, keys ...string) {
 	}
 }
 
-func (s *Service) emit(typ, userID, tokenID string, resources ...string) {
+// published tells OnEvent about events a store has committed.
+func (s *Service) published(events ...Event) {
 	if s.onEvent == nil {
 		return
 	}
-	s.onEvent(Event{Type: typ, UserID: userID, TokenID: tokenID, Resources: resources, At: s.now()})
+	for _, e := range events {
+		s.onEvent(e)
+	}
 }
 
 func (s *Service) now() time.Time { return s.clock.Now().UTC().Truncate(time.Millisecond) }

@@ -205,7 +205,7 @@ func TestServiceAdmitAndUsage(t *testing.T) {
 		t.Fatalf("events: %+v", *events)
 	}
 	for i, e := range *events {
-		if e.Type != want[i] || e.UserID != u.ID {
+		if e.Type != want[i] || e.Subject != u.ID {
 			t.Fatalf("event %d: %+v", i, e)
 		}
 	}

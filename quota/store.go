@@ -12,9 +12,16 @@ import (
 //
 // Errors: ErrNotFound for unknown ids, ErrConflict for a taken email or
 // external id; anything else is an infrastructure failure.
+//
+// Every method that changes an account takes the events that report the
+// change and writes them to the store's outbox (EventLog) in the same
+// atomic step as the change: the change and its events land together or
+// not at all.
 type Store interface {
+	EventLog
+
 	// CreateUser stores a new user; email and external id must be unique.
-	CreateUser(ctx context.Context, u *User) error
+	CreateUser(ctx context.Context, u *User, events ...Event) error
 	// GetUser returns the user with that id.
 	GetUser(ctx context.Context, id string) (*User, error)
 	// GetUserByEmail looks a user up by normalized email.
@@ -25,21 +32,21 @@ type Store interface {
 	// and external id indexes unique, only if the stored user's Revision
 	// is u.Revision-1 (else ErrStale): a compare-and-swap, atomic with the
 	// write.
-	UpdateUser(ctx context.Context, u *User) error
+	UpdateUser(ctx context.Context, u *User, events ...Event) error
 	// DeleteUser removes the user, all of its tokens and all its counters.
-	DeleteUser(ctx context.Context, id string) error
+	DeleteUser(ctx context.Context, id string, events ...Event) error
 	// ListUsers returns up to take users with ids greater than after, in
 	// id order, and whether more follow.
 	ListUsers(ctx context.Context, after string, take int) (users []*User, more bool, err error)
 
 	// CreateToken stores a token of an existing user.
-	CreateToken(ctx context.Context, t *Token) error
+	CreateToken(ctx context.Context, t *Token, events ...Event) error
 	// GetTokenByHash returns the token whose secret hashes to hash.
 	GetTokenByHash(ctx context.Context, hash string) (*Token, error)
 	// ListTokens returns a user's tokens in creation order.
 	ListTokens(ctx context.Context, userID string) ([]*Token, error)
 	// DeleteToken revokes one token of a user and returns it.
-	DeleteToken(ctx context.Context, userID, tokenID string) (*Token, error)
+	DeleteToken(ctx context.Context, userID, tokenID string, events ...Event) (*Token, error)
 	// TouchTokens records last-used times (best effort, batched).
 	TouchTokens(ctx context.Context, used map[string]time.Time) error
 
@@ -67,7 +74,7 @@ type Store interface {
 	// Usage returns the user's counters with the store's current time.
 	Usage(ctx context.Context, userID string) (*UsageSnapshot, error)
 	// ResetUsage zeroes the counters of the named resources (all if none).
-	ResetUsage(ctx context.Context, userID string, resources []string) error
+	ResetUsage(ctx context.Context, userID string, resources []string, events ...Event) error
 
 	// Close releases the store's resources.
 	Close() error

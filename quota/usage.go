@@ -122,9 +122,12 @@ func (s *Service) ResetUsage(ctx context.Context, userID string, resources []str
 	if _, err := s.GetUser(ctx, userID); err != nil {
 		return nil, err
 	}
-	if err := s.store.ResetUsage(ctx, userID, resources); err != nil {
+	ev := s.newEvent(ctx, EventUsageReset, userID, struct {
+		Resources []string `json:"resources"`
+	}{append([]string{}, resources...)})
+	if err := s.store.ResetUsage(ctx, userID, resources, ev); err != nil {
 		return nil, err
 	}
-	s.emit(EventUsageReset, userID, "", resources...)
+	s.published(ev)
 	return s.Usage(ctx, userID)
 }

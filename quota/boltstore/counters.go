@@ -402,7 +402,7 @@ func (s *Store) Usage(ctx context.Context, userID string) (*quota.UsageSnapshot,
 // ResetUsage removes the counters (every period) of the named resources, or
 // all of the user's counters if resources is empty, and writes the change
 // through before it returns.
-func (s *Store) ResetUsage(ctx context.Context, userID string, resources []string) error {
+func (s *Store) ResetUsage(ctx context.Context, userID string, resources []string, events ...quota.Event) error {
 	names := make(map[string]bool, len(resources))
 	for _, r := range resources {
 		names[r] = true
@@ -423,6 +423,9 @@ func (s *Store) ResetUsage(ctx context.Context, userID string, resources []strin
 				changed = true
 			}
 		}
+		// Under the shard lock, so the events reach the disk with the
+		// reset (the flush below writes both in one transaction).
+		s.queueEvents(events)
 		return changed
 	})
 	if err != nil {
@@ -487,10 +490,14 @@ func (s *Store) flush() error {
 		}
 		sh.mu.Unlock()
 	}
-	if len(snaps) == 0 {
+	events := s.takeEvents()
+	if len(snaps) == 0 && len(events) == 0 {
 		return nil
 	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
+		if err := putEvents(tx, events); err != nil {
+			return err
+		}
 		users := tx.Bucket(bucketUsers)
 		counters := tx.Bucket(bucketCounters)
 		for _, sn := range snaps {
@@ -514,9 +521,40 @@ func (s *Store) flush() error {
 	})
 	if err != nil {
 		s.redirty(snaps)
+		s.requeueEvents(events)
 		return fmt.Errorf("boltstore: flush counters: %w", err)
 	}
 	return nil
+}
+
+// queueEvents holds events decided with a change of counters in memory
+// (a reset, a threshold reached); they reach the disk with the counters,
+// in the next flush, in the same transaction.
+func (s *Store) queueEvents(events []quota.Event) {
+	if len(events) == 0 {
+		return
+	}
+	s.evMu.Lock()
+	s.pendingEvents = append(s.pendingEvents, events...)
+	s.evMu.Unlock()
+}
+
+func (s *Store) takeEvents() []quota.Event {
+	s.evMu.Lock()
+	defer s.evMu.Unlock()
+	evs := s.pendingEvents
+	s.pendingEvents = nil
+	return evs
+}
+
+// requeueEvents puts back, first, events a failed flush did not write.
+func (s *Store) requeueEvents(events []quota.Event) {
+	if len(events) == 0 {
+		return
+	}
+	s.evMu.Lock()
+	s.pendingEvents = append(events, s.pendingEvents...)
+	s.evMu.Unlock()
 }
 
 // redirty marks snapshotted entries dirty again after a failed flush, unless

@@ -69,6 +69,11 @@ type Store struct {
 
 	shards [shardCount]shard
 
+	// evMu guards pendingEvents: events decided with counters in memory,
+	// written with them by the next flush.
+	evMu          sync.Mutex
+	pendingEvents []quota.Event
+
 	// flushMu serializes flushes, so counter snapshots reach the disk in
 	// the order they were taken, and keeps DeleteUser out of the middle of
 	// a flush. Lock order: flushMu before any shard lock.
@@ -128,7 +133,7 @@ func Open(opts Options) (*Store, error) {
 
 func initBuckets(db *bolt.DB) error {
 	return db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketUsers, bucketEmails, bucketExternals, bucketTokens, bucketUserTokens, bucketCounters, bucketMeta} {
+		for _, name := range [][]byte{bucketUsers, bucketEmails, bucketExternals, bucketTokens, bucketUserTokens, bucketCounters, bucketMeta, bucketEvents, bucketEventCursors} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
 			}
@@ -189,7 +194,7 @@ func (s *Store) update(ctx context.Context, fn func(tx *bolt.Tx) error) error {
 
 // CreateUser stores a new user. The id, the normalized email and the
 // external id (if any) must not be taken.
-func (s *Store) CreateUser(ctx context.Context, u *quota.User) error {
+func (s *Store) CreateUser(ctx context.Context, u *quota.User, events ...quota.Event) error {
 	if u.ID == "" {
 		return quota.Invalid("id", "is required")
 	}
@@ -203,6 +208,9 @@ func (s *Store) CreateUser(ctx context.Context, u *quota.User) error {
 			return fmt.Errorf("user id already in use: %w", quota.ErrConflict)
 		}
 		if err := claimIndexes(tx, u.ID, nil, u); err != nil {
+			return err
+		}
+		if err := putEvents(tx, events); err != nil {
 			return err
 		}
 		return users.Put([]byte(u.ID), data)
@@ -297,7 +305,7 @@ func (s *Store) getUserByIndex(ctx context.Context, bucket []byte, key, field st
 
 // UpdateUser replaces the stored user that has u.ID, moving its email and
 // external id index entries in the same transaction.
-func (s *Store) UpdateUser(ctx context.Context, u *quota.User) error {
+func (s *Store) UpdateUser(ctx context.Context, u *quota.User, events ...quota.Event) error {
 	data, err := json.Marshal(u)
 	if err != nil {
 		return fmt.Errorf("boltstore: encode user: %w", err)
@@ -313,13 +321,16 @@ func (s *Store) UpdateUser(ctx context.Context, u *quota.User) error {
 		if err := claimIndexes(tx, u.ID, old, u); err != nil {
 			return err
 		}
+		if err := putEvents(tx, events); err != nil {
+			return err
+		}
 		return tx.Bucket(bucketUsers).Put([]byte(u.ID), data)
 	})
 }
 
 // DeleteUser removes the user, its index entries, its tokens and its
 // counters in one transaction, and drops its counters from memory.
-func (s *Store) DeleteUser(ctx context.Context, id string) error {
+func (s *Store) DeleteUser(ctx context.Context, id string, events ...quota.Event) error {
 	if err := s.begin(ctx); err != nil {
 		return err
 	}
@@ -355,6 +366,9 @@ func (s *Store) DeleteUser(ctx context.Context, id string) error {
 			}
 		}
 		if err := tx.Bucket(bucketCounters).Delete([]byte(id)); err != nil {
+			return err
+		}
+		if err := putEvents(tx, events); err != nil {
 			return err
 		}
 		return tx.Bucket(bucketUsers).Delete([]byte(id))
@@ -405,7 +419,7 @@ func (s *Store) ListUsers(ctx context.Context, after string, take int) ([]*quota
 
 // CreateToken stores a token of an existing user; its hash and its id (per
 // user) must not be taken.
-func (s *Store) CreateToken(ctx context.Context, t *quota.Token) error {
+func (s *Store) CreateToken(ctx context.Context, t *quota.Token, events ...quota.Event) error {
 	switch {
 	case t.ID == "":
 		return quota.Invalid("id", "is required")
@@ -430,6 +444,9 @@ func (s *Store) CreateToken(ctx context.Context, t *quota.Token) error {
 			return fmt.Errorf("token id already in use: %w", quota.ErrConflict)
 		}
 		if err := tokens.Put([]byte(t.Hash), data); err != nil {
+			return err
+		}
+		if err := putEvents(tx, events); err != nil {
 			return err
 		}
 		return userTokens.Put(key, []byte(t.Hash))
@@ -489,7 +506,7 @@ func (s *Store) ListTokens(ctx context.Context, userID string) ([]*quota.Token, 
 }
 
 // DeleteToken revokes one token of a user and returns it.
-func (s *Store) DeleteToken(ctx context.Context, userID, tokenID string) (*quota.Token, error) {
+func (s *Store) DeleteToken(ctx context.Context, userID, tokenID string, events ...quota.Event) (*quota.Token, error) {
 	var t *quota.Token
 	err := s.update(ctx, func(tx *bolt.Tx) error {
 		userTokens := tx.Bucket(bucketUserTokens)
@@ -503,6 +520,9 @@ func (s *Store) DeleteToken(ctx context.Context, userID, tokenID string) (*quota
 			return err
 		}
 		if err := tx.Bucket(bucketTokens).Delete(hash); err != nil {
+			return err
+		}
+		if err := putEvents(tx, events); err != nil {
 			return err
 		}
 		return userTokens.Delete(key)

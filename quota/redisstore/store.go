@@ -33,14 +33,18 @@ type Options struct {
 	// Timeout is the deadline of each Store call whose context has none;
 	// DefaultTimeout when zero.
 	Timeout time.Duration
+	// EventRetention is how long the outbox keeps events;
+	// DefaultEventRetention when zero.
+	EventRetention time.Duration
 }
 
 // Store is a quota.Store on Redis. It is safe for concurrent use; the zero
 // value is not usable, call New.
 type Store struct {
-	rdb     redis.UniversalClient
-	prefix  string
-	timeout time.Duration
+	rdb       redis.UniversalClient
+	prefix    string
+	timeout   time.Duration
+	retention time.Duration
 }
 
 // New returns a Store over opts.Client. It does not contact Redis.
@@ -60,7 +64,10 @@ func New(opts Options) (*Store, error) {
 	if opts.Timeout == 0 {
 		opts.Timeout = DefaultTimeout
 	}
-	return &Store{rdb: opts.Client, prefix: opts.Prefix, timeout: opts.Timeout}, nil
+	if opts.EventRetention <= 0 {
+		opts.EventRetention = DefaultEventRetention
+	}
+	return &Store{rdb: opts.Client, prefix: opts.Prefix, timeout: opts.Timeout, retention: opts.EventRetention}, nil
 }
 
 // Close closes the client.

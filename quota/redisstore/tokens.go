@@ -16,10 +16,20 @@ import (
 // addTokenScript adds a token to an existing user: KEYS user, tokens;
 // ARGV token id, token JSON. It returns 1 when added, 0 when there is no
 // such user, -1 when the token id is taken.
-var addTokenScript = redis.NewScript(`
+var addTokenScript = redis.NewScript(luaOutbox + `
 if redis.call("EXISTS", KEYS[1]) == 0 then return 0 end
 if redis.call("HSETNX", KEYS[2], ARGV[1], ARGV[2]) == 0 then return -1 end
+outbox(KEYS[3], ARGV[3], 5, tonumber(ARGV[4]))
 return 1
+`)
+
+// dropTokenScript removes field ARGV[1] of the tokens hash KEYS[1] and, if
+// it was there, appends the events (ARGV[2] retention ms, ARGV[3] count,
+// ARGV[4...]) to the outbox stream KEYS[2]; it returns how many it removed.
+var dropTokenScript = redis.NewScript(luaOutbox + `
+local n = redis.call("HDEL", KEYS[1], ARGV[1])
+if n == 1 then outbox(KEYS[2], ARGV[2], 4, tonumber(ARGV[3])) end
+return n
 `)
 
 // hsetIfExistsScript sets hash field ARGV[1] of KEYS[1] to ARGV[2] only if
@@ -33,7 +43,7 @@ return 1
 // CreateToken stores a token of an existing user: first in the user's
 // tokens hash (atomically with the check that the user exists), then under
 // its hash for lookups.
-func (s *Store) CreateToken(ctx context.Context, t *quota.Token) error {
+func (s *Store) CreateToken(ctx context.Context, t *quota.Token, events ...quota.Event) error {
 	if t.ID == "" || t.Hash == "" {
 		return quota.Invalid("token", "id and hash are required")
 	}
@@ -46,7 +56,11 @@ func (s *Store) CreateToken(ctx context.Context, t *quota.Token) error {
 	if !validID(t.UserID) {
 		return fmt.Errorf("user %q: %w", t.UserID, quota.ErrNotFound)
 	}
-	res, err := addTokenScript.Run(ctx, s.rdb, []string{s.userKey(t.UserID), s.tokensKey(t.UserID)}, t.ID, data).Int64()
+	evArgs, err := s.eventArgs(events)
+	if err != nil {
+		return err
+	}
+	res, err := addTokenScript.Run(ctx, s.rdb, []string{s.userKey(t.UserID), s.tokensKey(t.UserID), s.eventsKey(t.UserID)}, append([]any{t.ID, data}, evArgs...)...).Int64()
 	if err != nil {
 		return fmt.Errorf("create token: %w", err)
 	}
@@ -145,7 +159,7 @@ func (s *Store) ListTokens(ctx context.Context, userID string) ([]*quota.Token, 
 // DeleteToken revokes one token of a user and returns it. The lookup key
 // goes first: once it is gone the token no longer authenticates, even if
 // removing it from the user's list then fails (a retry finishes).
-func (s *Store) DeleteToken(ctx context.Context, userID, tokenID string) (*quota.Token, error) {
+func (s *Store) DeleteToken(ctx context.Context, userID, tokenID string, events ...quota.Event) (*quota.Token, error) {
 	ctx, cancel := s.withDeadline(ctx)
 	defer cancel()
 	if !validID(userID) {
@@ -165,7 +179,11 @@ func (s *Store) DeleteToken(ctx context.Context, userID, tokenID string) (*quota
 	if err := s.rdb.Del(ctx, s.tokKey(t.Hash)).Err(); err != nil {
 		return nil, fmt.Errorf("delete token: %w", err)
 	}
-	n, err := s.rdb.HDel(ctx, s.tokensKey(userID), tokenID).Result()
+	evArgs, err := s.eventArgs(events)
+	if err != nil {
+		return nil, err
+	}
+	n, err := dropTokenScript.Run(ctx, s.rdb, []string{s.tokensKey(userID), s.eventsKey(userID)}, append([]any{tokenID}, evArgs...)...).Int64()
 	if err != nil {
 		return nil, fmt.Errorf("delete token: %w", err)
 	}

@@ -477,32 +477,44 @@ func periodOrder(p quota.Period) int {
 
 // ResetUsage zeroes the counters of the named resources (all if none) by
 // deleting their fields, or the whole usage hash.
-func (s *Store) ResetUsage(ctx context.Context, userID string, resources []string) error {
+func (s *Store) ResetUsage(ctx context.Context, userID string, resources []string, events ...quota.Event) error {
 	ctx, cancel := s.withDeadline(ctx)
 	defer cancel()
 	if !validID(userID) {
 		return fmt.Errorf("user %q: %w", userID, quota.ErrNotFound)
 	}
-	key := s.usageKey(userID)
-	var err error
-	if len(resources) == 0 {
-		err = s.rdb.Del(ctx, key, s.keysKey(userID)).Err()
-	} else {
-		fields := make([]string, 0, 2*len(periods)*len(resources))
-		args := make([]any, len(resources))
-		for i, r := range resources {
-			args[i] = r
-			for _, p := range periods {
-				f := quota.CounterKey(r, p)
-				fields = append(fields, f, f+startSuffix)
-			}
-		}
-		if err = s.rdb.HDel(ctx, key, fields...).Err(); err == nil {
-			err = forgetKeysScript.Run(ctx, s.rdb, []string{s.keysKey(userID)}, args...).Err()
-		}
-	}
+	args, err := s.eventArgs(events)
 	if err != nil {
+		return err
+	}
+	for _, r := range resources {
+		args = append(args, r)
+	}
+	if err := resetScript.Run(ctx, s.rdb, []string{s.usageKey(userID), s.keysKey(userID), s.eventsKey(userID)}, args...).Err(); err != nil && !errors.Is(err, redis.Nil) {
 		return fmt.Errorf("reset usage: %w", err)
 	}
 	return nil
 }
+
+// resetScript zeroes counters in one step with their events: KEYS usage
+// hash, distinct-keys hash, outbox stream; ARGV retention ms, event count,
+// the events, then the resources (none: all). A resource's counters are
+// the usage fields "<resource>|<period>" and their "|s" window starts.
+var resetScript = redis.NewScript(luaOutbox + `
+local n = tonumber(ARGV[2])
+local first = 3 + n
+if first > #ARGV then
+  redis.call("DEL", KEYS[1], KEYS[2])
+else
+  local drop = {}
+  for i = first, #ARGV do drop[ARGV[i]] = true end
+  for _, k in ipairs({KEYS[1], KEYS[2]}) do
+    for _, f in ipairs(redis.call("HKEYS", k)) do
+      local r = string.match(f, "^([^|]*)|")
+      if r and drop[r] then redis.call("HDEL", k, f) end
+    end
+  end
+end
+outbox(KEYS[3], ARGV[1], 3, n)
+return 0
+`)

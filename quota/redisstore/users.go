@@ -36,14 +36,28 @@ redis.call("PERSIST", KEYS[1])
 return 1
 `)
 
-// swapScript sets KEYS[1] to ARGV[2] only if it holds ARGV[1]: it returns
-// 1 when set, 0 when the key holds something else, -1 when it is gone.
-var swapScript = redis.NewScript(`
+// swapScript sets KEYS[1] to ARGV[2] only if it holds ARGV[1], and then
+// appends the events (ARGV[3] retention ms, ARGV[4] count, ARGV[5...]) to
+// the outbox stream KEYS[2]: it returns 1 when set, 0 when the key holds
+// something else, -1 when it is gone.
+var swapScript = redis.NewScript(luaOutbox + `
 local cur = redis.call("GET", KEYS[1])
 if not cur then return -1 end
 if cur ~= ARGV[1] then return 0 end
 redis.call("SET", KEYS[1], ARGV[2])
+outbox(KEYS[2], ARGV[3], 5, tonumber(ARGV[4]))
 return 1
+`)
+
+// createScript sets KEYS[1] to ARGV[1] if it does not exist, with the
+// events (ARGV[2] retention ms, ARGV[3] count, ARGV[4...]) appended to the
+// outbox stream KEYS[2]; it returns 1 when created.
+var createScript = redis.NewScript(luaOutbox + `
+if redis.call("SET", KEYS[1], ARGV[1], "NX") then
+  outbox(KEYS[2], ARGV[2], 4, tonumber(ARGV[3]))
+  return 1
+end
+return 0
 `)
 
 // deleteIfScript deletes KEYS[1] only if it still holds ARGV[1], and returns
@@ -54,14 +68,17 @@ return 0
 `)
 
 // deleteUserScript removes a user's own keys in one step: KEYS user, usage,
-// tokens. It returns the user JSON followed by the token JSONs, or nil when
-// there is no such user.
-var deleteUserScript = redis.NewScript(`
+// tokens, keys, lease expiries, leases; it appends the events (ARGV[1]
+// retention ms, ARGV[2] count, ARGV[3...]) to the outbox stream KEYS[7].
+// It returns the user JSON followed by the token JSONs, or nil when there
+// is no such user.
+var deleteUserScript = redis.NewScript(luaOutbox + `
 local u = redis.call("GET", KEYS[1])
 if not u then return false end
 local out = redis.call("HVALS", KEYS[3])
 table.insert(out, 1, u)
 redis.call("DEL", KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+outbox(KEYS[7], ARGV[1], 3, tonumber(ARGV[2]))
 return out
 `)
 
@@ -192,7 +209,7 @@ func (s *Store) releaseAll(ctx context.Context, id string, ixs []index) {
 }
 
 // CreateUser stores u, claiming its email and external id first.
-func (s *Store) CreateUser(ctx context.Context, u *quota.User) error {
+func (s *Store) CreateUser(ctx context.Context, u *quota.User, events ...quota.Event) error {
 	if !validID(u.ID) {
 		return quota.Invalid("id", "must not be empty or contain '{' or '}'")
 	}
@@ -207,7 +224,13 @@ func (s *Store) CreateUser(ctx context.Context, u *quota.User) error {
 	if err != nil {
 		return err
 	}
-	ok, err := s.rdb.SetNX(ctx, s.userKey(u.ID), data, 0).Result()
+	evArgs, err := s.eventArgs(events)
+	if err != nil {
+		s.releaseAll(ctx, u.ID, taken)
+		return err
+	}
+	created, err := createScript.Run(ctx, s.rdb, []string{s.userKey(u.ID), s.eventsKey(u.ID)}, append([]any{data}, evArgs...)...).Int()
+	ok := created == 1
 	if err != nil {
 		// The write may have landed before the error.
 		s.undoCreate(ctx, u.ID, data, taken)
@@ -309,7 +332,7 @@ func (s *Store) getByIndex(ctx context.Context, ix index) (*quota.User, error) {
 // UpdateUser replaces the stored user that has u.ID. New email and external
 // id values are claimed before the record changes, and the old ones released
 // after.
-func (s *Store) UpdateUser(ctx context.Context, u *quota.User) error {
+func (s *Store) UpdateUser(ctx context.Context, u *quota.User, events ...quota.Event) error {
 	data, err := json.Marshal(u)
 	if err != nil {
 		return fmt.Errorf("encode user: %w", err)
@@ -341,7 +364,12 @@ func (s *Store) UpdateUser(ctx context.Context, u *quota.User) error {
 	// Written only over the record just read: a change made meanwhile (on
 	// any node) makes this one stale, and a user deleted meanwhile stays
 	// deleted.
-	res, err := swapScript.Run(ctx, s.rdb, []string{s.userKey(u.ID)}, oldData, data).Int()
+	evArgs, err := s.eventArgs(events)
+	if err != nil {
+		s.releaseAll(ctx, u.ID, taken)
+		return err
+	}
+	res, err := swapScript.Run(ctx, s.rdb, []string{s.userKey(u.ID), s.eventsKey(u.ID)}, append([]any{oldData, data}, evArgs...)...).Int()
 	if err == nil && res != 1 {
 		s.releaseAll(ctx, u.ID, taken)
 		if res == 0 {
@@ -366,7 +394,7 @@ func (s *Store) UpdateUser(ctx context.Context, u *quota.User) error {
 // DeleteUser removes the user, all of its tokens and all its counters.
 // Token keys go first, so that a failure half-way never leaves a working
 // token behind; a retry finishes the job.
-func (s *Store) DeleteUser(ctx context.Context, id string) error {
+func (s *Store) DeleteUser(ctx context.Context, id string, events ...quota.Event) error {
 	ctx, cancel := s.withDeadline(ctx)
 	defer cancel()
 	if !validID(id) {
@@ -379,7 +407,11 @@ func (s *Store) DeleteUser(ctx context.Context, id string) error {
 	if err := s.deleteTokenKeys(ctx, toks); err != nil {
 		return fmt.Errorf("delete user: %w", err)
 	}
-	vals, err := deleteUserScript.Run(ctx, s.rdb, []string{s.userKey(id), s.usageKey(id), s.tokensKey(id), s.keysKey(id), s.tag(id) + ":lease_exp", s.tag(id) + ":leases"}).StringSlice()
+	evArgs, err := s.eventArgs(events)
+	if err != nil {
+		return err
+	}
+	vals, err := deleteUserScript.Run(ctx, s.rdb, []string{s.userKey(id), s.usageKey(id), s.tokensKey(id), s.keysKey(id), s.tag(id) + ":lease_exp", s.tag(id) + ":leases", s.eventsKey(id)}, evArgs...).StringSlice()
 	if errors.Is(err, redis.Nil) {
 		return fmt.Errorf("user %q: %w", id, quota.ErrNotFound)
 	}

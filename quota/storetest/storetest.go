@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -41,6 +42,7 @@ func Run(t *testing.T, newStore func(t *testing.T) quota.Store) {
 		{"UpdateUserCompareAndSwap", testUpdateCAS},
 		{"ConcurrentAdminWrites", testConcurrentAdminWrites},
 		{"CountersSaturate", testCountersSaturate},
+		{"Outbox", testOutbox},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -808,5 +810,144 @@ func testCountersSaturate(t *testing.T, s quota.Store) {
 	}
 	if got := snap.Current("tokens", quota.Lifetime); got != quota.MaxCounter {
 		t.Fatalf("ten charges of MaxLimit: counter %d, want %d", got, int64(quota.MaxCounter))
+	}
+}
+
+// testOutbox: every change writes its events with it; they list in the
+// order written, filtered and paged; each sink reads from its own cursor;
+// the lease has one holder; trimming drops old events.
+func testOutbox(t *testing.T, s quota.Store) {
+	svc, err := quota.NewService(quota.Options{Store: s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Close() })
+	c := quota.WithActor(ctx(t), "ops")
+	var users []*quota.User
+	for i := range 3 {
+		u, err := svc.CreateUser(c, quota.NewUser{Name: "E", Email: fmt.Sprintf("e%d@example.com", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		users = append(users, u)
+	}
+	u := users[0]
+	tok, err := svc.CreateToken(c, u.ID, quota.NewToken{Name: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.PatchLimits(c, u.ID, quota.Limits{"messages": {{Limit: 5}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.AddCredits(c, u.ID, 7); err != nil {
+		t.Fatal(err)
+	}
+	disabled := quota.StatusDisabled
+	if _, err := svc.UpdateUser(c, u.ID, quota.UserPatch{Status: &disabled}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.ResetUsage(c, u.ID, []string{"messages"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.RevokeToken(c, u.ID, tok.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.DeleteUser(c, users[2].ID); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		quota.EventTokenCreated, quota.EventUserUpdated, quota.EventLimitsUpdated,
+		quota.EventUserUpdated, quota.EventCreditsAdded, quota.EventUserUpdated, quota.EventUserDisabled,
+		quota.EventUsageReset, quota.EventTokenRevoked,
+	}
+	got, next, err := s.ListEvents(ctx(t), quota.EventQuery{UserID: u.ID, Take: 100})
+	if err != nil || next != "" {
+		t.Fatalf("ListEvents: %v, next %q", err, next)
+	}
+	var types []string
+	for _, e := range got {
+		if e.Subject != u.ID || e.Actor != "ops" || e.ID == "" || e.Time.IsZero() || len(e.Data) == 0 {
+			t.Fatalf("event %+v", e)
+		}
+		if e.Type == quota.EventTokenCreated && strings.Contains(string(e.Data), tok.Secret) {
+			t.Fatal("token.created carries the secret")
+		}
+		types = append(types, e.Type)
+	}
+	want = append([]string{quota.EventUserCreated}, want...)
+	if fmt.Sprint(types) != fmt.Sprint(want) {
+		t.Fatalf("events of one user:\n got %v\nwant %v", types, want)
+	}
+	// All users, paged two at a time, in the order written per user.
+	var all []quota.Event
+	after := ""
+	for page := 0; ; page++ {
+		evs, next, err := s.ListEvents(ctx(t), quota.EventQuery{After: after, Take: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, evs...)
+		if next == "" {
+			break
+		}
+		after = next
+		if page > 50 {
+			t.Fatal("paging does not end")
+		}
+	}
+	if len(all) != len(want)+3 { // two more user.created and a user.deleted
+		t.Fatalf("%d events in all, want %d", len(all), len(want)+3)
+	}
+	seen := map[string]bool{}
+	for _, e := range all {
+		if seen[e.ID] {
+			t.Fatalf("event %s listed twice", e.ID)
+		}
+		seen[e.ID] = true
+	}
+	if evs, _, err := s.ListEvents(ctx(t), quota.EventQuery{TypePrefix: "user.created", Take: 10}); err != nil || len(evs) != 3 {
+		t.Fatalf("type filter: %d, %v", len(evs), err)
+	}
+	if _, _, err := s.ListEvents(ctx(t), quota.EventQuery{After: "garbage", Take: 10}); !errors.Is(err, quota.ErrInvalid) {
+		t.Fatalf("a bad cursor: %v", err)
+	}
+
+	// Delivery: each sink reads every event once, in order per partition.
+	parts, err := s.EventPartitions(ctx(t))
+	if err != nil || len(parts) == 0 {
+		t.Fatalf("partitions %v %v", parts, err)
+	}
+	for _, sink := range []string{"a", "b"} {
+		n := 0
+		for _, p := range parts {
+			for {
+				evs, err := s.ReadEvents(ctx(t), p, sink, 3)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(evs) == 0 {
+					break
+				}
+				n += len(evs)
+				if err := s.AckEvent(ctx(t), p, sink, evs[len(evs)-1].Pos); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if n != len(all) {
+			t.Fatalf("sink %s read %d events, want %d", sink, n, len(all))
+		}
+	}
+	if ok, err := s.LeadEvents(ctx(t), "node-1", time.Minute); err != nil || !ok {
+		t.Fatalf("lease: %v %v", ok, err)
+	}
+	if ok, err := s.LeadEvents(ctx(t), "node-1", time.Minute); err != nil || !ok {
+		t.Fatalf("lease renewal: %v %v", ok, err)
+	}
+	if err := s.TrimEvents(ctx(t), time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if evs, _, err := s.ListEvents(ctx(t), quota.EventQuery{Take: 10}); err != nil || len(evs) != 0 {
+		t.Fatalf("after trimming everything: %d events, %v", len(evs), err)
 	}
 }

@@ -1,0 +1,331 @@
+package redisstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tenantquota/caddy-tenant-quota/quota"
+)
+
+// The outbox is one Redis stream per hash slot that holds users: a user's
+// events go to the stream whose key hashes to the user's own slot, so that
+// a script writes a change and its events in one atomic step, on Redis
+// Cluster too. Each entry has one field, "e", the event's JSON. Streams are
+// trimmed by age as they are written (XADD MINID), so memory is bounded by
+// the retention. A sink's delivery cursor in a stream is a field of a hash
+// in the same slot; one gateway at a time delivers, under a lease.
+
+// DefaultEventRetention is how long events are kept when
+// Options.EventRetention is zero.
+const DefaultEventRetention = 7 * 24 * time.Hour
+
+// luaOutbox defines outbox(stream, retention_ms, first, n): it appends the
+// n event JSONs ARGV[first .. first+n-1] to stream, trimming entries older
+// than the retention.
+const luaOutbox = `
+local function outbox(stream, retention, first, n)
+  if n == 0 then return end
+  local t = redis.call("TIME")
+  local minid = tonumber(t[1]) * 1000 - tonumber(retention)
+  if minid < 0 then minid = 0 end
+  for i = first, first + n - 1 do
+    redis.call("XADD", stream, "MINID", "~", string.format("%d", minid), "*", "e", ARGV[i])
+  end
+end
+`
+
+// eventArgs encodes events as the trailing ARGV of an outbox script:
+// retention ms, count, then the JSONs.
+func (s *Store) eventArgs(events []quota.Event) ([]any, error) {
+	args := make([]any, 0, 2+len(events))
+	args = append(args, s.retention.Milliseconds(), len(events))
+	for _, e := range events {
+		data, err := json.Marshal(e)
+		if err != nil {
+			return nil, fmt.Errorf("encode event: %w", err)
+		}
+		args = append(args, string(data))
+	}
+	return args, nil
+}
+
+// slotTags[i] is a hash tag whose key slot is i.
+var (
+	slotTagsOnce sync.Once
+	slotTags     [16384]string
+)
+
+func slotTag(slot uint16) string {
+	slotTagsOnce.Do(func() {
+		left := len(slotTags)
+		for i := 0; left > 0; i++ {
+			tag := "ev" + strconv.FormatInt(int64(i), 36)
+			if sl := keySlot(tag); slotTags[sl] == "" {
+				slotTags[sl] = tag
+				left--
+			}
+		}
+	})
+	return slotTags[slot]
+}
+
+// keySlot is Redis Cluster's slot of a hash tag: CRC16 (XMODEM) mod 16384.
+func keySlot(tag string) uint16 {
+	var crc uint16
+	for i := 0; i < len(tag); i++ {
+		crc ^= uint16(tag[i]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return crc % 16384
+}
+
+// eventsKey is the outbox stream of a user's slot; cursorsKey the hash of
+// the sinks' cursors in that stream.
+func (s *Store) eventsKey(userID string) string {
+	return s.streamKey(slotTag(keySlot(userID)))
+}
+
+func (s *Store) streamKey(tag string) string { return s.prefix + ":{" + tag + "}:events" }
+
+func cursorsKey(stream string) string { return stream + ":cursors" }
+
+func (s *Store) leaderKey() string { return s.prefix + ":events:leader" }
+
+// EventPartitions lists the outbox streams, on every master.
+func (s *Store) EventPartitions(ctx context.Context) ([]string, error) {
+	ctx, cancel := s.withDeadline(ctx)
+	defer cancel()
+	var mu sync.Mutex
+	var out []string
+	pattern := s.prefix + ":{ev*}:events"
+	scan := func(ctx context.Context, c *redis.Client) error {
+		iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
+		for iter.Next(ctx) {
+			mu.Lock()
+			out = append(out, iter.Val())
+			mu.Unlock()
+		}
+		return iter.Err()
+	}
+	var err error
+	if cc, ok := s.rdb.(*redis.ClusterClient); ok {
+		err = cc.ForEachMaster(ctx, scan)
+	} else if c, ok := s.rdb.(*redis.Client); ok {
+		err = scan(ctx, c)
+	} else {
+		return nil, fmt.Errorf("event partitions: unsupported client %T", s.rdb)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("event partitions: %w", err)
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+func decodeEntry(m redis.XMessage) (quota.Event, error) {
+	var e quota.Event
+	raw, _ := m.Values["e"].(string)
+	if err := json.Unmarshal([]byte(raw), &e); err != nil {
+		return e, fmt.Errorf("decode event %s: %w", m.ID, err)
+	}
+	e.Pos = m.ID
+	return e, nil
+}
+
+// ReadEvents returns up to n events of stream part after sink's cursor.
+func (s *Store) ReadEvents(ctx context.Context, part, sink string, n int) ([]quota.Event, error) {
+	ctx, cancel := s.withDeadline(ctx)
+	defer cancel()
+	after, err := s.rdb.HGet(ctx, cursorsKey(part), sink).Result()
+	if errors.Is(err, redis.Nil) {
+		after = "0-0"
+	} else if err != nil {
+		return nil, fmt.Errorf("read events: %w", err)
+	}
+	msgs, err := s.rdb.XRangeN(ctx, part, "("+after, "+", int64(n)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read events: %w", err)
+	}
+	out := make([]quota.Event, 0, len(msgs))
+	for _, m := range msgs {
+		e, err := decodeEntry(m)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// AckEvent moves sink's cursor in stream part to pos.
+func (s *Store) AckEvent(ctx context.Context, part, sink, pos string) error {
+	ctx, cancel := s.withDeadline(ctx)
+	defer cancel()
+	if err := s.rdb.HSet(ctx, cursorsKey(part), sink, pos).Err(); err != nil {
+		return fmt.Errorf("ack event: %w", err)
+	}
+	return nil
+}
+
+// leadScript takes or renews the lease KEYS[1] for holder ARGV[1] for
+// ARGV[2] ms; it returns 1 when the caller holds it.
+var leadScript = redis.NewScript(`
+local cur = redis.call("GET", KEYS[1])
+if cur and cur ~= ARGV[1] then return 0 end
+redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2])
+return 1
+`)
+
+// LeadEvents takes or renews the delivery lease for holder.
+func (s *Store) LeadEvents(ctx context.Context, holder string, ttl time.Duration) (bool, error) {
+	ctx, cancel := s.withDeadline(ctx)
+	defer cancel()
+	n, err := leadScript.Run(ctx, s.rdb, []string{s.leaderKey()}, holder, ttl.Milliseconds()).Int()
+	if err != nil {
+		return false, fmt.Errorf("event lease: %w", err)
+	}
+	return n == 1, nil
+}
+
+// TrimEvents drops events written before t from every stream (writes trim
+// too; this catches streams nobody writes to any more).
+func (s *Store) TrimEvents(ctx context.Context, before time.Time) error {
+	parts, err := s.EventPartitions(ctx)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := s.withDeadline(ctx)
+	defer cancel()
+	for _, p := range parts {
+		if err := s.rdb.XTrimMinID(ctx, p, strconv.FormatInt(before.UnixMilli(), 10)).Err(); err != nil {
+			return fmt.Errorf("trim events: %w", err)
+		}
+	}
+	return nil
+}
+
+// ListEvents merges the streams in the order their entries were written
+// (stream ids come from the Redis clock; ties go by stream). The cursor is
+// "<stream id>/<stream key>".
+func (s *Store) ListEvents(ctx context.Context, q quota.EventQuery) ([]quota.Event, string, error) {
+	afterID, afterPart := "0-0", ""
+	if q.After != "" {
+		id, part, ok := strings.Cut(q.After, "/")
+		if !ok || !validStreamID(id) {
+			return nil, "", quota.Invalid("after", "is not a cursor this API returned")
+		}
+		afterID, afterPart = id, part
+	}
+	var parts []string
+	if q.UserID != "" {
+		if !validID(q.UserID) {
+			return nil, "", nil
+		}
+		parts = []string{s.eventsKey(q.UserID)}
+	} else {
+		var err error
+		if parts, err = s.EventPartitions(ctx); err != nil {
+			return nil, "", err
+		}
+	}
+	ctx, cancel := s.withDeadline(ctx)
+	defer cancel()
+	type item struct {
+		e    quota.Event
+		part string
+	}
+	var all []item
+	for _, p := range parts {
+		start := "(" + afterID
+		if p > afterPart {
+			start = afterID // the same id in a later stream comes after the cursor
+		}
+		// Read until q.Take matching events or the stream's end.
+		for found := 0; found <= q.Take; {
+			msgs, err := s.rdb.XRangeN(ctx, p, start, "+", int64(q.Take+1)).Result()
+			if err != nil {
+				return nil, "", fmt.Errorf("list events: %w", err)
+			}
+			for _, m := range msgs {
+				e, err := decodeEntry(m)
+				if err != nil {
+					return nil, "", err
+				}
+				if q.Match(e) {
+					all = append(all, item{e, p})
+					found++
+				}
+			}
+			if len(msgs) < q.Take+1 {
+				break
+			}
+			start = "(" + msgs[len(msgs)-1].ID
+		}
+	}
+	sort.Slice(all, func(i, j int) bool {
+		a, b := all[i], all[j]
+		if c := compareStreamIDs(a.e.Pos, b.e.Pos); c != 0 {
+			return c < 0
+		}
+		return a.part < b.part
+	})
+	next := ""
+	if len(all) > q.Take {
+		all = all[:q.Take]
+		last := all[len(all)-1]
+		next = last.e.Pos + "/" + last.part
+	}
+	out := make([]quota.Event, len(all))
+	for i, it := range all {
+		out[i] = it.e
+	}
+	return out, next, nil
+}
+
+func parseStreamID(id string) (ms, seq uint64, ok bool) {
+	a, b, found := strings.Cut(id, "-")
+	if !found {
+		return 0, 0, false
+	}
+	ms, err1 := strconv.ParseUint(a, 10, 64)
+	seq, err2 := strconv.ParseUint(b, 10, 64)
+	return ms, seq, err1 == nil && err2 == nil
+}
+
+func validStreamID(id string) bool {
+	_, _, ok := parseStreamID(id)
+	return ok
+}
+
+func compareStreamIDs(a, b string) int {
+	am, as, _ := parseStreamID(a)
+	bm, bs, _ := parseStreamID(b)
+	switch {
+	case am != bm:
+		if am < bm {
+			return -1
+		}
+		return 1
+	case as != bs:
+		if as < bs {
+			return -1
+		}
+		return 1
+	}
+	return 0
+}
