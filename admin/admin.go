@@ -27,19 +27,37 @@ type Options struct {
 	Service *quota.Service
 	// Keys are the accepted admin keys, presented as
 	// "Authorization: Bearer <key>". Several keys allow rotation: add the
-	// new key, move clients over, remove the old one.
+	// new key, move clients over, remove the old one. Each is named
+	// "default" in events.
 	Keys []string
+	// NamedKeys are admin keys with a name, which the events of the
+	// changes made with the key carry as their actor (never the key).
+	NamedKeys []Key
+	// EventSource is the CloudEvents source of the events GET /events
+	// lists (quota.DefaultEventSource when empty).
+	EventSource string
 	// Logger defaults to a no-op logger.
 	Logger *zap.Logger
 	// MaxBodyBytes caps request bodies (default DefaultMaxBodyBytes).
 	MaxBodyBytes int64
 }
 
+// Key is an admin key and its name.
+type Key struct {
+	Name   string
+	Secret string
+}
+
+// DefaultKeyName names the admin keys given without a name.
+const DefaultKeyName = "default"
+
 // Handler serves the admin API. It is safe for concurrent use and immutable
 // after New.
 type Handler struct {
 	svc     *quota.Service
 	keys    [][sha256.Size]byte
+	names   []string
+	source  string
 	log     *zap.Logger
 	maxBody int64
 	mux     *http.ServeMux
@@ -52,24 +70,35 @@ func New(opts Options) (*Handler, error) {
 	if opts.Service == nil {
 		return nil, errors.New("admin: a quota service is required")
 	}
-	if len(opts.Keys) == 0 {
+	keys := make([]Key, 0, len(opts.Keys)+len(opts.NamedKeys))
+	for _, k := range opts.Keys {
+		keys = append(keys, Key{Name: DefaultKeyName, Secret: k})
+	}
+	keys = append(keys, opts.NamedKeys...)
+	if len(keys) == 0 {
 		return nil, errors.New("admin: at least one admin key is required")
 	}
 	h := &Handler{
 		svc:     opts.Service,
+		source:  opts.EventSource,
 		log:     opts.Logger,
 		maxBody: opts.MaxBodyBytes,
 		mux:     http.NewServeMux(),
 	}
-	for i, k := range opts.Keys {
+	for i, key := range keys {
 		// The key itself never appears in an error: it may end up in a log.
+		k := key.Secret
 		if strings.TrimSpace(k) == "" {
 			return nil, fmt.Errorf("admin: admin key %d is empty", i)
 		}
 		if strings.TrimSpace(k) != k || strings.ContainsAny(k, "\r\n") {
 			return nil, fmt.Errorf("admin: admin key %d has surrounding white space or a line break", i)
 		}
+		if key.Name == "" || len(key.Name) > 64 || strings.ContainsAny(key.Name, " \t\r\n") {
+			return nil, fmt.Errorf("admin: admin key %d needs a name of 1 to 64 characters without white space", i)
+		}
 		h.keys = append(h.keys, sha256.Sum256([]byte(k)))
+		h.names = append(h.names, key.Name)
 	}
 	if h.log == nil {
 		h.log = zap.NewNop()
@@ -96,16 +125,20 @@ func (h *Handler) routes() {
 	h.mux.HandleFunc("GET /users/{id}/usage", h.getUsage)
 	h.mux.HandleFunc("POST /users/{id}/usage/reset", h.resetUsage)
 	h.mux.HandleFunc("POST /users/{id}/credits", h.addCredits)
+	h.mux.HandleFunc("GET /events", h.listEvents)
 }
 
 // ServeHTTP authenticates the request and routes it.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Responses may carry token secrets; no cache may keep any of them.
 	w.Header().Set("Cache-Control", "no-store")
-	if ok, presented := h.authorized(r); !ok {
+	name, ok, presented := h.authorized(r)
+	if !ok {
 		h.unauthorized(w, r, presented)
 		return
 	}
+	// The changes made with this key name it in their events.
+	r = r.WithContext(quota.WithActor(r.Context(), name))
 	if fallback, pattern := h.mux.Handler(r); pattern == "" {
 		h.unrouted(w, r, fallback)
 		return
@@ -113,22 +146,27 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.mux.ServeHTTP(w, r)
 }
 
-// authorized reports whether r carries one of the admin keys, and whether
-// it presented a bearer token at all. Keys are compared as SHA-256 digests in
-// constant time, against every key, so neither the length of a key nor which
-// key matched shows in the timing.
-func (h *Handler) authorized(r *http.Request) (ok, presented bool) {
+// authorized reports whether r carries one of the admin keys (and its
+// name), and whether it presented a bearer token at all. Keys are compared
+// as SHA-256 digests in constant time, against every key, so neither the
+// length of a key nor which key matched shows in the timing.
+func (h *Handler) authorized(r *http.Request) (name string, ok, presented bool) {
 	scheme, token, found := strings.Cut(r.Header.Get("Authorization"), " ")
 	token = strings.TrimSpace(token)
 	if !found || !strings.EqualFold(scheme, "Bearer") || token == "" {
-		return false, false
+		return "", false, false
 	}
 	digest := sha256.Sum256([]byte(token))
-	match := 0
+	match, which := 0, 0
 	for i := range h.keys {
-		match |= subtle.ConstantTimeCompare(digest[:], h.keys[i][:])
+		eq := subtle.ConstantTimeCompare(digest[:], h.keys[i][:])
+		which = subtle.ConstantTimeSelect(eq, i, which)
+		match |= eq
 	}
-	return match == 1, true
+	if match != 1 {
+		return "", false, true
+	}
+	return h.names[which], true, true
 }
 
 func (h *Handler) unauthorized(w http.ResponseWriter, r *http.Request, presented bool) {

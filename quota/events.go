@@ -125,3 +125,64 @@ type EventLog interface {
 	// TrimEvents drops events written before t.
 	TrimEvents(ctx context.Context, before time.Time) error
 }
+
+// DefaultEventSource is the CloudEvents source of events when none is
+// configured.
+const DefaultEventSource = "caddy-tenant-quota"
+
+// CloudEvent is an event in the CloudEvents 1.0 JSON format, with the
+// "actor" extension attribute.
+type CloudEvent struct {
+	SpecVersion     string          `json:"specversion"`
+	ID              string          `json:"id"`
+	Source          string          `json:"source"`
+	Type            string          `json:"type"`
+	Time            time.Time       `json:"time"`
+	Subject         string          `json:"subject"`
+	DataContentType string          `json:"datacontenttype"`
+	Actor           string          `json:"actor,omitempty"`
+	Data            json.RawMessage `json:"data"`
+}
+
+// CloudEvent returns e as a CloudEvent from source.
+func (e Event) CloudEvent(source string) CloudEvent {
+	if source == "" {
+		source = DefaultEventSource
+	}
+	data := e.Data
+	if len(data) == 0 {
+		data = json.RawMessage(`{}`)
+	}
+	return CloudEvent{
+		SpecVersion: "1.0", ID: e.ID, Source: source, Type: e.Type, Time: e.Time.UTC(),
+		Subject: e.Subject, DataContentType: "application/json", Actor: e.Actor, Data: data,
+	}
+}
+
+// ListEvents returns a page of the outbox, oldest first, and the cursor of
+// the next page ("" on the last). typePrefix may end in ".*" or ".".
+func (s *Service) ListEvents(ctx context.Context, q EventQuery) ([]Event, string, error) {
+	if q.Take < 1 || q.Take > MaxPageSize {
+		return nil, "", Invalid("take", "must be between 1 and %d", MaxPageSize)
+	}
+	q.TypePrefix = strings.TrimSuffix(q.TypePrefix, "*")
+	if q.TypePrefix != "" && !knownTypePrefix(q.TypePrefix) {
+		return nil, "", Invalid("type", "%q is no event type or prefix of one (%s)", q.TypePrefix, strings.Join(EventTypes, ", "))
+	}
+	if q.UserID != "" && !validID(q.UserID) {
+		return nil, "", Invalid("userId", "is not a user id")
+	}
+	if len(q.After) > 512 {
+		return nil, "", Invalid("after", "is not a cursor this API returned")
+	}
+	return s.store.ListEvents(ctx, q)
+}
+
+func knownTypePrefix(p string) bool {
+	for _, t := range EventTypes {
+		if strings.HasPrefix(t, p) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,197 @@
+package events_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
+
+	"github.com/tenantquota/caddy-tenant-quota/quota"
+	"github.com/tenantquota/caddy-tenant-quota/quota/boltstore"
+	"github.com/tenantquota/caddy-tenant-quota/quota/events"
+)
+
+const secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+// receiver is a webhook endpoint that verifies every delivery with the
+// standard-webhooks library and records what it accepted.
+type receiver struct {
+	*httptest.Server
+	mu       sync.Mutex
+	got      []quota.CloudEvent
+	ids      map[string]int // webhook-id -> attempts seen
+	failing  atomic.Int64   // answer 500 to this many more requests
+	badSigns atomic.Int64
+}
+
+func newReceiver(t *testing.T) *receiver {
+	wh, err := standardwebhooks.NewWebhook(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := &receiver{ids: map[string]int{}}
+	rc.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if err := wh.Verify(body, r.Header); err != nil {
+			rc.badSigns.Add(1)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		rc.mu.Lock()
+		defer rc.mu.Unlock()
+		id := r.Header.Get("webhook-id")
+		rc.ids[id]++
+		if rc.failing.Load() > 0 {
+			rc.failing.Add(-1)
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		}
+		var ce quota.CloudEvent
+		if err := json.Unmarshal(body, &ce); err != nil || ce.ID != id || ce.SpecVersion != "1.0" {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		rc.got = append(rc.got, ce)
+	}))
+	t.Cleanup(rc.Close)
+	return rc
+}
+
+func (rc *receiver) events() []quota.CloudEvent {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return append([]quota.CloudEvent(nil), rc.got...)
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestWebhookDelivery: every event reaches a webhook once it answers 2xx,
+// signed so that the standard-webhooks library verifies it, in order per
+// user; an endpoint that fails for a while gets the same webhook-id again
+// and the event after it recovers.
+func TestWebhookDelivery(t *testing.T) {
+	store, err := boltstore.Open(boltstore.Options{Path: filepath.Join(t.TempDir(), "q.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	svc, err := quota.NewService(quota.Options{Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
+	rc := newReceiver(t)
+	rc.failing.Store(3)
+	hook, err := events.NewWebhook(events.WebhookOptions{URL: rc.URL, Secrets: []string{secret}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := events.New(events.Options{Log: store, Sinks: []events.Sink{hook}, Holder: "test", Poll: 20 * time.Millisecond,
+		Retry: events.Retry{Min: 10 * time.Millisecond, Max: 50 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); d.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	actx := quota.WithActor(context.Background(), "ops")
+	var users []string
+	for i := range 3 {
+		u, err := svc.CreateUser(actx, quota.NewUser{Name: "W", Email: fmt.Sprintf("w%d@example.com", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		users = append(users, u.ID)
+		if _, err := svc.PatchLimits(actx, u.ID, quota.Limits{"tokens": {{Limit: 100}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.Kick()
+	waitFor(t, "9 events delivered", func() bool { return len(rc.events()) == 9 })
+	perUser := map[string][]string{}
+	for _, ce := range rc.events() {
+		if ce.Actor != "ops" || ce.Source != quota.DefaultEventSource {
+			t.Fatalf("event %+v", ce)
+		}
+		perUser[ce.Subject] = append(perUser[ce.Subject], ce.Type)
+	}
+	for _, u := range users {
+		if fmt.Sprint(perUser[u]) != "[user.created user.updated limits.updated]" {
+			t.Fatalf("events of %s out of order: %v", u, perUser[u])
+		}
+	}
+	rc.mu.Lock()
+	first := rc.got[0].ID
+	attempts := rc.ids[first]
+	rc.mu.Unlock()
+	if attempts != 4 || rc.badSigns.Load() != 0 {
+		t.Fatalf("the first event was tried %d times (3 failures, then accepted), %d bad signatures", attempts, rc.badSigns.Load())
+	}
+	if st := d.Stats(); st.Sent != 9 || st.Retried != 3 || st.GaveUp != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestWebhookGivesUp: an endpoint that never takes an event holds it back
+// for a bounded number of attempts, then the next events go through.
+func TestWebhookGivesUp(t *testing.T) {
+	store, err := boltstore.Open(boltstore.Options{Path: filepath.Join(t.TempDir(), "q.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	svc, err := quota.NewService(quota.Options{Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
+	rc := newReceiver(t)
+	rc.failing.Store(4)
+	hook, _ := events.NewWebhook(events.WebhookOptions{URL: rc.URL, Secrets: []string{secret}, Types: events.Types{"user.created"}})
+	d, _ := events.New(events.Options{Log: store, Sinks: []events.Sink{hook}, Holder: "test", Poll: 20 * time.Millisecond,
+		Retry: events.Retry{Min: 5 * time.Millisecond, Max: 10 * time.Millisecond, Attempts: 4}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); d.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	for i := range 2 {
+		if _, err := svc.CreateUser(context.Background(), quota.NewUser{Name: "G", Email: fmt.Sprintf("g%d@example.com", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "the second event after the first was given up", func() bool { return len(rc.events()) == 1 })
+	if st := d.Stats(); st.GaveUp != 1 || st.Sent != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestParseSecret(t *testing.T) {
+	for _, bad := range []string{"", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_!!", "whsec_c2hvcnQ="} {
+		if _, err := events.ParseSecret(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	if _, err := events.ParseSecret(secret); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,15 @@
+// Package events delivers the quota outbox to sinks: webhooks signed per
+// the Standard Webhooks specification, and Kafka (franz-go).
+//
+// A Dispatcher reads each sink's events from the store's outbox
+// (quota.EventLog) with a cursor of its own, in the order they were
+// written, and moves the cursor on only once the sink took an event:
+// delivery is at least once, and in order per user. Of the gateways that
+// share a store, one at a time delivers (the store's lease). A failing
+// event is retried with exponential backoff and jitter, up to a bounded
+// number of attempts over a bounded time, then given up (logged at WARN;
+// it stays readable through the events API). A dead sink holds back only
+// its own deliveries.
+//
+// The package must not import Caddy.
+package events
