@@ -52,7 +52,8 @@ func (h *AdminHandler) Provision(ctx caddy.Context) error {
 		return errors.New("tenant_quota_admin needs at least one admin_key in the tenant_quota global option")
 	}
 	api, err := admin.New(admin.Options{
-		Service: app.Service(), Keys: app.adminKeys, Logger: ctx.Logger(), MaxBodyBytes: h.MaxBodyBytes,
+		Service: app.Service(), NamedKeys: app.adminKeys, Logger: ctx.Logger(), MaxBodyBytes: h.MaxBodyBytes,
+		EventSource: app.eventSource(),
 	})
 	if err != nil {
 		return err

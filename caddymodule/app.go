@@ -6,14 +6,18 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"github.com/tenantquota/caddy-tenant-quota/admin"
 	"github.com/tenantquota/caddy-tenant-quota/quota"
 	"github.com/tenantquota/caddy-tenant-quota/quota/boltstore"
+	"github.com/tenantquota/caddy-tenant-quota/quota/events"
 	"github.com/tenantquota/caddy-tenant-quota/quota/redisstore"
 )
 
@@ -39,6 +43,12 @@ type App struct {
 	// given for rotation. Placeholders such as {env.TQ_ADMIN_KEY} are
 	// replaced when the config is loaded.
 	AdminKeys []string `json:"admin_keys,omitempty"`
+	// NamedAdminKeys are admin keys with a name, which the events of the
+	// changes made with them carry as their actor (bare keys are named
+	// "default").
+	NamedAdminKeys []NamedAdminKey `json:"named_admin_keys,omitempty"`
+	// Events configures event delivery and thresholds.
+	Events *EventsConfig `json:"events,omitempty"`
 	// CacheTTL is how long a token or user stays in the hot cache
 	// (default 30s).
 	CacheTTL caddy.Duration `json:"cache_ttl,omitempty"`
@@ -56,11 +66,19 @@ type App struct {
 	// FallbackPer is the window of FallbackLimit: minute, hour or day.
 	FallbackPer string `json:"fallback_per,omitempty"`
 
-	service   *quota.Service
-	fallback  *quota.LocalAllowance
-	poolKey   string
-	adminKeys []string
-	logger    *zap.Logger
+	service    *quota.Service
+	shared     *sharedStore
+	fallback   *quota.LocalAllowance
+	poolKey    string
+	adminKeys  []admin.Key
+	stopEvents func()
+	logger     *zap.Logger
+}
+
+// NamedAdminKey is an admin key with a name.
+type NamedAdminKey struct {
+	Key  string `json:"key"`
+	Name string `json:"name"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -75,12 +93,16 @@ func (App) CaddyModule() caddy.ModuleInfo {
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	repl := caddy.NewReplacer()
-	for i, k := range a.AdminKeys {
-		key := repl.ReplaceKnown(k, "")
+	keys := make([]NamedAdminKey, 0, len(a.AdminKeys)+len(a.NamedAdminKeys))
+	for _, k := range a.AdminKeys {
+		keys = append(keys, NamedAdminKey{Key: k, Name: admin.DefaultKeyName})
+	}
+	for i, k := range append(keys, a.NamedAdminKeys...) {
+		key := repl.ReplaceKnown(k.Key, "")
 		if key == "" {
 			return fmt.Errorf("admin key #%d is empty after replacing placeholders (is its environment variable set?)", i+1)
 		}
-		a.adminKeys = append(a.adminKeys, key)
+		a.adminKeys = append(a.adminKeys, admin.Key{Name: k.Name, Secret: key})
 	}
 	if a.StoreTimeout == 0 {
 		a.StoreTimeout = caddy.Duration(DefaultStoreTimeout)
@@ -114,7 +136,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 			}
 			opts.ContextTimeoutEnabled = true
 			client := redis.NewUniversalClient(opts)
-			s, err := redisstore.New(redisstore.Options{Client: client})
+			s, err := redisstore.New(redisstore.Options{Client: client, EventRetention: a.eventRetention()})
 			if err != nil {
 				client.Close()
 				return nil, err
@@ -139,23 +161,23 @@ func (a *App) Provision(ctx caddy.Context) error {
 			store = s
 			logger.Info("using the embedded store", zap.String("path", dbPath))
 		}
+		shared := &sharedStore{store: store}
 		svc, err := quota.NewService(quota.Options{
 			Store: store, Logger: logger, CacheTTL: cacheTTL, Broadcaster: broadcaster, HotPathTimeout: timeout,
-			OnEvent: func(e quota.Event) {
-				logger.Info("quota event", zap.String("type", e.Type), zap.String("event_id", e.ID),
-					zap.String("user_id", e.Subject), zap.String("actor", e.Actor))
-			},
+			OnEvent: shared.onEvent(logger),
 		})
 		if err != nil {
 			store.Close()
 			return nil, err
 		}
-		return &sharedStore{store: store, service: svc}, nil
+		shared.service = svc
+		return shared, nil
 	})
 	if err != nil {
 		return fmt.Errorf("opening the quota store: %w", err)
 	}
-	a.service = val.(*sharedStore).service
+	a.shared = val.(*sharedStore)
+	a.service = a.shared.service
 	// The store is shared across reloads; this config's tuning applies to it.
 	a.service.Tune(timeout, cacheTTL)
 	return nil
@@ -176,6 +198,16 @@ func (a *App) Validate() error {
 	}
 	if a.FallbackLimit < 0 {
 		return errors.New("the on_store_error allowance must not be negative")
+	}
+	if a.Events != nil {
+		if err := a.Events.validate(); err != nil {
+			return err
+		}
+	}
+	for _, k := range a.NamedAdminKeys {
+		if k.Name == "" || len(k.Name) > 64 || strings.ContainsAny(k.Name, " \t\r\n") {
+			return fmt.Errorf("admin key name %q: 1 to 64 characters without white space", k.Name)
+		}
 	}
 	if a.FallbackLimit > 0 {
 		if a.OnStoreError != StoreErrorAllow {
@@ -208,11 +240,18 @@ func (a *App) admitOnStoreError(userID string) bool {
 	return a.fallback == nil || a.fallback.Take(userID, time.Now())
 }
 
-// Start implements caddy.App; the store was opened in Provision.
-func (a *App) Start() error { return nil }
+// Start implements caddy.App: it starts delivering events (the store was
+// opened in Provision).
+func (a *App) Start() error { return a.startEvents() }
 
-// Stop implements caddy.App.
-func (a *App) Stop() error { return nil }
+// Stop implements caddy.App: it stops delivering events.
+func (a *App) Stop() error {
+	if a.stopEvents != nil {
+		a.stopEvents()
+		a.stopEvents = nil
+	}
+	return nil
+}
 
 // Cleanup releases this config's hold on the shared store; the last
 // config to let go closes it.
@@ -230,6 +269,10 @@ func (a *App) Service() *quota.Service { return a.service }
 type sharedStore struct {
 	store   quota.Store
 	service *quota.Service
+	// deliverMu keeps the dispatchers of two configs (a reload) from
+	// delivering at once; dispatcher is the current one, woken by events.
+	deliverMu  sync.Mutex
+	dispatcher atomic.Pointer[events.Dispatcher]
 }
 
 func (s *sharedStore) Destruct() error {

@@ -31,6 +31,8 @@ func init() {
 //		redis         <url | host:port[,host:port...]>  # omit: embedded store
 //		db_path       <file>                            # embedded store file
 //		admin_key     <key> [<key>...]                  # repeatable, for rotation
+//		admin_key     <key> { name <name> }             # a key named in events' actor
+//		events { ... }                                  # see EventsConfig.unmarshal
 //		cache_ttl     <duration>                        # default 30s
 //		store_timeout <duration>                        # default 50ms
 //		on_store_error deny | allow [<n> per minute|hour|day]
@@ -80,7 +82,38 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if len(args) == 0 {
 				return d.Errf("admin_key needs at least one key, e.g. admin_key {env.TQ_ADMIN_KEY}")
 			}
-			a.AdminKeys = append(a.AdminKeys, args...)
+			named := NamedAdminKey{}
+			for n := d.Nesting(); d.NextBlock(n); {
+				switch d.Val() {
+				case "name":
+					if !d.NextArg() {
+						return d.ArgErr()
+					}
+					named.Name = d.Val()
+					if d.NextArg() {
+						return d.ArgErr()
+					}
+				default:
+					return d.Errf("unrecognized admin_key option %q (known: name)", d.Val())
+				}
+			}
+			if named.Name == "" {
+				a.AdminKeys = append(a.AdminKeys, args...)
+				continue
+			}
+			if len(args) != 1 {
+				return d.Errf("a named admin_key block takes one key")
+			}
+			named.Key = args[0]
+			a.NamedAdminKeys = append(a.NamedAdminKeys, named)
+		case "events":
+			if a.Events != nil {
+				return d.Err("events may be given only once")
+			}
+			a.Events = &EventsConfig{}
+			if err := a.Events.unmarshal(d); err != nil {
+				return err
+			}
 		case "on_store_error":
 			if err := a.parseOnStoreError(d); err != nil {
 				return err
@@ -96,7 +129,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				a.StoreTimeout = dur
 			}
 		default:
-			return d.Errf("unrecognized tenant_quota option %q (known: redis, db_path, admin_key, cache_ttl, store_timeout, on_store_error)", opt)
+			return d.Errf("unrecognized tenant_quota option %q (known: redis, db_path, admin_key, events, cache_ttl, store_timeout, on_store_error)", opt)
 		}
 	}
 	return nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -132,8 +133,16 @@ func (d *Dispatcher) Stats() Stats {
 	return Stats{Sent: d.sent.Load(), Retried: d.retried.Load(), GaveUp: d.gaveUp.Load()}
 }
 
-// Run delivers until ctx is done.
+// Run delivers until ctx is done, then closes the sinks that are
+// io.Closers.
 func (d *Dispatcher) Run(ctx context.Context) {
+	defer func() {
+		for _, s := range d.opts.Sinks {
+			if c, ok := s.(io.Closer); ok {
+				_ = c.Close()
+			}
+		}
+	}()
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); d.lead(ctx) }()
