@@ -1,0 +1,100 @@
+package events_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/tenantquota/caddy-tenant-quota/quota"
+	"github.com/tenantquota/caddy-tenant-quota/quota/boltstore"
+	"github.com/tenantquota/caddy-tenant-quota/quota/events"
+)
+
+// TestKafkaDelivery: against franz-go's in-process Kafka-protocol cluster,
+// with the real franz-go client on both ends, every event is produced once
+// it is acknowledged, keyed by user id, in order per user.
+func TestKafkaDelivery(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, "tenant-quota-events"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close)
+	store, err := boltstore.Open(boltstore.Options{Path: filepath.Join(t.TempDir(), "q.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	svc, err := quota.NewService(quota.Options{Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
+	sink, err := events.NewKafka(events.KafkaOptions{Brokers: cluster.ListenAddrs(), Topic: "tenant-quota-events"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := events.New(events.Options{Log: store, Sinks: []events.Sink{sink}, Holder: "test", Poll: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); d.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	want := map[string][]string{}
+	for i := range 4 {
+		u, err := svc.CreateUser(context.Background(), quota.NewUser{Name: "K", Email: fmt.Sprintf("k%d@example.com", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, err := svc.CreateToken(context.Background(), u.ID, quota.NewToken{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := svc.RevokeToken(context.Background(), u.ID, tok.ID); err != nil {
+			t.Fatal(err)
+		}
+		want[u.ID] = []string{quota.EventUserCreated, quota.EventTokenCreated, quota.EventTokenRevoked}
+	}
+	d.Kick()
+
+	consumer, err := kgo.NewClient(kgo.SeedBrokers(cluster.ListenAddrs()...), kgo.ConsumeTopics("tenant-quota-events"),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer consumer.Close()
+	got := map[string][]string{}
+	n := 0
+	pctx, pcancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer pcancel()
+	for n < 12 {
+		fetches := consumer.PollFetches(pctx)
+		if pctx.Err() != nil {
+			t.Fatalf("consumed %d of 12 events", n)
+		}
+		fetches.EachRecord(func(r *kgo.Record) {
+			var ce quota.CloudEvent
+			if err := json.Unmarshal(r.Value, &ce); err != nil {
+				t.Fatalf("record value: %v", err)
+			}
+			if string(r.Key) != ce.Subject {
+				t.Fatalf("record key %q, subject %q", r.Key, ce.Subject)
+			}
+			got[ce.Subject] = append(got[ce.Subject], ce.Type)
+			n++
+		})
+	}
+	for u, types := range want {
+		if fmt.Sprint(got[u]) != fmt.Sprint(types) {
+			t.Fatalf("user %s: got %v, want %v", u, got[u], types)
+		}
+	}
+}
