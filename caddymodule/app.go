@@ -136,7 +136,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 			}
 			opts.ContextTimeoutEnabled = true
 			client := redis.NewUniversalClient(opts)
-			s, err := redisstore.New(redisstore.Options{Client: client, EventRetention: a.eventRetention()})
+			s, err := redisstore.New(redisstore.Options{Client: client, EventRetention: a.eventRetention(), Thresholds: a.thresholds()})
 			if err != nil {
 				client.Close()
 				return nil, err
@@ -152,7 +152,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 			store, broadcaster = s, s.Broadcaster()
 			logger.Info("using the redis store", zap.Strings("addresses", opts.Addrs))
 		} else {
-			s, err := boltstore.Open(boltstore.Options{Path: dbPath, OnFlushError: func(err error) {
+			s, err := boltstore.Open(boltstore.Options{Path: dbPath, Thresholds: a.thresholds(), OnFlushError: func(err error) {
 				logger.Error("writing counters to the embedded store", zap.Error(err))
 			}})
 			if err != nil {

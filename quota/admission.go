@@ -87,7 +87,8 @@ func (t *Ticket) SettleUses(ctx context.Context, actual []Use) error {
 		return nil
 	}
 	charges, _ := expand(t.user, nonzero)
-	p := t.pending(Unlimited(charges, 1))
+	// The limits go along (the store does not check them) for usage thresholds.
+	p := t.pending(charges)
 	err := t.s.hot(ctx, func(ctx context.Context) error {
 		return t.s.store.Settle(ctx, p.userID, p.requestID, p.charges)
 	})

@@ -222,7 +222,9 @@ func (p *Plan) heldUses() []Use {
 	}
 	held = append(held, p.meters.Created...)
 	if cost := CreditCost(p.route.Credits, p.final, held); cost > 0 {
-		held = append(held, Use{Resource: ResourceCredits, Amount: cost})
+		// The marker shows what is reserved, and keeps it out of usage
+		// thresholds.
+		held = append(held, Use{Resource: ResourceCredits, Amount: cost}, Use{Resource: ReservedPrefix + ResourceCredits, Amount: cost})
 	}
 	return held
 }

@@ -11,7 +11,7 @@ import (
 
 func TestConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) quota.Store {
-		s, err := boltstore.Open(boltstore.Options{Path: filepath.Join(t.TempDir(), "quota.db")})
+		s, err := boltstore.Open(boltstore.Options{Path: filepath.Join(t.TempDir(), "quota.db"), Thresholds: storetest.Thresholds})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -43,6 +43,8 @@ type entry struct {
 	// order holds them oldest first so expiry costs no scan.
 	requests map[string]requestRecord
 	order    []string
+	// marks are the usage thresholds fired, persisted with the counters.
+	marks quota.ThresholdMarks
 }
 
 // requestTTL is shorter than quota.RequestTTL: in one process an admission
@@ -140,6 +142,7 @@ type countersDoc struct {
 	Counters map[string]counterRecord `json:"counters"`
 	Keys     []string                 `json:"keys,omitempty"`
 	Leases   map[string]leaseRecord   `json:"leases,omitempty"`
+	Marks    quota.ThresholdMarks     `json:"marks,omitempty"`
 }
 
 type leaseRecord struct {
@@ -207,6 +210,7 @@ func (s *Store) load(sh *shard, userID string) (*entry, error) {
 		for _, k := range doc.Keys {
 			e.keys[k] = struct{}{}
 		}
+		e.marks = doc.Marks
 		for id, lr := range doc.Leases {
 			l := lease{expires: lr.Expires}
 			for _, c := range lr.Release {
@@ -286,6 +290,9 @@ func (s *Store) Admit(ctx context.Context, userID, requestID string, charges []q
 			e.remember(requestID, true, now)
 			e.hold(requestID, charges, now)
 		}
+		if adm.Allowed {
+			s.thresholds(e, userID, requestID, charges, now)
+		}
 		return adm.Allowed && len(charges) > 0
 	})
 	if err != nil {
@@ -346,6 +353,7 @@ func (s *Store) Settle(ctx context.Context, userID, requestID string, actual []q
 			delete(e.leases, requestID)
 		}
 		e.remember(settleID, true, now)
+		s.thresholds(e, userID, requestID+"-s", actual, now)
 		return true
 	})
 }
@@ -369,6 +377,18 @@ func checkCharges(charges []quota.Charge) error {
 		}
 	}
 	return nil
+}
+
+// thresholds fires the usage thresholds a step reached (under the shard
+// lock); the events reach the disk with the counters.
+func (s *Store) thresholds(e *entry, userID, idBase string, charges []quota.Charge, now time.Time) {
+	if len(s.percents) == 0 || idBase == "" {
+		return
+	}
+	if e.marks == nil {
+		e.marks = quota.ThresholdMarks{}
+	}
+	s.queueEvents(quota.Thresholds(s.percents, charges, e.counters, e.marks, userID, idBase, now))
 }
 
 // Usage returns the user's counters, ordered by resource and period, with
@@ -423,6 +443,10 @@ func (s *Store) ResetUsage(ctx context.Context, userID string, resources []strin
 				changed = true
 			}
 		}
+		if len(e.marks) > 0 {
+			e.marks.ForgetMarks(resources)
+			changed = true
+		}
 		// Under the shard lock, so the events reach the disk with the
 		// reset (the flush below writes both in one transaction).
 		s.queueEvents(events)
@@ -460,8 +484,8 @@ func (s *Store) flush() error {
 		sh.mu.Lock()
 		for id, e := range sh.dirty {
 			var data []byte
-			if len(e.counters) > 0 || len(e.keys) > 0 || len(e.leases) > 0 {
-				doc := countersDoc{V: 2, Counters: make(map[string]counterRecord, len(e.counters))}
+			if len(e.counters) > 0 || len(e.keys) > 0 || len(e.leases) > 0 || len(e.marks) > 0 {
+				doc := countersDoc{V: 2, Counters: make(map[string]counterRecord, len(e.counters)), Marks: e.marks}
 				for k, st := range e.counters {
 					doc.Counters[k] = counterRecord(st)
 				}

@@ -53,6 +53,9 @@ type Options struct {
 	FlushInterval time.Duration
 	// Clock tells the time of the usage windows. Nil means quota.SystemClock.
 	Clock quota.Clock
+	// Thresholds are the percentages of a limit at which usage.threshold
+	// events fire (none: no threshold events).
+	Thresholds []int64
 	// OnFlushError, if set, is called from the background flusher when
 	// writing counters fails; the counters stay dirty and are retried on the
 	// next tick.
@@ -66,6 +69,7 @@ type Store struct {
 	clock quota.Clock
 
 	onFlushError func(error)
+	percents     []int64
 
 	shards [shardCount]shard
 
@@ -120,6 +124,7 @@ func Open(opts Options) (*Store, error) {
 		db:           db,
 		clock:        opts.Clock,
 		onFlushError: opts.OnFlushError,
+		percents:     opts.Thresholds,
 		stop:         make(chan struct{}),
 		done:         make(chan struct{}),
 	}

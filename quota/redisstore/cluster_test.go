@@ -33,7 +33,7 @@ func newClusterStore(t *testing.T, c *redistest.Cluster) *Store {
 	rdb := c.Client(t)
 	hook := &slotErrors{}
 	rdb.AddHook(hook)
-	s, err := New(Options{Client: rdb})
+	s, err := New(Options{Client: rdb, Thresholds: storetest.Thresholds})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,7 +23,7 @@ func TestConformance(t *testing.T) {
 	srv := redistest.Start(t)
 	storetest.Run(t, func(t *testing.T) quota.Store {
 		srv.FlushAll(t)
-		return newStore(t, srv, Options{})
+		return newStore(t, srv, Options{Thresholds: storetest.Thresholds})
 	})
 }
 

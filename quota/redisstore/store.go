@@ -36,6 +36,9 @@ type Options struct {
 	// EventRetention is how long the outbox keeps events;
 	// DefaultEventRetention when zero.
 	EventRetention time.Duration
+	// Thresholds are the percentages of a limit at which usage.threshold
+	// events fire (none: no threshold events).
+	Thresholds []int64
 }
 
 // Store is a quota.Store on Redis. It is safe for concurrent use; the zero
@@ -45,6 +48,7 @@ type Store struct {
 	prefix    string
 	timeout   time.Duration
 	retention time.Duration
+	percents  string // thresholds, comma separated
 }
 
 // New returns a Store over opts.Client. It does not contact Redis.
@@ -67,7 +71,14 @@ func New(opts Options) (*Store, error) {
 	if opts.EventRetention <= 0 {
 		opts.EventRetention = DefaultEventRetention
 	}
-	return &Store{rdb: opts.Client, prefix: opts.Prefix, timeout: opts.Timeout, retention: opts.EventRetention}, nil
+	var pcts []string
+	for _, p := range opts.Thresholds {
+		if p < 1 || p > 1000 {
+			return nil, fmt.Errorf("redisstore: thresholds are percentages from 1 to 1000, got %d", p)
+		}
+		pcts = append(pcts, strconv.FormatInt(p, 10))
+	}
+	return &Store{rdb: opts.Client, prefix: opts.Prefix, timeout: opts.Timeout, retention: opts.EventRetention, percents: strings.Join(pcts, ",")}, nil
 }
 
 // Close closes the client.

@@ -161,6 +161,79 @@ local function sweep()
 end
 `
 
+// luaThresholds defines thresholds(rid, csv, retention, user): the rule of
+// quota.Thresholds over the charges just applied. KEYS[6] is the hash of
+// threshold marks, KEYS[7] the outbox stream. Events are JSON written by
+// hand: cjson would print large counts in floating point.
+const luaThresholds = luaOutbox + `
+local function civil(days)
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp + 3
+  if m > 12 then m = m - 12 end
+  if m <= 2 then y = y + 1 end
+  return y, m, d
+end
+
+local function rfc3339(secs)
+  local days = math.floor(secs / 86400)
+  local rem = secs - days * 86400
+  local y, m, d = civil(days)
+  return string.format("%04d-%02d-%02dT%02d:%02d:%02dZ", y, m, d, math.floor(rem / 3600), math.floor(rem % 3600 / 60), rem % 60)
+end
+
+local function window_end(per, start)
+  if per == "minute" then return start + 60 end
+  if per == "hour" then return start + 3600 end
+  if per == "day" then return start + 86400 end
+  local y, m = civil(math.floor(start / 86400))
+  local days = 0
+  local dim = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31}
+  days = dim[m]
+  if m == 2 and (y % 4 == 0 and (y % 100 ~= 0 or y % 400 == 0)) then days = 29 end
+  return start + days * 86400
+end
+
+local function thresholds(rid, csv, retention, user)
+  if csv == "" or rid == "" then return end
+  local k = 0
+  for i = 1, n do
+    local r = string.match(fields[i], "^(.*)|[^|]*$")
+    if limits[i] > 0 and amounts[i] ~= 0 and string.sub(r, 1, 9) ~= "reserved_" then
+      local u = stored(i) - stored_at("reserved_" .. r .. "|lifetime", 0)
+      for p in string.gmatch(csv, "%d+") do
+        local th = math.floor((limits[i] * tonumber(p) + 99) / 100)
+        if u >= th then
+          local f = fields[i] .. "|" .. p
+          local mark = string.format("%d:%d", starts[i], limits[i])
+          if redis.call("HGET", KEYS[6], f) ~= mark then
+            redis.call("HSET", KEYS[6], f, mark)
+            k = k + 1
+            local ws, we = "null", "null"
+            if pers[i] ~= "lifetime" then
+              ws = '"' .. rfc3339(starts[i]) .. '"'
+              we = '"' .. rfc3339(window_end(pers[i], starts[i])) .. '"'
+            end
+            local ev = string.format('{"id":"%s-t%d","type":"usage.threshold","time":"%s","subject":"%s","data":{"resource":"%s","period":"%s","windowStart":%s,"windowEnd":%s,"percent":%s,"used":%d,"limit":%d}}',
+              rid, k, rfc3339(now), user, r, pers[i], ws, we, p, u, limits[i])
+            local t2 = redis.call("TIME")
+            local minid = tonumber(t2[1]) * 1000 - tonumber(retention)
+            if minid < 0 then minid = 0 end
+            redis.call("XADD", KEYS[7], "MINID", "~", string.format("%d", minid), "*", "e", ev)
+          end
+        end
+      end
+    end
+  end
+end
+`
+
 // admitScript applies charges to one user's usage hash (KEYS[1]) all or
 // nothing, exactly like quota.ApplyCharges, after releasing expired leases.
 // A counter counts only if its stored window start ("<field>|s") is the
@@ -172,8 +245,8 @@ end
 //
 // The reply is {allowed (1/0), denied index (0-based; -1 none; -2
 // cancelled), now seconds, now microseconds, used per charge...}.
-var admitScript = redis.NewScript(`local first = 3
-` + luaCharges + `
+var admitScript = redis.NewScript(`local first = 6
+` + luaCharges + luaThresholds + `
 local function reply(allowed, denied, used)
   local r = {allowed, denied, now, tonumber(t[2])}
   for i = 1, n do r[4 + i] = used[i] or 0 end
@@ -197,6 +270,7 @@ if rid ~= "" then
   redis.call("SET", KEYS[5], "a", "EX", ARGV[1])
   hold(rid)
 end
+thresholds(rid, ARGV[3], ARGV[4], ARGV[5])
 return reply(1, -1, used)
 `)
 
@@ -231,13 +305,14 @@ return changed
 // charges without limits and releases the request's lease. ARGV[1] is the
 // settlement record's time to live, ARGV[2] the request id; KEYS[5] is the
 // settlement record. It returns 1 if it settled, 0 for a repeat.
-var settleScript = redis.NewScript(`local first = 3
-` + luaCharges + `
+var settleScript = redis.NewScript(`local first = 6
+` + luaCharges + luaThresholds + `
 if redis.call("GET", KEYS[5]) then return 0 end
 local used = {}
 apply(1, false, used)
 release(ARGV[2])
 redis.call("SET", KEYS[5], "s", "EX", ARGV[1])
+thresholds(ARGV[2] .. "-s", ARGV[3], ARGV[4], ARGV[5])
 return 1
 `)
 
@@ -278,7 +353,7 @@ func (s *Store) Admit(ctx context.Context, userID, requestID string, charges []q
 			}
 		}
 	}
-	keys, args, err := s.chargeArgs(userID, requestID, requestID, charges, s.recordTTL(charges), requestID)
+	keys, args, err := s.chargeArgs(userID, requestID, requestID, charges, s.recordTTL(charges), requestID, s.percents, strconv.FormatInt(s.retention.Milliseconds(), 10), userID)
 	if err != nil {
 		return nil, err
 	}
@@ -329,7 +404,7 @@ func (s *Store) Settle(ctx context.Context, userID, requestID string, actual []q
 	if requestID == "" {
 		return quota.Invalid("requestId", "is required")
 	}
-	keys, args, err := s.chargeArgs(userID, requestID, requestID+"-settle", actual, s.recordTTL(nil), requestID)
+	keys, args, err := s.chargeArgs(userID, requestID, requestID+"-settle", actual, s.recordTTL(nil), requestID, s.percents, strconv.FormatInt(s.retention.Milliseconds(), 10), userID)
 	if err != nil {
 		return err
 	}
@@ -364,7 +439,7 @@ func (s *Store) chargeArgs(userID, requestID, record string, charges []quota.Cha
 	}
 	keys := []string{s.usageKey(userID), s.keysKey(userID), s.tag(userID) + ":lease_exp", s.tag(userID) + ":leases"}
 	if record != "" {
-		keys = append(keys, s.tag(userID)+":req:"+record)
+		keys = append(keys, s.tag(userID)+":req:"+record, s.tag(userID)+":thresholds", s.eventsKey(userID))
 	}
 	args := make([]any, 0, len(head)+6*len(charges))
 	for _, h := range head {
@@ -490,25 +565,26 @@ func (s *Store) ResetUsage(ctx context.Context, userID string, resources []strin
 	for _, r := range resources {
 		args = append(args, r)
 	}
-	if err := resetScript.Run(ctx, s.rdb, []string{s.usageKey(userID), s.keysKey(userID), s.eventsKey(userID)}, args...).Err(); err != nil && !errors.Is(err, redis.Nil) {
+	if err := resetScript.Run(ctx, s.rdb, []string{s.usageKey(userID), s.keysKey(userID), s.eventsKey(userID), s.tag(userID) + ":thresholds"}, args...).Err(); err != nil && !errors.Is(err, redis.Nil) {
 		return fmt.Errorf("reset usage: %w", err)
 	}
 	return nil
 }
 
 // resetScript zeroes counters in one step with their events: KEYS usage
-// hash, distinct-keys hash, outbox stream; ARGV retention ms, event count,
-// the events, then the resources (none: all). A resource's counters are
-// the usage fields "<resource>|<period>" and their "|s" window starts.
+// hash, distinct-keys hash, outbox stream, threshold marks; ARGV retention
+// ms, event count, the events, then the resources (none: all). A
+// resource's counters are the usage fields "<resource>|<period>" and their
+// "|s" window starts; its marks go with them, so its thresholds fire anew.
 var resetScript = redis.NewScript(luaOutbox + `
 local n = tonumber(ARGV[2])
 local first = 3 + n
 if first > #ARGV then
-  redis.call("DEL", KEYS[1], KEYS[2])
+  redis.call("DEL", KEYS[1], KEYS[2], KEYS[4])
 else
   local drop = {}
   for i = first, #ARGV do drop[ARGV[i]] = true end
-  for _, k in ipairs({KEYS[1], KEYS[2]}) do
+  for _, k in ipairs({KEYS[1], KEYS[2], KEYS[4]}) do
     for _, f in ipairs(redis.call("HKEYS", k)) do
       local r = string.match(f, "^([^|]*)|")
       if r and drop[r] then redis.call("HDEL", k, f) end

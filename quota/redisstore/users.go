@@ -77,7 +77,7 @@ local u = redis.call("GET", KEYS[1])
 if not u then return false end
 local out = redis.call("HVALS", KEYS[3])
 table.insert(out, 1, u)
-redis.call("DEL", KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+redis.call("DEL", KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[8])
 outbox(KEYS[7], ARGV[1], 3, tonumber(ARGV[2]))
 return out
 `)
@@ -411,7 +411,7 @@ func (s *Store) DeleteUser(ctx context.Context, id string, events ...quota.Event
 	if err != nil {
 		return err
 	}
-	vals, err := deleteUserScript.Run(ctx, s.rdb, []string{s.userKey(id), s.usageKey(id), s.tokensKey(id), s.keysKey(id), s.tag(id) + ":lease_exp", s.tag(id) + ":leases", s.eventsKey(id)}, evArgs...).StringSlice()
+	vals, err := deleteUserScript.Run(ctx, s.rdb, []string{s.userKey(id), s.usageKey(id), s.tokensKey(id), s.keysKey(id), s.tag(id) + ":lease_exp", s.tag(id) + ":leases", s.eventsKey(id), s.tag(id) + ":thresholds"}, evArgs...).StringSlice()
 	if errors.Is(err, redis.Nil) {
 		return fmt.Errorf("user %q: %w", id, quota.ErrNotFound)
 	}

@@ -5,6 +5,7 @@ package storetest
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -15,6 +16,10 @@ import (
 
 	"github.com/tenantquota/caddy-tenant-quota/quota"
 )
+
+// Thresholds are the usage.threshold percentages the stores under test
+// must be made with.
+var Thresholds = []int64{80, 100}
 
 // Run runs every conformance test against fresh stores made by newStore.
 // newStore must return an empty store and arrange its cleanup with
@@ -43,6 +48,7 @@ func Run(t *testing.T, newStore func(t *testing.T) quota.Store) {
 		{"ConcurrentAdminWrites", testConcurrentAdminWrites},
 		{"CountersSaturate", testCountersSaturate},
 		{"Outbox", testOutbox},
+		{"ThresholdsFireOnce", testThresholds},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -949,5 +955,94 @@ func testOutbox(t *testing.T, s quota.Store) {
 	}
 	if evs, _, err := s.ListEvents(ctx(t), quota.EventQuery{Take: 10}); err != nil || len(evs) != 0 {
 		t.Fatalf("after trimming everything: %d events, %v", len(evs), err)
+	}
+}
+
+// testThresholds: 30 concurrent admissions against a cap of 10 fire the
+// 80 % and 100 % events exactly once; reservations in flight do not count
+// as usage, their settlement does; a window counts apart from the
+// lifetime; a reset lets thresholds fire again.
+func testThresholds(t *testing.T, s quota.Store) {
+	svc, err := quota.NewService(quota.Options{Store: s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Close() })
+	u, err := svc.CreateUser(ctx(t), quota.NewUser{Name: "T", Email: "thr@example.com", Limits: quota.Limits{
+		"messages": {{Limit: 10}, {Limit: 100, Per: quota.Day}},
+		"tokens":   {{Limit: 100}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for range 30 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _ = svc.AdmitUses(context.Background(), u, []quota.Use{{Resource: "messages", Amount: 1}})
+		}()
+	}
+	wg.Wait()
+	thresholds := func() []quota.ThresholdData {
+		evs, _, err := s.ListEvents(ctx(t), quota.EventQuery{UserID: u.ID, TypePrefix: quota.EventUsageThreshold, Take: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []quota.ThresholdData
+		for _, e := range evs {
+			var d quota.ThresholdData
+			if err := json.Unmarshal(e.Data, &d); err != nil || e.Subject != u.ID || e.ID == "" || e.Time.IsZero() {
+				t.Fatalf("event %+v: %v", e, err)
+			}
+			out = append(out, d)
+		}
+		return out
+	}
+	flush(s)
+	got := thresholds()
+	if len(got) != 2 || got[0].Percent != 80 || got[0].Used != 8 || got[1].Percent != 100 || got[1].Used != 10 ||
+		got[0].Resource != "messages" || got[0].Period != "lifetime" || got[0].WindowStart != nil || got[0].Limit != 10 {
+		t.Fatalf("30 admissions against 10: %+v", got)
+	}
+	// A reservation of 95 tokens is not usage yet; its settlement to 85 is.
+	reserved := quota.TokenCount{Input: 5, Output: 90}
+	ticket, err := svc.AdmitUses(ctx(t), u, quota.Held(append(reserved.Uses(), reserved.Reserved()...), time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	flush(s)
+	if n := len(thresholds()); n != 2 {
+		t.Fatalf("a reservation fired a threshold: %d events", n)
+	}
+	if err := ticket.SettleUses(ctx(t), quota.TokenCount{Input: 5, Output: 80}.Uses()); err != nil {
+		t.Fatal(err)
+	}
+	flush(s)
+	got = thresholds()
+	if len(got) != 3 || got[2].Resource != "tokens" || got[2].Percent != 80 || got[2].Used != 85 {
+		t.Fatalf("after settling 85 of 100 tokens: %+v", got)
+	}
+	// The reset forgets the messages marks: reaching 80 % again fires again.
+	if _, err := svc.ResetUsage(ctx(t), u.ID, []string{"messages"}); err != nil {
+		t.Fatal(err)
+	}
+	for range 8 {
+		if _, err := svc.AdmitUses(ctx(t), u, []quota.Use{{Resource: "messages", Amount: 1}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	flush(s)
+	got = thresholds()
+	if len(got) != 4 || got[3].Percent != 80 || got[3].Resource != "messages" {
+		t.Fatalf("after a reset and 8 more: %+v", got)
+	}
+}
+
+// flush writes a store's buffered counters (and the events decided with
+// them) now, for stores that buffer.
+func flush(s quota.Store) {
+	if f, ok := s.(interface{ Flush() error }); ok {
+		_ = f.Flush()
 	}
 }
