@@ -627,10 +627,16 @@ func testTwoNodes(t *testing.T, opts string) {
 // eventually polls cond for up to one second.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(time.Second)
+	within(t, time.Second, what, cond)
+}
+
+// within waits up to d for cond.
+func within(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: not in effect within 1s", what)
+			t.Fatalf("%s: not in effect within %v", what, d)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -194,7 +194,24 @@ func (s *Store) update(ctx context.Context, fn func(tx *bolt.Tx) error) error {
 	if err := s.begin(ctx); err != nil {
 		return err
 	}
-	return s.db.Update(fn)
+	return s.updateInOrder(fn)
+}
+
+// updateInOrder runs a write transaction that first writes the events
+// decided with counters and not flushed yet, so that the outbox keeps the
+// order in which events happened.
+func (s *Store) updateInOrder(fn func(tx *bolt.Tx) error) error {
+	events := s.takeEvents()
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if err := putEvents(tx, events); err != nil {
+			return err
+		}
+		return fn(tx)
+	})
+	if err != nil {
+		s.requeueEvents(events)
+	}
+	return err
 }
 
 // CreateUser stores a new user. The id, the normalized email and the
@@ -346,7 +363,7 @@ func (s *Store) DeleteUser(ctx context.Context, id string, events ...quota.Event
 	sh := s.shardOf(id)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.updateInOrder(func(tx *bolt.Tx) error {
 		u, err := getUser(tx, id)
 		if err != nil {
 			return err
