@@ -104,6 +104,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 		}
 		a.adminKeys = append(a.adminKeys, admin.Key{Name: k.Name, Secret: key})
 	}
+	if a.Events != nil {
+		if err := a.Events.checkSecrets(repl); err != nil {
+			return err
+		}
+	}
 	if a.StoreTimeout == 0 {
 		a.StoreTimeout = caddy.Duration(DefaultStoreTimeout)
 	}

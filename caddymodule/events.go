@@ -109,6 +109,23 @@ func (c *EventsConfig) sinks(repl *caddy.Replacer) ([]events.Sink, error) {
 	return out, nil
 }
 
+// checkSecrets makes sure, at provisioning (so that caddy validate says
+// so), that every webhook secret is set and well-formed.
+func (c *EventsConfig) checkSecrets(repl *caddy.Replacer) error {
+	for _, w := range c.Webhooks {
+		for i, s := range w.Secrets {
+			v := repl.ReplaceKnown(s, "")
+			if v == "" {
+				return fmt.Errorf("events: webhook %s: secret #%d is empty after replacing placeholders (is its environment variable set?)", w.URL, i+1)
+			}
+			if _, err := events.ParseSecret(v); err != nil {
+				return fmt.Errorf("events: webhook %s: secret #%d: %w", w.URL, i+1, err)
+			}
+		}
+	}
+	return nil
+}
+
 // startEvents starts delivering events, if sinks are configured.
 func (a *App) startEvents() error {
 	if a.Events == nil {
