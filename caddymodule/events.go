@@ -126,21 +126,19 @@ func (c *EventsConfig) checkSecrets(repl *caddy.Replacer) error {
 	return nil
 }
 
-// startEvents starts delivering events, if sinks are configured.
+// startEvents starts delivering events to the configured sinks, and
+// trimming them after the retention (with no sink too).
 func (a *App) startEvents() error {
-	if a.Events == nil {
-		return nil
-	}
-	sinks, err := a.Events.sinks(caddy.NewReplacer())
-	if err != nil {
-		return err
-	}
-	if len(sinks) == 0 {
-		return nil
+	var sinks []events.Sink
+	if a.Events != nil {
+		var err error
+		if sinks, err = a.Events.sinks(caddy.NewReplacer()); err != nil {
+			return err
+		}
 	}
 	host, _ := os.Hostname()
 	d, err := events.New(events.Options{
-		Log: a.shared.store, Sinks: sinks, Source: a.Events.Source, Logger: a.logger.Named("events"),
+		Log: a.shared.store, Sinks: sinks, Source: a.eventSource(), Logger: a.logger.Named("events"),
 		Holder:    fmt.Sprintf("%s/%d/%s", host, os.Getpid(), quota.NewID()),
 		Retention: a.eventRetention(), Lock: &a.shared.deliverMu,
 	})

@@ -195,3 +195,31 @@ func TestParseSecret(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestRetention: with no sink at all, the dispatcher trims events older
+// than the retention.
+func TestRetention(t *testing.T) {
+	store, err := boltstore.Open(boltstore.Options{Path: filepath.Join(t.TempDir(), "q.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	svc, err := quota.NewService(quota.Options{Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
+	if _, err := svc.CreateUser(context.Background(), quota.NewUser{Name: "R", Email: "r@example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * time.Millisecond)
+	d, _ := events.New(events.Options{Log: store, Holder: "test", Retention: time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); d.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitFor(t, "the old event trimmed", func() bool {
+		evs, _, err := store.ListEvents(context.Background(), quota.EventQuery{Take: 10})
+		return err == nil && len(evs) == 0
+	})
+}

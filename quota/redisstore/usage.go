@@ -200,12 +200,19 @@ local function window_end(per, start)
   return start + days * 86400
 end
 
-local function thresholds(rid, csv, retention, user)
+-- used[i] is the counter of charge i after the step: below the lowest
+-- threshold, nothing more is read (the common case costs no command).
+local function thresholds(rid, csv, retention, user, used)
   if csv == "" or rid == "" then return end
+  local lowest = tonumber(string.match(csv, "%d+"))
+  for p in string.gmatch(csv, "%d+") do
+    if tonumber(p) < lowest then lowest = tonumber(p) end
+  end
   local k = 0
   for i = 1, n do
+    if limits[i] > 0 and amounts[i] ~= 0 and (used[i] or 0) * 100 >= limits[i] * lowest then
     local r = string.match(fields[i], "^(.*)|[^|]*$")
-    if limits[i] > 0 and amounts[i] ~= 0 and string.sub(r, 1, 9) ~= "reserved_" then
+    if string.sub(r, 1, 9) ~= "reserved_" then
       local u = stored(i) - stored_at("reserved_" .. r .. "|lifetime", 0)
       for p in string.gmatch(csv, "%d+") do
         local th = math.floor((limits[i] * tonumber(p) + 99) / 100)
@@ -229,6 +236,7 @@ local function thresholds(rid, csv, retention, user)
           end
         end
       end
+    end
     end
   end
 end
@@ -270,7 +278,7 @@ if rid ~= "" then
   redis.call("SET", KEYS[5], "a", "EX", ARGV[1])
   hold(rid)
 end
-thresholds(rid, ARGV[3], ARGV[4], ARGV[5])
+thresholds(rid, ARGV[3], ARGV[4], ARGV[5], used)
 return reply(1, -1, used)
 `)
 
@@ -312,7 +320,7 @@ local used = {}
 apply(1, false, used)
 release(ARGV[2])
 redis.call("SET", KEYS[5], "s", "EX", ARGV[1])
-thresholds(ARGV[2] .. "-s", ARGV[3], ARGV[4], ARGV[5])
+thresholds(ARGV[2] .. "-s", ARGV[3], ARGV[4], ARGV[5], used)
 return 1
 `)
 
