@@ -88,16 +88,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // user; an endpoint that fails for a while gets the same webhook-id again
 // and the event after it recovers.
 func TestWebhookDelivery(t *testing.T) {
-	store, err := boltstore.Open(boltstore.Options{Path: filepath.Join(t.TempDir(), "q.db")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	svc, err := quota.NewService(quota.Options{Store: store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { svc.Close() })
+	store, svc := newService(t)
 	rc := newReceiver(t)
 	rc.failing.Store(3)
 	hook, err := events.NewWebhook(events.WebhookOptions{URL: rc.URL, Secrets: []string{secret}})
@@ -109,10 +100,7 @@ func TestWebhookDelivery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); d.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	run(t, d)
 
 	actx := quota.WithActor(context.Background(), "ops")
 	var users []string
@@ -155,25 +143,13 @@ func TestWebhookDelivery(t *testing.T) {
 // TestWebhookGivesUp: an endpoint that never takes an event holds it back
 // for a bounded number of attempts, then the next events go through.
 func TestWebhookGivesUp(t *testing.T) {
-	store, err := boltstore.Open(boltstore.Options{Path: filepath.Join(t.TempDir(), "q.db")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	svc, err := quota.NewService(quota.Options{Store: store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { svc.Close() })
+	store, svc := newService(t)
 	rc := newReceiver(t)
 	rc.failing.Store(4)
 	hook, _ := events.NewWebhook(events.WebhookOptions{URL: rc.URL, Secrets: []string{secret}, Types: events.Types{"user.created"}})
 	d, _ := events.New(events.Options{Log: store, Sinks: []events.Sink{hook}, Holder: "test", Poll: 20 * time.Millisecond,
 		Retry: events.Retry{Min: 5 * time.Millisecond, Max: 10 * time.Millisecond, Attempts: 4}})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); d.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	run(t, d)
 	for i := range 2 {
 		if _, err := svc.CreateUser(context.Background(), quota.NewUser{Name: "G", Email: fmt.Sprintf("g%d@example.com", i)}); err != nil {
 			t.Fatal(err)
@@ -199,6 +175,22 @@ func TestParseSecret(t *testing.T) {
 // TestRetention: with no sink at all, the dispatcher trims events older
 // than the retention.
 func TestRetention(t *testing.T) {
+	store, svc := newService(t)
+	if _, err := svc.CreateUser(context.Background(), quota.NewUser{Name: "R", Email: "r@example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * time.Millisecond)
+	d, _ := events.New(events.Options{Log: store, Holder: "test", Retention: time.Millisecond})
+	run(t, d)
+	waitFor(t, "the old event trimmed", func() bool {
+		evs, _, err := store.ListEvents(context.Background(), quota.EventQuery{Take: 10})
+		return err == nil && len(evs) == 0
+	})
+}
+
+// newService opens an embedded store and a service over it for one test.
+func newService(t *testing.T) (*boltstore.Store, *quota.Service) {
+	t.Helper()
 	store, err := boltstore.Open(boltstore.Options{Path: filepath.Join(t.TempDir(), "q.db")})
 	if err != nil {
 		t.Fatal(err)
@@ -209,17 +201,13 @@ func TestRetention(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { svc.Close() })
-	if _, err := svc.CreateUser(context.Background(), quota.NewUser{Name: "R", Email: "r@example.com"}); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(5 * time.Millisecond)
-	d, _ := events.New(events.Options{Log: store, Holder: "test", Retention: time.Millisecond})
+	return store, svc
+}
+
+// run runs d until the test ends.
+func run(t *testing.T, d *events.Dispatcher) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); d.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	waitFor(t, "the old event trimmed", func() bool {
-		evs, _, err := store.ListEvents(context.Background(), quota.EventQuery{Take: 10})
-		return err == nil && len(evs) == 0
-	})
 }

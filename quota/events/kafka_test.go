@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -12,7 +11,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/tenantquota/caddy-tenant-quota/quota"
-	"github.com/tenantquota/caddy-tenant-quota/quota/boltstore"
 	"github.com/tenantquota/caddy-tenant-quota/quota/events"
 )
 
@@ -25,16 +23,7 @@ func TestKafkaDelivery(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(cluster.Close)
-	store, err := boltstore.Open(boltstore.Options{Path: filepath.Join(t.TempDir(), "q.db")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	svc, err := quota.NewService(quota.Options{Store: store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { svc.Close() })
+	store, svc := newService(t)
 	sink, err := events.NewKafka(events.KafkaOptions{Brokers: cluster.ListenAddrs(), Topic: "tenant-quota-events"})
 	if err != nil {
 		t.Fatal(err)
@@ -43,10 +32,7 @@ func TestKafkaDelivery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); d.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	run(t, d)
 
 	want := map[string][]string{}
 	for i := range 4 {
