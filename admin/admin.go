@@ -42,10 +42,13 @@ type Options struct {
 	MaxBodyBytes int64
 }
 
-// Key is an admin key and its name.
+// Key is an admin key, its name and its permissions.
 type Key struct {
 	Name   string
 	Secret string
+	// Permissions are permission patterns (users.read, users.*, *); nil
+	// grants every permission.
+	Permissions []string
 }
 
 // DefaultKeyName names the admin keys given without a name.
@@ -57,6 +60,8 @@ type Handler struct {
 	svc     *quota.Service
 	keys    [][sha256.Size]byte
 	names   []string
+	grants  [][]string        // per key: permission patterns, nil for all
+	perms   map[string]string // route pattern -> required permission
 	source  string
 	log     *zap.Logger
 	maxBody int64
@@ -97,8 +102,14 @@ func New(opts Options) (*Handler, error) {
 		if key.Name == "" || len(key.Name) > 64 || strings.ContainsAny(key.Name, " \t\r\n") {
 			return nil, fmt.Errorf("admin: admin key %d needs a name of 1 to 64 characters without white space", i)
 		}
+		for _, p := range key.Permissions {
+			if err := quota.ValidatePermission(p, true); err != nil {
+				return nil, fmt.Errorf("admin: admin key %q: %w", key.Name, err)
+			}
+		}
 		h.keys = append(h.keys, sha256.Sum256([]byte(k)))
 		h.names = append(h.names, key.Name)
+		h.grants = append(h.grants, key.Permissions)
 	}
 	if h.log == nil {
 		h.log = zap.NewNop()
@@ -110,51 +121,85 @@ func New(opts Options) (*Handler, error) {
 	return h, nil
 }
 
+// Routes lists every admin route with the permission it requires.
+var Routes = []struct{ Pattern, Permission string }{
+	{"POST /users", quota.PermUsersCreate},
+	{"GET /users", quota.PermUsersRead},
+	{"GET /users/{id}", quota.PermUsersRead},
+	{"PATCH /users/{id}", quota.PermUsersUpdate},
+	{"DELETE /users/{id}", quota.PermUsersDelete},
+	{"POST /users/{id}/tokens", quota.PermTokensCreate},
+	{"GET /users/{id}/tokens", quota.PermTokensRead},
+	{"DELETE /users/{id}/tokens/{tokenId}", quota.PermTokensRevoke},
+	{"GET /users/{id}/limits", quota.PermLimitsRead},
+	{"PUT /users/{id}/limits", quota.PermLimitsWrite},
+	{"PATCH /users/{id}/limits", quota.PermLimitsWrite},
+	{"GET /users/{id}/usage", quota.PermUsageRead},
+	{"POST /users/{id}/usage/reset", quota.PermUsageReset},
+	{"POST /users/{id}/credits", quota.PermCreditsAdd},
+	{"GET /events", quota.PermEventsRead},
+}
+
 func (h *Handler) routes() {
-	h.mux.HandleFunc("POST /users", h.createUser)
-	h.mux.HandleFunc("GET /users", h.listUsers)
-	h.mux.HandleFunc("GET /users/{id}", h.getUser)
-	h.mux.HandleFunc("PATCH /users/{id}", h.updateUser)
-	h.mux.HandleFunc("DELETE /users/{id}", h.deleteUser)
-	h.mux.HandleFunc("POST /users/{id}/tokens", h.createToken)
-	h.mux.HandleFunc("GET /users/{id}/tokens", h.listTokens)
-	h.mux.HandleFunc("DELETE /users/{id}/tokens/{tokenId}", h.revokeToken)
-	h.mux.HandleFunc("GET /users/{id}/limits", h.getLimits)
-	h.mux.HandleFunc("PUT /users/{id}/limits", h.putLimits)
-	h.mux.HandleFunc("PATCH /users/{id}/limits", h.patchLimits)
-	h.mux.HandleFunc("GET /users/{id}/usage", h.getUsage)
-	h.mux.HandleFunc("POST /users/{id}/usage/reset", h.resetUsage)
-	h.mux.HandleFunc("POST /users/{id}/credits", h.addCredits)
-	h.mux.HandleFunc("GET /events", h.listEvents)
+	handlers := map[string]http.HandlerFunc{
+		"POST /users":                         h.createUser,
+		"GET /users":                          h.listUsers,
+		"GET /users/{id}":                     h.getUser,
+		"PATCH /users/{id}":                   h.updateUser,
+		"DELETE /users/{id}":                  h.deleteUser,
+		"POST /users/{id}/tokens":             h.createToken,
+		"GET /users/{id}/tokens":              h.listTokens,
+		"DELETE /users/{id}/tokens/{tokenId}": h.revokeToken,
+		"GET /users/{id}/limits":              h.getLimits,
+		"PUT /users/{id}/limits":              h.putLimits,
+		"PATCH /users/{id}/limits":            h.patchLimits,
+		"GET /users/{id}/usage":               h.getUsage,
+		"POST /users/{id}/usage/reset":        h.resetUsage,
+		"POST /users/{id}/credits":            h.addCredits,
+		"GET /events":                         h.listEvents,
+	}
+	h.perms = map[string]string{}
+	for _, r := range Routes {
+		h.mux.HandleFunc(r.Pattern, handlers[r.Pattern])
+		h.perms[r.Pattern] = r.Permission
+	}
 }
 
 // ServeHTTP authenticates the request and routes it.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Responses may carry token secrets; no cache may keep any of them.
 	w.Header().Set("Cache-Control", "no-store")
-	name, ok, presented := h.authorized(r)
+	which, ok, presented := h.authorized(r)
 	if !ok {
 		h.unauthorized(w, r, presented)
 		return
 	}
 	// The changes made with this key name it in their events.
-	r = r.WithContext(quota.WithActor(r.Context(), name))
-	if fallback, pattern := h.mux.Handler(r); pattern == "" {
+	r = r.WithContext(quota.WithActor(r.Context(), h.names[which]))
+	fallback, pattern := h.mux.Handler(r)
+	if pattern == "" {
 		h.unrouted(w, r, fallback)
+		return
+	}
+	if perm := h.perms[pattern]; h.grants[which] != nil && !quota.AnyPermits(h.grants[which], perm) {
+		h.writeError(w, r, &problemError{
+			status: http.StatusForbidden,
+			detail: fmt.Sprintf("the admin key %q lacks the permission %s that %s needs", h.names[which], perm, pattern),
+		})
 		return
 	}
 	h.mux.ServeHTTP(w, r)
 }
 
-// authorized reports whether r carries one of the admin keys (and its
-// name), and whether it presented a bearer token at all. Keys are compared
+// authorized reports whether r carries one of the admin keys (and which),
+// and whether it presented a bearer token at all. Keys are compared
 // as SHA-256 digests in constant time, against every key, so neither the
 // length of a key nor which key matched shows in the timing.
-func (h *Handler) authorized(r *http.Request) (name string, ok, presented bool) {
+func (h *Handler) authorized(r *http.Request) (which int, ok, presented bool) {
 	scheme, token, found := strings.Cut(r.Header.Get("Authorization"), " ")
 	token = strings.TrimSpace(token)
 	if !found || !strings.EqualFold(scheme, "Bearer") || token == "" {
-		return "", false, false
+		return 0, false, false
 	}
 	digest := sha256.Sum256([]byte(token))
 	match, which := 0, 0
@@ -164,9 +209,9 @@ func (h *Handler) authorized(r *http.Request) (name string, ok, presented bool) 
 		match |= eq
 	}
 	if match != 1 {
-		return "", false, true
+		return 0, false, true
 	}
-	return h.names[which], true, true
+	return which, true, true
 }
 
 func (h *Handler) unauthorized(w http.ResponseWriter, r *http.Request, presented bool) {

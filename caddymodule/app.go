@@ -75,10 +75,12 @@ type App struct {
 	logger     *zap.Logger
 }
 
-// NamedAdminKey is an admin key with a name.
+// NamedAdminKey is an admin key with a name and, optionally, its
+// permissions (none listed: all).
 type NamedAdminKey struct {
-	Key  string `json:"key"`
-	Name string `json:"name"`
+	Key         string   `json:"key"`
+	Name        string   `json:"name"`
+	Permissions []string `json:"permissions,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -102,7 +104,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		if key == "" {
 			return fmt.Errorf("admin key #%d is empty after replacing placeholders (is its environment variable set?)", i+1)
 		}
-		a.adminKeys = append(a.adminKeys, admin.Key{Name: k.Name, Secret: key})
+		a.adminKeys = append(a.adminKeys, admin.Key{Name: k.Name, Secret: key, Permissions: k.Permissions})
 	}
 	if a.Events != nil {
 		if err := a.Events.checkSecrets(repl); err != nil {
@@ -212,6 +214,11 @@ func (a *App) Validate() error {
 	for _, k := range a.NamedAdminKeys {
 		if k.Name == "" || len(k.Name) > 64 || strings.ContainsAny(k.Name, " \t\r\n") {
 			return fmt.Errorf("admin key name %q: 1 to 64 characters without white space", k.Name)
+		}
+		for _, p := range k.Permissions {
+			if err := quota.ValidatePermission(p, true); err != nil {
+				return fmt.Errorf("admin key %s: %w", k.Name, err)
+			}
 		}
 	}
 	if a.FallbackLimit > 0 {

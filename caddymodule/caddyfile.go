@@ -31,7 +31,7 @@ func init() {
 //		redis         <url | host:port[,host:port...]>  # omit: embedded store
 //		db_path       <file>                            # embedded store file
 //		admin_key     <key> [<key>...]                  # repeatable, for rotation
-//		admin_key     <key> { name <name> }             # a key named in events' actor
+//		admin_key     <key> { name <name>; permissions <perm>... } # a named, restricted key
 //		events { ... }                                  # see EventsConfig.unmarshal
 //		cache_ttl     <duration>                        # default 30s
 //		store_timeout <duration>                        # default 50ms
@@ -93,13 +93,27 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 					if d.NextArg() {
 						return d.ArgErr()
 					}
+				case "permissions":
+					perms := d.RemainingArgs()
+					if len(perms) == 0 {
+						return d.Errf("permissions needs at least one, e.g. permissions users.read usage.read")
+					}
+					for _, p := range perms {
+						if err := quota.ValidatePermission(p, true); err != nil {
+							return d.Errf("admin_key permissions: %v", err)
+						}
+					}
+					named.Permissions = append(named.Permissions, perms...)
 				default:
-					return d.Errf("unrecognized admin_key option %q (known: name)", d.Val())
+					return d.Errf("unrecognized admin_key option %q (known: name, permissions)", d.Val())
 				}
 			}
-			if named.Name == "" {
+			if named.Name == "" && named.Permissions == nil {
 				a.AdminKeys = append(a.AdminKeys, args...)
 				continue
+			}
+			if named.Name == "" {
+				return d.Errf("an admin_key with permissions needs a name: name <name>")
 			}
 			if len(args) != 1 {
 				return d.Errf("a named admin_key block takes one key")

@@ -143,7 +143,7 @@ func TestReadmeCaddyfiles(t *testing.T) {
 			t.Fatal(err)
 		}
 		cmd := exec.Command(caddyBin, "adapt", "--config", path, "--adapter", "caddyfile", "--validate")
-		cmd.Env = append(os.Environ(), "TQ_ADMIN_KEY=k", "TQ_OLD_ADMIN_KEY=k2", "TQ_BILLING_KEY=k3", "OPENAI_API_KEY=k",
+		cmd.Env = append(os.Environ(), "TQ_ADMIN_KEY=k", "TQ_OLD_ADMIN_KEY=k2", "TQ_BILLING_KEY=k3", "TQ_SUPPORT_KEY=k4", "OPENAI_API_KEY=k",
 			"TQ_WEBHOOK_SECRET=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "TQ_WEBHOOK_SECRET_OLD=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "REDIS_PASSWORD=p", "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Errorf("README caddyfile block %d does not validate: %v\n%s\n%s", i+1, err, cfg, out)

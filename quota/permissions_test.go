@@ -1,0 +1,61 @@
+package quota
+
+import "testing"
+
+func TestPermissionMatches(t *testing.T) {
+	for _, tt := range []struct {
+		pattern, perm string
+		want          bool
+	}{
+		{"*", "users.read", true},
+		{"users.*", "users.read", true},
+		{"users.*", "users", false},
+		{"users.*", "usersx.read", false},
+		{"chatbots.users.*", "chatbots.users.list", true},
+		{"chatbots.*", "chatbots.users.list", true},
+		{"users.read", "users.read", true},
+		{"users.read", "users.readx", false},
+	} {
+		if got := PermissionMatches(tt.pattern, tt.perm); got != tt.want {
+			t.Errorf("PermissionMatches(%q, %q) = %v", tt.pattern, tt.perm, got)
+		}
+	}
+	for _, bad := range []string{"", ".", "a..b", "a.*.b", "*.a", "a b", "a/b", "a.**"} {
+		if ValidatePermission(bad, true) == nil {
+			t.Errorf("pattern %q accepted", bad)
+		}
+	}
+	for _, ok := range []string{"*", "a.*", "chatbots.users.list", "x-y_z.A1"} {
+		if err := ValidatePermission(ok, true); err != nil {
+			t.Errorf("pattern %q: %v", ok, err)
+		}
+	}
+	if ValidatePermission("a.*", false) == nil || ValidatePermission("*", false) == nil {
+		t.Error("a pattern accepted as a permission")
+	}
+}
+
+// FuzzPermission: whatever the input, validation never panics, a valid
+// pattern matches itself when it is a plain name, and "*" matches
+// everything valid.
+func FuzzPermission(f *testing.F) {
+	for _, s := range []string{"*", "a.*", "users.read", "a..b", "chatbots.users.*"} {
+		f.Add(s, "users.read")
+	}
+	f.Fuzz(func(t *testing.T, pattern, perm string) {
+		pErr := ValidatePermission(pattern, true)
+		nErr := ValidatePermission(perm, false)
+		if nErr == nil && !PermissionMatches("*", perm) {
+			t.Fatalf("* does not match %q", perm)
+		}
+		if pErr == nil && ValidatePermission(pattern, false) == nil && !PermissionMatches(pattern, pattern) {
+			t.Fatalf("%q does not match itself", pattern)
+		}
+		if nErr == nil && pErr == nil && PermissionMatches(pattern, perm) && pattern != "*" && pattern != perm {
+			prefix := pattern[:len(pattern)-1]
+			if len(perm) <= len(prefix) || perm[:len(prefix)] != prefix {
+				t.Fatalf("%q matched %q", pattern, perm)
+			}
+		}
+	})
+}
