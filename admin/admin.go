@@ -36,6 +36,8 @@ type Options struct {
 	// EventSource is the CloudEvents source of the events GET /events
 	// lists (quota.DefaultEventSource when empty).
 	EventSource string
+	// Roles are the roles that may be granted.
+	Roles quota.Roles
 	// Logger defaults to a no-op logger.
 	Logger *zap.Logger
 	// MaxBodyBytes caps request bodies (default DefaultMaxBodyBytes).
@@ -62,6 +64,7 @@ type Handler struct {
 	names   []string
 	grants  [][]string        // per key: permission patterns, nil for all
 	perms   map[string]string // route pattern -> required permission
+	roles   quota.Roles
 	source  string
 	log     *zap.Logger
 	maxBody int64
@@ -86,6 +89,7 @@ func New(opts Options) (*Handler, error) {
 	h := &Handler{
 		svc:     opts.Service,
 		source:  opts.EventSource,
+		roles:   opts.Roles,
 		log:     opts.Logger,
 		maxBody: opts.MaxBodyBytes,
 		mux:     http.NewServeMux(),
@@ -137,6 +141,9 @@ var Routes = []struct{ Pattern, Permission string }{
 	{"GET /users/{id}/usage", quota.PermUsageRead},
 	{"POST /users/{id}/usage/reset", quota.PermUsageReset},
 	{"POST /users/{id}/credits", quota.PermCreditsAdd},
+	{"GET /users/{id}/roles", quota.PermRolesRead},
+	{"POST /users/{id}/roles", quota.PermRolesGrant},
+	{"DELETE /users/{id}/roles/{role}", quota.PermRolesRevoke},
 	{"GET /events", quota.PermEventsRead},
 }
 
@@ -157,6 +164,9 @@ func (h *Handler) routes() {
 		"POST /users/{id}/usage/reset":        h.resetUsage,
 		"POST /users/{id}/credits":            h.addCredits,
 		"GET /events":                         h.listEvents,
+		"GET /users/{id}/roles":               h.listRoles,
+		"POST /users/{id}/roles":              h.grantRole,
+		"DELETE /users/{id}/roles/{role}":     h.revokeRole,
 	}
 	h.perms = map[string]string{}
 	for _, r := range Routes {

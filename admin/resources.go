@@ -9,8 +9,9 @@ import (
 )
 
 type createTokenRequest struct {
-	Name      string  `json:"name"`
-	ExpiresAt *string `json:"expiresAt"`
+	Name      string   `json:"name"`
+	ExpiresAt *string  `json:"expiresAt"`
+	Scopes    []string `json:"scopes"`
 }
 
 func (h *Handler) createToken(w http.ResponseWriter, r *http.Request) {
@@ -19,7 +20,7 @@ func (h *Handler) createToken(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, r, err)
 		return
 	}
-	in := quota.NewToken{Name: req.Name}
+	in := quota.NewToken{Name: req.Name, Scopes: req.Scopes}
 	if req.ExpiresAt != nil {
 		t, err := parseTime("expiresAt", *req.ExpiresAt)
 		if err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/tenantquota/caddy-tenant-quota/admin"
+	"github.com/tenantquota/caddy-tenant-quota/quota"
 )
 
 func init() {
@@ -53,7 +54,7 @@ func (h *AdminHandler) Provision(ctx caddy.Context) error {
 	}
 	api, err := admin.New(admin.Options{
 		Service: app.Service(), NamedKeys: app.adminKeys, Logger: ctx.Logger(), MaxBodyBytes: h.MaxBodyBytes,
-		EventSource: app.eventSource(),
+		EventSource: app.eventSource(), Roles: quota.Roles(app.Roles),
 	})
 	if err != nil {
 		return err

@@ -49,6 +49,9 @@ type App struct {
 	NamedAdminKeys []NamedAdminKey `json:"named_admin_keys,omitempty"`
 	// Events configures event delivery and thresholds.
 	Events *EventsConfig `json:"events,omitempty"`
+	// Roles define the roles that may be granted to users on resources:
+	// a name and the permission patterns it grants.
+	Roles map[string][]string `json:"roles,omitempty"`
 	// CacheTTL is how long a token or user stays in the hot cache
 	// (default 30s).
 	CacheTTL caddy.Duration `json:"cache_ttl,omitempty"`
@@ -209,6 +212,19 @@ func (a *App) Validate() error {
 	if a.Events != nil {
 		if err := a.Events.validate(); err != nil {
 			return err
+		}
+	}
+	for name, perms := range a.Roles {
+		if err := quota.ValidateRoleName(name); err != nil {
+			return err
+		}
+		if len(perms) == 0 {
+			return fmt.Errorf("role %s grants no permission", name)
+		}
+		for _, p := range perms {
+			if err := quota.ValidatePermission(p, true); err != nil {
+				return fmt.Errorf("role %s: %w", name, err)
+			}
 		}
 	}
 	for _, k := range a.NamedAdminKeys {

@@ -32,6 +32,7 @@ func init() {
 //		db_path       <file>                            # embedded store file
 //		admin_key     <key> [<key>...]                  # repeatable, for rotation
 //		admin_key     <key> { name <name>; permissions <perm>... } # a named, restricted key
+//		role          <name> <permission>...            # repeatable
 //		events { ... }                                  # see EventsConfig.unmarshal
 //		cache_ttl     <duration>                        # default 30s
 //		store_timeout <duration>                        # default 50ms
@@ -120,6 +121,26 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			named.Key = args[0]
 			a.NamedAdminKeys = append(a.NamedAdminKeys, named)
+		case "role":
+			args := d.RemainingArgs()
+			if len(args) < 2 {
+				return d.Errf("role takes a name and its permissions: role ChatbotEditor chatbots.read chatbots.update")
+			}
+			if err := quota.ValidateRoleName(args[0]); err != nil {
+				return d.Errf("%v", err)
+			}
+			for _, p := range args[1:] {
+				if err := quota.ValidatePermission(p, true); err != nil {
+					return d.Errf("role %s: %v", args[0], err)
+				}
+			}
+			if a.Roles == nil {
+				a.Roles = map[string][]string{}
+			}
+			if _, dup := a.Roles[args[0]]; dup {
+				return d.Errf("role %s is defined twice", args[0])
+			}
+			a.Roles[args[0]] = args[1:]
 		case "events":
 			if a.Events != nil {
 				return d.Err("events may be given only once")
@@ -143,7 +164,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				a.StoreTimeout = dur
 			}
 		default:
-			return d.Errf("unrecognized tenant_quota option %q (known: redis, db_path, admin_key, events, cache_ttl, store_timeout, on_store_error)", opt)
+			return d.Errf("unrecognized tenant_quota option %q (known: redis, db_path, admin_key, role, events, cache_ttl, store_timeout, on_store_error)", opt)
 		}
 	}
 	return nil
@@ -198,6 +219,7 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //
 //	tenant_quota [<matcher>] {
 //		tokens             on|off|<matcher> # LLM token metering, default on (LLM API paths)
+//		require            <permission> [on <resource>] # roles and token scopes
 //		reserve            strict|estimate  # default strict: caps hold
 //		part_tokens        image|audio|file <n> # strict bound of one part
 //		max_tokens_field   max_tokens|max_completion_tokens # chat field the gateway sets
@@ -288,6 +310,22 @@ func (h *Handler) unmarshal(d *caddyfile.Dispenser, matcher func() (caddy.Module
 			}
 			h.ReservationTTL = dur
 			continue
+		case "require":
+			args := d.RemainingArgs()
+			rq := Requirement{}
+			switch {
+			case len(args) == 1:
+				rq.Permission = args[0]
+			case len(args) == 3 && args[1] == "on":
+				rq.Permission, rq.On = args[0], args[2]
+			default:
+				return d.Errf("require takes <permission> [on <resource>], e.g. require chatbots.users.list on chatbots/{re.cbu.1}")
+			}
+			if err := quota.ValidatePermission(rq.Permission, false); err != nil {
+				return d.Errf("require: %v", err)
+			}
+			h.Requires = append(h.Requires, rq)
+			continue
 		case "part_tokens":
 			args := d.RemainingArgs()
 			if len(args) != 2 {
@@ -324,7 +362,7 @@ func (h *Handler) unmarshal(d *caddyfile.Dispenser, matcher func() (caddy.Module
 			}
 		case "include_usage", "usage_header", "default_max_tokens", "max_request_body", "reserve", "max_tokens_field":
 		default:
-			return d.Errf("unrecognized tenant_quota subdirective %q (known: tokens, reserve, part_tokens, max_tokens_field, usage_header, default_max_tokens, include_usage, max_request_body, reservation_ttl, meter, credits)", opt)
+			return d.Errf("unrecognized tenant_quota subdirective %q (known: require, tokens, reserve, part_tokens, max_tokens_field, usage_header, default_max_tokens, include_usage, max_request_body, reservation_ttl, meter, credits)", opt)
 		}
 		if !d.NextArg() {
 			return d.Errf("%s needs a value", opt)

@@ -62,6 +62,10 @@ type Handler struct {
 	// PartTokens bound the tokens of one image, audio or file content
 	// part in a strict reservation (keys image, audio, file).
 	PartTokens map[string]int64 `json:"part_tokens,omitempty"`
+	// Requires are the permissions a request needs: its token's scopes
+	// must allow each, and, with On, the tenant must hold a role granting
+	// it on that resource (a template with placeholders).
+	Requires []Requirement `json:"require,omitempty"`
 	// MaxTokensField is the field a Chat Completions request that sets no
 	// output maximum is given one under: max_tokens (default, which every
 	// OpenAI-compatible server honours) or max_completion_tokens (which
@@ -183,6 +187,11 @@ func (h *Handler) Validate() error {
 	if f := h.MaxTokensField; f != "" && f != llmusage.FieldMaxTokens && f != llmusage.FieldMaxCompletionTokens {
 		return fmt.Errorf("max_tokens_field must be max_tokens or max_completion_tokens, got %q", f)
 	}
+	for _, rq := range h.Requires {
+		if err := quota.ValidatePermission(rq.Permission, false); err != nil {
+			return fmt.Errorf("require: %w", err)
+		}
+	}
 	for kind, n := range h.PartTokens {
 		if kind != "image" && kind != "audio" && kind != "file" {
 			return fmt.Errorf("part_tokens: kind must be image, audio or file, got %q", kind)
@@ -222,6 +231,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	p, answered, err := h.authenticate(w, r)
 	if answered {
 		return err
+	}
+	if denied := h.authorize(r, p); denied != "" {
+		return writeError(w, http.StatusForbidden, denied, "permission_error", "permission_denied")
 	}
 	req, err := h.readRequest(r)
 	if err != nil {
@@ -292,6 +304,49 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request, p *quota.Princip
 		setRateLimitHeaders(w.Header(), *t.Tightest, t.Now)
 	}
 	return t, false, nil
+}
+
+// Requirement is a permission a request needs (require <permission> [on
+// <resource>]).
+type Requirement struct {
+	Permission string `json:"permission"`
+	// On is the resource, a template such as chatbots/{re.cbu.1}; empty:
+	// the token's scopes alone decide.
+	On string `json:"on,omitempty"`
+}
+
+// authorize checks the route's requirements against the token's scopes
+// and the tenant's roles (both cached: no store round trip), and returns
+// why the request is refused, or "".
+func (h *Handler) authorize(r *http.Request, p *quota.Principal) string {
+	if len(h.Requires) == 0 {
+		return ""
+	}
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	roles := quota.Roles(h.app.Roles)
+	for _, rq := range h.Requires {
+		if !p.Token.Allows(rq.Permission) {
+			return fmt.Sprintf("This token's scopes do not allow %s.", rq.Permission)
+		}
+		if rq.On == "" {
+			continue
+		}
+		resource := rq.On
+		if repl != nil {
+			resource = repl.ReplaceAll(rq.On, "")
+		}
+		if quota.ValidateResource(resource, false) != nil || !roles.Permits(p.User, rq.Permission, resource) {
+			return fmt.Sprintf("You do not have the permission %s on %s.", rq.Permission, clipped(resource))
+		}
+	}
+	return ""
+}
+
+func clipped(s string) string {
+	if len(s) > 100 {
+		return s[:100] + "…"
+	}
+	return s
 }
 
 func (h *Handler) setPlaceholders(r *http.Request, p *quota.Principal) {

@@ -215,6 +215,12 @@ func (s *Service) tryModifyUser(ctx context.Context, id string, change func(*Use
 	return u, events, nil
 }
 
+// sameExceptRoles reports whether a change touched nothing but roles.
+func sameExceptRoles(old, u *User) bool {
+	return old.Name == u.Name && old.Email == u.Email && old.ExternalID == u.ExternalID && old.Status == u.Status &&
+		old.Credits == u.Credits && len(changedResources(old.Limits, u.Limits)) == 0
+}
+
 // userData is the data of user.* events.
 type userData struct {
 	User *User `json:"user"`
@@ -222,7 +228,11 @@ type userData struct {
 
 // changeEvents are the events of a change from old to u.
 func (s *Service) changeEvents(ctx context.Context, old, u *User) []Event {
+	if grants := s.roleEvents(ctx, old, u); len(grants) > 0 && sameExceptRoles(old, u) {
+		return grants // a grant or a revocation is its own event
+	}
 	events := []Event{s.newEvent(ctx, EventUserUpdated, u.ID, userData{User: u})}
+	events = append(events, s.roleEvents(ctx, old, u)...)
 	if old.Status != u.Status {
 		typ := EventUserEnabled
 		if u.Status == StatusDisabled {
@@ -299,6 +309,8 @@ type tokenData struct {
 type NewToken struct {
 	Name      string
 	ExpiresAt *time.Time
+	// Scopes are permission patterns; none: all of the user's.
+	Scopes []string
 }
 
 // IssuedToken is a freshly created token with its secret, which is never
@@ -322,6 +334,14 @@ func (s *Service) CreateToken(ctx context.Context, userID string, in NewToken) (
 	if in.ExpiresAt != nil && !in.ExpiresAt.After(now) {
 		v.add("expiresAt", "must be in the future")
 	}
+	if len(in.Scopes) > MaxScopes {
+		v.add("scopes", "at most %d", MaxScopes)
+	}
+	for i, sc := range in.Scopes {
+		if err := ValidatePermission(sc, true); err != nil {
+			v.add(fmt.Sprintf("scopes[%d]", i), "%s", err.Error())
+		}
+	}
 	if err := v.err(); err != nil {
 		return nil, err
 	}
@@ -334,7 +354,7 @@ func (s *Service) CreateToken(ctx context.Context, userID string, in NewToken) (
 	}
 	t := Token{
 		ID: NewID(), UserID: userID, Name: name, Prefix: TokenDisplayPrefix(secret),
-		Hash: HashTokenSecret(secret), CreatedAt: now,
+		Hash: HashTokenSecret(secret), CreatedAt: now, Scopes: append([]string(nil), in.Scopes...),
 	}
 	if in.ExpiresAt != nil {
 		exp := in.ExpiresAt.UTC().Truncate(time.Millisecond)

@@ -26,7 +26,7 @@ const (
 var EventTypes = []string{
 	EventUserCreated, EventUserUpdated, EventUserDisabled, EventUserEnabled, EventUserDeleted,
 	EventTokenCreated, EventTokenRevoked, EventLimitsUpdated, EventUsageReset, EventCreditsAdded,
-	EventUsageThreshold,
+	EventUsageThreshold, EventRolesGranted, EventRolesRevoked,
 }
 
 // Event is one change to an account, a token or a limit, or a tenant

@@ -20,6 +20,17 @@ type Token struct {
 	CreatedAt  time.Time  `json:"createdAt"`
 	ExpiresAt  *time.Time `json:"expiresAt,omitempty"`
 	LastUsedAt *time.Time `json:"lastUsedAt,omitempty"`
+	// Scopes, if any, are the permission patterns the token may exercise
+	// (within what its user's roles grant); none: all of its user's.
+	Scopes []string `json:"scopes,omitempty"`
+}
+
+// MaxScopes caps a token's scopes.
+const MaxScopes = 64
+
+// Allows reports whether the token's scopes allow perm.
+func (t *Token) Allows(perm string) bool {
+	return len(t.Scopes) == 0 || AnyPermits(t.Scopes, perm)
 }
 
 // Public returns a copy of t without its hash, for API responses.

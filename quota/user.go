@@ -32,6 +32,8 @@ type User struct {
 	Credits    int64     `json:"credits"`
 	CreatedAt  time.Time `json:"createdAt"`
 	UpdatedAt  time.Time `json:"updatedAt"`
+	// Roles are the roles granted to the user, on resources.
+	Roles []RoleGrant `json:"roles,omitempty"`
 	// Revision counts the changes made to the user; Store.UpdateUser
 	// writes revision n+1 only over revision n.
 	Revision int64 `json:"revision"`
@@ -41,6 +43,7 @@ type User struct {
 func (u *User) Clone() *User {
 	c := *u
 	c.Limits = u.Limits.Clone()
+	c.Roles = append([]RoleGrant(nil), u.Roles...)
 	return &c
 }
 
