@@ -9,9 +9,10 @@ import (
 )
 
 type createTokenRequest struct {
-	Name      string   `json:"name"`
-	ExpiresAt *string  `json:"expiresAt"`
-	Scopes    []string `json:"scopes"`
+	Name      string       `json:"name"`
+	ExpiresAt *string      `json:"expiresAt"`
+	Scopes    []string     `json:"scopes"`
+	Limits    quota.Limits `json:"limits"`
 }
 
 func (h *Handler) createToken(w http.ResponseWriter, r *http.Request) {
@@ -20,7 +21,7 @@ func (h *Handler) createToken(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, r, err)
 		return
 	}
-	in := quota.NewToken{Name: req.Name, Scopes: req.Scopes}
+	in := quota.NewToken{Name: req.Name, Scopes: req.Scopes, Limits: req.Limits}
 	if req.ExpiresAt != nil {
 		t, err := parseTime("expiresAt", *req.ExpiresAt)
 		if err != nil {
@@ -151,6 +152,17 @@ func (h *Handler) addCredits(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	u, err := h.svc.AddCredits(r.Context(), r.PathValue("id"), *req.Amount)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	h.writeJSON(w, r, http.StatusOK, u)
+}
+
+// tokenUsage serves GET /users/{id}/tokens/{tokenId}/usage: the token's own
+// limits and usage.
+func (h *Handler) tokenUsage(w http.ResponseWriter, r *http.Request) {
+	u, err := h.svc.TokenUsage(r.Context(), r.PathValue("id"), r.PathValue("tokenId"))
 	if err != nil {
 		h.writeError(w, r, err)
 		return

@@ -284,7 +284,7 @@ func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) (p *quota
 // admit admits the planned request, or answers 429, 402 or 503 (answered
 // is then true). When the store does not answer, on_store_error decides.
 func (h *Handler) admit(w http.ResponseWriter, r *http.Request, p *quota.Principal, plan *quota.Plan) (t *quota.Ticket, answered bool, err error) {
-	t, err = h.app.Service().Admit(r.Context(), p.User, plan)
+	t, err = h.app.Service().AdmitToken(r.Context(), p.User, p.Token, plan)
 	var le *quota.LimitError
 	switch {
 	case errors.As(err, &le):
@@ -389,6 +389,8 @@ type openAIErrorBody struct {
 	Used     *int64     `json:"used,omitempty"`
 	Period   string     `json:"period,omitempty"`
 	ResetsAt *time.Time `json:"resets_at,omitempty"`
+	// TokenID is set when the limit is the calling token's own.
+	TokenID string `json:"token_id,omitempty"`
 }
 
 func writeError(w http.ResponseWriter, status int, msg, typ, code string) error {
@@ -430,7 +432,11 @@ func writeLimitExceeded(w http.ResponseWriter, le *quota.LimitError, now time.Ti
 	st := le.State
 	body := openAIErrorBody{
 		Type: "rate_limit_error", Resource: st.Resource, Period: st.Limit.Per.String(),
-		Limit: &st.Limit.Limit, Used: &st.Used,
+		Limit: &st.Limit.Limit, Used: &st.Used, TokenID: st.Token,
+	}
+	whose := "your"
+	if st.Token != "" {
+		whose = "this token's" // the limit is the token's own, not its user's
 	}
 	// What this request asked for, when that is why it does not fit.
 	asked := ""
@@ -450,13 +456,13 @@ func writeLimitExceeded(w http.ResponseWriter, le *quota.LimitError, now time.Ti
 	}
 	if st.Limit.Per == quota.Lifetime {
 		body.Code = "quota_exceeded"
-		body.Message = fmt.Sprintf("%sYou have used %d of your %s limit of %d, including requests in flight. It does not reset by itself: %sask your provider to raise it.", asked, st.Used, st.Resource, st.Limit.Limit, lower)
+		body.Message = fmt.Sprintf("%sYou have used %d of %s %s limit of %d, including requests in flight. It does not reset by itself: %sask your provider to raise it.", asked, st.Used, whose, st.Resource, st.Limit.Limit, lower)
 		neverFits = true
 	} else {
 		body.Code = "rate_limited"
 		reset := st.ResetsAt.UTC()
 		body.ResetsAt = &reset
-		body.Message = fmt.Sprintf("%sYou have used %d of your %s limit of %d per %s. It resets at %s.", asked, st.Used, st.Resource, st.Limit.Limit, st.Limit.Per, reset.Format(time.RFC3339))
+		body.Message = fmt.Sprintf("%sYou have used %d of %s %s limit of %d per %s. It resets at %s.", asked, st.Used, whose, st.Resource, st.Limit.Limit, st.Limit.Per, reset.Format(time.RFC3339))
 		if !neverFits {
 			w.Header().Set("Retry-After", strconv.FormatInt(secondsUntil(st.ResetsAt, now), 10))
 		}

@@ -311,6 +311,8 @@ type NewToken struct {
 	ExpiresAt *time.Time
 	// Scopes are permission patterns; none: all of the user's.
 	Scopes []string
+	// Limits are the token's own limits (none: only its user's).
+	Limits Limits
 }
 
 // IssuedToken is a freshly created token with its secret, which is never
@@ -342,6 +344,7 @@ func (s *Service) CreateToken(ctx context.Context, userID string, in NewToken) (
 			v.add(fmt.Sprintf("scopes[%d]", i), "%s", err.Error())
 		}
 	}
+	validateTokenLimits(&v, in.Limits)
 	if err := v.err(); err != nil {
 		return nil, err
 	}
@@ -355,6 +358,7 @@ func (s *Service) CreateToken(ctx context.Context, userID string, in NewToken) (
 	t := Token{
 		ID: NewID(), UserID: userID, Name: name, Prefix: TokenDisplayPrefix(secret),
 		Hash: HashTokenSecret(secret), CreatedAt: now, Scopes: append([]string(nil), in.Scopes...),
+		Limits: in.Limits.Clone(),
 	}
 	if in.ExpiresAt != nil {
 		exp := in.ExpiresAt.UTC().Truncate(time.Millisecond)

@@ -24,6 +24,7 @@ type Ticket struct {
 
 	s         *Service
 	user      *User
+	token     *Token
 	requestID string
 	plan      *Plan
 	charges   []Charge
@@ -86,7 +87,7 @@ func (t *Ticket) SettleUses(ctx context.Context, actual []Use) error {
 	if !t.holds && len(nonzero) == 0 {
 		return nil
 	}
-	charges, _ := expand(t.user, nonzero)
+	charges, _ := expand(t.user, t.token, nonzero)
 	// The limits go along (the store does not check them) for usage thresholds.
 	p := t.pending(charges)
 	err := t.s.hot(ctx, func(ctx context.Context) error {
@@ -133,8 +134,14 @@ const maxFits = 3
 // the ticket is still returned: the admission may yet reach the store,
 // and the caller must end it with Force or Abandon.
 func (s *Service) Admit(ctx context.Context, u *User, p *Plan) (*Ticket, error) {
+	return s.AdmitToken(ctx, u, nil, p)
+}
+
+// AdmitToken is Admit for a request made with tok, which charges the
+// token's own limits too (nil: the user's alone).
+func (s *Service) AdmitToken(ctx context.Context, u *User, tok *Token, p *Plan) (*Ticket, error) {
 	for fits := 0; ; fits++ {
-		t, err := s.admit(ctx, u, p.Uses(), p)
+		t, err := s.admit(ctx, u, tok, p.Uses(), p)
 		var le *LimitError
 		if !errors.As(err, &le) {
 			return t, err
@@ -154,17 +161,17 @@ func (s *Service) Admit(ctx context.Context, u *User, p *Plan) (*Ticket, error) 
 // charges): every use counts against its resource's lifetime counter and
 // each of the user's windowed limits on that resource.
 func (s *Service) AdmitUses(ctx context.Context, u *User, uses []Use) (*Ticket, error) {
-	return s.admit(ctx, u, uses, nil)
+	return s.admit(ctx, u, nil, uses, nil)
 }
 
-func (s *Service) admit(ctx context.Context, u *User, uses []Use, p *Plan) (*Ticket, error) {
+func (s *Service) admit(ctx context.Context, u *User, tok *Token, uses []Use, p *Plan) (*Ticket, error) {
 	for i := range uses {
 		uses[i].Amount = clampSigned(uses[i].Amount)
 	}
-	charges, limits := expand(u, uses)
+	charges, limits := expand(u, tok, uses)
 	// The request id is ours, never the client's, and new for every
 	// attempt: a client that could pick it could replay an admitted id.
-	t := &Ticket{s: s, user: u, requestID: NewID(), plan: p, charges: charges}
+	t := &Ticket{s: s, user: u, token: tok, requestID: NewID(), plan: p, charges: charges}
 	for _, c := range charges {
 		t.holds = t.holds || c.Hold > 0
 	}
@@ -182,7 +189,11 @@ func (s *Service) admit(ctx context.Context, u *User, uses []Use, p *Plan) (*Tic
 	t.Now = adm.Now
 	state := func(i int) LimitState {
 		_, end := charges[i].Per.Window(adm.Now)
-		return LimitState{Resource: charges[i].Resource, Limit: *limits[i], Used: adm.Used[i], ResetsAt: end}
+		st := LimitState{Resource: charges[i].Resource, Limit: *limits[i], Used: adm.Used[i], ResetsAt: end}
+		if id, r, ok := SplitTokenResource(st.Resource); ok {
+			st.Token, st.Resource = id, r
+		}
+		return st
 	}
 	if !adm.Allowed {
 		return nil, &LimitError{State: state(adm.Denied)}
@@ -204,7 +215,7 @@ func (s *Service) admit(ctx context.Context, u *User, uses []Use, p *Plan) (*Tic
 // expand turns uses into charges: each use counts against its resource's
 // lifetime counter and each of the user's windowed limits on it. limits[i]
 // is the limit of charges[i], nil for an unlimited lifetime counter.
-func expand(u *User, uses []Use) (charges []Charge, limits []*Limit) {
+func expand(u *User, tok *Token, uses []Use) (charges []Charge, limits []*Limit) {
 	charges = make([]Charge, 0, len(uses)*2)
 	limits = make([]*Limit, 0, len(uses)*2)
 	for _, use := range uses {
@@ -229,6 +240,7 @@ func expand(u *User, uses []Use) (charges []Charge, limits []*Limit) {
 				limits = append(limits, &ls[i])
 			}
 		}
+		charges, limits = tokenCharges(tok, use, charges, limits)
 	}
 	return charges, limits
 }

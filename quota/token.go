@@ -23,6 +23,9 @@ type Token struct {
 	// Scopes, if any, are the permission patterns the token may exercise
 	// (within what its user's roles grant); none: all of its user's.
 	Scopes []string `json:"scopes,omitempty"`
+	// Limits, if any, are the token's own limits, charged together with
+	// its user's.
+	Limits Limits `json:"limits,omitempty"`
 }
 
 // MaxScopes caps a token's scopes.

@@ -71,7 +71,7 @@ func (s *Service) Usage(ctx context.Context, userID string) (*Usage, error) {
 		add(ResourceCredits, Lifetime, &granted)
 	}
 	for _, c := range snap.Counters {
-		if strings.HasPrefix(c.Resource, ReservedPrefix) {
+		if strings.HasPrefix(c.Resource, ReservedPrefix) || strings.HasPrefix(c.Resource, tokenResourcePrefix) {
 			continue
 		}
 		if start, _ := c.Per.Window(snap.Now); c.Start.Equal(start) {

@@ -17,8 +17,10 @@ type Use struct {
 // LimitState is one limit of a user as it stands after an admission.
 type LimitState struct {
 	Resource string
-	Limit    Limit
-	Used     int64
+	// Token is set when the limit is a token's own (its id).
+	Token string
+	Limit Limit
+	Used  int64
 	// ResetsAt is the end of the window; zero for lifetime caps.
 	ResetsAt time.Time
 }

@@ -96,3 +96,77 @@ func decodeJSON(resp *http.Response, v any) error {
 	}
 	return json.Unmarshal([]byte(b.String()), v)
 }
+
+// TestTokenLimits: one tenant's two tokens with caps of 30 and 40 and a
+// user cap of 60: 200 concurrent requests split over the tokens (and, on
+// Redis, over two gateways) admit exactly 60, neither token over its cap;
+// a 429 from a token's cap names the token.
+func TestTokenLimits(t *testing.T) {
+	for _, st := range allStores() {
+		t.Run(st.name, func(t *testing.T) {
+			be := strings.TrimPrefix(newBackend(t).URL, "http://")
+			opts := st.opts(t)
+			a := startGateway(t, opts, be)
+			b := a
+			if st.name == "redis" {
+				b = startGateway(t, opts, be)
+			}
+			c := a.tenant(t, map[string]any{"name": "T", "email": "toklim@example.com", "limits": map[string]any{"messages": 60}})
+			uid := c.User.ID
+			var toks [2]struct {
+				ID    string `json:"id"`
+				Token string `json:"token"`
+			}
+			for i, capN := range []int{30, 40} {
+				wantStatus(t, call(t, "POST", a.url+"/quota/users/"+uid+"/tokens", adminKey, map[string]any{"limits": map[string]any{"messages": capN}}, &toks[i]), http.StatusCreated)
+			}
+			wantStatus(t, call(t, "POST", a.url+"/quota/users/"+uid+"/tokens", adminKey, map[string]any{"limits": map[string]any{"credits": 5}}, nil), http.StatusBadRequest)
+			counts := burst(200, func(i int) *http.Request {
+				g := a
+				if i%4 >= 2 {
+					g = b
+				}
+				return tenantRequest(g.url+"/v1/chat", toks[i%2].Token, `{}`)
+			})
+			if counts[http.StatusOK] != 60 || counts[http.StatusTooManyRequests] != 140 {
+				t.Fatalf("answers %v: want exactly 60 admitted", counts)
+			}
+			var sum int64
+			for i, capN := range []int64{30, 40} {
+				var u struct {
+					Items []struct {
+						Resource string
+						Used     int64
+						Limit    *int64
+					} `json:"items"`
+				}
+				wantStatus(t, call(t, "GET", a.url+"/quota/users/"+uid+"/tokens/"+toks[i].ID+"/usage", adminKey, nil, &u), http.StatusOK)
+				if len(u.Items) != 1 || u.Items[0].Resource != "messages" || u.Items[0].Used > capN || *u.Items[0].Limit != capN {
+					t.Fatalf("token %d usage %+v", i, u.Items)
+				}
+				sum += u.Items[0].Used
+			}
+			if sum != 60 || a.used(t, uid, "messages") != 60 {
+				t.Fatalf("tokens used %d, user %d", sum, a.used(t, uid, "messages"))
+			}
+			// A fresh user whose first token hits its own cap first.
+			d := a.tenant(t, map[string]any{"name": "U", "email": "toklim2@example.com", "limits": map[string]any{"messages": 100}})
+			var small struct {
+				ID    string `json:"id"`
+				Token string `json:"token"`
+			}
+			wantStatus(t, call(t, "POST", a.url+"/quota/users/"+d.User.ID+"/tokens", adminKey, map[string]any{"limits": map[string]any{"messages": 1}}, &small), http.StatusCreated)
+			wantStatus(t, call(t, "POST", a.url+"/v1/chat", small.Token, map[string]any{}, nil), http.StatusOK)
+			var e struct {
+				Error struct {
+					Message string `json:"message"`
+					TokenID string `json:"token_id"`
+				} `json:"error"`
+			}
+			wantStatus(t, call(t, "POST", a.url+"/v1/chat", small.Token, map[string]any{}, &e), http.StatusTooManyRequests)
+			if e.Error.TokenID != small.ID || !strings.Contains(e.Error.Message, "this token's messages limit") {
+				t.Fatalf("the 429 of a token cap: %+v", e.Error)
+			}
+		})
+	}
+}

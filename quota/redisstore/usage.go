@@ -465,7 +465,7 @@ func (s *Store) chargeArgs(userID, requestID, record string, charges []quota.Cha
 
 func checkCharge(c quota.Charge) error {
 	switch {
-	case !quota.ValidResourceName(c.Resource):
+	case !quota.ValidChargeResource(c.Resource):
 		return quota.Invalid("resource", "%q must match %s", c.Resource, quota.ResourceNamePattern)
 	case !c.Per.Valid():
 		return quota.Invalid("per", "unknown period %q", string(c.Per))

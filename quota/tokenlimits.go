@@ -1,0 +1,134 @@
+package quota
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// Per-token limits: a token may carry limits of its own (one budget per
+// app of a tenant). Its counters live with its user's, under a resource
+// named TokenResource(token id, resource), so that one admission charges
+// the user's and the token's counters in the same atomic step.
+
+// tokenResourcePrefix starts a token's counter resources.
+const tokenResourcePrefix = "t."
+
+// TokenResource names the counter of resource kept for one token.
+func TokenResource(tokenID, resource string) string {
+	return tokenResourcePrefix + tokenID + "." + resource
+}
+
+// SplitTokenResource splits a TokenResource name; ok is false for a
+// user's own resource.
+func SplitTokenResource(name string) (tokenID, resource string, ok bool) {
+	rest, found := strings.CutPrefix(name, tokenResourcePrefix)
+	if !found {
+		return "", "", false
+	}
+	i := strings.LastIndexByte(rest, '.')
+	if i <= 0 {
+		return "", "", false
+	}
+	return rest[:i], rest[i+1:], true
+}
+
+// ValidChargeResource reports whether name may be the resource of a
+// charge: a resource name, or a token's counter of one.
+func ValidChargeResource(name string) bool {
+	if id, r, ok := SplitTokenResource(name); ok {
+		return validID(id) && ValidResourceName(r)
+	}
+	return ValidResourceName(name)
+}
+
+// tokenCharges are the charges of use against tok's own limits.
+func tokenCharges(tok *Token, use Use, charges []Charge, limits []*Limit) ([]Charge, []*Limit) {
+	if tok == nil || len(tok.Limits) == 0 || strings.HasPrefix(use.Resource, ReservedPrefix) {
+		return charges, limits
+	}
+	ls := tok.Limits[use.Resource]
+	for i := range ls {
+		charges = append(charges, Charge{Resource: TokenResource(tok.ID, use.Resource), Per: ls[i].Per, Limit: ls[i].Limit,
+			Amount: use.Amount, Key: use.Key, Hold: use.Hold})
+		limits = append(limits, &ls[i])
+	}
+	return charges, limits
+}
+
+// validateTokenLimits checks a token's limits.
+func validateTokenLimits(v *validator, l Limits) {
+	if l == nil {
+		return
+	}
+	if err := l.Validate(); err != nil {
+		var ve *ValidationError
+		if errors.As(err, &ve) {
+			for _, f := range ve.Fields {
+				v.add(f.Field, "%s", f.Detail)
+			}
+		} else {
+			v.add("limits", "%s", err.Error())
+		}
+	}
+	if _, ok := l[ResourceCredits]; ok {
+		v.add("limits.credits", "credits are the user's, not a token's")
+	}
+}
+
+// TokenUsage is a token's own limits and usage.
+type TokenUsage struct {
+	UserID  string      `json:"userId"`
+	TokenID string      `json:"tokenId"`
+	Items   []UsageItem `json:"items"`
+}
+
+// TokenUsage reports the usage of a token's own limits.
+func (s *Service) TokenUsage(ctx context.Context, userID, tokenID string) (*TokenUsage, error) {
+	toks, err := s.ListTokens(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	var tok *Token
+	for i := range toks {
+		if toks[i].ID == tokenID {
+			tok = &toks[i]
+		}
+	}
+	if tok == nil {
+		return nil, fmt.Errorf("token %q: %w", tokenID, ErrNotFound)
+	}
+	snap, err := s.store.Usage(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	out := &TokenUsage{UserID: userID, TokenID: tokenID, Items: tokenUsageItems(tok, snap)}
+	return out, nil
+}
+
+// tokenUsageItems lists a token's limited counters in snap.
+func tokenUsageItems(tok *Token, snap *UsageSnapshot) []UsageItem {
+	items := []UsageItem{}
+	for name, ls := range tok.Limits {
+		for _, l := range ls {
+			lim := l.Limit
+			it := UsageItem{Resource: name, Per: l.Per.String(), Used: snap.Current(TokenResource(tok.ID, name), l.Per), Limit: &lim}
+			r := max(lim-it.Used, 0)
+			it.Remaining = &r
+			if l.Per != Lifetime {
+				_, end := l.Per.Window(snap.Now)
+				it.ResetsAt = &end
+			}
+			items = append(items, it)
+		}
+	}
+	sort.Slice(items, func(i, j int) bool {
+		if items[i].Resource != items[j].Resource {
+			return items[i].Resource < items[j].Resource
+		}
+		return periodOrder(items[i].Per) < periodOrder(items[j].Per)
+	})
+	return items
+}
