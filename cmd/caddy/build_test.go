@@ -10,7 +10,7 @@ import (
 	"testing"
 )
 
-var moduleIDs = []string{"tenant_quota", "http.handlers.tenant_quota", "http.handlers.tenant_quota_admin"}
+var moduleIDs = []string{"tenant_quota", "http.handlers.tenant_quota", "http.handlers.tenant_quota_admin", "http.handlers.tenant_quota_usage"}
 
 func run(t *testing.T, dir string, env []string, name string, args ...string) string {
 	t.Helper()

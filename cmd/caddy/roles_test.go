@@ -170,3 +170,54 @@ func TestTokenLimits(t *testing.T) {
 		})
 	}
 }
+
+// TestSelfServiceUsage: a tenant reads its own usage with its own token
+// (and its token's own limits); another tenant's token sees only its own;
+// a scoped token needs usage.read; reading charges nothing.
+func TestSelfServiceUsage(t *testing.T) {
+	site := "handle /quota-self/usage {\n\t\ttenant_quota_usage\n\t}"
+	g := startGatewayWith(t, "", site, "", strings.TrimPrefix(newBackend(t).URL, "http://"))
+	a := g.tenant(t, map[string]any{"name": "A", "email": "self-a@example.com", "credits": 7, "limits": map[string]any{"messages": 5}})
+	b := g.tenant(t, map[string]any{"name": "B", "email": "self-b@example.com", "limits": map[string]any{"messages": 9}})
+	wantStatus(t, call(t, "POST", g.url+"/v1/chat", a.Token.Token, map[string]any{}, nil), http.StatusOK)
+	type usage struct {
+		UserID  string `json:"userId"`
+		Credits int64  `json:"credits"`
+		Items   []struct {
+			Resource string
+			Used     int64
+			Limit    *int64
+		} `json:"items"`
+		Token struct {
+			ID    string `json:"id"`
+			Items []struct {
+				Resource string
+				Limit    *int64
+			} `json:"items"`
+		} `json:"token"`
+	}
+	var ua, ub usage
+	wantStatus(t, call(t, "GET", g.url+"/quota-self/usage", a.Token.Token, nil, &ua), http.StatusOK)
+	wantStatus(t, call(t, "GET", g.url+"/quota-self/usage", b.Token.Token, nil, &ub), http.StatusOK)
+	if ua.UserID != a.User.ID || ua.Credits != 7 || len(ua.Items) == 0 || ua.Items[len(ua.Items)-1].Resource != "messages" || ua.Token.ID != a.Token.ID {
+		t.Fatalf("tenant A's own usage: %+v", ua)
+	}
+	if ub.UserID != b.User.ID || *ub.Items[0].Limit != 9 {
+		t.Fatalf("tenant B sees: %+v", ub)
+	}
+	if g.used(t, a.User.ID, "messages") != 1 {
+		t.Fatal("reading usage was charged")
+	}
+	var scoped, reader struct {
+		Token string `json:"token"`
+	}
+	wantStatus(t, call(t, "POST", g.url+"/quota/users/"+a.User.ID+"/tokens", adminKey, map[string]any{"scopes": []string{"chat"}}, &scoped), http.StatusCreated)
+	wantStatus(t, call(t, "POST", g.url+"/quota/users/"+a.User.ID+"/tokens", adminKey, map[string]any{"scopes": []string{"usage.read"}, "limits": map[string]any{"messages": 2}}, &reader), http.StatusCreated)
+	wantStatus(t, call(t, "GET", g.url+"/quota-self/usage", scoped.Token, nil, nil), http.StatusForbidden)
+	var ur usage
+	wantStatus(t, call(t, "GET", g.url+"/quota-self/usage", reader.Token, nil, &ur), http.StatusOK)
+	if len(ur.Token.Items) != 1 || *ur.Token.Items[0].Limit != 2 {
+		t.Fatalf("the token's own limits: %+v", ur.Token)
+	}
+	wantStatus(t, call(t, "GET", g.url+"/quota-self/usage", "tq_garbage", nil, nil), http.StatusUnauthorized)
+}
