@@ -221,3 +221,15 @@ func TestSelfServiceUsage(t *testing.T) {
 	}
 	wantStatus(t, call(t, "GET", g.url+"/quota-self/usage", "tq_garbage", nil, nil), http.StatusUnauthorized)
 }
+
+// TestRequireWithRegexpPlaceholder: the README's shape, a resource taken
+// from a path_regexp capture.
+func TestRequireWithRegexpPlaceholder(t *testing.T) {
+	be := strings.TrimPrefix(newBackend(t).URL, "http://")
+	site := "@listUsers path_regexp cbu ^/v1/chatbots/([^/]+)/users$\n\thandle @listUsers {\n\t\ttenant_quota {\n\t\t\trequire chatbots.users.list on chatbots/{re.cbu.1}\n\t\t}\n\t\treverse_proxy " + be + "\n\t}"
+	g := startGatewayWith(t, "role ChatbotViewer chatbots.read chatbots.users.list", site, "", be)
+	c := g.tenant(t, map[string]any{"name": "X", "email": "regexp@example.com"})
+	wantStatus(t, call(t, "POST", g.url+"/quota/users/"+c.User.ID+"/roles", adminKey, map[string]any{"role": "ChatbotViewer", "resource": "chatbots/abc"}, nil), http.StatusCreated)
+	wantStatus(t, call(t, "GET", g.url+"/v1/chatbots/abc/users", c.Token.Token, nil, nil), http.StatusOK)
+	wantStatus(t, call(t, "GET", g.url+"/v1/chatbots/xyz/users", c.Token.Token, nil, nil), http.StatusForbidden)
+}
