@@ -1,6 +1,9 @@
 package quota
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestPermissionMatches(t *testing.T) {
 	for _, tt := range []struct {
@@ -56,6 +59,29 @@ func FuzzPermission(f *testing.F) {
 			if len(perm) <= len(prefix) || perm[:len(prefix)] != prefix {
 				t.Fatalf("%q matched %q", pattern, perm)
 			}
+		}
+	})
+}
+
+// FuzzResource: a resource a request names is never a pattern, covers
+// itself, and is covered by "*" and by its type's wildcard.
+func FuzzResource(f *testing.F) {
+	for _, s := range []string{"chatbots/abc", "chatbots/*", "*", "a/b/c", "x/\u200b", "/", "t/"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, r string) {
+		if ValidateResource(r, false) != nil {
+			return
+		}
+		if r == "*" || r[len(r)-1] == '*' {
+			t.Fatalf("%q accepted as a concrete resource", r)
+		}
+		typ := r[:strings.IndexByte(r, '/')]
+		if !ResourceCovers(r, r) || !ResourceCovers("*", r) || !ResourceCovers(typ+"/*", r) || ResourceCovers(typ+"x/*", r) {
+			t.Fatalf("coverage of %q", r)
+		}
+		if ValidateResource(r, true) != nil {
+			t.Fatalf("%q valid as a resource but not as a pattern", r)
 		}
 	})
 }

@@ -233,3 +233,19 @@ func TestRequireWithRegexpPlaceholder(t *testing.T) {
 	wantStatus(t, call(t, "GET", g.url+"/v1/chatbots/abc/users", c.Token.Token, nil, nil), http.StatusOK)
 	wantStatus(t, call(t, "GET", g.url+"/v1/chatbots/xyz/users", c.Token.Token, nil, nil), http.StatusForbidden)
 }
+
+// TestRequireScopeOnly: require without on checks the token's scopes
+// alone: a token scoped to usage.read cannot chat; an unscoped one can.
+func TestRequireScopeOnly(t *testing.T) {
+	g := startGatewayWith(t, "", "", "require chat", strings.TrimPrefix(newBackend(t).URL, "http://"))
+	c := g.tenant(t, map[string]any{"name": "S", "email": "scope-only@example.com"})
+	var usageOnly struct {
+		Token string `json:"token"`
+	}
+	wantStatus(t, call(t, "POST", g.url+"/quota/users/"+c.User.ID+"/tokens", adminKey, map[string]any{"scopes": []string{"usage.read"}}, &usageOnly), http.StatusCreated)
+	wantStatus(t, call(t, "POST", g.url+"/v1/chat/completions", usageOnly.Token, map[string]any{}, nil), http.StatusForbidden)
+	wantStatus(t, call(t, "POST", g.url+"/v1/chat/completions", c.Token.Token, map[string]any{}, nil), http.StatusOK)
+	if g.used(t, c.User.ID, "messages") != 1 {
+		t.Fatal("the refused request was charged")
+	}
+}
