@@ -23,7 +23,7 @@ const (
 // env is one admin handler over a real embedded store.
 type env struct {
 	svc   *quota.Service
-	store *boltstore.Store
+	store quota.Store
 	h     *Handler
 }
 
@@ -33,6 +33,12 @@ func newEnv(tb testing.TB, configure ...func(*Options)) *env {
 	if err != nil {
 		tb.Fatalf("opening store: %v", err)
 	}
+	return newEnvOn(tb, store, configure...)
+}
+
+// newEnvOn is newEnv over a given store, which it closes at the end.
+func newEnvOn(tb testing.TB, store quota.Store, configure ...func(*Options)) *env {
+	tb.Helper()
 	svc, err := quota.NewService(quota.Options{Store: store})
 	if err != nil {
 		tb.Fatalf("creating service: %v", err)

@@ -2,6 +2,9 @@ package admin
 
 import (
 	"net/http"
+
+	"github.com/tenantquota/caddy-tenant-quota/internal/redistest"
+	"github.com/tenantquota/caddy-tenant-quota/quota/redisstore"
 	"strings"
 	"testing"
 
@@ -10,8 +13,21 @@ import (
 
 // TestAdminPermissions: every route × a key with only its permission
 // (let through) and a key with every permission but its own (403 naming
-// the permission, nothing changed); wildcards grant their prefix.
+// the permission, nothing changed); wildcards grant their prefix. On both
+// stores.
 func TestAdminPermissions(t *testing.T) {
+	t.Run("embedded", func(t *testing.T) { testAdminPermissions(t, nil) })
+	t.Run("redis", func(t *testing.T) {
+		srv := redistest.Start(t)
+		store, err := redisstore.New(redisstore.Options{Client: srv.Client(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		testAdminPermissions(t, store)
+	})
+}
+
+func testAdminPermissions(t *testing.T, store quota.Store) {
 	var keys []Key
 	secret := func(kind, perm string) string { return kind + "-" + strings.ReplaceAll(perm, ".", "-") + "-0123456789" }
 	bearer := func(kind, perm string) string { return "Bearer " + secret(kind, perm) }
@@ -26,7 +42,11 @@ func TestAdminPermissions(t *testing.T) {
 			Key{Name: "not-" + perm, Secret: secret("not", perm), Permissions: others})
 	}
 	keys = append(keys, Key{Name: "users-any", Secret: "users-any-0123456789", Permissions: []string{"users.*"}})
-	e := newEnv(t, func(o *Options) { o.NamedKeys = keys })
+	configure := func(o *Options) { o.NamedKeys = keys }
+	e := newEnv(t, configure)
+	if store != nil {
+		e = newEnvOn(t, store, configure)
+	}
 	u := e.createUser(t, `{"name": "P", "email": "p@example.com", "issueToken": true}`)
 	path := func(pattern string) (method, p string) {
 		method, p, _ = strings.Cut(pattern, " ")
