@@ -2,13 +2,12 @@ package admin
 
 import (
 	"net/http"
-
-	"github.com/tenantquota/caddy-tenant-quota/internal/redistest"
-	"github.com/tenantquota/caddy-tenant-quota/quota/redisstore"
 	"strings"
 	"testing"
 
+	"github.com/tenantquota/caddy-tenant-quota/internal/redistest"
 	"github.com/tenantquota/caddy-tenant-quota/quota"
+	"github.com/tenantquota/caddy-tenant-quota/quota/redisstore"
 )
 
 // TestAdminPermissions: every route × a key with only its permission
