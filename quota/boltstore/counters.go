@@ -431,6 +431,9 @@ func (s *Store) ResetUsage(ctx context.Context, userID string, resources []strin
 		changed := false
 		for k := range e.counters {
 			resource, _, _ := quota.ParseCounterKey(k)
+			if _, r, ok := quota.SplitTokenResource(resource); ok {
+				resource = r // a token's own counter goes with its resource
+			}
 			if len(names) == 0 || names[resource] {
 				delete(e.counters, k)
 				changed = true

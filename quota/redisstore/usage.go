@@ -595,7 +595,9 @@ else
   for _, k in ipairs({KEYS[1], KEYS[2], KEYS[4]}) do
     for _, f in ipairs(redis.call("HKEYS", k)) do
       local r = string.match(f, "^([^|]*)|")
-      if r and drop[r] then redis.call("HDEL", k, f) end
+      -- a token's own counter of a resource goes with it
+      local tr = r and string.match(r, "^t%.[^.]+%.(.+)$")
+      if r and (drop[r] or (tr and drop[tr])) then redis.call("HDEL", k, f) end
     end
   end
 end

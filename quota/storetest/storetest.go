@@ -49,6 +49,7 @@ func Run(t *testing.T, newStore func(t *testing.T) quota.Store) {
 		{"CountersSaturate", testCountersSaturate},
 		{"Outbox", testOutbox},
 		{"ThresholdsFireOnce", testThresholds},
+		{"ResetTokenCounters", testResetTokenCounters},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -1044,5 +1045,25 @@ func testThresholds(t *testing.T, s quota.Store) {
 func flush(s quota.Store) {
 	if f, ok := s.(interface{ Flush() error }); ok {
 		_ = f.Flush()
+	}
+}
+
+// testResetTokenCounters: resetting a resource resets the tokens' own
+// counters of it too.
+func testResetTokenCounters(t *testing.T, s quota.Store) {
+	u := newUser(t, s, "rtok@example.com", "")
+	tr := quota.TokenResource(quota.NewID(), "messages")
+	if _, err := s.Admit(ctx(t), u.ID, "", []quota.Charge{{Resource: "messages", Limit: 10, Amount: 2}, {Resource: tr, Limit: 5, Amount: 2}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ResetUsage(ctx(t), u.ID, []string{"messages"}); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := s.Usage(ctx(t), u.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Current("messages", quota.Lifetime) != 0 || snap.Current(tr, quota.Lifetime) != 0 {
+		t.Fatalf("after a reset of messages: %+v", snap.Counters)
 	}
 }
