@@ -220,6 +220,7 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //	tenant_quota [<matcher>] {
 //		tokens             on|off|<matcher> # LLM token metering, default on (LLM API paths)
 //		require            <permission> [on <resource>] # roles and token scopes
+//		token_header       <name>...  # default Authorization x-api-key api-key
 //		reserve            strict|estimate  # default strict: caps hold
 //		part_tokens        image|audio|file <n> # strict bound of one part
 //		max_tokens_field   max_tokens|max_completion_tokens # chat field the gateway sets
@@ -310,6 +311,18 @@ func (h *Handler) unmarshal(d *caddyfile.Dispenser, matcher func() (caddy.Module
 			}
 			h.ReservationTTL = dur
 			continue
+		case "token_header":
+			names := d.RemainingArgs()
+			if len(names) == 0 {
+				return d.Errf("token_header needs header names, e.g. token_header Authorization x-api-key")
+			}
+			for _, n := range names {
+				if strings.ContainsAny(n, " :\t\r\n") {
+					return d.Errf("token_header: %q is not a header name", n)
+				}
+			}
+			h.TokenHeaders = append(h.TokenHeaders, names...)
+			continue
 		case "require":
 			args := d.RemainingArgs()
 			rq := Requirement{}
@@ -362,7 +375,7 @@ func (h *Handler) unmarshal(d *caddyfile.Dispenser, matcher func() (caddy.Module
 			}
 		case "include_usage", "usage_header", "default_max_tokens", "max_request_body", "reserve", "max_tokens_field":
 		default:
-			return d.Errf("unrecognized tenant_quota subdirective %q (known: require, tokens, reserve, part_tokens, max_tokens_field, usage_header, default_max_tokens, include_usage, max_request_body, reservation_ttl, meter, credits)", opt)
+			return d.Errf("unrecognized tenant_quota subdirective %q (known: require, token_header, tokens, reserve, part_tokens, max_tokens_field, usage_header, default_max_tokens, include_usage, max_request_body, reservation_ttl, meter, credits)", opt)
 		}
 		if !d.NextArg() {
 			return d.Errf("%s needs a value", opt)

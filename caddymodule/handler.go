@@ -66,6 +66,11 @@ type Handler struct {
 	// must allow each, and, with On, the tenant must hold a role granting
 	// it on that resource (a template with placeholders).
 	Requires []Requirement `json:"require,omitempty"`
+	// TokenHeaders are the request headers the tenant's token may come
+	// in, the first present wins: Authorization (as "Bearer <token>"),
+	// x-api-key (Anthropic SDKs) and api-key (Azure-style clients) by
+	// default. All of them are removed before the request is proxied.
+	TokenHeaders []string `json:"token_headers,omitempty"`
 	// MaxTokensField is the field a Chat Completions request that sets no
 	// output maximum is given one under: max_tokens (default, which every
 	// OpenAI-compatible server honours) or max_completion_tokens (which
@@ -128,6 +133,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.Reserve == "" {
 		h.Reserve = string(quota.ReserveStrict)
+	}
+	if len(h.TokenHeaders) == 0 {
+		h.TokenHeaders = DefaultTokenHeaders
 	}
 	for i := range h.Meters {
 		if err := h.Meters[i].provision(ctx); err != nil {
@@ -253,7 +261,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return writeRequestError(w, err)
 	}
 	h.setPlaceholders(r, p)
-	r.Header.Del("Authorization") // the tenant's token is for this gateway only
+	for _, name := range h.TokenHeaders {
+		r.Header.Del(name) // the tenant's token is for this gateway only
+	}
 	if !plan.Settles() {
 		return next.ServeHTTP(w, r)
 	}
@@ -265,9 +275,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // authenticate finds the request's tenant, or answers 401, 403 or 503
 // (answered is then true).
 func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) (p *quota.Principal, answered bool, err error) {
-	secret, ok := bearerToken(r.Header.Get("Authorization"))
+	secret, ok := tokenFrom(r, h.TokenHeaders)
 	if !ok {
-		return nil, true, writeUnauthorized(w, "missing bearer token: send Authorization: Bearer <token>")
+		return nil, true, writeUnauthorized(w, missingToken(h.TokenHeaders))
 	}
 	p, err = h.app.Service().Authenticate(r.Context(), secret)
 	switch {
@@ -363,6 +373,38 @@ func (h *Handler) storeFailure(w http.ResponseWriter, err error) error {
 	}
 	w.Header().Set("Retry-After", "1")
 	return writeError(w, http.StatusServiceUnavailable, "the quota service is temporarily unavailable; try again shortly", "server_error", "quota_unavailable")
+}
+
+// DefaultTokenHeaders are where a tenant's token is looked for.
+var DefaultTokenHeaders = []string{"Authorization", "X-Api-Key", "Api-Key"}
+
+// tokenFrom takes the tenant's token from the first of headers present:
+// Authorization holds "Bearer <token>", the others the token alone.
+func tokenFrom(r *http.Request, headers []string) (string, bool) {
+	for _, name := range headers {
+		v := r.Header.Get(name)
+		if v == "" {
+			continue
+		}
+		if strings.EqualFold(name, "Authorization") {
+			return bearerToken(v)
+		}
+		v = strings.TrimSpace(v)
+		return v, v != ""
+	}
+	return "", false
+}
+
+func missingToken(headers []string) string {
+	var ways []string
+	for _, h := range headers {
+		if strings.EqualFold(h, "Authorization") {
+			ways = append(ways, "Authorization: Bearer <token>")
+		} else {
+			ways = append(ways, h+": <token>")
+		}
+	}
+	return "missing API key: send " + strings.Join(ways, " or ")
 }
 
 func bearerToken(header string) (string, bool) {

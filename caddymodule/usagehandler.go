@@ -64,9 +64,9 @@ func (h *UsageHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddy
 		w.Header().Set("Allow", "GET, HEAD")
 		return writeError(w, http.StatusMethodNotAllowed, "use GET", "invalid_request_error", "method_not_allowed")
 	}
-	secret, ok := bearerToken(r.Header.Get("Authorization"))
+	secret, ok := tokenFrom(r, DefaultTokenHeaders)
 	if !ok {
-		return writeUnauthorized(w, "missing bearer token: send Authorization: Bearer <token>")
+		return writeUnauthorized(w, missingToken(DefaultTokenHeaders))
 	}
 	svc := h.app.Service()
 	p, err := svc.Authenticate(r.Context(), secret)
