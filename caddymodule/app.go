@@ -75,6 +75,7 @@ type App struct {
 	poolKey    string
 	adminKeys  []admin.Key
 	stopEvents func()
+	metrics    *metrics
 	logger     *zap.Logger
 }
 
@@ -175,6 +176,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		svc, err := quota.NewService(quota.Options{
 			Store: store, Logger: logger, CacheTTL: cacheTTL, Broadcaster: broadcaster, HotPathTimeout: timeout,
 			OnEvent: shared.onEvent(logger),
+			OnStoreCall: func(op string, took time.Duration, err error) {
+				shared.metrics.Load().observe(op, took, err)
+			},
 		})
 		if err != nil {
 			store.Close()
@@ -188,6 +192,10 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	a.shared = val.(*sharedStore)
 	a.service = a.shared.service
+	if a.metrics, err = newMetrics(ctx.GetMetricsRegistry(), a); err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
+	}
+	a.shared.metrics.Store(a.metrics)
 	// The store is shared across reloads; this config's tuning applies to it.
 	a.service.Tune(timeout, cacheTTL)
 	return nil
@@ -301,6 +309,8 @@ type sharedStore struct {
 	// delivering at once; dispatcher is the current one, woken by events.
 	deliverMu  sync.Mutex
 	dispatcher atomic.Pointer[events.Dispatcher]
+	// metrics are the current config's, which the service reports to.
+	metrics atomic.Pointer[metrics]
 }
 
 func (s *sharedStore) Destruct() error {

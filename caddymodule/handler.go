@@ -236,19 +236,23 @@ const (
 // admit, proxy, and settle in a deferred call that also runs when the
 // proxy aborts the handler (a client that hung up mid-stream).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) (err error) {
+	m := h.app.metrics
 	p, answered, err := h.authenticate(w, r)
 	if answered {
 		return err
 	}
 	if denied := h.authorize(r, p); denied != "" {
+		m.outcome(outcomeForbidden)
 		return writeError(w, http.StatusForbidden, denied, "permission_error", "permission_denied")
 	}
 	req, err := h.readRequest(r)
 	if err != nil {
+		m.outcome(outcomeBadRequest)
 		return writeRequestError(w, err)
 	}
 	meters, created, err := h.planMeters(r)
 	if err != nil {
+		m.outcome(outcomeBadRequest)
 		return writeRequestError(w, err)
 	}
 	plan := h.route.Plan(meters, req.tokens)
@@ -267,6 +271,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !plan.Settles() {
 		return next.ServeHTTP(w, r)
 	}
+	if plan.Holds() && m != nil {
+		m.reservations.Inc()
+		defer m.reservations.Dec()
+	}
 	mw := &meterWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, usageHeader: h.UsageHeader, keepBody: h.responseBodyKeys && len(created) > 0}
 	defer func() { h.settle(ticket, mw, r, created, recover(), err) }()
 	return next.ServeHTTP(mw, r)
@@ -275,17 +283,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // authenticate finds the request's tenant, or answers 401, 403 or 503
 // (answered is then true).
 func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) (p *quota.Principal, answered bool, err error) {
+	m := h.app.metrics
 	secret, ok := tokenFrom(r, h.TokenHeaders)
 	if !ok {
+		m.outcome(outcomeUnauthenticated)
 		return nil, true, writeUnauthorized(w, missingToken(h.TokenHeaders))
 	}
 	p, err = h.app.Service().Authenticate(r.Context(), secret)
 	switch {
 	case errors.Is(err, quota.ErrUnauthenticated):
+		m.outcome(outcomeUnauthenticated)
 		return nil, true, writeUnauthorized(w, err.Error())
 	case errors.Is(err, quota.ErrDisabled):
+		m.outcome(outcomeForbidden)
 		return nil, true, writeError(w, http.StatusForbidden, "this account is disabled", "permission_error", "account_disabled")
 	case err != nil:
+		m.outcome(outcomeStoreDown)
 		return nil, true, h.storeFailure(w, err)
 	}
 	return p, false, nil
@@ -294,12 +307,15 @@ func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) (p *quota
 // admit admits the planned request, or answers 429, 402 or 503 (answered
 // is then true). When the store does not answer, on_store_error decides.
 func (h *Handler) admit(w http.ResponseWriter, r *http.Request, p *quota.Principal, plan *quota.Plan) (t *quota.Ticket, answered bool, err error) {
+	m := h.app.metrics
 	t, err = h.app.Service().AdmitToken(r.Context(), p.User, p.Token, plan)
 	var le *quota.LimitError
 	switch {
 	case errors.As(err, &le):
+		m.limitedBy(le.State)
 		return nil, true, writeLimitExceeded(w, le, time.Now())
 	case errors.Is(err, quota.ErrUnavailable) && h.app.admitOnStoreError(p.User.ID):
+		m.outcome(outcomeAllowedOnError)
 		t.Force() // served: counted once when the store is back
 		if c := h.logger.Check(zapcore.WarnLevel, "quota store unavailable; admitted by on_store_error allow"); c != nil {
 			c.Write(zap.String("user_id", p.User.ID), zap.Error(err))
@@ -308,7 +324,10 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request, p *quota.Princip
 		if t != nil {
 			t.Abandon() // refused: the admission, if it still lands, must not count
 		}
+		m.outcome(outcomeStoreDown)
 		return nil, true, h.storeFailure(w, err)
+	default:
+		m.outcome(outcomeAdmitted)
 	}
 	if t.Tightest != nil {
 		setRateLimitHeaders(w.Header(), *t.Tightest, t.Now)

@@ -295,7 +295,9 @@ func (h *Handler) settle(t *quota.Ticket, mw *meterWriter, r *http.Request, crea
 	// The client may be gone; the settlement must still be made.
 	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
 	defer cancel()
-	if err := t.Settle(ctx, o); err != nil {
+	uses := t.Plan().Settlement(o)
+	h.app.metrics.settled(uses)
+	if err := t.SettleUses(ctx, uses); err != nil {
 		h.logger.Warn("settling usage; journaled for replay", zap.Error(err))
 	}
 	if rec != nil {

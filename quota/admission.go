@@ -90,7 +90,7 @@ func (t *Ticket) SettleUses(ctx context.Context, actual []Use) error {
 	charges, _ := expand(t.user, t.token, nonzero)
 	// The limits go along (the store does not check them) for usage thresholds.
 	p := t.pending(charges)
-	err := t.s.hot(ctx, func(ctx context.Context) error {
+	err := t.s.hot(ctx, OpSettle, func(ctx context.Context) error {
 		return t.s.store.Settle(ctx, p.userID, p.requestID, p.charges)
 	})
 	if err != nil {
@@ -176,7 +176,7 @@ func (s *Service) admit(ctx context.Context, u *User, tok *Token, uses []Use, p 
 		t.holds = t.holds || c.Hold > 0
 	}
 	var adm *Admission
-	err := s.hot(ctx, func(ctx context.Context) (err error) {
+	err := s.hot(ctx, OpAdmit, func(ctx context.Context) (err error) {
 		adm, err = s.store.Admit(ctx, u.ID, t.requestID, charges)
 		return err
 	})

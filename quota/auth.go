@@ -54,7 +54,7 @@ func (s *Service) cachedToken(ctx context.Context, hash string) (*Token, error) 
 	}
 	gen := s.cache.begin()
 	var tok *Token
-	err := s.hot(ctx, func(ctx context.Context) (err error) {
+	err := s.hot(ctx, OpAuthenticate, func(ctx context.Context) (err error) {
 		tok, err = s.store.GetTokenByHash(ctx, hash)
 		return err
 	})
@@ -75,7 +75,7 @@ func (s *Service) cachedUser(ctx context.Context, id string) (*User, error) {
 	}
 	gen := s.cache.begin()
 	var u *User
-	err := s.hot(ctx, func(ctx context.Context) (err error) {
+	err := s.hot(ctx, OpAuthenticate, func(ctx context.Context) (err error) {
 		u, err = s.store.GetUser(ctx, id)
 		return err
 	})

@@ -24,6 +24,8 @@ type hotCache struct {
 
 	mu          sync.Mutex
 	invalidated map[string]invalidation
+
+	hits, misses atomic.Int64
 }
 
 type cacheEntry struct {
@@ -58,6 +60,16 @@ func userKey(id string) string    { return "u:" + id }
 func (h *hotCache) begin() uint64 { return h.gen.Load() }
 
 func (h *hotCache) get(key string) (cacheEntry, bool) {
+	e, ok := h.lookup(key)
+	if ok {
+		h.hits.Add(1)
+	} else {
+		h.misses.Add(1)
+	}
+	return e, ok
+}
+
+func (h *hotCache) lookup(key string) (cacheEntry, bool) {
 	e, ok := h.c.Get(key)
 	if !ok || e.gen < h.flushed.Load() {
 		return e, false

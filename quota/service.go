@@ -42,6 +42,10 @@ type Options struct {
 	// Broadcaster, if set, carries cache invalidations to and from the
 	// other nodes that share the store.
 	Broadcaster Broadcaster
+	// OnStoreCall, if set, is told the duration and outcome of every
+	// hot-path store call (OpAuthenticate, OpAdmit, OpSettle). It must not
+	// block.
+	OnStoreCall func(op string, took time.Duration, err error)
 }
 
 // Broadcaster carries hot-cache invalidations between the nodes that share
@@ -80,6 +84,7 @@ type Service struct {
 	journal        *journal
 	journalDone    chan struct{}
 	broadcaster    Broadcaster
+	onStoreCall    func(op string, took time.Duration, err error)
 	stopListening  context.CancelFunc
 	listenerExited chan struct{}
 }
@@ -115,7 +120,7 @@ func NewService(opts Options) (*Service, error) {
 		store: opts.Store, clock: opts.Clock, log: opts.Logger, cache: cache, onEvent: opts.OnEvent,
 		touchPending: map[string]time.Time{}, touchLast: map[string]time.Time{}, touchEvery: opts.TouchInterval,
 		stop: make(chan struct{}), done: make(chan struct{}),
-		breaker: opts.Breaker,
+		breaker: opts.Breaker, onStoreCall: opts.OnStoreCall,
 		journal: newJournal(opts.Store, opts.Logger, opts.JournalSize), journalDone: make(chan struct{}),
 	}
 	s.hotTimeout.Store(int64(opts.HotPathTimeout))
@@ -159,13 +164,42 @@ func (s *Service) Close() error {
 
 // hot runs a hot-path store call with the hot-path deadline, through the
 // circuit breaker. Failures come back matching ErrUnavailable.
-func (s *Service) hot(ctx context.Context, call func(ctx context.Context) error) error {
+func (s *Service) hot(ctx context.Context, op string, call func(ctx context.Context) error) error {
 	if d := time.Duration(s.hotTimeout.Load()); d > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, d)
 		defer cancel()
 	}
-	return s.breaker.Do(func() error { return call(ctx) })
+	if s.onStoreCall == nil {
+		return s.breaker.Do(func() error { return call(ctx) })
+	}
+	start := time.Now()
+	err := s.breaker.Do(func() error { return call(ctx) })
+	s.onStoreCall(op, time.Since(start), err)
+	return err
+}
+
+// Store operations, as OnStoreCall names them.
+const (
+	OpAuthenticate = "authenticate"
+	OpAdmit        = "admit"
+	OpSettle       = "settle"
+)
+
+// Stats are a service's gauges: the hot cache's hits and misses, the
+// settlements waiting for the store, and whether the breaker is open.
+type Stats struct {
+	CacheHits, CacheMisses int64
+	JournalDepth           int
+	BreakerOpen            bool
+}
+
+// Stats returns the service's gauges now.
+func (s *Service) Stats() Stats {
+	return Stats{
+		CacheHits: s.cache.hits.Load(), CacheMisses: s.cache.misses.Load(),
+		JournalDepth: s.journal.len(), BreakerOpen: s.breaker.Open(),
+	}
 }
 
 // Tune changes the hot path's store deadline and the cache TTL of a

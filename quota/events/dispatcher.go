@@ -93,10 +93,10 @@ type Dispatcher struct {
 	log     *zap.Logger
 	leader  atomic.Bool
 	wake    chan struct{}
-	gaveUp  atomic.Int64
-	sent    atomic.Int64
-	retried atomic.Int64
+	stats   map[string]*counts // by sink name
 }
+
+type counts struct{ sent, retried, gaveUp atomic.Int64 }
 
 // New returns a Dispatcher; Run starts it.
 func New(opts Options) (*Dispatcher, error) {
@@ -113,7 +113,11 @@ func New(opts Options) (*Dispatcher, error) {
 		opts.LeaseTTL = 10 * time.Second
 	}
 	opts.Retry = opts.Retry.withDefaults()
-	return &Dispatcher{opts: opts, log: opts.Logger, wake: make(chan struct{}, 1)}, nil
+	d := &Dispatcher{opts: opts, log: opts.Logger, wake: make(chan struct{}, 1), stats: map[string]*counts{}}
+	for _, s := range opts.Sinks {
+		d.stats[s.Name()] = &counts{}
+	}
+	return d, nil
 }
 
 // Kick wakes the dispatcher to look for new events now.
@@ -128,9 +132,22 @@ func (d *Dispatcher) Kick() {
 type Stats struct{ Sent, Retried, GaveUp int64 }
 
 // Stats returns the counts of events delivered, attempts that failed and
-// events given up.
+// events given up, over every sink.
 func (d *Dispatcher) Stats() Stats {
-	return Stats{Sent: d.sent.Load(), Retried: d.retried.Load(), GaveUp: d.gaveUp.Load()}
+	var t Stats
+	for _, s := range d.SinkStats() {
+		t.Sent, t.Retried, t.GaveUp = t.Sent+s.Sent, t.Retried+s.Retried, t.GaveUp+s.GaveUp
+	}
+	return t
+}
+
+// SinkStats returns the counts by sink name.
+func (d *Dispatcher) SinkStats() map[string]Stats {
+	out := make(map[string]Stats, len(d.stats))
+	for name, c := range d.stats {
+		out[name] = Stats{Sent: c.sent.Load(), Retried: c.retried.Load(), GaveUp: c.gaveUp.Load()}
+	}
+	return out
 }
 
 // Run delivers until ctx is done, then closes the sinks that are
@@ -289,9 +306,10 @@ func (d *Dispatcher) deliver(ctx context.Context, s Sink, p string, e quota.Even
 	if err == nil {
 		err = s.Deliver(ctx, ce, body)
 	}
+	c := d.stats[s.Name()]
 	if err == nil {
 		delete(heads, p)
-		d.sent.Add(1)
+		c.sent.Add(1)
 		return 0, true
 	}
 	if ctx.Err() != nil {
@@ -303,10 +321,10 @@ func (d *Dispatcher) deliver(ctx context.Context, s Sink, p string, e quota.Even
 		heads[p] = h
 	}
 	h.attempts++
-	d.retried.Add(1)
+	c.retried.Add(1)
 	if h.attempts >= d.opts.Retry.Attempts || time.Since(h.first) >= d.opts.Retry.MaxAge {
 		delete(heads, p)
-		d.gaveUp.Add(1)
+		c.gaveUp.Add(1)
 		d.log.Warn("event delivery given up; the event stays readable through GET /events",
 			zap.String("sink", s.Name()), zap.String("event_id", e.ID), zap.String("type", e.Type),
 			zap.String("user_id", e.Subject), zap.Int("attempts", h.attempts), zap.Error(err))
