@@ -55,15 +55,15 @@ func TestMetrics(t *testing.T) {
 			wantStatus(t, call(t, "POST", g.url+"/v1/chat/completions", c.Token.Token, map[string]any{"max_tokens": -1}, nil), http.StatusBadRequest)
 			text, s := scrape(t, g)
 			want := map[string]float64{
-				`caddy_tenant_quota_requests_total{outcome="admitted"}`:                 3,
-				`caddy_tenant_quota_requests_total{outcome="limited"}`:                  1,
-				`caddy_tenant_quota_requests_total{outcome="unauthenticated"}`:          1,
-				`caddy_tenant_quota_requests_total{outcome="bad_request"}`:              1,
+				`caddy_tenant_quota_requests_total{outcome="admitted"}`:                   3,
+				`caddy_tenant_quota_requests_total{outcome="limited"}`:                    1,
+				`caddy_tenant_quota_requests_total{outcome="unauthenticated"}`:            1,
+				`caddy_tenant_quota_requests_total{outcome="bad_request"}`:                1,
 				`caddy_tenant_quota_limited_total{period="lifetime",resource="messages"}`: 1,
-				`caddy_tenant_quota_credits_spent_total`:                                3,
-				`caddy_tenant_quota_reservations_outstanding`:                           0,
-				`caddy_tenant_quota_breaker_open`:                                       0,
-				`caddy_tenant_quota_journal_depth`:                                      0,
+				`caddy_tenant_quota_credits_spent_total`:                                  3,
+				`caddy_tenant_quota_reservations_outstanding`:                             0,
+				`caddy_tenant_quota_breaker_open`:                                         0,
+				`caddy_tenant_quota_journal_depth`:                                        0,
 			}
 			for k, v := range want {
 				if s[k] != v {

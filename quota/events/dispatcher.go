@@ -89,11 +89,11 @@ type Options struct {
 
 // Dispatcher delivers the outbox to sinks. It is safe for concurrent use.
 type Dispatcher struct {
-	opts    Options
-	log     *zap.Logger
-	leader  atomic.Bool
-	wake    chan struct{}
-	stats   map[string]*counts // by sink name
+	opts   Options
+	log    *zap.Logger
+	leader atomic.Bool
+	wake   chan struct{}
+	stats  map[string]*counts // by sink name
 }
 
 type counts struct{ sent, retried, gaveUp atomic.Int64 }
