@@ -146,6 +146,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 				return nil, err
 			}
 			opts.ContextTimeoutEnabled = true
+			useRedisLogger(logger)
 			client := redis.NewUniversalClient(opts)
 			s, err := redisstore.New(redisstore.Options{Client: client, EventRetention: a.eventRetention(), Thresholds: a.thresholds()})
 			if err != nil {

@@ -317,9 +317,7 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request, p *quota.Princip
 	case errors.Is(err, quota.ErrUnavailable) && h.app.admitOnStoreError(p.User.ID):
 		m.outcome(outcomeAllowedOnError)
 		t.Force() // served: counted once when the store is back
-		if c := h.logger.Check(zapcore.WarnLevel, "quota store unavailable; admitted by on_store_error allow"); c != nil {
-			c.Write(zap.String("user_id", p.User.ID), zap.Error(err))
-		}
+		storeLog.write(h.logger, zapcore.WarnLevel, "quota store unavailable; admitted by on_store_error allow", zap.Error(err))
 	case err != nil:
 		if t != nil {
 			t.Abandon() // refused: the admission, if it still lands, must not count
@@ -387,9 +385,7 @@ func (h *Handler) setPlaceholders(r *http.Request, p *quota.Principal) {
 }
 
 func (h *Handler) storeFailure(w http.ResponseWriter, err error) error {
-	if c := h.logger.Check(zapcore.ErrorLevel, "quota store unavailable"); c != nil {
-		c.Write(zap.Error(err))
-	}
+	storeLog.write(h.logger, zapcore.ErrorLevel, "quota store unavailable", zap.Error(err))
 	w.Header().Set("Retry-After", "1")
 	return writeError(w, http.StatusServiceUnavailable, "the quota service is temporarily unavailable; try again shortly", "server_error", "quota_unavailable")
 }

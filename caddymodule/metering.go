@@ -15,6 +15,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/tenantquota/caddy-tenant-quota/quota"
 	"github.com/tenantquota/caddy-tenant-quota/quota/llmusage"
@@ -298,7 +299,7 @@ func (h *Handler) settle(t *quota.Ticket, mw *meterWriter, r *http.Request, crea
 	uses := t.Plan().Settlement(o)
 	h.app.metrics.settled(uses)
 	if err := t.SettleUses(ctx, uses); err != nil {
-		h.logger.Warn("settling usage; journaled for replay", zap.Error(err))
+		storeLog.write(h.logger, zapcore.WarnLevel, "settling usage; journaled for replay", zap.Error(err))
 	}
 	if rec != nil {
 		panic(rec)

@@ -656,3 +656,22 @@ func TestSentinel(t *testing.T) {
 		t.Fatalf("counter on the master = %q, %v; want 2", got, err)
 	}
 }
+
+// TestParseURLNeverEchoes: whatever the typo, an error never repeats a
+// password.
+func TestParseURLNeverEchoes(t *testing.T) {
+	for _, u := range []string{
+		"redis:/:s3cretpw@host", "host:port :s3cretpw@h", "redis://:s3cretpw@ho st:6379", "redis://:s3cretpw@host:abc",
+		"rediss-cluster://:s3cretpw@h1:1,h2:x", "redis-sentinel://:s3cretpw@s1", "redis://user:s3cretpw@[::1",
+		"s3cretpw", ":s3cretpw@host:6379", "h1:6379,:s3cretpw@h2:6379", "redis//:s3cretpw@host:6379",
+	} {
+		_, err := ParseURL(u)
+		if err == nil {
+			t.Errorf("%q accepted", u)
+			continue
+		}
+		if strings.Contains(err.Error(), "s3cretpw") {
+			t.Errorf("the error for a typo repeats the password: %v", err)
+		}
+	}
+}

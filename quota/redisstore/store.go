@@ -148,10 +148,12 @@ func parseOne(raw string) (*redis.Options, error) {
 // parseAddrs reads a comma-separated list of host:port.
 func parseAddrs(raw string) (*redis.UniversalOptions, error) {
 	var addrs []string
-	for _, a := range strings.Split(raw, ",") {
+	for i, a := range strings.Split(raw, ",") {
 		a = strings.TrimSpace(a)
-		if _, _, err := net.SplitHostPort(a); err != nil {
-			return nil, fmt.Errorf("invalid redis address %q, want host:port or a redis:// url: %w", a, err)
+		// The value is not repeated: a mistyped URL may hold a password.
+		host, port, err := net.SplitHostPort(a)
+		if err != nil || host == "" || port == "" || strings.ContainsAny(a, "@/ ") {
+			return nil, fmt.Errorf("invalid redis address #%d: want host:port, or a redis:// URL such as redis://:password@host:6379/0", i+1)
 		}
 		addrs = append(addrs, a)
 	}

@@ -156,6 +156,14 @@ func (s *Store) claim(ctx context.Context, id string, ix index) (taken bool, err
 		}
 		switch res {
 		case 1:
+			// The holder's record may have been written between the read
+			// above and the take-over (it was still being created): look
+			// again, and give the value back if it is the holder's.
+			owner, err := s.getUser(ctx, holder)
+			if err == nil && fieldValue(owner, ix.field) == ix.value {
+				_ = restoreScript.Run(ctx, s.rdb, []string{ix.key}, id, holder).Err()
+				return false, conflict
+			}
 			return true, nil
 		case -1:
 			return false, conflict
@@ -163,6 +171,14 @@ func (s *Store) claim(ctx context.Context, id string, ix index) (taken bool, err
 	}
 	return false, conflict
 }
+
+// restoreScript gives an index key taken over by mistake back to its
+// holder: KEYS[1] the index key, ARGV[1] the taker, ARGV[2] the holder.
+var restoreScript = redis.NewScript(`
+if redis.call("GET", KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call("SET", KEYS[1], ARGV[2])
+return 1
+`)
 
 // claimAll claims every index in ixs and returns those it took; when one
 // fails it releases them again.
