@@ -25,6 +25,10 @@ type Options struct {
 	// Service is the quota service the API manages. The handler does not
 	// own it and never closes it.
 	Service *quota.Service
+	// ServiceFunc, instead of Service, returns the service when a request
+	// comes (it may not exist yet when the handler is built); nil means
+	// it is not available yet (503).
+	ServiceFunc func() *quota.Service
 	// Keys are the accepted admin keys, presented as
 	// "Authorization: Bearer <key>". Several keys allow rotation: add the
 	// new key, move clients over, remove the old one. Each is named
@@ -59,7 +63,7 @@ const DefaultKeyName = "default"
 // Handler serves the admin API. It is safe for concurrent use and immutable
 // after New.
 type Handler struct {
-	svc     *quota.Service
+	svcFn   func() *quota.Service
 	keys    [][sha256.Size]byte
 	names   []string
 	grants  [][]string        // per key: permission patterns, nil for all
@@ -75,8 +79,12 @@ type Handler struct {
 // or a key that is empty, has white space around it or holds a line break
 // (such a key could never be presented in a header).
 func New(opts Options) (*Handler, error) {
-	if opts.Service == nil {
+	if opts.Service == nil && opts.ServiceFunc == nil {
 		return nil, errors.New("admin: a quota service is required")
+	}
+	if opts.ServiceFunc == nil {
+		svc := opts.Service
+		opts.ServiceFunc = func() *quota.Service { return svc }
 	}
 	keys := make([]Key, 0, len(opts.Keys)+len(opts.NamedKeys))
 	for _, k := range opts.Keys {
@@ -87,7 +95,7 @@ func New(opts Options) (*Handler, error) {
 		return nil, errors.New("admin: at least one admin key is required")
 	}
 	h := &Handler{
-		svc:     opts.Service,
+		svcFn:   opts.ServiceFunc,
 		source:  opts.EventSource,
 		roles:   opts.Roles,
 		log:     opts.Logger,
@@ -188,6 +196,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// The changes made with this key name it in their events.
 	r = r.WithContext(quota.WithActor(r.Context(), h.names[which]))
+	if h.svcFn() == nil {
+		h.writeError(w, r, &problemError{status: http.StatusServiceUnavailable, detail: "the quota store is not open yet; try again shortly"})
+		return
+	}
 	fallback, pattern := h.mux.Handler(r)
 	if pattern == "" {
 		h.unrouted(w, r, fallback)
@@ -258,6 +270,9 @@ func (h *Handler) unrouted(w http.ResponseWriter, r *http.Request, fallback http
 		detail: fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path),
 	})
 }
+
+// service is the quota service (see Options.ServiceFunc).
+func (h *Handler) service() *quota.Service { return h.svcFn() }
 
 // probeWriter records the status and headers of a handler and drops its
 // body.

@@ -47,7 +47,7 @@ func (h *Handler) listEvents(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	events, next, err := h.svc.ListEvents(r.Context(), query)
+	events, next, err := h.service().ListEvents(r.Context(), query)
 	if err != nil {
 		h.writeError(w, r, err)
 		return

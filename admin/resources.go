@@ -30,7 +30,7 @@ func (h *Handler) createToken(w http.ResponseWriter, r *http.Request) {
 		}
 		in.ExpiresAt = &t
 	}
-	tok, err := h.svc.CreateToken(r.Context(), r.PathValue("id"), in)
+	tok, err := h.service().CreateToken(r.Context(), r.PathValue("id"), in)
 	if err != nil {
 		h.writeError(w, r, err)
 		return
@@ -43,7 +43,7 @@ type listTokensResponse struct {
 }
 
 func (h *Handler) listTokens(w http.ResponseWriter, r *http.Request) {
-	ts, err := h.svc.ListTokens(r.Context(), r.PathValue("id"))
+	ts, err := h.service().ListTokens(r.Context(), r.PathValue("id"))
 	if err != nil {
 		h.writeError(w, r, err)
 		return
@@ -58,7 +58,7 @@ func (h *Handler) listTokens(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) revokeToken(w http.ResponseWriter, r *http.Request) {
-	if err := h.svc.RevokeToken(r.Context(), r.PathValue("id"), r.PathValue("tokenId")); err != nil {
+	if err := h.service().RevokeToken(r.Context(), r.PathValue("id"), r.PathValue("tokenId")); err != nil {
 		h.writeError(w, r, err)
 		return
 	}
@@ -66,7 +66,7 @@ func (h *Handler) revokeToken(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) getLimits(w http.ResponseWriter, r *http.Request) {
-	u, err := h.svc.GetUser(r.Context(), r.PathValue("id"))
+	u, err := h.service().GetUser(r.Context(), r.PathValue("id"))
 	if err != nil {
 		h.writeError(w, r, err)
 		return
@@ -75,11 +75,11 @@ func (h *Handler) getLimits(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) putLimits(w http.ResponseWriter, r *http.Request) {
-	h.changeLimits(w, r, h.svc.SetLimits)
+	h.changeLimits(w, r, h.service().SetLimits)
 }
 
 func (h *Handler) patchLimits(w http.ResponseWriter, r *http.Request) {
-	h.changeLimits(w, r, h.svc.PatchLimits)
+	h.changeLimits(w, r, h.service().PatchLimits)
 }
 
 // changeLimits decodes a limits object body and applies it with change
@@ -104,7 +104,7 @@ func (h *Handler) changeLimits(w http.ResponseWriter, r *http.Request, change fu
 }
 
 func (h *Handler) getUsage(w http.ResponseWriter, r *http.Request) {
-	u, err := h.svc.Usage(r.Context(), r.PathValue("id"))
+	u, err := h.service().Usage(r.Context(), r.PathValue("id"))
 	if err != nil {
 		h.writeError(w, r, err)
 		return
@@ -128,7 +128,7 @@ func (h *Handler) resetUsage(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, r, quota.Invalid("resources", "must name at least one resource; send no body to reset every counter"))
 		return
 	}
-	u, err := h.svc.ResetUsage(r.Context(), r.PathValue("id"), req.Resources)
+	u, err := h.service().ResetUsage(r.Context(), r.PathValue("id"), req.Resources)
 	if err != nil {
 		h.writeError(w, r, err)
 		return
@@ -151,7 +151,7 @@ func (h *Handler) addCredits(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, r, quota.Invalid("amount", "is required"))
 		return
 	}
-	u, err := h.svc.AddCredits(r.Context(), r.PathValue("id"), *req.Amount)
+	u, err := h.service().AddCredits(r.Context(), r.PathValue("id"), *req.Amount)
 	if err != nil {
 		h.writeError(w, r, err)
 		return
@@ -162,7 +162,7 @@ func (h *Handler) addCredits(w http.ResponseWriter, r *http.Request) {
 // tokenUsage serves GET /users/{id}/tokens/{tokenId}/usage: the token's own
 // limits and usage.
 func (h *Handler) tokenUsage(w http.ResponseWriter, r *http.Request) {
-	u, err := h.svc.TokenUsage(r.Context(), r.PathValue("id"), r.PathValue("tokenId"))
+	u, err := h.service().TokenUsage(r.Context(), r.PathValue("id"), r.PathValue("tokenId"))
 	if err != nil {
 		h.writeError(w, r, err)
 		return

@@ -22,7 +22,7 @@ func (h *Handler) grantRole(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, r, err)
 		return
 	}
-	g, err := h.svc.GrantRole(r.Context(), r.PathValue("id"), h.roles, req.Role, req.Resource)
+	g, err := h.service().GrantRole(r.Context(), r.PathValue("id"), h.roles, req.Role, req.Resource)
 	if err != nil {
 		h.writeError(w, r, err)
 		return
@@ -32,7 +32,7 @@ func (h *Handler) grantRole(w http.ResponseWriter, r *http.Request) {
 
 // listRoles serves GET /users/{id}/roles.
 func (h *Handler) listRoles(w http.ResponseWriter, r *http.Request) {
-	u, err := h.svc.GetUser(r.Context(), r.PathValue("id"))
+	u, err := h.service().GetUser(r.Context(), r.PathValue("id"))
 	if err != nil {
 		h.writeError(w, r, err)
 		return
@@ -51,7 +51,7 @@ func (h *Handler) revokeRole(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, r, badRequest("resource", "is required: ?resource=chatbots/abc"))
 		return
 	}
-	if err := h.svc.RevokeRole(r.Context(), r.PathValue("id"), r.PathValue("role"), resource); err != nil {
+	if err := h.service().RevokeRole(r.Context(), r.PathValue("id"), r.PathValue("role"), resource); err != nil {
 		h.writeError(w, r, err)
 		return
 	}

@@ -72,14 +72,14 @@ func (h *Handler) createUser(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	u, err := h.svc.CreateUser(r.Context(), in)
+	u, err := h.service().CreateUser(r.Context(), in)
 	if err != nil {
 		h.writeError(w, r, err)
 		return
 	}
 	resp := createUserResponse{User: u}
 	if req.IssueToken {
-		resp.Token, err = h.svc.CreateToken(r.Context(), u.ID, tok)
+		resp.Token, err = h.service().CreateToken(r.Context(), u.ID, tok)
 		if err != nil {
 			// Undo the user, so that retrying the same request succeeds.
 			h.undoCreateUser(r.Context(), u.ID)
@@ -92,7 +92,7 @@ func (h *Handler) createUser(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) undoCreateUser(ctx context.Context, id string) {
-	if err := h.svc.DeleteUser(context.WithoutCancel(ctx), id); err != nil {
+	if err := h.service().DeleteUser(context.WithoutCancel(ctx), id); err != nil {
 		h.log.Error("deleting a user whose token could not be issued", zap.String("user_id", id), zap.Error(err))
 	}
 }
@@ -171,7 +171,7 @@ func (h *Handler) listUsers(w http.ResponseWriter, r *http.Request) {
 		}
 		after = string(id)
 	}
-	users, next, err := h.svc.ListUsers(r.Context(), after, take)
+	users, next, err := h.service().ListUsers(r.Context(), after, take)
 	if err != nil {
 		h.writeError(w, r, err)
 		return
@@ -202,9 +202,9 @@ func (h *Handler) lookupUser(w http.ResponseWriter, r *http.Request, email strin
 		err error
 	)
 	if byEmail {
-		u, err = h.svc.GetUserByEmail(r.Context(), email)
+		u, err = h.service().GetUserByEmail(r.Context(), email)
 	} else {
-		u, err = h.svc.GetUserByExternalID(r.Context(), ext)
+		u, err = h.service().GetUserByExternalID(r.Context(), ext)
 	}
 	resp := listUsersResponse{Items: []*quota.User{}}
 	switch {
@@ -219,7 +219,7 @@ func (h *Handler) lookupUser(w http.ResponseWriter, r *http.Request, email strin
 }
 
 func (h *Handler) getUser(w http.ResponseWriter, r *http.Request) {
-	u, err := h.svc.GetUser(r.Context(), r.PathValue("id"))
+	u, err := h.service().GetUser(r.Context(), r.PathValue("id"))
 	if err != nil {
 		h.writeError(w, r, err)
 		return
@@ -250,7 +250,7 @@ func (h *Handler) updateUser(w http.ResponseWriter, r *http.Request) {
 		}
 		p.Limits = l
 	}
-	u, err := h.svc.UpdateUser(r.Context(), r.PathValue("id"), p)
+	u, err := h.service().UpdateUser(r.Context(), r.PathValue("id"), p)
 	if err != nil {
 		h.writeError(w, r, err)
 		return
@@ -259,7 +259,7 @@ func (h *Handler) updateUser(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) deleteUser(w http.ResponseWriter, r *http.Request) {
-	if err := h.svc.DeleteUser(r.Context(), r.PathValue("id")); err != nil {
+	if err := h.service().DeleteUser(r.Context(), r.PathValue("id")); err != nil {
 		h.writeError(w, r, err)
 		return
 	}

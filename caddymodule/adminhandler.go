@@ -53,7 +53,7 @@ func (h *AdminHandler) Provision(ctx caddy.Context) error {
 		return errors.New("tenant_quota_admin needs at least one admin_key in the tenant_quota global option")
 	}
 	api, err := admin.New(admin.Options{
-		Service: app.Service(), NamedKeys: app.adminKeys, Logger: ctx.Logger(), MaxBodyBytes: h.MaxBodyBytes,
+		ServiceFunc: app.Service, NamedKeys: app.adminKeys, Logger: ctx.Logger(), MaxBodyBytes: h.MaxBodyBytes,
 		EventSource: app.eventSource(), Roles: quota.Roles(app.Roles),
 	})
 	if err != nil {

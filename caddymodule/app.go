@@ -72,7 +72,9 @@ type App struct {
 	service    *quota.Service
 	shared     *sharedStore
 	fallback   *quota.LocalAllowance
-	poolKey    string
+	poolKey    string // set once Start opened the store
+	redisAddr  string
+	dbPath     string
 	adminKeys  []admin.Key
 	stopEvents func()
 	metrics    *metrics
@@ -124,20 +126,37 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.FallbackLimit > 0 {
 		a.fallback = quota.NewLocalAllowance(a.FallbackLimit, quota.Period(a.FallbackPer))
 	}
-	redisAddr := strings.TrimSpace(repl.ReplaceKnown(a.Redis, ""))
-	dbPath := repl.ReplaceKnown(a.DBPath, "")
-	if redisAddr == "" && dbPath == "" {
-		dbPath = filepath.Join(caddy.AppDataDir(), "tenant_quota", "quota.db")
+	a.redisAddr = strings.TrimSpace(repl.ReplaceKnown(a.Redis, ""))
+	a.dbPath = repl.ReplaceKnown(a.DBPath, "")
+	if a.redisAddr == "" && a.dbPath == "" {
+		a.dbPath = filepath.Join(caddy.AppDataDir(), "tenant_quota", "quota.db")
 	}
+	if a.redisAddr != "" {
+		// Checked now, so that caddy validate reports it; nothing connects.
+		if _, err := redisstore.ParseURL(a.redisAddr); err != nil {
+			return err
+		}
+	}
+	var err error
+	if a.metrics, err = newMetrics(ctx.GetMetricsRegistry(), a); err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
+	}
+	return nil
+}
+
+// open opens the store and the service, or shares the ones a previous
+// config opened on the same store (caddy validate and caddy adapt never
+// get here: they do not start apps).
+func (a *App) open() error {
+	redisAddr, dbPath := a.redisAddr, a.dbPath
+	poolKey := "bolt|" + dbPath
 	if redisAddr != "" {
-		a.poolKey = "redis|" + redisAddr
-	} else {
-		a.poolKey = "bolt|" + dbPath
+		poolKey = "redis|" + redisAddr
 	}
 	logger := a.logger
 	cacheTTL := time.Duration(a.CacheTTL)
 	timeout := time.Duration(a.StoreTimeout)
-	val, _, err := stores.LoadOrNew(a.poolKey, func() (caddy.Destructor, error) {
+	val, _, err := stores.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
 		var store quota.Store
 		var broadcaster quota.Broadcaster
 		if redisAddr != "" {
@@ -191,11 +210,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("opening the quota store: %w", err)
 	}
+	a.poolKey = poolKey
 	a.shared = val.(*sharedStore)
 	a.service = a.shared.service
-	if a.metrics, err = newMetrics(ctx.GetMetricsRegistry(), a); err != nil {
-		return fmt.Errorf("registering metrics: %w", err)
-	}
 	a.shared.metrics.Store(a.metrics)
 	// The store is shared across reloads; this config's tuning applies to it.
 	a.service.Tune(timeout, cacheTTL)
@@ -277,9 +294,14 @@ func (a *App) admitOnStoreError(userID string) bool {
 	return a.fallback == nil || a.fallback.Take(userID, time.Now())
 }
 
-// Start implements caddy.App: it starts delivering events (the store was
-// opened in Provision).
-func (a *App) Start() error { return a.startEvents() }
+// Start implements caddy.App: it opens the store (or shares the running
+// one) and starts delivering events.
+func (a *App) Start() error {
+	if err := a.open(); err != nil {
+		return err
+	}
+	return a.startEvents()
+}
 
 // Stop implements caddy.App: it stops delivering events.
 func (a *App) Stop() error {

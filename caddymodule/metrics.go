@@ -64,19 +64,24 @@ func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 	if a.Redis != "" {
 		m.storeKind = "redis"
 	}
-	svc := a.shared.service
-	shared := a.shared
+	// The store opens at Start: until then these read zero.
+	stats := func() quota.Stats {
+		if a.service == nil {
+			return quota.Stats{}
+		}
+		return a.service.Stats()
+	}
 	collectors := []prometheus.Collector{
 		m.requests, m.limited, m.storeDuration, m.tokens, m.credits, m.reservations,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: namespace + "_breaker_open", Help: "1 while the store circuit breaker is open."},
-			func() float64 { return boolFloat(svc.Stats().BreakerOpen) }),
+			func() float64 { return boolFloat(stats().BreakerOpen) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: namespace + "_journal_depth", Help: "Settlements waiting for the store."},
-			func() float64 { return float64(svc.Stats().JournalDepth) }),
+			func() float64 { return float64(stats().JournalDepth) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: namespace + "_cache_hits_total", Help: "Hot cache hits."},
-			func() float64 { return float64(svc.Stats().CacheHits) }),
+			func() float64 { return float64(stats().CacheHits) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: namespace + "_cache_misses_total", Help: "Hot cache misses."},
-			func() float64 { return float64(svc.Stats().CacheMisses) }),
-		&eventCollector{shared: shared},
+			func() float64 { return float64(stats().CacheMisses) }),
+		&eventCollector{app: a},
 	}
 	for _, c := range collectors {
 		if err := reg.Register(c); err != nil {
@@ -139,7 +144,7 @@ func (m *metrics) settled(uses []quota.Use) {
 }
 
 // eventCollector reports the current dispatcher's deliveries by sink kind.
-type eventCollector struct{ shared *sharedStore }
+type eventCollector struct{ app *App }
 
 var (
 	eventsSent    = prometheus.NewDesc(namespace+"_events_delivered_total", "Events delivered, by sink kind.", []string{"sink"}, nil)
@@ -157,12 +162,14 @@ func (c *eventCollector) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector.
 func (c *eventCollector) Collect(ch chan<- prometheus.Metric) {
 	byKind := map[string]events.Stats{"webhook": {}, "kafka": {}}
-	if d := c.shared.dispatcher.Load(); d != nil {
-		for name, st := range d.SinkStats() {
-			kind, _, _ := strings.Cut(name, ":")
-			t := byKind[kind]
-			t.Sent, t.Retried, t.GaveUp = t.Sent+st.Sent, t.Retried+st.Retried, t.GaveUp+st.GaveUp
-			byKind[kind] = t
+	if sh := c.app.shared; sh != nil {
+		if d := sh.dispatcher.Load(); d != nil {
+			for name, st := range d.SinkStats() {
+				kind, _, _ := strings.Cut(name, ":")
+				t := byKind[kind]
+				t.Sent, t.Retried, t.GaveUp = t.Sent+st.Sent, t.Retried+st.Retried, t.GaveUp+st.GaveUp
+				byKind[kind] = t
+			}
 		}
 	}
 	for kind, st := range byKind {

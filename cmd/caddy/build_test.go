@@ -152,3 +152,24 @@ func TestReadmeCaddyfiles(t *testing.T) {
 	}
 	t.Logf("%d of %d blocks validated", tested, len(blocks))
 }
+
+// TestValidateNextToRunningGateway: caddy validate and caddy adapt
+// --validate touch no store, so they work next to a running gateway that
+// holds the embedded store's file lock (the validate-then-reload
+// workflow).
+func TestValidateNextToRunningGateway(t *testing.T) {
+	g := startGateway(t, "", "127.0.0.1:1")
+	env := append(os.Environ(), "TQ_E2E_ADMIN_KEY="+adminKey, "XDG_DATA_HOME="+g.dataDir, "XDG_CONFIG_HOME="+g.dataDir)
+	for _, args := range [][]string{
+		{"validate", "--config", g.caddyfile, "--adapter", "caddyfile"},
+		{"adapt", "--config", g.caddyfile, "--adapter", "caddyfile", "--validate"},
+	} {
+		cmd := exec.Command(caddyBin, args...)
+		cmd.Env = env
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("caddy %s next to a running gateway: %v\n%s", args[0], err, out)
+		}
+	}
+	// The running gateway still serves.
+	g.tenant(t, map[string]any{"name": "V", "email": "validate@example.com"})
+}
