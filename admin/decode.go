@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net/http"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -177,4 +178,51 @@ func parseLimits(raw json.RawMessage) (quota.Limits, error) {
 		return nil, quota.Invalid("limits", "must be an object, not null")
 	}
 	return l, nil
+}
+
+// builtinResources are the resources the gateway counts with no meter.
+var builtinResources = []string{
+	quota.ResourceTokens, quota.ResourceInputTokens, quota.ResourceOutputTokens, quota.ResourceMessages,
+	quota.ResourceConversations, quota.ResourceRecords, quota.ResourceDatasets, quota.ResourceFiles,
+	quota.ResourceSkillsets, quota.ResourceIntegrations,
+}
+
+// warnUnknownResources adds a Warning header for each limit on a resource
+// that is not built in: it is accepted (meters count any name), but a typo
+// such as "mesages" would otherwise limit nothing, silently.
+func warnUnknownResources(w http.ResponseWriter, l quota.Limits) {
+	for name := range l {
+		if slices.Contains(builtinResources, name) {
+			continue
+		}
+		msg := fmt.Sprintf("limits.%s: not a built-in resource; it counts only what a meter line counts", name)
+		for _, b := range builtinResources {
+			if editDistance(name, b) <= 2 {
+				msg += fmt.Sprintf(" (did you mean %s?)", b)
+				break
+			}
+		}
+		w.Header().Add("Warning", `299 tenant_quota "`+strings.ReplaceAll(msg, `"`, `'`)+`"`)
+	}
+}
+
+// editDistance is the Levenshtein distance of two short strings.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
 }

@@ -86,3 +86,19 @@ func jsonString(s string) string {
 	b, _ := json.Marshal(s)
 	return string(b)
 }
+
+// TestLookupAndWarnings: a '+' in ?email= may come unencoded; a limit on a
+// resource that is not built in is accepted with a Warning header.
+func TestLookupAndWarnings(t *testing.T) {
+	e := newEnv(t)
+	u := e.createUser(t, `{"name": "P", "email": "ada+test@example.com"}`)
+	var list struct{ Items []quota.User }
+	e.call(t, "GET", "/users?email=ada+test@example.com", "", http.StatusOK).decode(t, &list)
+	if len(list.Items) != 1 || list.Items[0].ID != u.ID {
+		t.Fatalf("lookup with an unencoded +: %+v", list.Items)
+	}
+	r := e.call(t, "PATCH", "/users/"+u.ID+"/limits", `{"mesages": 10, "messages": 5}`, http.StatusOK)
+	if w := r.header.Values("Warning"); len(w) != 1 || !strings.Contains(w[0], "limits.mesages") || !strings.Contains(w[0], "did you mean messages") {
+		t.Fatalf("Warning headers %q", w)
+	}
+}

@@ -22,6 +22,7 @@ func (h *Handler) createToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	in := quota.NewToken{Name: req.Name, Scopes: req.Scopes, Limits: req.Limits}
+	warnUnknownResources(w, req.Limits)
 	if req.ExpiresAt != nil {
 		t, err := parseTime("expiresAt", *req.ExpiresAt)
 		if err != nil {
@@ -91,6 +92,7 @@ func (h *Handler) changeLimits(w http.ResponseWriter, r *http.Request, change fu
 		return
 	}
 	l, err := parseLimits(raw)
+	warnUnknownResources(w, l)
 	if err != nil {
 		h.writeError(w, r, err)
 		return

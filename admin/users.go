@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -44,6 +45,7 @@ func (h *Handler) createUser(w http.ResponseWriter, r *http.Request) {
 	in := quota.NewUser{Name: req.Name, Email: req.Email, ExternalID: req.ExternalID, Credits: req.Credits, Status: req.Status}
 	if req.Limits != nil && string(req.Limits) != "null" {
 		l, err := parseLimits(req.Limits)
+		warnUnknownResources(w, l)
 		if err != nil {
 			h.writeError(w, r, err)
 			return
@@ -189,6 +191,8 @@ func (h *Handler) listUsers(w http.ResponseWriter, r *http.Request) {
 // lookupUser answers GET /users?email=…&externalId=… with the one user that
 // matches every given key, or no items.
 func (h *Handler) lookupUser(w http.ResponseWriter, r *http.Request, email string, byEmail bool, ext string, byExt bool) {
+	// A '+' sent unencoded arrives as a space; no address holds one.
+	email = strings.ReplaceAll(email, " ", "+")
 	if byEmail && email == "" {
 		h.writeError(w, r, badRequest("email", "must not be empty"))
 		return
@@ -244,6 +248,7 @@ func (h *Handler) updateUser(w http.ResponseWriter, r *http.Request) {
 	p := quota.UserPatch{Name: req.Name, Email: req.Email, ExternalID: req.ExternalID, Status: req.Status}
 	if req.Limits != nil {
 		l, err := parseLimits(req.Limits)
+		warnUnknownResources(w, l)
 		if err != nil {
 			h.writeError(w, r, err)
 			return

@@ -293,7 +293,7 @@ func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) (p *quota
 	switch {
 	case errors.Is(err, quota.ErrUnauthenticated):
 		m.outcome(outcomeUnauthenticated)
-		return nil, true, writeUnauthorized(w, err.Error())
+		return nil, true, writeUnauthorized(w, tenantMessage(err))
 	case errors.Is(err, quota.ErrDisabled):
 		m.outcome(outcomeForbidden)
 		return nil, true, writeError(w, http.StatusForbidden, "this account is disabled", "permission_error", "account_disabled")
@@ -408,6 +408,17 @@ func tokenFrom(r *http.Request, headers []string) (string, bool) {
 		return v, v != ""
 	}
 	return "", false
+}
+
+// tenantMessage is an authentication error as a tenant reads it: the
+// reason, without the Go error chain's sentinel suffix ("token expired",
+// not "token expired: unauthenticated").
+func tenantMessage(err error) string {
+	msg := strings.TrimSuffix(err.Error(), ": "+quota.ErrUnauthenticated.Error())
+	if msg == "" {
+		return "invalid API key"
+	}
+	return strings.ToUpper(msg[:1]) + msg[1:] + "."
 }
 
 func missingToken(headers []string) string {

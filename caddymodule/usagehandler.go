@@ -73,7 +73,7 @@ func (h *UsageHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddy
 	switch {
 	case err == nil:
 	case errors.Is(err, quota.ErrUnauthenticated):
-		return writeUnauthorized(w, err.Error())
+		return writeUnauthorized(w, tenantMessage(err))
 	case errors.Is(err, quota.ErrDisabled):
 		return writeError(w, http.StatusForbidden, "this account is disabled", "permission_error", "account_disabled")
 	default:

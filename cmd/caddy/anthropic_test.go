@@ -126,3 +126,27 @@ func TestTokenHeaders(t *testing.T) {
 		t.Fatalf("x-api-key with a custom list: %d", s)
 	}
 }
+
+// TestTenantFacingText: authentication errors read as sentences without Go
+// error-chain suffixes, and GET /quota (no trailing slash) reaches the
+// admin API through the example's redirect.
+func TestTenantFacingText(t *testing.T) {
+	g := startGatewayWith(t, "", "redir /quota /quota/ 308", "", strings.TrimPrefix(newBackend(t).URL, "http://"))
+	c := g.tenant(t, map[string]any{"name": "E", "email": "text@example.com"})
+	wantStatus(t, call(t, "DELETE", g.url+"/quota/users/"+c.User.ID+"/tokens/"+c.Token.ID, adminKey, nil, nil), http.StatusNoContent)
+	var e openAIErr
+	wantStatus(t, call(t, "POST", g.url+"/v1/chat", c.Token.Token, map[string]any{}, &e), http.StatusUnauthorized)
+	if strings.Contains(e.Error.Message, "unauthenticated") || !strings.HasSuffix(e.Error.Message, ".") {
+		t.Fatalf("message %q", e.Error.Message)
+	}
+	req, _ := http.NewRequest("GET", g.url+"/quota", nil)
+	req.Header.Set("Authorization", "Bearer "+adminKey)
+	resp, err := http.DefaultTransport.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusPermanentRedirect || resp.Header.Get("Location") != "/quota/" {
+		t.Fatalf("GET /quota: %d %s", resp.StatusCode, resp.Header.Get("Location"))
+	}
+}
