@@ -1,0 +1,132 @@
+package main
+
+import (
+	"encoding/json"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/tenantquota/caddy-tenant-quota/internal/redistest"
+)
+
+// quotaCLI runs "caddy quota args..." against g's admin API and returns
+// its output; wantFail expects a non-zero exit.
+func quotaCLI(t *testing.T, g *gateway, wantFail bool, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(caddyBin, append([]string{"quota"}, args...)...)
+	cmd.Env = append(os.Environ(), "TQ_URL="+g.url+"/quota", "TQ_ADMIN_KEY="+adminKey)
+	out, err := cmd.CombinedOutput()
+	if (err != nil) != wantFail {
+		t.Fatalf("caddy quota %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// TestCLI: the caddy quota subcommands on the real binary, on both stores.
+func TestCLI(t *testing.T) {
+	if out, err := exec.Command(caddyBin, "help").CombinedOutput(); err != nil || !strings.Contains(string(out), "quota") {
+		t.Fatalf("caddy help does not list quota: %v\n%s", err, out)
+	}
+	for _, st := range allStores() {
+		t.Run(st.name, func(t *testing.T) {
+			g := startGateway(t, st.opts(t), strings.TrimPrefix(newBackend(t).URL, "http://"))
+			out := quotaCLI(t, g, false, "users", "create", "--name", "Ada", "--email", "ada@example.com", "--external-id", "crm-1", "--limits", `{"messages": 3}`, "--credits", "5", "--token")
+			if !strings.Contains(out, "ada@example.com") || !strings.Contains(out, "tq_") {
+				t.Fatalf("users create:\n%s", out)
+			}
+			token := out[strings.Index(out, "tq_"):]
+			token = strings.Fields(token)[0]
+			var u struct {
+				ID      string `json:"id"`
+				Status  string `json:"status"`
+				Credits int64  `json:"credits"`
+			}
+			if err := json.Unmarshal([]byte(quotaCLI(t, g, false, "users", "get", "crm-1", "--json")), &u); err != nil || u.Credits != 5 {
+				t.Fatalf("users get by external id: %+v %v", u, err)
+			}
+			if out := quotaCLI(t, g, false, "users", "list"); !strings.Contains(out, u.ID) || !strings.HasPrefix(out, "ID") {
+				t.Fatalf("users list:\n%s", out)
+			}
+			quotaCLI(t, g, false, "users", "update", "ada@example.com", "--name", "Ada L")
+			quotaCLI(t, g, false, "limits", "patch", "ada@example.com", `{"tokens": 1000}`)
+			if out := quotaCLI(t, g, false, "limits", "get", u.ID); !strings.Contains(out, `"tokens": 1000`) || !strings.Contains(out, `"messages": 3`) {
+				t.Fatalf("limits get:\n%s", out)
+			}
+			quotaCLI(t, g, false, "limits", "set", u.ID, `{"messages": 2}`)
+			quotaCLI(t, g, false, "credits", "add", "crm-1", "10")
+			wantStatus(t, call(t, "POST", g.url+"/v1/chat", token, map[string]any{}, nil), http.StatusOK)
+			if out := quotaCLI(t, g, false, "usage", "crm-1"); !strings.Contains(out, "messages") || !strings.Contains(out, "RESOURCE") {
+				t.Fatalf("usage:\n%s", out)
+			}
+			quotaCLI(t, g, false, "usage", "reset", "crm-1", "messages")
+			tok := quotaCLI(t, g, false, "tokens", "create", "crm-1", "--name", "ci", "--scopes", "chat", "--json")
+			var created struct{ ID string }
+			json.Unmarshal([]byte(tok), &created)
+			if out := quotaCLI(t, g, false, "tokens", "list", "crm-1"); !strings.Contains(out, created.ID) {
+				t.Fatalf("tokens list:\n%s", out)
+			}
+			quotaCLI(t, g, false, "tokens", "revoke", "crm-1", created.ID)
+			quotaCLI(t, g, false, "users", "disable", "crm-1")
+			wantStatus(t, call(t, "POST", g.url+"/v1/chat", token, map[string]any{}, nil), http.StatusForbidden)
+			quotaCLI(t, g, false, "users", "enable", "crm-1")
+			if out := quotaCLI(t, g, false, "events", "tail", "--user", "crm-1"); !strings.Contains(out, "user.created") || !strings.Contains(out, "token.revoked") {
+				t.Fatalf("events tail:\n%s", out)
+			}
+			// Errors: the problem's detail, and a non-zero exit.
+			if out := quotaCLI(t, g, true, "users", "create", "--name", "X", "--email", "not-an-email"); !strings.Contains(out, "email") {
+				t.Fatalf("a bad email:\n%s", out)
+			}
+			if out := quotaCLI(t, g, true, "credits", "add", "crm-1", "0"); !strings.Contains(out, "amount") {
+				t.Fatalf("a bad amount:\n%s", out)
+			}
+			quotaCLI(t, g, false, "users", "delete", "ada@example.com")
+			quotaCLI(t, g, true, "users", "get", "ada@example.com")
+		})
+	}
+}
+
+// TestMigrateCommand: a gateway that started on the embedded store moves
+// to Redis (and to a Cluster) with caddy quota migrate, and the tenant's
+// old token works there, with its usage.
+func TestMigrateCommand(t *testing.T) {
+	for _, target := range []string{"redis", "cluster"} {
+		t.Run(target, func(t *testing.T) {
+			be := strings.TrimPrefix(newBackend(t).URL, "http://")
+			g := startGateway(t, "", be)
+			c := g.tenant(t, map[string]any{"name": "Mig", "email": "mig@example.com", "limits": map[string]any{"messages": 5}})
+			for range 2 {
+				wantStatus(t, call(t, "POST", g.url+"/v1/chat", c.Token.Token, map[string]any{}, nil), http.StatusOK)
+			}
+			g.stop(t) // the embedded file is locked while a gateway runs
+			var url string
+			if target == "redis" {
+				url = "redis://" + redistest.Start(t).Addr() + "/0"
+			} else {
+				url = "redis-cluster://" + strings.Join(redistest.StartCluster(t).Addrs(), ",")
+			}
+			db := filepath.Join(g.dataDir, "caddy", "tenant_quota", "quota.db")
+			for run := range 2 { // idempotent
+				cmd := exec.Command(caddyBin, "quota", "migrate", "--from", db, "--to", url)
+				out, err := cmd.CombinedOutput()
+				if err != nil {
+					t.Fatalf("migrate: %v\n%s", err, out)
+				}
+				want := "users: 1 copied"
+				if run == 1 {
+					want = "users: 0 copied, 1 already there"
+				}
+				if !strings.Contains(string(out), want) {
+					t.Fatalf("run %d:\n%s", run, out)
+				}
+			}
+			r := startGateway(t, "redis "+url, be)
+			wantStatus(t, call(t, "POST", r.url+"/v1/chat", c.Token.Token, map[string]any{}, nil), http.StatusOK)
+			if got := r.used(t, c.User.ID, "messages"); got != 3 {
+				t.Fatalf("messages on Redis after the move: %d, want 3", got)
+			}
+		})
+	}
+}
