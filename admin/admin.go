@@ -189,6 +189,10 @@ func (h *Handler) routes() {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Responses may carry token secrets; no cache may keep any of them.
 	w.Header().Set("Cache-Control", "no-store")
+	if r.URL.Path == "/openapi.json" && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		serveOpenAPI(w)
+		return
+	}
 	which, ok, presented := h.authorized(r)
 	if !ok {
 		h.unauthorized(w, r, presented)

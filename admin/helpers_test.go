@@ -103,6 +103,8 @@ func (e *env) do(tb testing.TB, q req) resp {
 	}
 	w := httptest.NewRecorder()
 	e.h.ServeHTTP(w, r)
+	// Every exchange of the tests is checked against the OpenAPI document.
+	checkOpenAPI(tb, r, []byte(q.body), w)
 	return resp{status: w.Code, header: w.Result().Header, body: w.Body.Bytes()}
 }
 
