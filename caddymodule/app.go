@@ -78,6 +78,7 @@ type App struct {
 	adminKeys  []admin.Key
 	stopEvents func()
 	metrics    *metrics
+	ctx        *caddy.Context
 	logger     *zap.Logger
 }
 
@@ -100,6 +101,7 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // Provision opens (or shares) the store and the quota service.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
+	a.ctx = &ctx
 	repl := caddy.NewReplacer()
 	keys := make([]NamedAdminKey, 0, len(a.AdminKeys)+len(a.NamedAdminKeys))
 	for _, k := range a.AdminKeys {
@@ -297,6 +299,9 @@ func (a *App) admitOnStoreError(userID string) bool {
 // Start implements caddy.App: it opens the store (or shares the running
 // one) and starts delivering events.
 func (a *App) Start() error {
+	if err := a.checkAdminReachable(); err != nil {
+		return err
+	}
 	if err := a.open(); err != nil {
 		return err
 	}

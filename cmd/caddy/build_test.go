@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 )
 
 var moduleIDs = []string{"tenant_quota", "http.handlers.tenant_quota", "http.handlers.tenant_quota_admin", "http.handlers.tenant_quota_usage"}
@@ -172,4 +173,45 @@ func TestValidateNextToRunningGateway(t *testing.T) {
 	}
 	// The running gateway still serves.
 	g.tenant(t, map[string]any{"name": "V", "email": "validate@example.com"})
+}
+
+// TestSiteLevelQuotaRefused: a tenant_quota at site level would refuse
+// every admin call as a tenant request; such a config does not start, and
+// says why.
+func TestSiteLevelQuotaRefused(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "Caddyfile")
+	cfg := fmt.Sprintf(`{
+	admin off
+	tenant_quota {
+		admin_key k-0123456789
+	}
+}
+http://127.0.0.1:%d {
+	tenant_quota
+	handle_path /quota/* {
+		tenant_quota_admin
+	}
+	respond ok
+}
+`, freePort(t))
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(caddyBin, "run", "--config", path, "--adapter", "caddyfile")
+	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+	done := make(chan struct{})
+	var out []byte
+	var err error
+	go func() { out, err = cmd.CombinedOutput(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatal("the gateway started with tenant_quota wrapping its admin API")
+	}
+	if err == nil || !strings.Contains(string(out), "runs before tenant_quota_admin") {
+		t.Fatalf("exit %v:\n%s", err, out)
+	}
 }
