@@ -264,6 +264,9 @@ func (s *sharedStore) onEvent(logger *zap.Logger) func(quota.Event) {
 	return func(e quota.Event) {
 		logger.Info("quota event", zap.String("type", e.Type), zap.String("event_id", e.ID),
 			zap.String("user_id", e.Subject), zap.String("actor", e.Actor))
+		if m := s.metrics.Load(); m != nil {
+			m.eventsWritten.WithLabelValues(e.Type).Inc()
+		}
 		if d := s.dispatcher.Load(); d != nil {
 			d.Kick()
 		}

@@ -33,6 +33,7 @@ type metrics struct {
 	tokens        *prometheus.CounterVec
 	credits       prometheus.Counter
 	reservations  prometheus.Gauge
+	eventsWritten *prometheus.CounterVec
 	storeKind     string
 }
 
@@ -59,6 +60,9 @@ func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 		reservations: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: namespace + "_reservations_outstanding", Help: "Requests in flight holding a reservation, on this node.",
 		}),
+		eventsWritten: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: namespace + "_events_written_total", Help: "Events written to the outbox by this node's admin API, by type.",
+		}, []string{"type"}),
 		storeKind: "embedded",
 	}
 	if a.Redis != "" {
@@ -72,7 +76,7 @@ func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 		return a.service.Stats()
 	}
 	collectors := []prometheus.Collector{
-		m.requests, m.limited, m.storeDuration, m.tokens, m.credits, m.reservations,
+		m.requests, m.limited, m.storeDuration, m.tokens, m.credits, m.reservations, m.eventsWritten,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: namespace + "_breaker_open", Help: "1 while the store circuit breaker is open."},
 			func() float64 { return boolFloat(stats().BreakerOpen) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: namespace + "_journal_depth", Help: "Settlements waiting for the store."},

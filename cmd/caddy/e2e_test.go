@@ -235,6 +235,11 @@ func call(t *testing.T, method, url, bearer string, body any, out any) *http.Res
 	}
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(resp.Body)
+	var sent []byte
+	if body != nil {
+		sent, _ = json.Marshal(body)
+	}
+	checkAdminExchange(t, req, sent, resp.StatusCode, resp.Header, data)
 	if out != nil && len(data) > 0 {
 		if err := json.Unmarshal(data, out); err != nil {
 			t.Fatalf("%s %s: decoding %q: %v", method, url, data, err)

@@ -64,6 +64,8 @@ func TestMetrics(t *testing.T) {
 				`caddy_tenant_quota_reservations_outstanding`:                             0,
 				`caddy_tenant_quota_breaker_open`:                                         0,
 				`caddy_tenant_quota_journal_depth`:                                        0,
+				`caddy_tenant_quota_events_written_total{type="user.created"}`:            1,
+				`caddy_tenant_quota_events_written_total{type="token.created"}`:           1,
 			}
 			for k, v := range want {
 				if s[k] != v {
