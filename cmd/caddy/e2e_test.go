@@ -701,6 +701,11 @@ func TestRedisOutage(t *testing.T) {
 	timed(allow, unused.Token, http.StatusServiceUnavailable, "quota_unavailable")
 	timed(deny, unused.Token, http.StatusServiceUnavailable, "quota_unavailable")
 	t.Logf("slowest answer while Redis was frozen: %v (store_timeout 50ms)", slowest)
+	// A bounded number of log lines, not one per refused request: at most
+	// one a second per message.
+	if n := strings.Count(deny.logs.String(), `"msg":"quota store unavailable"`); n < 1 || n > 3 {
+		t.Fatalf("%d 'quota store unavailable' lines for 9 refused requests\n%s", n, deny.logs)
+	}
 	// A hang detector, not a speed test: a request waiting on the frozen
 	// store would take the client's 15s.
 	if slowest > 5*time.Second {
