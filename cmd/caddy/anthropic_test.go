@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -148,5 +149,18 @@ func TestTenantFacingText(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusPermanentRedirect || resp.Header.Get("Location") != "/quota/" {
 		t.Fatalf("GET /quota: %d %s", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	// The OpenAPI document needs no key.
+	doc, err := http.Get(g.url + "/quota/openapi.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		OpenAPI string `json:"openapi"`
+	}
+	err = json.NewDecoder(doc.Body).Decode(&d)
+	doc.Body.Close()
+	if err != nil || doc.StatusCode != http.StatusOK || d.OpenAPI != "3.1.0" {
+		t.Fatalf("GET /quota/openapi.json: %d %+v %v", doc.StatusCode, d, err)
 	}
 }
