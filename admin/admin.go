@@ -42,6 +42,9 @@ type Options struct {
 	EventSource string
 	// Roles are the roles that may be granted.
 	Roles quota.Roles
+	// ModelGroups are the names of the model groups, which limits may
+	// name (tokens.<group>).
+	ModelGroups []string
 	// Logger defaults to a no-op logger.
 	Logger *zap.Logger
 	// MaxBodyBytes caps request bodies (default DefaultMaxBodyBytes).
@@ -69,6 +72,7 @@ type Handler struct {
 	grants  [][]string        // per key: permission patterns, nil for all
 	perms   map[string]string // route pattern -> required permission
 	roles   quota.Roles
+	groups  []string
 	source  string
 	log     *zap.Logger
 	maxBody int64
@@ -98,6 +102,7 @@ func New(opts Options) (*Handler, error) {
 		svcFn:   opts.ServiceFunc,
 		source:  opts.EventSource,
 		roles:   opts.Roles,
+		groups:  opts.ModelGroups,
 		log:     opts.Logger,
 		maxBody: opts.MaxBodyBytes,
 		mux:     http.NewServeMux(),

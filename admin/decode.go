@@ -180,6 +180,17 @@ func parseLimits(raw json.RawMessage) (quota.Limits, error) {
 	return l, nil
 }
 
+// checkGroups refuses limits on the resources of a model group that is
+// not defined ("tokens.premum").
+func (h *Handler) checkGroups(l quota.Limits) error {
+	for name := range l {
+		if _, group, ok := quota.SplitGroupResource(name); ok && !slices.Contains(h.groups, group) {
+			return quota.Invalid("limits."+name, "unknown model group %q (defined: %s)", group, strings.Join(h.groups, ", "))
+		}
+	}
+	return nil
+}
+
 // builtinResources are the resources the gateway counts with no meter.
 var builtinResources = []string{
 	quota.ResourceTokens, quota.ResourceInputTokens, quota.ResourceOutputTokens, quota.ResourceMessages,
@@ -192,7 +203,7 @@ var builtinResources = []string{
 // such as "mesages" would otherwise limit nothing, silently.
 func warnUnknownResources(w http.ResponseWriter, l quota.Limits) {
 	for name := range l {
-		if slices.Contains(builtinResources, name) {
+		if base, _, ok := quota.SplitGroupResource(name); slices.Contains(builtinResources, name) || ok && slices.Contains(builtinResources, base) {
 			continue
 		}
 		msg := fmt.Sprintf("limits.%s: not a built-in resource; it counts only what a meter line counts", name)

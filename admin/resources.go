@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"time"
 
 	"github.com/tenantquota/caddy-tenant-quota/quota"
 )
@@ -22,6 +23,10 @@ func (h *Handler) createToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	in := quota.NewToken{Name: req.Name, Scopes: req.Scopes, Limits: req.Limits}
+	if err := h.checkGroups(req.Limits); err != nil {
+		h.writeError(w, r, err)
+		return
+	}
 	warnUnknownResources(w, req.Limits)
 	if req.ExpiresAt != nil {
 		t, err := parseTime("expiresAt", *req.ExpiresAt)
@@ -92,6 +97,9 @@ func (h *Handler) changeLimits(w http.ResponseWriter, r *http.Request, change fu
 		return
 	}
 	l, err := parseLimits(raw)
+	if err == nil {
+		err = h.checkGroups(l)
+	}
 	warnUnknownResources(w, l)
 	if err != nil {
 		h.writeError(w, r, err)
@@ -106,12 +114,43 @@ func (h *Handler) changeLimits(w http.ResponseWriter, r *http.Request, change fu
 }
 
 func (h *Handler) getUsage(w http.ResponseWriter, r *http.Request) {
+	by := r.URL.Query().Get("by")
+	if by != "" && by != "model" {
+		h.writeError(w, r, badRequest("by", `must be "model" (usage by model group), or absent`))
+		return
+	}
 	u, err := h.service().Usage(r.Context(), r.PathValue("id"))
 	if err != nil {
 		h.writeError(w, r, err)
 		return
 	}
+	if by == "model" {
+		h.writeJSON(w, r, http.StatusOK, byModel(u))
+		return
+	}
 	h.writeJSON(w, r, http.StatusOK, u)
+}
+
+// usageByModel is a user's token usage broken down by model group.
+type usageByModel struct {
+	UserID string                       `json:"userId"`
+	At     time.Time                    `json:"at"`
+	Models map[string][]quota.UsageItem `json:"models"`
+}
+
+// byModel groups the usage items of model-group resources
+// (tokens.premium, ...) by group, under their plain resource names.
+func byModel(u *quota.Usage) usageByModel {
+	out := usageByModel{UserID: u.UserID, At: u.At, Models: map[string][]quota.UsageItem{}}
+	for _, it := range u.Items {
+		resource, group, ok := quota.SplitGroupResource(it.Resource)
+		if !ok {
+			continue
+		}
+		it.Resource = resource
+		out.Models[group] = append(out.Models[group], it)
+	}
+	return out
 }
 
 type resetUsageRequest struct {

@@ -45,6 +45,9 @@ func (h *Handler) createUser(w http.ResponseWriter, r *http.Request) {
 	in := quota.NewUser{Name: req.Name, Email: req.Email, ExternalID: req.ExternalID, Credits: req.Credits, Status: req.Status}
 	if req.Limits != nil && string(req.Limits) != "null" {
 		l, err := parseLimits(req.Limits)
+		if err == nil {
+			err = h.checkGroups(l)
+		}
 		warnUnknownResources(w, l)
 		if err != nil {
 			h.writeError(w, r, err)
@@ -248,6 +251,9 @@ func (h *Handler) updateUser(w http.ResponseWriter, r *http.Request) {
 	p := quota.UserPatch{Name: req.Name, Email: req.Email, ExternalID: req.ExternalID, Status: req.Status}
 	if req.Limits != nil {
 		l, err := parseLimits(req.Limits)
+		if err == nil {
+			err = h.checkGroups(l)
+		}
 		warnUnknownResources(w, l)
 		if err != nil {
 			h.writeError(w, r, err)

@@ -54,7 +54,7 @@ func (h *AdminHandler) Provision(ctx caddy.Context) error {
 	}
 	api, err := admin.New(admin.Options{
 		ServiceFunc: app.Service, NamedKeys: app.adminKeys, Logger: ctx.Logger(), MaxBodyBytes: h.MaxBodyBytes,
-		EventSource: app.eventSource(), Roles: quota.Roles(app.Roles),
+		EventSource: app.eventSource(), Roles: quota.Roles(app.Roles), ModelGroups: app.ModelGroups.Names(),
 	})
 	if err != nil {
 		return err

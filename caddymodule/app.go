@@ -52,6 +52,13 @@ type App struct {
 	// Roles define the roles that may be granted to users on resources:
 	// a name and the permission patterns it grants.
 	Roles map[string][]string `json:"roles,omitempty"`
+	// ModelGroups put requests' models in groups, in order (the first
+	// match wins), whose resources (tokens.<group>, ...) count besides
+	// the plain ones.
+	ModelGroups quota.ModelGroups `json:"model_groups,omitempty"`
+	// UnmatchedModels is "allow" (default: a model in no group counts the
+	// plain resources only) or "refuse" (403, for a fixed catalogue).
+	UnmatchedModels string `json:"unmatched_models,omitempty"`
 	// CacheTTL is how long a token or user stays in the hot cache
 	// (default 30s).
 	CacheTTL caddy.Duration `json:"cache_ttl,omitempty"`
@@ -241,6 +248,12 @@ func (a *App) Validate() error {
 		if err := a.Events.validate(); err != nil {
 			return err
 		}
+	}
+	if err := quota.ValidateModelGroups(a.ModelGroups); err != nil {
+		return err
+	}
+	if a.UnmatchedModels != "" && a.UnmatchedModels != "allow" && a.UnmatchedModels != "refuse" {
+		return fmt.Errorf("unmatched_models must be allow or refuse, got %q", a.UnmatchedModels)
 	}
 	for name, perms := range a.Roles {
 		if err := quota.ValidateRoleName(name); err != nil {

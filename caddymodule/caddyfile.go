@@ -33,6 +33,8 @@ func init() {
 //		admin_key     <key> [<key>...]                  # repeatable, for rotation
 //		admin_key     <key> { name <name>; permissions <perm>... } # a named, restricted key
 //		role          <name> <permission>...            # repeatable
+//		model_group   <name> <model pattern>...         # repeatable, first match wins
+//		unmatched_models allow | refuse                 # a model in no group
 //		events { ... }                                  # see EventsConfig.unmarshal
 //		cache_ttl     <duration>                        # default 30s
 //		store_timeout <duration>                        # default 50ms
@@ -141,6 +143,23 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("role %s is defined twice", args[0])
 			}
 			a.Roles[args[0]] = args[1:]
+		case "model_group":
+			args := d.RemainingArgs()
+			if len(args) < 2 {
+				return d.Errf("model_group takes a name and model patterns: model_group premium gpt-4o o1* claude-opus-*")
+			}
+			a.ModelGroups = append(a.ModelGroups, quota.ModelGroup{Name: args[0], Patterns: args[1:]})
+			if err := quota.ValidateModelGroups(a.ModelGroups); err != nil {
+				return d.Errf("%v", err)
+			}
+		case "unmatched_models":
+			if !d.NextArg() || (d.Val() != "allow" && d.Val() != "refuse") {
+				return d.Errf("unmatched_models takes allow or refuse")
+			}
+			a.UnmatchedModels = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
 		case "events":
 			if a.Events != nil {
 				return d.Err("events may be given only once")
@@ -164,7 +183,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				a.StoreTimeout = dur
 			}
 		default:
-			return d.Errf("unrecognized tenant_quota option %q (known: redis, db_path, admin_key, role, events, cache_ttl, store_timeout, on_store_error)", opt)
+			return d.Errf("unrecognized tenant_quota option %q (known: redis, db_path, admin_key, role, model_group, unmatched_models, events, cache_ttl, store_timeout, on_store_error)", opt)
 		}
 	}
 	return nil

@@ -166,6 +166,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Reserve: quota.ReservePolicy(h.Reserve), DefaultMaxTokens: h.DefaultMaxTokens,
 		ImageTokens: h.PartTokens["image"], AudioTokens: h.PartTokens["audio"], FileTokens: h.PartTokens["file"],
 		Credits: h.Credits, Hold: time.Duration(h.ReservationTTL), ChatOutputField: h.MaxTokensField,
+		ModelGroups: h.app.ModelGroups,
 	}
 	return nil
 }
@@ -256,6 +257,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return writeRequestError(w, err)
 	}
 	plan := h.route.Plan(meters, req.tokens)
+	if refusal := h.modelRefusal(p, plan); refusal != "" {
+		m.outcome(outcomeForbidden)
+		return writeError(w, http.StatusForbidden, refusal, "permission_error", "model_not_allowed")
+	}
 	ticket, answered, err := h.admit(w, r, p, plan)
 	if answered {
 		return err
@@ -331,6 +336,26 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request, p *quota.Princip
 		setRateLimitHeaders(w.Header(), *t.Tightest, t.Now)
 	}
 	return t, false, nil
+}
+
+// modelRefusal says why the tenant may not use the request's model: its
+// plan has a limit of 0 on the model's group, or the model is in no group
+// and unmatched_models is refuse. "" when allowed.
+func (h *Handler) modelRefusal(p *quota.Principal, plan *quota.Plan) string {
+	if !plan.MetersTokens() {
+		return ""
+	}
+	model, group := plan.Model()
+	if group != "" {
+		return quota.ModelRefusal(p.User, model, group)
+	}
+	if h.app.UnmatchedModels == "refuse" {
+		if model == "" {
+			return "This request names no model; name one of the models of your plan."
+		}
+		return fmt.Sprintf("The model %s is not offered here.", clipped(model))
+	}
+	return ""
 }
 
 // Requirement is a permission a request needs (require <permission> [on

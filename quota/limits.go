@@ -90,9 +90,14 @@ const (
 )
 
 // ResourceNamePattern is what a resource name must match.
-const ResourceNamePattern = `^[a-z][a-z0-9_]{0,63}$`
+// A resource of a model group adds the group's name after a dot
+// ("tokens.premium").
+const ResourceNamePattern = `^[a-z][a-z0-9_]{0,63}(\.[a-z0-9_-]{1,64})?$`
 
-var resourceName = regexp.MustCompile(ResourceNamePattern)
+var (
+	resourceName = regexp.MustCompile(ResourceNamePattern)
+	groupName    = regexp.MustCompile(`^[a-z0-9_-]{1,64}$`)
+)
 
 // MaxLimit is the largest limit accepted; it keeps every counter exact in
 // the float arithmetic of Redis' Lua.

@@ -85,3 +85,46 @@ func FuzzResource(f *testing.F) {
 		}
 	})
 }
+
+func TestGlobMatch(t *testing.T) {
+	for _, tt := range []struct {
+		pattern, name string
+		want          bool
+	}{
+		{"gpt-4o", "gpt-4o", true}, {"gpt-4o", "gpt-4o-mini", false}, {"o1*", "o1-preview", true}, {"o1*", "o1", true},
+		{"claude-*-4", "claude-opus-4", true}, {"claude-*-4", "claude-opus-4-1", false}, {"*", "", true}, {"a*b*c", "axxbyyc", true},
+		{"GPT-4o", "gpt-4o", false},
+	} {
+		if got := GlobMatch(tt.pattern, tt.name); got != tt.want {
+			t.Errorf("GlobMatch(%q, %q) = %v", tt.pattern, tt.name, got)
+		}
+	}
+	gs := ModelGroups{{Name: "small", Patterns: []string{"gpt-4o-mini"}}, {Name: "premium", Patterns: []string{"gpt-4o*"}}}
+	if gs.GroupOf("gpt-4o-mini") != "small" || gs.GroupOf("gpt-4o") != "premium" || gs.GroupOf("llama") != "" {
+		t.Fatal("the first matching group does not win")
+	}
+}
+
+// FuzzGlobMatch: a pattern without '*' matches only itself; "*" matches
+// everything; a name always matches itself with its first character
+// replaced by '*'... as long as matching never panics.
+func FuzzGlobMatch(f *testing.F) {
+	for _, s := range []string{"gpt-4o", "o1*", "a*b*c", "*"} {
+		f.Add(s, "gpt-4o-mini")
+	}
+	f.Fuzz(func(t *testing.T, pattern, name string) {
+		if len(pattern) > 64 || strings.Count(pattern, "*") > 8 || len(name) > 256 {
+			return
+		}
+		got := GlobMatch(pattern, name)
+		if !strings.Contains(pattern, "*") && got != (pattern == name) {
+			t.Fatalf("GlobMatch(%q, %q) = %v", pattern, name, got)
+		}
+		if !GlobMatch("*", name) || !GlobMatch(name, name) && !strings.Contains(name, "*") {
+			t.Fatalf("%q does not match itself or *", name)
+		}
+		if len(name) > 0 && !GlobMatch("*"+name[1:], name) {
+			t.Fatalf("*%q does not match %q", name[1:], name)
+		}
+	})
+}

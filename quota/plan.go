@@ -52,6 +52,9 @@ type Route struct {
 	Credits []CreditRate
 	// Hold is how long a reservation is held if the request never settles.
 	Hold time.Duration
+	// ModelGroups put a request's model in a group whose resources
+	// (tokens.<group>, ...) count besides the plain ones.
+	ModelGroups ModelGroups
 	// ChatOutputField, if set, is the field the maximum is written under
 	// in Chat Completions (and unknown-API) requests instead of
 	// max_tokens: max_completion_tokens for OpenAI's reasoning models,
@@ -139,6 +142,8 @@ type tokenPlan struct {
 	choices   int64 // completions generated, each up to output
 	clientMax bool  // the client set its own maximum
 	opaque    bool  // the body could not be read: charge an estimate whatever the status
+	model     string
+	group     string // the model's group, "" for none
 }
 
 // Plan builds the plan of one request: every request counts one message,
@@ -150,7 +155,8 @@ func (r Route) Plan(meters MeterUses, tr TokenRequest) *Plan {
 	if tr.API == APINone {
 		return p
 	}
-	t := &tokenPlan{api: tr.API, choices: max(tr.Body.Choices, 1)}
+	t := &tokenPlan{api: tr.API, choices: max(tr.Body.Choices, 1), model: tr.Body.Model}
+	t.group = p.route.ModelGroups.GroupOf(t.model)
 	b := tr.Body
 	switch {
 	case !b.Object:
@@ -182,6 +188,14 @@ func (r Route) Plan(meters MeterUses, tr TokenRequest) *Plan {
 
 // ceilDiv is ceil(a / b) for a >= 0, b > 0.
 func ceilDiv(a, b int64) int64 { return a/b + min(a%b, 1) }
+
+// Model returns the request's model and its group ("" for none).
+func (p *Plan) Model() (model, group string) {
+	if p.tokens == nil {
+		return "", ""
+	}
+	return p.tokens.model, p.tokens.group
+}
 
 // MetersTokens reports whether the request is an LLM call whose tokens are
 // metered.
@@ -217,7 +231,11 @@ func (p *Plan) heldUses() []Use {
 	if t := p.tokens; t != nil {
 		c := TokenCount{Input: t.prompt, Output: satMul(t.output, t.choices)}
 		if c != (TokenCount{}) {
-			held = append(c.Uses(), c.Reserved()...)
+			held = c.UsesFor(t.group)
+			for _, u := range held {
+				u.Resource = ReservedPrefix + u.Resource
+				held = append(held, u)
+			}
 		}
 	}
 	held = append(held, p.meters.Created...)
@@ -329,7 +347,7 @@ func (p *Plan) Tokens(o Outcome) TokenCount {
 func (p *Plan) Settlement(o Outcome) []Use {
 	var actual []Use
 	if p.tokens != nil {
-		actual = p.Tokens(o).Uses()
+		actual = p.Tokens(o).UsesFor(p.tokens.group)
 	}
 	ok := o.Status >= 200 && o.Status < 300
 	if ok {

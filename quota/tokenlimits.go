@@ -28,7 +28,7 @@ func SplitTokenResource(name string) (tokenID, resource string, ok bool) {
 	if !found {
 		return "", "", false
 	}
-	i := strings.LastIndexByte(rest, '.')
+	i := strings.IndexByte(rest, '.') // token ids hold no dot; resources may ("tokens.premium")
 	if i <= 0 {
 		return "", "", false
 	}

@@ -62,6 +62,8 @@ type Request struct {
 	// of "n" and "best_of" (legacy completions generate best_of and
 	// return n), 1 when neither is set. Each may use MaxOutput tokens.
 	Choices int64
+	// Model is the request's "model" (when a string).
+	Model string
 	// Stream is "stream": true; IncludeUsage is
 	// "stream_options": {"include_usage": true}.
 	Stream, IncludeUsage bool
@@ -128,6 +130,9 @@ func ParseRequest(body []byte) (Request, error) {
 		default:
 			return Request{}, &FieldError{Field: "stream", Detail: "must be true or false, got " + clip(raw)}
 		}
+	}
+	if raw, ok := top["model"]; ok {
+		_ = json.Unmarshal(raw, &r.Model)
 	}
 	if raw, ok := top["stream_options"]; ok {
 		var opts map[string]json.RawMessage

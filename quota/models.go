@@ -1,0 +1,134 @@
+package quota
+
+import (
+	"fmt"
+	"strings"
+)
+
+// ModelGroup names a set of models by patterns: exact names and '*'
+// globs, matched case-sensitively against a request's "model".
+type ModelGroup struct {
+	Name     string   `json:"name"`
+	Patterns []string `json:"patterns"`
+}
+
+// ModelGroups are the operator's groups, in order: the first that matches
+// a model is its group.
+type ModelGroups []ModelGroup
+
+// GroupOf returns the group of model, or "".
+func (gs ModelGroups) GroupOf(model string) string {
+	if model == "" {
+		return ""
+	}
+	for _, g := range gs {
+		for _, p := range g.Patterns {
+			if GlobMatch(p, model) {
+				return g.Name
+			}
+		}
+	}
+	return ""
+}
+
+// Has reports whether a group of that name is defined.
+func (gs ModelGroups) Has(name string) bool {
+	for _, g := range gs {
+		if g.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// Names lists the groups' names.
+func (gs ModelGroups) Names() []string {
+	out := make([]string, len(gs))
+	for i, g := range gs {
+		out[i] = g.Name
+	}
+	return out
+}
+
+// GlobMatch reports whether name matches pattern, where '*' stands for any
+// run of characters (none included) and every other character for itself.
+func GlobMatch(pattern, name string) bool {
+	star := strings.IndexByte(pattern, '*')
+	if star < 0 {
+		return pattern == name
+	}
+	if !strings.HasPrefix(name, pattern[:star]) {
+		return false
+	}
+	name, pattern = name[star:], pattern[star+1:]
+	for {
+		if GlobMatch(pattern, name) {
+			return true
+		}
+		if name == "" {
+			return false
+		}
+		name = name[1:]
+	}
+}
+
+// ValidateModelGroups checks group names (like resource names) and
+// patterns (1 to 256 printable characters, at most 8 stars).
+func ValidateModelGroups(gs ModelGroups) error {
+	seen := map[string]bool{}
+	for _, g := range gs {
+		if !groupName.MatchString(g.Name) {
+			return fmt.Errorf("model_group %q: a name is 1 to 64 of a-z, 0-9, '_' and '-'", g.Name)
+		}
+		if seen[g.Name] {
+			return fmt.Errorf("model_group %s is defined twice", g.Name)
+		}
+		seen[g.Name] = true
+		if len(g.Patterns) == 0 {
+			return fmt.Errorf("model_group %s names no model", g.Name)
+		}
+		for _, p := range g.Patterns {
+			if p == "" || len(p) > 256 || strings.Count(p, "*") > 8 || strings.ContainsAny(p, " \t\r\n") {
+				return fmt.Errorf("model_group %s: %q is not a model pattern (a name, with '*' for any run of characters)", g.Name, p)
+			}
+		}
+	}
+	return nil
+}
+
+// GroupResource names the counter of resource for a model group:
+// "tokens.premium".
+func GroupResource(resource, group string) string { return resource + "." + group }
+
+// SplitGroupResource splits "tokens.premium"; ok is false for a plain
+// resource.
+func SplitGroupResource(name string) (resource, group string, ok bool) {
+	return strings.Cut(name, ".")
+}
+
+// UsesFor returns the token uses of c, and, for a model group, the same
+// counted against the group's resources.
+func (c TokenCount) UsesFor(group string) []Use {
+	uses := c.Uses()
+	if group == "" {
+		return uses
+	}
+	for _, u := range c.Uses() {
+		u.Resource = GroupResource(u.Resource, group)
+		uses = append(uses, u)
+	}
+	return uses
+}
+
+// ModelRefusal says why a user may not use a model group: its plan has a
+// limit of 0 on one of the group's token resources. "" when allowed.
+func ModelRefusal(u *User, model, group string) string {
+	for _, r := range []string{ResourceTokens, ResourceInputTokens, ResourceOutputTokens} {
+		for _, l := range u.Limits[GroupResource(r, group)] {
+			if l.Limit == 0 {
+				return fmt.Sprintf("The model %s (group %s) is not included in your plan.", model, group)
+			}
+		}
+	}
+	return ""
+}
