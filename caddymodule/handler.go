@@ -576,16 +576,35 @@ func secondsUntil(t, now time.Time) int64 {
 // setRateLimitHeaders writes the IETF httpapi RateLimit-Policy and
 // RateLimit fields for one limit.
 func setRateLimitHeaders(h http.Header, st quota.LimitState, now time.Time) {
-	name := st.Resource + "-" + st.Limit.Per.String()
-	policy := fmt.Sprintf("%q;q=%d", name, st.Limit.Limit)
-	limit := fmt.Sprintf("%q;r=%d", name, st.Remaining())
-	if st.Limit.Per != quota.Lifetime {
+	// Built by hand: this runs for every admitted request. Resource names
+	// need no escaping inside the quotes.
+	var buf [192]byte
+	b := append(buf[:0], '"')
+	b = append(b, st.Resource...)
+	b = append(b, '-')
+	b = append(b, st.Limit.Per.String()...)
+	b = append(b, '"')
+	name := len(b)
+	b = append(b, ";q="...)
+	b = strconv.AppendInt(b, st.Limit.Limit, 10)
+	windowed := st.Limit.Per != quota.Lifetime
+	if windowed {
 		start, end := st.Limit.Per.Window(now)
-		policy += fmt.Sprintf(";w=%d", int64(end.Sub(start).Seconds()))
-		limit += fmt.Sprintf(";t=%d", secondsUntil(st.ResetsAt, now))
+		b = append(b, ";w="...)
+		b = strconv.AppendInt(b, int64(end.Sub(start).Seconds()), 10)
 	}
-	h.Set("RateLimit-Policy", policy)
-	h.Set("RateLimit", limit)
+	policy := len(b)
+	b = append(b, buf[:name]...)
+	b = append(b, ";r="...)
+	b = strconv.AppendInt(b, st.Remaining(), 10)
+	if windowed {
+		b = append(b, ";t="...)
+		b = strconv.AppendInt(b, secondsUntil(st.ResetsAt, now), 10)
+	}
+	all := string(b) // one string for both values
+	vals := [2]string{all[:policy], all[policy:]}
+	h["Ratelimit-Policy"] = vals[0:1:1]
+	h["Ratelimit"] = vals[1:2:2]
 }
 
 // Interface guards.

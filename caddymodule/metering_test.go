@@ -5,6 +5,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
@@ -63,5 +64,19 @@ func TestMeterWriterActual(t *testing.T) {
 				t.Fatal("the usage header reached the client")
 			}
 		})
+	}
+}
+
+// TestRateLimitHeaders: the IETF httpapi fields, built by hand.
+func TestRateLimitHeaders(t *testing.T) {
+	now := time.Date(2026, 11, 23, 10, 0, 30, 0, time.UTC)
+	h := http.Header{}
+	setRateLimitHeaders(h, quota.LimitState{Resource: "tokens.premium", Limit: quota.Limit{Limit: 100, Per: quota.Minute}, Used: 40, ResetsAt: now.Add(30 * time.Second)}, now)
+	if p, r := h.Get("RateLimit-Policy"), h.Get("RateLimit"); p != `"tokens.premium-minute";q=100;w=60` || r != `"tokens.premium-minute";r=60;t=30` {
+		t.Fatalf("windowed: %q %q", p, r)
+	}
+	setRateLimitHeaders(h, quota.LimitState{Resource: "messages", Limit: quota.Limit{Limit: 3}, Used: 3}, now)
+	if p, r := h.Get("RateLimit-Policy"), h.Get("RateLimit"); p != `"messages-lifetime";q=3` || r != `"messages-lifetime";r=0` {
+		t.Fatalf("lifetime: %q %q", p, r)
 	}
 }
