@@ -403,10 +403,21 @@ func clipped(s string) string {
 
 func (h *Handler) setPlaceholders(r *http.Request, p *quota.Principal) {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	repl.Set(PlaceholderUserID, p.User.ID)
-	repl.Set(PlaceholderExternalID, p.User.ExternalID)
-	repl.Set(PlaceholderEmail, p.User.Email)
-	repl.Set(PlaceholderTokenID, p.Token.ID)
+	// One provider rather than four map entries: this runs for every
+	// admitted request.
+	repl.Map(func(key string) (any, bool) {
+		switch key {
+		case PlaceholderUserID:
+			return p.User.ID, true
+		case PlaceholderExternalID:
+			return p.User.ExternalID, true
+		case PlaceholderEmail:
+			return p.User.Email, true
+		case PlaceholderTokenID:
+			return p.Token.ID, true
+		}
+		return nil, false
+	})
 }
 
 func (h *Handler) storeFailure(w http.ResponseWriter, err error) error {

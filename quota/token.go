@@ -82,7 +82,7 @@ func ParseTokenSecret(secret string) (hash string, ok bool) {
 		}
 	}
 	random, sum := body[:tokenRandomLen], body[tokenRandomLen:]
-	if tokenChecksum(random) != sum {
+	if want := checksumOf(random); string(want[:]) != sum { // compared without allocating
 		return "", false
 	}
 	return HashTokenSecret(secret), true
@@ -105,13 +105,18 @@ func TokenDisplayPrefix(secret string) string {
 // tokenChecksum is the base62 CRC-32 of the random part; it runs on every
 // request, so it avoids big.Int.
 func tokenChecksum(random string) string {
+	out := checksumOf(random)
+	return string(out[:])
+}
+
+func checksumOf(random string) [tokenChecksumLen]byte {
 	var out [tokenChecksumLen]byte
 	n := crc32.ChecksumIEEE([]byte(random))
 	for i := tokenChecksumLen - 1; i >= 0; i-- {
 		out[i] = base62[n%62]
 		n /= 62
 	}
-	return string(out[:])
+	return out
 }
 
 func encodeBase62(n *big.Int, width int) string {
