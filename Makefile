@@ -35,6 +35,8 @@ test: redis-check vet
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 1s ./quota/...
+	@echo "the handler on a cache hit (the harness alone: add -v), allocations per request:"
+	$(GO) test -run '^$$' -bench BenchmarkHandlerEmbedded -benchmem -benchtime 20000x ./caddymodule
 	./scripts/bench.sh
 
 FUZZTIME ?= 20s

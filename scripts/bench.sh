@@ -6,9 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-bin/caddy}
-DURATION=${BENCH_DURATION:-10s}
+DURATION=${BENCH_DURATION:-5s}
 CONNS=${BENCH_CONNECTIONS:-32}
-THREADS=${BENCH_THREADS:-2}
+THREADS=${BENCH_THREADS:-1}
+ROUNDS=${BENCH_ROUNDS:-3}
 KEY=bench-admin-key
 
 need() {
@@ -23,6 +24,7 @@ need() {
 }
 need wrk wrk
 need redis-server redis-server
+need redis-cli redis-tools
 need curl curl
 
 work=$(mktemp -d)
@@ -59,8 +61,8 @@ waitport "$rport"
 # route, and sets BARE and QUOTA to their ports. It runs in this shell (not
 # a subshell), so the EXIT trap knows its pid.
 gateway() {
-	local name=$1 store=$2 bare quota admin
-	bare=$(freeport); quota=$(freeport); admin=$(freeport)
+	local name=$1 store=$2 bare quota admin upstream
+	bare=$(freeport); quota=$(freeport); admin=$(freeport); upstream=$(freeport)
 	BARE=$bare QUOTA=$quota
 	cat >"$work/$name.caddyfile" <<CADDY
 {
@@ -72,12 +74,23 @@ gateway() {
 }
 http://127.0.0.1:$bare {
 	bind 127.0.0.1
+	handle /proxy/* {
+		reverse_proxy 127.0.0.1:$upstream
+	}
+	respond "ok"
+}
+http://127.0.0.1:$upstream {
+	bind 127.0.0.1
 	respond "ok"
 }
 http://127.0.0.1:$quota {
 	bind 127.0.0.1
 	handle_path /quota/* {
 		tenant_quota_admin
+	}
+	handle /proxy/* {
+		tenant_quota
+		reverse_proxy 127.0.0.1:$upstream
 	}
 	handle {
 		tenant_quota
@@ -114,15 +127,31 @@ tok1=$(token "$quota1")
 tok2=$(token "$quota2")
 [ -n "$tok1" ] && [ -n "$tok2" ] || { echo "could not create the benchmark tenants" >&2; exit 1; }
 
-echo "wrk -t$THREADS -c$CONNS -d$DURATION, one run, loopback"
-bare=$(rps "http://127.0.0.1:$bare1/")
-emb=$(rps "http://127.0.0.1:$quota1/v1/chat" "$tok1")
-red=$(rps "http://127.0.0.1:$quota2/v1/chat" "$tok2")
-bare_again=$(rps "http://127.0.0.1:$bare2/")
-awk -v b="$bare" -v b2="$bare_again" -v e="$emb" -v r="$red" 'BEGIN {
-	printf "%-34s %12s %8s\n", "route", "req/s", "ratio"
-	printf "%-34s %12.0f %8.2f\n", "bare respond", b, 1
-	printf "%-34s %12.0f %8.2f\n", "tenant_quota, embedded store", e, e / b
-	printf "%-34s %12.0f %8.2f\n", "tenant_quota, redis store", r, r / b
-	printf "%-34s %12.0f %8.2f\n", "bare respond (again, drift check)", b2, b2 / b
-}'
+echo "wrk -t$THREADS -c$CONNS -d$DURATION, loopback, $ROUNDS interleaved rounds (median)"
+redis-cli -p "$rport" CONFIG RESETSTAT >/dev/null
+keys_before=$(redis-cli -p "$rport" DBSIZE)
+: >"$work/rounds"
+for round in $(seq 1 "$ROUNDS"); do
+	b=$(rps "http://127.0.0.1:$bare1/")
+	e=$(rps "http://127.0.0.1:$quota1/v1/chat" "$tok1")
+	bp=$(rps "http://127.0.0.1:$bare1/proxy/x")
+	ep=$(rps "http://127.0.0.1:$quota1/proxy/x" "$tok1")
+	b2=$(rps "http://127.0.0.1:$bare2/")
+	r=$(rps "http://127.0.0.1:$quota2/v1/chat" "$tok2")
+	echo "$b $e $bp $ep $b2 $r" >>"$work/rounds"
+done
+keys_after=$(redis-cli -p "$rport" DBSIZE)
+# Redis server time of the admission script per call, and calls.
+stats=$(redis-cli -p "$rport" INFO commandstats | tr -d '\r' | awk -F'[=,:]' '/^cmdstat_evalsha:/ {print $3, $7}')
+awk -v stats="$stats" -v kb="$keys_before" -v ka="$keys_after" '
+function median(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t } return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+{ n++; re[n] = $2 / $1; rp[n] = $4 / $3; rr[n] = $6 / $5; bare[n] = $1 }
+END {
+	split(stats, s, " ")
+	printf "%-40s %8s\n", "route (ratio to the same route bare)", "median"
+	printf "%-40s %8.2f\n", "respond, embedded store", median(re, n)
+	printf "%-40s %8.2f\n", "respond, redis store", median(rr, n)
+	printf "%-40s %8.2f\n", "reverse_proxy, embedded store", median(rp, n)
+	if (s[1] > 0) printf "%-40s %8.1f us\n", "redis server time per script call", s[2]
+	if (s[1] > 0) printf "%-40s %8.1f\n", "redis keys left per 1,000 calls", (ka - kb) * 1000 / s[1]
+}' "$work/rounds"
