@@ -206,7 +206,11 @@ func (g *gateway) stop(t *testing.T) {
 	g.cmd = nil
 }
 
-var client = &http.Client{Timeout: 15 * time.Second}
+// client is the tests' HTTP client. It keeps no idle connections: the
+// tests start, stop and reload many gateways on ports the system hands out
+// again, and a POST on a pooled connection to a gateway that is gone (or
+// that a reload closed) fails with EOF and is not retried.
+var client = &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 
 // call sends a request and decodes a JSON response into out (if not nil).
 func call(t *testing.T, method, url, bearer string, body any, out any) *http.Response {
