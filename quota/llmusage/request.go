@@ -31,7 +31,7 @@ const (
 var maxFields = []string{FieldMaxTokens, FieldMaxCompletionTokens, FieldMaxOutputTokens}
 
 // readFields are the fields whose values bound what a request costs.
-var readFields = append([]string{"n", "best_of", "stream", "stream_options"}, maxFields...)
+var readFields = append([]string{"model", "n", "best_of", "stream", "stream_options"}, maxFields...)
 
 // Request is what a request body says about the tokens it may use.
 type Request struct {

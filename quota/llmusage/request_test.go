@@ -164,6 +164,7 @@ func TestParseRequestRefuses(t *testing.T) {
 		{`{"Max_Completion_Tokens":100000}`, "Max_Completion_Tokens"},
 		{`{"max_to\u212aens":100000}`, "max_to\u212aens"},
 		{`{"N":50}`, "N"},
+		{`{"model":"gpt-4o-mini","MODEL":"o3-pro"}`, "MODEL"},
 	} {
 		_, err := ParseRequest([]byte(tt.body))
 		var fe *FieldError
