@@ -3,6 +3,7 @@ package quota
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -275,3 +276,29 @@ type SystemClock struct{}
 
 // Now returns time.Now().
 func (SystemClock) Now() time.Time { return time.Now() }
+
+// ValidateCharges checks charges as every store must before applying them:
+// a resource name a charge may have, a known period, a limit of NoLimit or
+// within [0, MaxLimit], an amount within ±MaxLimit, a key of at most
+// MaxKeyLength bytes and a hold of at most a day. The stores call it; it is
+// the one place these rules live.
+func ValidateCharges(charges []Charge) error {
+	for i, c := range charges {
+		field := fmt.Sprintf("charges[%d]", i)
+		switch {
+		case !ValidChargeResource(c.Resource):
+			return Invalid(field+".resource", "%q must match %s", c.Resource, ResourceNamePattern)
+		case !c.Per.Valid():
+			return Invalid(field+".per", "unknown period %q", string(c.Per))
+		case c.Limit != NoLimit && (c.Limit < 0 || c.Limit > MaxLimit):
+			return Invalid(field+".limit", "must be %d or between 0 and %d, got %d", NoLimit, int64(MaxLimit), c.Limit)
+		case c.Amount < -MaxLimit || c.Amount > MaxLimit:
+			return Invalid(field+".amount", "must be within ±%d, got %d", int64(MaxLimit), c.Amount)
+		case len(c.Key) > MaxKeyLength:
+			return Invalid(field+".key", "must be at most %d bytes", MaxKeyLength)
+		case c.Hold < 0 || c.Hold > 24*time.Hour:
+			return Invalid(field+".hold", "must be between 0 and 24h")
+		}
+	}
+	return nil
+}

@@ -367,17 +367,7 @@ func held(charges []quota.Charge) bool {
 	return false
 }
 
-func checkCharges(charges []quota.Charge) error {
-	for i, c := range charges {
-		if !c.Per.Valid() {
-			return quota.Invalid(fmt.Sprintf("charges[%d].per", i), "unknown period %q", string(c.Per))
-		}
-		if len(c.Key) > quota.MaxKeyLength {
-			return quota.Invalid(fmt.Sprintf("charges[%d].key", i), "must be at most %d bytes", quota.MaxKeyLength)
-		}
-	}
-	return nil
-}
+func checkCharges(charges []quota.Charge) error { return quota.ValidateCharges(charges) }
 
 // thresholds fires the usage thresholds a step reached (under the shard
 // lock); the events reach the disk with the counters.

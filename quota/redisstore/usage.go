@@ -453,32 +453,14 @@ func (s *Store) chargeArgs(userID, requestID, record string, charges []quota.Cha
 	for _, h := range head {
 		args = append(args, h)
 	}
-	for i, c := range charges {
-		if err := checkCharge(c); err != nil {
-			return nil, nil, fmt.Errorf("charge %d: %w", i, err)
-		}
+	if err := quota.ValidateCharges(charges); err != nil {
+		return nil, nil, err
+	}
+	for _, c := range charges {
 		args = append(args, c.Resource, c.Per.String(), strconv.FormatInt(c.Limit, 10), strconv.FormatInt(c.Amount, 10), c.Key,
 			strconv.FormatInt(int64((c.Hold+time.Second-1)/time.Second), 10))
 	}
 	return keys, args, nil
-}
-
-func checkCharge(c quota.Charge) error {
-	switch {
-	case !quota.ValidChargeResource(c.Resource):
-		return quota.Invalid("resource", "%q must match %s", c.Resource, quota.ResourceNamePattern)
-	case !c.Per.Valid():
-		return quota.Invalid("per", "unknown period %q", string(c.Per))
-	case c.Limit != quota.NoLimit && (c.Limit < 0 || c.Limit > quota.MaxLimit):
-		return quota.Invalid("limit", "must be %d or between 0 and %d, got %d", quota.NoLimit, int64(quota.MaxLimit), c.Limit)
-	case c.Amount < -quota.MaxLimit || c.Amount > quota.MaxLimit:
-		return quota.Invalid("amount", "must be within ±%d, got %d", int64(quota.MaxLimit), c.Amount)
-	case len(c.Key) > quota.MaxKeyLength:
-		return quota.Invalid("key", "must be at most %d bytes", quota.MaxKeyLength)
-	case c.Hold < 0 || c.Hold > 24*time.Hour:
-		return quota.Invalid("hold", "must be between 0 and 24h")
-	}
-	return nil
 }
 
 // Usage returns every counter of the user, stale windows included (their
