@@ -28,21 +28,6 @@ import (
 // Options.EventRetention is zero.
 const DefaultEventRetention = 7 * 24 * time.Hour
 
-// luaOutbox defines outbox(stream, retention_ms, first, n): it appends the
-// n event JSONs ARGV[first .. first+n-1] to stream, trimming entries older
-// than the retention.
-const luaOutbox = `
-local function outbox(stream, retention, first, n)
-  if n == 0 then return end
-  local t = redis.call("TIME")
-  local minid = tonumber(t[1]) * 1000 - tonumber(retention)
-  if minid < 0 then minid = 0 end
-  for i = first, first + n - 1 do
-    redis.call("XADD", stream, "MINID", "~", string.format("%d", minid), "*", "e", ARGV[i])
-  end
-end
-`
-
 // eventArgs encodes events as the trailing ARGV of an outbox script:
 // retention ms, count, then the JSONs.
 func (s *Store) eventArgs(events []quota.Event) ([]any, error) {

@@ -14,234 +14,6 @@ import (
 	"github.com/tenantquota/caddy-tenant-quota/quota"
 )
 
-// luaWindowStart defines window_start(period, now): the unix second at which
-// the calendar window (UTC) of period that holds now begins, 0 for lifetime.
-// Months use Howard Hinnant's civil-from-days to find the day of the month.
-// Lua numbers are doubles, exact for every integer used here.
-const luaWindowStart = `
-local function window_start(per, now)
-  if per == "minute" then return now - now % 60 end
-  if per == "hour" then return now - now % 3600 end
-  if per == "day" then return now - now % 86400 end
-  if per == "month" then
-    local days = math.floor(now / 86400)
-    local z = days + 719468
-    local era = math.floor(z / 146097)
-    local doe = z - era * 146097
-    local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
-    local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-    local mp = math.floor((5 * doy + 2) / 153)
-    local mday = doy - math.floor((153 * mp + 2) / 5) + 1
-    return (days - mday + 1) * 86400
-  end
-  return 0
-end
-`
-
-// luaCharges parses the charges in ARGV from index first on, one group of
-// six per charge (resource, period name, limit (-1: none), amount,
-// distinct key or "", hold seconds or 0), reads the server clock, and
-// defines the helpers below. KEYS[1] is the usage hash, KEYS[2] the hash of
-// distinct keys counted, KEYS[3] the sorted set of lease expiries and
-// KEYS[4] the hash of lease bodies (what releases each lease, by request
-// id); KEYS[5], if given, is the request record.
-const luaCharges = luaWindowStart + `
-local MAXC = 4503599627370496 -- quota.MaxCounter (2^52)
-local t = redis.call("TIME")
-local now = tonumber(t[1])
-local n = (#ARGV - first + 1) / 6
-local fields, starts, limits, amounts, dkeys, holds, pers = {}, {}, {}, {}, {}, {}, {}
-for i = 1, n do
-  local b = first + (i - 1) * 6
-  fields[i] = ARGV[b] .. "|" .. ARGV[b + 1]
-  pers[i] = ARGV[b + 1]
-  starts[i] = window_start(ARGV[b + 1], now)
-  limits[i] = tonumber(ARGV[b + 2])
-  amounts[i] = tonumber(ARGV[b + 3])
-  if ARGV[b + 4] ~= "" then dkeys[i] = ARGV[b] .. "|" .. ARGV[b + 4] end
-  holds[i] = tonumber(ARGV[b + 5])
-end
-
-local function stored_at(field, start)
-  local v = redis.call("HMGET", KEYS[1], field, field .. "|s")
-  if v[2] and tonumber(v[2]) == start then return tonumber(v[1]) or 0 end
-  return 0
-end
-
-local function stored(i) return stored_at(fields[i], starts[i]) end
-
-local function write_at(field, start, u)
-  redis.call("HSET", KEYS[1], field, string.format("%d", u), field .. "|s", string.format("%d", start))
-end
-
--- apply adds sign * amount of every charge, each against the counter as the
--- earlier charges left it; a distinct charge adds only for a key not yet
--- counted (or, negative, takes back only a counted key). With check, it
--- first refuses (returning the index of) a charge that would go over its
--- limit, writing nothing.
-local function apply(sign, check, used)
-  local eff = {}
-  for i = 1, n do
-    local a = sign * amounts[i]
-    if dkeys[i] then
-      local counted = redis.call("HEXISTS", KEYS[2], dkeys[i]) == 1
-      if (a > 0) == counted then a = 0 end
-    end
-    eff[i] = a
-  end
-  local cur = {}
-  for i = 1, n do
-    local f = fields[i]
-    if cur[f] == nil then cur[f] = stored(i) end
-    local u = cur[f]
-    used[i] = u
-    if check and eff[i] > 0 and limits[i] >= 0 and u + eff[i] > limits[i] then
-      return i - 1
-    end
-    u = u + eff[i]
-    if u < 0 then u = 0 end
-    if u > MAXC then u = MAXC end
-    cur[f] = u
-    used[i] = u
-  end
-  for i = 1, n do
-    write_at(fields[i], starts[i], used[i])
-    if dkeys[i] then
-      if sign * amounts[i] > 0 then
-        redis.call("HSET", KEYS[2], dkeys[i], "1")
-      elseif sign * amounts[i] < 0 then
-        redis.call("HDEL", KEYS[2], dkeys[i])
-      end
-    end
-  end
-  return -1
-end
-
--- hold records a lease on the held charges under request id rid: its body
--- is "resource|period|amount;..." and it expires after the longest hold.
-local function hold(rid)
-  local parts, longest = {}, 0
-  for i = 1, n do
-    if holds[i] > 0 then
-      table.insert(parts, fields[i] .. "|" .. string.format("%d", amounts[i]))
-      if holds[i] > longest then longest = holds[i] end
-    end
-  end
-  if #parts == 0 then return end
-  redis.call("HSET", KEYS[4], rid, table.concat(parts, ";"))
-  redis.call("ZADD", KEYS[3], now + longest, rid)
-end
-
--- release takes back the lease of rid, if it still holds.
-local function release(rid)
-  local body = redis.call("HGET", KEYS[4], rid)
-  if not body then return end
-  for res, per, amount in string.gmatch(body, "([^|;]+)|([^|;]+)|([^|;]+)") do
-    local field = res .. "|" .. per
-    local start = window_start(per, now)
-    local u = stored_at(field, start) - tonumber(amount)
-    if u < 0 then u = 0 end
-    write_at(field, start, u)
-  end
-  redis.call("HDEL", KEYS[4], rid)
-  redis.call("ZREM", KEYS[3], rid)
-end
-
--- drop forgets the lease of rid without releasing it.
-local function drop(rid)
-  redis.call("HDEL", KEYS[4], rid)
-  redis.call("ZREM", KEYS[3], rid)
-end
-
--- sweep releases leases that have expired: their requests never settled.
-local function sweep()
-  for _, rid in ipairs(redis.call("ZRANGEBYSCORE", KEYS[3], "-inf", now, "LIMIT", 0, 32)) do
-    release(rid)
-  end
-end
-`
-
-// luaThresholds defines thresholds(rid, csv, retention, user): the rule of
-// quota.Thresholds over the charges just applied. KEYS[6] is the hash of
-// threshold marks, KEYS[7] the outbox stream. Events are JSON written by
-// hand: cjson would print large counts in floating point.
-const luaThresholds = luaOutbox + `
-local function civil(days)
-  local z = days + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
-  local y = yoe + era * 400
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local d = doy - math.floor((153 * mp + 2) / 5) + 1
-  local m = mp + 3
-  if m > 12 then m = m - 12 end
-  if m <= 2 then y = y + 1 end
-  return y, m, d
-end
-
-local function rfc3339(secs)
-  local days = math.floor(secs / 86400)
-  local rem = secs - days * 86400
-  local y, m, d = civil(days)
-  return string.format("%04d-%02d-%02dT%02d:%02d:%02dZ", y, m, d, math.floor(rem / 3600), math.floor(rem % 3600 / 60), rem % 60)
-end
-
-local function window_end(per, start)
-  if per == "minute" then return start + 60 end
-  if per == "hour" then return start + 3600 end
-  if per == "day" then return start + 86400 end
-  local y, m = civil(math.floor(start / 86400))
-  local days = 0
-  local dim = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31}
-  days = dim[m]
-  if m == 2 and (y % 4 == 0 and (y % 100 ~= 0 or y % 400 == 0)) then days = 29 end
-  return start + days * 86400
-end
-
--- used[i] is the counter of charge i after the step: below the lowest
--- threshold, nothing more is read (the common case costs no command).
-local function thresholds(rid, csv, retention, user, used)
-  if csv == "" or rid == "" then return end
-  local lowest = tonumber(string.match(csv, "%d+"))
-  for p in string.gmatch(csv, "%d+") do
-    if tonumber(p) < lowest then lowest = tonumber(p) end
-  end
-  local k = 0
-  for i = 1, n do
-    if limits[i] > 0 and amounts[i] ~= 0 and (used[i] or 0) * 100 >= limits[i] * lowest then
-    local r = string.match(fields[i], "^(.*)|[^|]*$")
-    if string.sub(r, 1, 9) ~= "reserved_" then
-      local u = stored(i) - stored_at("reserved_" .. r .. "|lifetime", 0)
-      for p in string.gmatch(csv, "%d+") do
-        local th = math.floor((limits[i] * tonumber(p) + 99) / 100)
-        if u >= th then
-          local f = fields[i] .. "|" .. p
-          local mark = string.format("%d:%d", starts[i], limits[i])
-          if redis.call("HGET", KEYS[6], f) ~= mark then
-            redis.call("HSET", KEYS[6], f, mark)
-            k = k + 1
-            local ws, we = "null", "null"
-            if pers[i] ~= "lifetime" then
-              ws = '"' .. rfc3339(starts[i]) .. '"'
-              we = '"' .. rfc3339(window_end(pers[i], starts[i])) .. '"'
-            end
-            local ev = string.format('{"id":"%s-t%d","type":"usage.threshold","time":"%s","subject":"%s","data":{"resource":"%s","period":"%s","windowStart":%s,"windowEnd":%s,"percent":%s,"used":%d,"limit":%d}}',
-              rid, k, rfc3339(now), user, r, pers[i], ws, we, p, u, limits[i])
-            local t2 = redis.call("TIME")
-            local minid = tonumber(t2[1]) * 1000 - tonumber(retention)
-            if minid < 0 then minid = 0 end
-            redis.call("XADD", KEYS[7], "MINID", "~", string.format("%d", minid), "*", "e", ev)
-          end
-        end
-      end
-    end
-    end
-  end
-end
-`
-
 // admitScript applies charges to one user's usage hash (KEYS[1]) all or
 // nothing, exactly like quota.ApplyCharges, after releasing expired leases.
 // A counter counts only if its stored window start ("<field>|s") is the
@@ -253,34 +25,7 @@ end
 //
 // The reply is {allowed (1/0), denied index (0-based; -1 none; -2
 // cancelled), now seconds, now microseconds, used per charge...}.
-var admitScript = redis.NewScript(`local first = 6
-` + luaCharges + luaThresholds + `
-local function reply(allowed, denied, used)
-  local r = {allowed, denied, now, tonumber(t[2])}
-  for i = 1, n do r[4 + i] = used[i] or 0 end
-  return r
-end
-
-sweep()
-local used = {}
-local rid = ARGV[2]
-if rid ~= "" then
-  local state = redis.call("GET", KEYS[5])
-  if state == "c" then return reply(0, -2, used) end
-  if state == "a" then
-    for i = 1, n do used[i] = stored(i) end
-    return reply(1, -1, used)
-  end
-end
-local denied = apply(1, true, used)
-if denied >= 0 then return reply(0, denied, used) end
-if rid ~= "" then
-  redis.call("SET", KEYS[5], "a", "EX", ARGV[1])
-  hold(rid)
-end
-thresholds(rid, ARGV[3], ARGV[4], ARGV[5], used)
-return reply(1, -1, used)
-`)
+var admitScript = redis.NewScript("local first = 6\n" + luaCharges + luaThresholds + lua("admit.lua"))
 
 // resolveScript settles a request whose admission outcome its caller could
 // not see. ARGV[1] is the request record's time to live, ARGV[2] "1" to
@@ -288,41 +33,13 @@ return reply(1, -1, used)
 // on the held ones) or "0" to take back whatever the request charged (and
 // drop its lease) and keep a late admission from charging, ARGV[3] the
 // request id. It returns 1 if it changed a counter.
-var resolveScript = redis.NewScript(`local first = 4
-` + luaCharges + `
-local rid = ARGV[3]
-local state = redis.call("GET", KEYS[5])
-if state == "c" or (state == "a" and ARGV[2] == "1") then return 0 end
-local used, changed = {}, 0
-if ARGV[2] == "1" then
-  apply(1, false, used)
-  redis.call("SET", KEYS[5], "a", "EX", ARGV[1])
-  hold(rid)
-  return 1
-end
-if state == "a" then
-  apply(-1, false, used)
-  drop(rid)
-  changed = 1
-end
-redis.call("SET", KEYS[5], "c", "EX", ARGV[1])
-return changed
-`)
+var resolveScript = redis.NewScript("local first = 4\n" + luaCharges + lua("resolve.lua"))
 
 // settleScript ends a served request exactly once: it applies the actual
 // charges without limits and releases the request's lease. ARGV[1] is the
 // settlement record's time to live, ARGV[2] the request id; KEYS[5] is the
 // settlement record. It returns 1 if it settled, 0 for a repeat.
-var settleScript = redis.NewScript(`local first = 6
-` + luaCharges + luaThresholds + `
-if redis.call("GET", KEYS[5]) then return 0 end
-local used = {}
-apply(1, false, used)
-release(ARGV[2])
-redis.call("SET", KEYS[5], "s", "EX", ARGV[1])
-thresholds(ARGV[2] .. "-s", ARGV[3], ARGV[4], ARGV[5], used)
-return 1
-`)
+var settleScript = redis.NewScript("local first = 6\n" + luaCharges + luaThresholds + lua("settle.lua"))
 
 // usageScript returns the server time (seconds, microseconds) followed by
 // the HGETALL of the usage hash KEYS[1], all as strings.
@@ -566,23 +283,4 @@ func (s *Store) ResetUsage(ctx context.Context, userID string, resources []strin
 // ms, event count, the events, then the resources (none: all). A
 // resource's counters are the usage fields "<resource>|<period>" and their
 // "|s" window starts; its marks go with them, so its thresholds fire anew.
-var resetScript = redis.NewScript(luaOutbox + `
-local n = tonumber(ARGV[2])
-local first = 3 + n
-if first > #ARGV then
-  redis.call("DEL", KEYS[1], KEYS[2], KEYS[4])
-else
-  local drop = {}
-  for i = first, #ARGV do drop[ARGV[i]] = true end
-  for _, k in ipairs({KEYS[1], KEYS[2], KEYS[4]}) do
-    for _, f in ipairs(redis.call("HKEYS", k)) do
-      local r = string.match(f, "^([^|]*)|")
-      -- a token's own counter of a resource goes with it
-      local tr = r and string.match(r, "^t%.[^.]+%.(.+)$")
-      if r and (drop[r] or (tr and drop[tr])) then redis.call("HDEL", k, f) end
-    end
-  end
-end
-outbox(KEYS[3], ARGV[1], 3, n)
-return 0
-`)
+var resetScript = redis.NewScript(luaOutbox + lua("reset.lua"))

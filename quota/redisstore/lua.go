@@ -1,0 +1,28 @@
+package redisstore
+
+import (
+	"embed"
+	"strings"
+)
+
+// The admission scripts live in lua/*.lua: a shared prelude (window.lua,
+// charges.lua, outbox.lua, thresholds.lua) that each script is prefixed
+// with, and the scripts themselves, each documenting its KEYS and ARGV.
+//
+//go:embed lua/*.lua
+var luaFiles embed.FS
+
+func lua(name string) string {
+	b, err := luaFiles.ReadFile("lua/" + name)
+	if err != nil {
+		panic("redisstore: missing script " + name) // a build error, caught by every test
+	}
+	return "\n" + strings.TrimRight(string(b), "\n") + "\n"
+}
+
+var (
+	luaWindowStart = lua("window.lua")
+	luaOutbox      = lua("outbox.lua")
+	luaCharges     = luaWindowStart + lua("charges.lua")
+	luaThresholds  = luaOutbox + lua("thresholds.lua")
+)

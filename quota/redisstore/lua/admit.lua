@@ -1,0 +1,42 @@
+-- admitScript applies charges to one user's usage hash (KEYS[1]) all or
+-- nothing, exactly like quota.ApplyCharges, after releasing expired leases.
+-- A counter counts only if its stored window start ("<field>|s") is the
+-- current one. ARGV[1] is the request record's time to live in seconds,
+-- ARGV[2] the request id ("" for none) and KEYS[5] its request record: an
+-- admission whose request id was already admitted charges nothing again,
+-- one that was cancelled charges nothing, and an admitted one holds a lease
+-- on its held charges.
+--
+-- The reply is {allowed (1/0), denied index (0-based; -1 none; -2
+-- cancelled), now seconds, now microseconds, used per charge...}.
+--
+-- ARGV[3] is the usage thresholds (percentages, comma separated; "" for
+-- none), ARGV[4] the outbox retention in ms and ARGV[5] the user id;
+-- KEYS[6] is the hash of threshold marks and KEYS[7] the outbox stream
+-- (usage.threshold events). The charges start at ARGV[6].
+
+local function reply(allowed, denied, used)
+  local r = {allowed, denied, now, tonumber(t[2])}
+  for i = 1, n do r[4 + i] = used[i] or 0 end
+  return r
+end
+
+sweep()
+local used = {}
+local rid = ARGV[2]
+if rid ~= "" then
+  local state = redis.call("GET", KEYS[5])
+  if state == "c" then return reply(0, -2, used) end
+  if state == "a" then
+    for i = 1, n do used[i] = stored(i) end
+    return reply(1, -1, used)
+  end
+end
+local denied = apply(1, true, used)
+if denied >= 0 then return reply(0, denied, used) end
+if rid ~= "" then
+  redis.call("SET", KEYS[5], "a", "EX", ARGV[1])
+  hold(rid)
+end
+thresholds(rid, ARGV[3], ARGV[4], ARGV[5], used)
+return reply(1, -1, used)

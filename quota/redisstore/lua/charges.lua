@@ -1,0 +1,120 @@
+-- The charges prelude. Before it, a script sets "first": the index in ARGV of
+-- the first charge, six ARGV a charge (resource, period name, limit (-1:
+-- none), amount, distinct key or "", hold seconds or 0). KEYS[1] is the usage
+-- hash, KEYS[2] the hash of distinct keys counted, KEYS[3] the sorted set of
+-- lease expiries, KEYS[4] the hash of lease bodies; KEYS[5], if given, the
+-- request record. It reads the server clock and defines stored, apply,
+-- hold, release, drop and sweep.
+local MAXC = 4503599627370496 -- quota.MaxCounter (2^52)
+local t = redis.call("TIME")
+local now = tonumber(t[1])
+local n = (#ARGV - first + 1) / 6
+local fields, starts, limits, amounts, dkeys, holds, pers = {}, {}, {}, {}, {}, {}, {}
+for i = 1, n do
+  local b = first + (i - 1) * 6
+  fields[i] = ARGV[b] .. "|" .. ARGV[b + 1]
+  pers[i] = ARGV[b + 1]
+  starts[i] = window_start(ARGV[b + 1], now)
+  limits[i] = tonumber(ARGV[b + 2])
+  amounts[i] = tonumber(ARGV[b + 3])
+  if ARGV[b + 4] ~= "" then dkeys[i] = ARGV[b] .. "|" .. ARGV[b + 4] end
+  holds[i] = tonumber(ARGV[b + 5])
+end
+
+local function stored_at(field, start)
+  local v = redis.call("HMGET", KEYS[1], field, field .. "|s")
+  if v[2] and tonumber(v[2]) == start then return tonumber(v[1]) or 0 end
+  return 0
+end
+
+local function stored(i) return stored_at(fields[i], starts[i]) end
+
+local function write_at(field, start, u)
+  redis.call("HSET", KEYS[1], field, string.format("%d", u), field .. "|s", string.format("%d", start))
+end
+
+-- apply adds sign * amount of every charge, each against the counter as the
+-- earlier charges left it; a distinct charge adds only for a key not yet
+-- counted (or, negative, takes back only a counted key). With check, it
+-- first refuses (returning the index of) a charge that would go over its
+-- limit, writing nothing.
+local function apply(sign, check, used)
+  local eff = {}
+  for i = 1, n do
+    local a = sign * amounts[i]
+    if dkeys[i] then
+      local counted = redis.call("HEXISTS", KEYS[2], dkeys[i]) == 1
+      if (a > 0) == counted then a = 0 end
+    end
+    eff[i] = a
+  end
+  local cur = {}
+  for i = 1, n do
+    local f = fields[i]
+    if cur[f] == nil then cur[f] = stored(i) end
+    local u = cur[f]
+    used[i] = u
+    if check and eff[i] > 0 and limits[i] >= 0 and u + eff[i] > limits[i] then
+      return i - 1
+    end
+    u = u + eff[i]
+    if u < 0 then u = 0 end
+    if u > MAXC then u = MAXC end
+    cur[f] = u
+    used[i] = u
+  end
+  for i = 1, n do
+    write_at(fields[i], starts[i], used[i])
+    if dkeys[i] then
+      if sign * amounts[i] > 0 then
+        redis.call("HSET", KEYS[2], dkeys[i], "1")
+      elseif sign * amounts[i] < 0 then
+        redis.call("HDEL", KEYS[2], dkeys[i])
+      end
+    end
+  end
+  return -1
+end
+
+-- hold records a lease on the held charges under request id rid: its body
+-- is "resource|period|amount;..." and it expires after the longest hold.
+local function hold(rid)
+  local parts, longest = {}, 0
+  for i = 1, n do
+    if holds[i] > 0 then
+      table.insert(parts, fields[i] .. "|" .. string.format("%d", amounts[i]))
+      if holds[i] > longest then longest = holds[i] end
+    end
+  end
+  if #parts == 0 then return end
+  redis.call("HSET", KEYS[4], rid, table.concat(parts, ";"))
+  redis.call("ZADD", KEYS[3], now + longest, rid)
+end
+
+-- release takes back the lease of rid, if it still holds.
+local function release(rid)
+  local body = redis.call("HGET", KEYS[4], rid)
+  if not body then return end
+  for res, per, amount in string.gmatch(body, "([^|;]+)|([^|;]+)|([^|;]+)") do
+    local field = res .. "|" .. per
+    local start = window_start(per, now)
+    local u = stored_at(field, start) - tonumber(amount)
+    if u < 0 then u = 0 end
+    write_at(field, start, u)
+  end
+  redis.call("HDEL", KEYS[4], rid)
+  redis.call("ZREM", KEYS[3], rid)
+end
+
+-- drop forgets the lease of rid without releasing it.
+local function drop(rid)
+  redis.call("HDEL", KEYS[4], rid)
+  redis.call("ZREM", KEYS[3], rid)
+end
+
+-- sweep releases leases that have expired: their requests never settled.
+local function sweep()
+  for _, rid in ipairs(redis.call("ZRANGEBYSCORE", KEYS[3], "-inf", now, "LIMIT", 0, 32)) do
+    release(rid)
+  end
+end
