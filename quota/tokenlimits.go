@@ -128,7 +128,7 @@ func tokenUsageItems(tok *Token, snap *UsageSnapshot) []UsageItem {
 		if items[i].Resource != items[j].Resource {
 			return items[i].Resource < items[j].Resource
 		}
-		return periodOrder(items[i].Per) < periodOrder(items[j].Per)
+		return Period(items[i].Per).Order() < Period(items[j].Per).Order()
 	})
 	return items
 }

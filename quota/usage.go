@@ -88,13 +88,15 @@ func (s *Service) Usage(ctx context.Context, userID string) (*Usage, error) {
 		if a.Resource != b.Resource {
 			return a.Resource < b.Resource
 		}
-		return periodOrder(a.Per) < periodOrder(b.Per)
+		return Period(a.Per).Order() < Period(b.Per).Order()
 	})
 	return out, nil
 }
 
-func periodOrder(p string) int {
-	switch Period(p) {
+// Order ranks periods from the longest-lived: lifetime, minute, hour, day,
+// month (for listing counters; "lifetime" is accepted for Lifetime).
+func (p Period) Order() int {
+	switch p {
 	case Minute:
 		return 1
 	case Hour:
@@ -105,6 +107,16 @@ func periodOrder(p string) int {
 		return 4
 	}
 	return 0
+}
+
+// SortCounters orders counters by resource, then period.
+func SortCounters(cs []Counter) {
+	sort.Slice(cs, func(i, j int) bool {
+		if cs[i].Resource != cs[j].Resource {
+			return cs[i].Resource < cs[j].Resource
+		}
+		return cs[i].Per.Order() < cs[j].Per.Order()
+	})
 }
 
 // ResetUsage zeroes a user's counters of the named resources (all if none)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"hash/maphash"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -399,13 +398,7 @@ func (s *Store) Usage(ctx context.Context, userID string) (*quota.UsageSnapshot,
 	if err != nil {
 		return nil, err
 	}
-	sort.Slice(snap.Counters, func(i, j int) bool {
-		a, b := snap.Counters[i], snap.Counters[j]
-		if a.Resource != b.Resource {
-			return a.Resource < b.Resource
-		}
-		return a.Per.String() < b.Per.String()
-	})
+	quota.SortCounters(snap.Counters)
 	return snap, nil
 }
 

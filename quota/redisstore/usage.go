@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -236,25 +235,8 @@ func parseCounters(kv []string) []quota.Counter {
 		}
 		out = append(out, c)
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Resource != out[j].Resource {
-			return out[i].Resource < out[j].Resource
-		}
-		return periodOrder(out[i].Per) < periodOrder(out[j].Per)
-	})
+	quota.SortCounters(out)
 	return out
-}
-
-// periods lists every period, in the order counters are sorted.
-var periods = []quota.Period{quota.Lifetime, quota.Minute, quota.Hour, quota.Day, quota.Month}
-
-func periodOrder(p quota.Period) int {
-	for i, q := range periods {
-		if p == q {
-			return i
-		}
-	}
-	return len(periods)
 }
 
 // ResetUsage zeroes the counters of the named resources (all if none) by
