@@ -68,7 +68,7 @@ func TestAnthropicClient(t *testing.T) {
 			}
 		}
 		if err := stream.Err(); err != nil {
-			t.Fatalf("stream %d: %v", i, err)
+			t.Fatalf("stream %d: %v\ngateway log:\n%s", i, err, g.logs)
 		}
 		if text.String() != "Hello" {
 			t.Fatalf("stream %d text %q", i, text.String())
