@@ -31,6 +31,9 @@ const (
 	// maxResponseKeyBody caps how much of a JSON response is kept to read
 	// a created object's key from it.
 	maxResponseKeyBody = 64 << 10
+	// maxDiscard is how much more of a refused, too large body is read
+	// (and dropped) before the 413.
+	maxDiscard = 16 << 20
 )
 
 // llmPaths are the path endings of the LLM APIs metered by default.
@@ -117,6 +120,9 @@ func (h *Handler) readRequest(r *http.Request) (*request, error) {
 	req.body = buf
 	if int64(len(buf)) > h.MaxRequestBody {
 		if strict {
+			// Read on a little (bounded), so that a client still sending
+			// gets the 413 rather than a connection reset.
+			_, _ = io.CopyN(io.Discard, r.Body, maxDiscard)
 			return nil, errBodyTooLarge{h.MaxRequestBody}
 		}
 		// Too large to read: forwarded as it comes, reserved by its size.
