@@ -50,8 +50,11 @@ func TestAnthropicClient(t *testing.T) {
 	be := messagesBackend(t, &keys)
 	g := startGateway(t, "", strings.TrimPrefix(be.URL, "http://"))
 	c := g.tenant(t, map[string]any{"name": "An", "email": "anthropic@example.com", "limits": map[string]any{"messages": 2}})
+	// Streams go straight to the gateway; the refusal at the cap through a
+	// proxy that counts what reaches the gateway.
+	client := anthropic.NewClient(option.WithBaseURL(g.url), option.WithAPIKey(c.Token.Token), option.WithMaxRetries(3))
 	counting, seen := countingProxy(t, g)
-	client := anthropic.NewClient(option.WithBaseURL(counting), option.WithAPIKey(c.Token.Token), option.WithMaxRetries(3))
+	capped := anthropic.NewClient(option.WithBaseURL(counting), option.WithAPIKey(c.Token.Token), option.WithMaxRetries(3))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	params := anthropic.MessageNewParams{
@@ -83,7 +86,7 @@ func TestAnthropicClient(t *testing.T) {
 		}
 	}
 	seen.Store(0)
-	_, err := client.Messages.New(ctx, params)
+	_, err := capped.Messages.New(ctx, params)
 	var apiErr *anthropic.Error
 	if !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusTooManyRequests {
 		t.Fatalf("at the cap: %v", err)
