@@ -121,6 +121,9 @@ func countingProxy(t *testing.T, g *gateway) (string, *atomic.Int64) {
 	target, _ := url.Parse(g.url)
 	seen := new(atomic.Int64)
 	proxy := httputil.NewSingleHostReverseProxy(target)
+	// No pooled connections: gateways of earlier tests may have had this
+	// port (see client).
+	proxy.Transport = &http.Transport{DisableKeepAlives: true}
 	counting := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		seen.Add(1)
 		proxy.ServeHTTP(w, r)
