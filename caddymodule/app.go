@@ -346,9 +346,10 @@ func (a *App) Service() *quota.Service { return a.service }
 type sharedStore struct {
 	store   quota.Store
 	service *quota.Service
-	// deliverMu keeps the dispatchers of two configs (a reload) from
-	// delivering at once; dispatcher is the current one, woken by events.
+	// deliverMu guards sinkLocks, one per sink name (see deliveryLock);
+	// dispatcher is the current one, woken by events.
 	deliverMu  sync.Mutex
+	sinkLocks  map[string]*sync.Mutex
 	dispatcher atomic.Pointer[events.Dispatcher]
 	// metrics are the current config's, which the service reports to.
 	metrics atomic.Pointer[metrics]

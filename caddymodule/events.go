@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -140,7 +141,7 @@ func (a *App) startEvents() error {
 	d, err := events.New(events.Options{
 		Log: a.shared.store, Sinks: sinks, Source: a.eventSource(), Logger: a.logger.Named("events"),
 		Holder:    fmt.Sprintf("%s/%d/%s", host, os.Getpid(), quota.NewID()),
-		Retention: a.eventRetention(), Lock: &a.shared.deliverMu,
+		Retention: a.eventRetention(), LockFor: a.shared.deliveryLock,
 	})
 	if err != nil {
 		return err
@@ -352,4 +353,20 @@ func (a *App) eventSource() string {
 		return ""
 	}
 	return a.Events.Source
+}
+
+// deliveryLock is the per-sink lock that keeps the dispatchers of two
+// configs (a reload) from delivering to one sink at once.
+func (s *sharedStore) deliveryLock(sink string) sync.Locker {
+	s.deliverMu.Lock()
+	defer s.deliverMu.Unlock()
+	if s.sinkLocks == nil {
+		s.sinkLocks = map[string]*sync.Mutex{}
+	}
+	l := s.sinkLocks[sink]
+	if l == nil {
+		l = &sync.Mutex{}
+		s.sinkLocks[sink] = l
+	}
+	return l
 }

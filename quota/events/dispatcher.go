@@ -82,9 +82,11 @@ type Options struct {
 	Poll, LeaseTTL time.Duration
 	// Retention drops events older than this (0: keep them).
 	Retention time.Duration
-	// Lock, if set, is held while delivering, so that two dispatchers of
-	// one process (a config reload) never deliver at once.
-	Lock sync.Locker
+	// LockFor, if set, returns the lock held while delivering to the sink
+	// of that name, so that two dispatchers of one process (a config
+	// reload) never deliver to one sink at once. Each sink has its own: a
+	// dead sink never holds another back.
+	LockFor func(sink string) sync.Locker
 }
 
 // Dispatcher delivers the outbox to sinks. It is safe for concurrent use.
@@ -244,7 +246,8 @@ func (d *Dispatcher) runSink(ctx context.Context, s Sink, wake <-chan struct{}) 
 // round delivers what each partition holds for s, and returns how soon a
 // retry is due (0: none).
 func (d *Dispatcher) round(ctx context.Context, s Sink, heads map[string]*failing) time.Duration {
-	if l := d.opts.Lock; l != nil {
+	if d.opts.LockFor != nil {
+		l := d.opts.LockFor(s.Name())
 		l.Lock()
 		defer l.Unlock()
 	}

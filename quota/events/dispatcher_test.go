@@ -211,3 +211,37 @@ func run(t *testing.T, d *events.Dispatcher) {
 	go func() { defer close(done); d.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 }
+
+// TestDeadSinkHoldsBackOnlyItself: a webhook that never answers does not
+// delay another sink, even with per-sink delivery locks in place.
+func TestDeadSinkHoldsBackOnlyItself(t *testing.T) {
+	store, svc := newService(t)
+	release := make(chan struct{})
+	dead := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(func() { close(release); dead.Close() })
+	rc := newReceiver(t)
+	deadHook, _ := events.NewWebhook(events.WebhookOptions{URL: dead.URL, Secrets: []string{secret}, Timeout: 30 * time.Second})
+	liveHook, _ := events.NewWebhook(events.WebhookOptions{URL: rc.URL, Secrets: []string{secret}})
+	var mu sync.Mutex
+	locks := map[string]*sync.Mutex{}
+	lockFor := func(name string) sync.Locker {
+		mu.Lock()
+		defer mu.Unlock()
+		if locks[name] == nil {
+			locks[name] = &sync.Mutex{}
+		}
+		return locks[name]
+	}
+	d, _ := events.New(events.Options{Log: store, Sinks: []events.Sink{deadHook, liveHook}, Holder: "test", Poll: 20 * time.Millisecond, LockFor: lockFor})
+	run(t, d)
+	if _, err := svc.CreateUser(context.Background(), quota.NewUser{Name: "D", Email: "dead@example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	d.Kick()
+	waitFor(t, "the live sink's delivery while the dead one hangs", func() bool { return len(rc.events()) == 1 })
+}
