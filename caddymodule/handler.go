@@ -276,7 +276,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !plan.Settles() {
 		return next.ServeHTTP(w, r)
 	}
-	if plan.Holds() && m != nil {
+	if m != nil && ticket.Holds() { // known from the admission: no second look at the plan
 		m.reservations.Inc()
 		defer m.reservations.Dec()
 	}

@@ -57,6 +57,9 @@ func (t *Ticket) pending(charges []Charge) Pending {
 	return Pending{userID: t.user.ID, requestID: t.requestID, charges: charges}
 }
 
+// Holds reports whether the admission holds a reservation to release.
+func (t *Ticket) Holds() bool { return t.holds }
+
 // Plan returns the plan the ticket was admitted under (nil for AdmitUses).
 func (t *Ticket) Plan() *Plan { return t.plan }
 

@@ -31,16 +31,6 @@ func (gs ModelGroups) GroupOf(model string) string {
 	return ""
 }
 
-// Has reports whether a group of that name is defined.
-func (gs ModelGroups) Has(name string) bool {
-	for _, g := range gs {
-		if g.Name == name {
-			return true
-		}
-	}
-	return false
-}
-
 // Names lists the groups' names.
 func (gs ModelGroups) Names() []string {
 	out := make([]string, len(gs))

@@ -2,6 +2,7 @@ package quota
 
 import (
 	"encoding/json"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -78,17 +79,8 @@ func windowSeconds(start time.Time) int64 {
 func (m ThresholdMarks) ForgetMarks(resources []string) {
 	for k := range m {
 		resource, _, _ := strings.Cut(k, "|")
-		if len(resources) == 0 || containsString(resources, resource) {
+		if len(resources) == 0 || slices.Contains(resources, resource) {
 			delete(m, k)
 		}
 	}
-}
-
-func containsString(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
