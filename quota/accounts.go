@@ -287,6 +287,7 @@ func (s *Service) DeleteUser(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
+	s.returnSlices(ctx, id)
 	ev := s.newEvent(ctx, EventUserDeleted, id, userData{User: u})
 	if err := s.store.DeleteUser(ctx, id, ev); err != nil {
 		return err

@@ -31,6 +31,10 @@ type Ticket struct {
 	holds     bool
 	resolved  atomic.Bool // Force or Abandon
 	settled   atomic.Bool
+	// slice is set when the request was admitted from a headroom slice
+	// (no store call: its request id is made when a settlement needs one).
+	slice    *slice
+	tightest LimitState
 }
 
 // Abandon settles an admission whose outcome is unknown (Admit failed
@@ -39,6 +43,12 @@ type Ticket struct {
 // journaled and replayed until the store takes it.
 func (t *Ticket) Abandon() {
 	t.settled.Store(true)
+	if t.slice != nil {
+		if t.resolved.CompareAndSwap(false, true) {
+			t.s.allow.unadmit(t.slice)
+		}
+		return
+	}
 	if t.resolved.CompareAndSwap(false, true) {
 		t.s.journal.add(resolution{p: t.pending(t.charges), apply: false})
 	}
@@ -48,6 +58,9 @@ func (t *Ticket) Abandon() {
 // charges are counted exactly once, without limits, when the store takes
 // the settlement.
 func (t *Ticket) Force() {
+	if t.slice != nil {
+		return // admitted and counted by its slice
+	}
 	if t.resolved.CompareAndSwap(false, true) {
 		t.s.journal.add(resolution{p: t.pending(t.charges), apply: true})
 	}
@@ -91,6 +104,9 @@ func (t *Ticket) SettleUses(ctx context.Context, actual []Use) error {
 		return nil
 	}
 	charges, _ := expand(t.user, t.token, nonzero)
+	if t.requestID == "" {
+		t.requestID = NewID()
+	}
 	// The limits go along (the store does not check them) for usage thresholds.
 	p := t.pending(charges)
 	err := t.s.hot(ctx, OpSettle, func(ctx context.Context) error {
@@ -144,7 +160,13 @@ func (s *Service) Admit(ctx context.Context, u *User, p *Plan) (*Ticket, error) 
 // token's own limits too (nil: the user's alone).
 func (s *Service) AdmitToken(ctx context.Context, u *User, tok *Token, p *Plan) (*Ticket, error) {
 	for fits := 0; ; fits++ {
-		t, err := s.admit(ctx, u, tok, p.Uses(), p)
+		var t *Ticket
+		var err error
+		if uses := p.Uses(); s.allow != nil && sliceable(uses) {
+			t, err = s.allow.admit(ctx, u, tok, uses, p)
+		} else {
+			t, err = s.admit(ctx, u, tok, uses, p)
+		}
 		var le *LimitError
 		if !errors.As(err, &le) {
 			return t, err
@@ -168,6 +190,13 @@ func (s *Service) AdmitUses(ctx context.Context, u *User, uses []Use) (*Ticket, 
 }
 
 func (s *Service) admit(ctx context.Context, u *User, tok *Token, uses []Use, p *Plan) (*Ticket, error) {
+	t, _, err := s.admitRaw(ctx, u, tok, uses, p)
+	return t, err
+}
+
+// admitRaw is admit that also returns the store's admission (nil when the
+// store did not answer).
+func (s *Service) admitRaw(ctx context.Context, u *User, tok *Token, uses []Use, p *Plan) (*Ticket, *Admission, error) {
 	for i := range uses {
 		uses[i].Amount = clampSigned(uses[i].Amount)
 	}
@@ -184,10 +213,10 @@ func (s *Service) admit(ctx context.Context, u *User, tok *Token, uses []Use, p 
 		return err
 	})
 	if errors.Is(err, ErrUnavailable) {
-		return t, err
+		return t, nil, err
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	t.Now = adm.Now
 	state := func(i int) LimitState {
@@ -199,7 +228,7 @@ func (s *Service) admit(ctx context.Context, u *User, tok *Token, uses []Use, p 
 		return st
 	}
 	if !adm.Allowed {
-		return nil, &LimitError{State: state(adm.Denied)}
+		return nil, adm, &LimitError{State: state(adm.Denied)}
 	}
 	best := int64(math.MaxInt64)
 	for i := range charges {
@@ -212,7 +241,7 @@ func (s *Service) admit(ctx context.Context, u *User, tok *Token, uses []Use, p 
 			t.Tightest = &st
 		}
 	}
-	return t, nil
+	return t, adm, nil
 }
 
 // expand turns uses into charges: each use counts against its resource's

@@ -46,6 +46,10 @@ type Options struct {
 	// hot-path store call (OpAuthenticate, OpAdmit, OpSettle). It must not
 	// block.
 	OnStoreCall func(op string, took time.Duration, err error)
+	// NoSlices turns headroom slices off: every request is admitted by
+	// the store (see slices.go). Usage read on another node is then never
+	// behind, at the cost of a store round trip per request.
+	NoSlices bool
 }
 
 // Broadcaster carries hot-cache invalidations between the nodes that share
@@ -87,6 +91,8 @@ type Service struct {
 	onStoreCall    func(op string, took time.Duration, err error)
 	stopListening  context.CancelFunc
 	listenerExited chan struct{}
+	allow          *allowances // nil: no headroom slices
+	allowDone      chan struct{}
 }
 
 // NewService returns a Service over opts.Store.
@@ -124,6 +130,13 @@ func NewService(opts Options) (*Service, error) {
 		journal: newJournal(opts.Store, opts.Logger, opts.JournalSize), journalDone: make(chan struct{}),
 	}
 	s.hotTimeout.Store(int64(opts.HotPathTimeout))
+	if !opts.NoSlices {
+		s.allow, s.allowDone = newAllowances(s), make(chan struct{})
+		go func() {
+			defer close(s.allowDone)
+			s.allow.run(s.stop)
+		}()
+	}
 	go s.touchLoop()
 	go func() {
 		defer close(s.journalDone)
@@ -134,7 +147,12 @@ func NewService(opts Options) (*Service, error) {
 		s.broadcaster, s.stopListening, s.listenerExited = opts.Broadcaster, cancel, make(chan struct{})
 		go func() {
 			defer close(s.listenerExited)
-			opts.Broadcaster.Listen(ctx, func(keys []string) { s.cache.invalidate(keys...) }, s.cache.flush)
+			opts.Broadcaster.Listen(ctx, func(keys []string) {
+				s.cache.invalidate(keys...)
+				if s.allow != nil {
+					s.allow.recalled(keys)
+				}
+			}, s.cache.flush)
 		}()
 	}
 	return s, nil
@@ -149,6 +167,10 @@ func (s *Service) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.stop)
 		<-s.done
+		if s.allow != nil {
+			<-s.allowDone
+			s.allow.sweep(time.Now(), true) // return every slice
+		}
 		<-s.journalDone
 		if !s.journal.replay(time.Second) {
 			s.log.Error("unsettled admissions lost at shutdown: the store is unreachable", zap.Int("count", s.journal.len()))

@@ -100,6 +100,7 @@ func (s *Service) TokenUsage(ctx context.Context, userID, tokenID string) (*Toke
 	if tok == nil {
 		return nil, fmt.Errorf("token %q: %w", tokenID, ErrNotFound)
 	}
+	s.returnSlices(ctx, userID)
 	snap, err := s.store.Usage(ctx, userID)
 	if err != nil {
 		return nil, err

@@ -37,6 +37,7 @@ func (s *Service) Usage(ctx context.Context, userID string) (*Usage, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.returnSlices(ctx, userID)
 	snap, err := s.store.Usage(ctx, userID)
 	if err != nil {
 		return nil, err
@@ -137,6 +138,7 @@ func (s *Service) ResetUsage(ctx context.Context, userID string, resources []str
 	ev := s.newEvent(ctx, EventUsageReset, userID, struct {
 		Resources []string `json:"resources"`
 	}{append([]string{}, resources...)})
+	s.returnSlices(ctx, userID)
 	if err := s.store.ResetUsage(ctx, userID, resources, ev); err != nil {
 		return nil, err
 	}

@@ -55,7 +55,31 @@ const requestTTL = 10 * time.Second
 // store releases it by itself.
 type lease struct {
 	expires time.Time
-	release []quota.Charge
+	release []heldCharge
+}
+
+// heldCharge is one counter a lease holds: how much, and in which window
+// (a lease releases only from the window it was taken in; the next window
+// never held it).
+type heldCharge struct {
+	resource string
+	per      quota.Period
+	start    time.Time // zero: whatever window is current (a lease stored before starts were)
+	amount   int64
+}
+
+// release takes back what a lease holds.
+func (e *entry) release(l lease, now time.Time) {
+	for _, h := range l.release {
+		key := quota.CounterKey(h.resource, h.per)
+		cur, ok := e.counters[key]
+		start, _ := h.per.Window(now)
+		if !ok || !cur.Start.Equal(start) || (!h.start.IsZero() && !h.start.Equal(start)) {
+			continue
+		}
+		cur.Used = max(cur.Used-h.amount, 0)
+		e.counters[key] = cur
+	}
 }
 
 // hold records a lease on the held charges of a request.
@@ -65,7 +89,8 @@ func (e *entry) hold(requestID string, charges []quota.Charge, now time.Time) {
 		if c.Hold <= 0 {
 			continue
 		}
-		l.release = append(l.release, quota.Charge{Resource: c.Resource, Per: c.Per, Limit: quota.NoLimit, Amount: -c.Amount})
+		start, _ := c.Per.Window(now)
+		l.release = append(l.release, heldCharge{resource: c.Resource, per: c.Per, start: start, amount: c.Amount})
 		if exp := now.Add(c.Hold); exp.After(l.expires) {
 			l.expires = exp
 		}
@@ -84,7 +109,7 @@ func (e *entry) sweep(now time.Time) bool {
 	swept := false
 	for id, l := range e.leases {
 		if !now.Before(l.expires) {
-			quota.ApplyKeyedCharges(e.counters, nil, l.release, now)
+			e.release(l, now)
 			delete(e.leases, id)
 			swept = true
 		}
@@ -152,7 +177,10 @@ type leaseRecord struct {
 type chargeRecord struct {
 	Resource string `json:"resource"`
 	Per      string `json:"per,omitempty"`
-	Amount   int64  `json:"amount"`
+	// Amount is negative (what releasing adds); Start is the window's
+	// start (unix seconds; 0 for lifetime, or a lease stored before it was).
+	Amount int64 `json:"amount"`
+	Start  int64 `json:"start,omitempty"`
 }
 
 func decodeCounters(data []byte) (countersDoc, error) {
@@ -213,7 +241,11 @@ func (s *Store) load(sh *shard, userID string) (*entry, error) {
 		for id, lr := range doc.Leases {
 			l := lease{expires: lr.Expires}
 			for _, c := range lr.Release {
-				l.release = append(l.release, quota.Charge{Resource: c.Resource, Per: quota.Period(c.Per), Limit: quota.NoLimit, Amount: c.Amount})
+				h := heldCharge{resource: c.Resource, per: quota.Period(c.Per), amount: -c.Amount}
+				if c.Start != 0 {
+					h.start = time.Unix(c.Start, 0).UTC()
+				}
+				l.release = append(l.release, h)
 			}
 			if e.leases == nil {
 				e.leases = map[string]lease{}
@@ -348,7 +380,7 @@ func (s *Store) Settle(ctx context.Context, userID, requestID string, actual []q
 		}
 		quota.ApplyKeyedCharges(e.counters, e.keys, quota.Unlimited(actual, 1), now)
 		if l, ok := e.leases[requestID]; ok {
-			quota.ApplyKeyedCharges(e.counters, nil, l.release, now)
+			e.release(l, now)
 			delete(e.leases, requestID)
 		}
 		e.remember(settleID, true, now)
@@ -483,8 +515,12 @@ func (s *Store) flush() error {
 						doc.Leases = map[string]leaseRecord{}
 					}
 					lr := leaseRecord{Expires: l.expires}
-					for _, c := range l.release {
-						lr.Release = append(lr.Release, chargeRecord{Resource: c.Resource, Per: string(c.Per), Amount: c.Amount})
+					for _, h := range l.release {
+						c := chargeRecord{Resource: h.resource, Per: string(h.per), Amount: -h.amount}
+						if !h.start.IsZero() {
+							c.Start = h.start.Unix()
+						}
+						lr.Release = append(lr.Release, c)
 					}
 					doc.Leases[id] = lr
 				}

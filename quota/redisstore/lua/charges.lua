@@ -77,12 +77,13 @@ local function apply(sign, check, used)
 end
 
 -- hold records a lease on the held charges under request id rid: its body
--- is "resource|period|amount;..." and it expires after the longest hold.
+-- is "resource|period|window start|amount;..." and it expires after the
+-- longest hold.
 local function hold(rid)
   local parts, longest = {}, 0
   for i = 1, n do
     if holds[i] > 0 then
-      table.insert(parts, fields[i] .. "|" .. string.format("%d", amounts[i]))
+      table.insert(parts, fields[i] .. "|" .. string.format("%d", starts[i]) .. "|" .. string.format("%d", amounts[i]))
       if holds[i] > longest then longest = holds[i] end
     end
   end
@@ -91,16 +92,26 @@ local function hold(rid)
   redis.call("ZADD", KEYS[3], now + longest, rid)
 end
 
--- release takes back the lease of rid, if it still holds.
+-- release takes back the lease of rid, if it still holds, from the windows
+-- it was taken in (a window that has ended since keeps it; the next one
+-- never held it). A body written before leases had starts
+-- ("resource|period|amount") releases from the current window.
 local function release(rid)
   local body = redis.call("HGET", KEYS[4], rid)
   if not body then return end
-  for res, per, amount in string.gmatch(body, "([^|;]+)|([^|;]+)|([^|;]+)") do
-    local field = res .. "|" .. per
-    local start = window_start(per, now)
-    local u = stored_at(field, start) - tonumber(amount)
-    if u < 0 then u = 0 end
-    write_at(field, start, u)
+  for entry in string.gmatch(body, "[^;]+") do
+    local p = {}
+    for x in string.gmatch(entry, "[^|]+") do p[#p + 1] = x end
+    local field = p[1] .. "|" .. p[2]
+    local start = window_start(p[2], now)
+    if #p < 4 or tonumber(p[3]) == start then
+      local v = redis.call("HMGET", KEYS[1], field, field .. "|s")
+      if v[1] and tonumber(v[2]) == start then
+        local u = tonumber(v[1]) - tonumber(p[#p])
+        if u < 0 then u = 0 end
+        write_at(field, start, u)
+      end
+    end
   end
   redis.call("HDEL", KEYS[4], rid)
   redis.call("ZREM", KEYS[3], rid)

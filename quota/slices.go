@@ -1,0 +1,465 @@
+package quota
+
+import (
+	"context"
+	"errors"
+	"math"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Headroom slices. Far from every cap, a node takes a slice of a user's
+// headroom from the store in one admission: k requests' worth of the
+// request's charges, held like an LLM request's reservation (so the store
+// counts it against every cap at once, and releases it by itself if the
+// node dies). The node then admits the next requests with the same
+// charges from the slice in memory, with no store call, and settles the
+// slice (what it admitted replaces what it held) when the slice is used
+// up, idle, a second old, or its window is about to end.
+//
+// Why it never over-admits: a slice is admitted by the store like any
+// request, all or nothing against every limit, before anything is
+// admitted from it; a node admits from a slice at most k requests, each
+// with exactly the charges the slice was taken for (same user object,
+// token and uses; a changed limit loads a new user object, which no slice
+// matches). So what every node admits is never more than what the store
+// has counted.
+//
+// When it may refuse what a single counter would admit: while another
+// node holds a slice it has not used up. A slice is at most 1/64 of what
+// remained when it was taken (so none is taken within 512 requests of a
+// cap) and lives at most a second; and a refusal while slices are
+// outstanding recalls them (other nodes return theirs at once through the
+// Broadcaster) and retries for up to about 60 ms. A node returns its own
+// slices before a store admission can refuse, so one node alone is exact.
+//
+// Slices are for busy tenants: one needs at least minSliceUnits requests
+// in sliceTarget on one node (about 320 a second), which the slice is
+// sized to last. Only requests whose uses are plain counts take slices: no reservation
+// (every LLM request holds one), no distinct key, no negative amount.
+
+const (
+	sliceDivisor  = 64
+	minSliceUnits = 8
+	maxSliceUnits = 1024
+	sliceMaxAge   = time.Second
+	// sliceTarget is how long a slice should last at the user's rate: a
+	// user who sends fewer than minSliceUnits requests in it takes none
+	// (a store round trip per request costs such a user nothing).
+	sliceTarget = 25 * time.Millisecond
+	sliceIdle   = 200 * time.Millisecond
+	// sliceHold is how long the store holds a slice of a node that never
+	// returns it (it died).
+	sliceHold = 10 * time.Second
+	// sliceMargin: a slice is returned this long before a window of its
+	// charges ends (the returner looks every sliceSweep).
+	sliceMargin    = 300 * time.Millisecond
+	sliceSweep     = 100 * time.Millisecond
+	maxUserSlices  = 4
+	sliceUserIdle  = 10 * time.Second
+	recallAttempts = 5
+	recallFirstGap = 2 * time.Millisecond
+)
+
+// resourceSlices counts a user's outstanding slices, on every node: each
+// slice holds one, and every store admission of this path reads it.
+const resourceSlices = ReservedPrefix + "slices"
+
+// recallPrefix starts the Broadcaster key that asks every node to return
+// its slices of a user.
+const recallPrefix = "r:"
+
+type allowances struct {
+	s     *Service
+	mu    sync.RWMutex
+	users map[string]*userSlices
+}
+
+func newAllowances(s *Service) *allowances {
+	return &allowances{s: s, users: map[string]*userSlices{}}
+}
+
+// userSlices are one user's slices on this node. mu is held across the
+// store calls that take and return them, so that a node always returns
+// its own slices before an admission that could be refused.
+type userSlices struct {
+	mu      sync.Mutex
+	dead    bool // removed from allowances.users: look it up again
+	slices  []*slice
+	touched time.Time
+	// remaining is how many more requests of sig fitted after the last
+	// store admission of one (-1: unknown); it sizes the next slice.
+	sig       signature
+	remaining int64
+	// gap is the average time between this user's requests on this node
+	// (a moving average): a slice is sized to last about sliceTarget.
+	gap  time.Duration
+	last time.Time
+}
+
+// signature is what a slice was taken for: its charges follow from it.
+type signature struct {
+	user *User
+	tok  *Token
+	uses []Use
+}
+
+func (g *signature) matches(u *User, tok *Token, uses []Use) bool {
+	return g.user == u && g.tok == tok && slices.Equal(g.uses, uses)
+}
+
+type slice struct {
+	signature
+	owner   *userSlices
+	charges []Charge // one request's
+	limits  []*Limit
+	rid     string
+	units   int64 // requests the slice holds
+	used    int64 // requests admitted from it
+	base    []int64
+	granted time.Time // the store's clock
+	offset  time.Duration
+	ends    time.Time // local clock: admit nothing from it from then on
+	lastUse time.Time
+}
+
+// sliceable reports whether uses may be admitted from a slice.
+func sliceable(uses []Use) bool {
+	if len(uses) == 0 {
+		return false
+	}
+	for _, u := range uses {
+		if u.Amount < 0 || u.Key != "" || u.Hold != 0 || strings.HasPrefix(u.Resource, ReservedPrefix) {
+			return false
+		}
+	}
+	return true
+}
+
+func (a *allowances) user(id string) *userSlices {
+	a.mu.RLock()
+	us := a.users[id]
+	a.mu.RUnlock()
+	if us != nil {
+		return us
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if us = a.users[id]; us == nil {
+		us = &userSlices{remaining: -1, gap: time.Second}
+		a.users[id] = us
+	}
+	return us
+}
+
+// admit admits one request of sliceable uses: from a slice when this node
+// holds one for them, else at the store (taking a slice when far from
+// every cap).
+func (a *allowances) admit(ctx context.Context, u *User, tok *Token, uses []Use, p *Plan) (*Ticket, error) {
+	for {
+		us := a.user(u.ID)
+		us.mu.Lock()
+		if us.dead {
+			us.mu.Unlock()
+			continue
+		}
+		t, err := a.admitLocked(ctx, us, u, tok, uses, p)
+		us.mu.Unlock()
+		return t, err
+	}
+}
+
+func (a *allowances) admitLocked(ctx context.Context, us *userSlices, u *User, tok *Token, uses []Use, p *Plan) (*Ticket, error) {
+	now := time.Now()
+	us.touched = now
+	if !us.last.IsZero() {
+		us.gap = (3*us.gap + now.Sub(us.last)) / 4
+	}
+	us.last = now
+	for i, sl := range us.slices {
+		if !sl.matches(u, tok, uses) {
+			continue
+		}
+		if sl.used < sl.units && now.Before(sl.ends) {
+			sl.used++
+			sl.lastUse = now
+			return sl.ticket(a.s, p, now), nil
+		}
+		a.giveBack(ctx, us, i)
+		break
+	}
+	if us.sig.matches(u, tok, uses) {
+		if k := min(sliceUnits(us.remaining), int64(sliceTarget/max(us.gap, time.Microsecond))); k >= minSliceUnits {
+			if t, err, done := a.grant(ctx, us, u, tok, uses, p, k); done {
+				return t, err
+			}
+		}
+	}
+	return a.admitOne(ctx, us, u, tok, uses, p)
+}
+
+// sliceUnits is the size of the next slice given how many requests
+// remain: a 64th of them, at most maxSliceUnits.
+func sliceUnits(remaining int64) int64 {
+	if remaining < 0 {
+		return 0
+	}
+	return min(remaining/sliceDivisor, maxSliceUnits)
+}
+
+// unitsLeft is how many more requests of unit charges fit, given the
+// counters as used reports them.
+func unitsLeft(charges []Charge, used []int64) int64 {
+	left := int64(math.MaxInt64)
+	for i, c := range charges {
+		if c.Limit < 0 || c.Amount <= 0 {
+			continue
+		}
+		left = min(left, max(c.Limit-used[i], 0)/c.Amount)
+	}
+	return left
+}
+
+// grant takes a slice of k requests and admits this request from it.
+// done is false when no slice fits: the request then goes alone.
+func (a *allowances) grant(ctx context.Context, us *userSlices, u *User, tok *Token, uses []Use, p *Plan, k int64) (t *Ticket, err error, done bool) {
+	held := make([]Use, 0, 2*len(uses)+1)
+	held = append(held, Use{Resource: resourceSlices, Amount: 1, Hold: sliceHold})
+	for _, use := range uses {
+		n := satMul(use.Amount, k)
+		held = append(held, Use{Resource: use.Resource, Amount: n, Hold: sliceHold},
+			Use{Resource: ReservedPrefix + use.Resource, Amount: n, Hold: sliceHold})
+	}
+	lt, adm, err := a.s.admitRaw(ctx, u, tok, held, nil)
+	switch {
+	case errors.Is(err, ErrUnavailable):
+		// The slice may yet land: it is taken back when the store is back.
+		// This request's own outcome is unknown as well.
+		lt.Abandon()
+		unit, _ := expand(u, tok, uses)
+		return &Ticket{s: a.s, user: u, token: tok, requestID: NewID(), plan: p, charges: unit}, err, true
+	case err != nil:
+		return nil, nil, false
+	}
+	local := time.Now()
+	unit, limits := expand(u, tok, uses)
+	sl := &slice{signature: signature{u, tok, slices.Clone(uses)}, owner: us, charges: unit, limits: limits, rid: lt.requestID,
+		units: k, used: 1, granted: adm.Now, offset: adm.Now.Sub(local), lastUse: local}
+	// The store's counters of this request's charges: the held charges in
+	// the same order, less the markers.
+	sl.base = make([]int64, 0, len(unit))
+	for i, c := range lt.charges {
+		if !strings.HasPrefix(c.Resource, ReservedPrefix) {
+			sl.base = append(sl.base, adm.Used[i])
+		}
+	}
+	sl.ends = local.Add(sliceMaxAge)
+	for _, c := range unit {
+		if c.Per != Lifetime {
+			_, end := c.Per.Window(adm.Now)
+			if e := end.Add(-sl.offset - sliceMargin); e.Before(sl.ends) {
+				sl.ends = e
+			}
+		}
+	}
+	us.remaining = unitsLeft(unit, sl.base)
+	us.slices = append(us.slices, sl)
+	if len(us.slices) > maxUserSlices {
+		a.giveBack(ctx, us, 0)
+	}
+	return sl.ticket(a.s, p, local), nil, true
+}
+
+// admitOne admits the request alone at the store. Refused, it first
+// returns this node's slices of the user, then recalls the other nodes'.
+func (a *allowances) admitOne(ctx context.Context, us *userSlices, u *User, tok *Token, uses []Use, p *Plan) (*Ticket, error) {
+	// The marker, first so that a refusal still reads it, counts the
+	// user's outstanding slices.
+	marked := make([]Use, 0, len(uses)+1)
+	marked = append(append(marked, Use{Resource: resourceSlices}), uses...)
+	recalled, gap := false, recallFirstGap
+	for attempt := 0; ; attempt++ {
+		t, adm, err := a.s.admitRaw(ctx, u, tok, marked, p)
+		if adm == nil {
+			return t, err
+		}
+		if err == nil {
+			us.sig = signature{u, tok, slices.Clone(uses)}
+			us.remaining = unitsLeft(t.charges[1:], adm.Used[1:])
+			return t, nil
+		}
+		us.remaining = -1
+		switch {
+		case len(us.slices) > 0:
+			for len(us.slices) > 0 {
+				a.giveBack(ctx, us, len(us.slices)-1)
+			}
+			continue
+		case adm.Used[0] == 0 || a.s.broadcaster == nil || attempt >= recallAttempts:
+			return t, err
+		case !recalled:
+			recalled = true
+			if perr := a.s.broadcaster.Publish(ctx, []string{recallPrefix + u.ID}); perr != nil {
+				return t, err
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return t, err
+		case <-time.After(gap):
+		}
+		gap *= 2
+	}
+}
+
+// ticket is a request admitted from the slice at local time now. The
+// caller holds the owner's lock.
+func (sl *slice) ticket(s *Service, p *Plan, now time.Time) *Ticket {
+	t := &Ticket{s: s, user: sl.user, token: sl.tok, plan: p, charges: sl.charges, slice: sl, Now: now.Add(sl.offset)}
+	best := int64(math.MaxInt64)
+	for i, c := range sl.charges {
+		if sl.limits[i] == nil {
+			continue
+		}
+		// The store counted the whole slice; what it has not admitted yet
+		// is still free.
+		used := max(sl.base[i]-satMul(sl.units-sl.used, c.Amount), 0)
+		if r := sl.limits[i].Limit - used; r < best {
+			best = r
+			t.tightest = LimitState{Resource: c.Resource, Limit: *sl.limits[i], Used: used}
+			t.Tightest = &t.tightest
+		}
+	}
+	if st := t.Tightest; st != nil {
+		if st.Limit.Per != Lifetime {
+			_, st.ResetsAt = st.Limit.Per.Window(t.Now)
+		}
+		if id, r, ok := SplitTokenResource(st.Resource); ok {
+			st.Token, st.Resource = id, r
+		}
+	}
+	return t
+}
+
+// unadmit takes back a request admitted from sl (Ticket.Abandon).
+func (a *allowances) unadmit(sl *slice) {
+	sl.owner.mu.Lock()
+	defer sl.owner.mu.Unlock()
+	if sl.used > 0 && slices.Contains(sl.owner.slices, sl) {
+		sl.used--
+	}
+}
+
+// giveBack returns the user's i-th slice to the store: what it admitted
+// replaces what it held. The caller holds us.mu.
+func (a *allowances) giveBack(ctx context.Context, us *userSlices, i int) {
+	sl := us.slices[i]
+	us.slices = slices.Delete(us.slices, i, i+1)
+	actual := make([]Use, len(sl.uses))
+	for j, use := range sl.uses {
+		actual[j] = Use{Resource: use.Resource, Amount: satMul(use.Amount, sl.used)}
+	}
+	charges, _ := expand(sl.user, sl.tok, actual)
+	// A window that has ended keeps the whole slice (the store releases a
+	// slice only from the window it was taken in): count nothing more.
+	now := time.Now().Add(sl.offset)
+	kept := charges[:0]
+	for _, c := range charges {
+		if c.Per != Lifetime {
+			if _, end := c.Per.Window(sl.granted); !now.Before(end) {
+				continue
+			}
+		}
+		kept = append(kept, c)
+	}
+	p := Pending{userID: sl.user.ID, requestID: sl.rid, charges: kept}
+	err := a.s.hot(context.WithoutCancel(ctx), OpSettle, func(ctx context.Context) error {
+		return a.s.store.Settle(ctx, p.userID, p.requestID, p.charges)
+	})
+	if err != nil {
+		a.s.journal.add(resolution{p: p, settle: true})
+	}
+}
+
+// returnUser returns this node's slices of a user (before its usage is
+// read or reset, when another node recalls them).
+func (a *allowances) returnUser(ctx context.Context, userID string) {
+	a.mu.RLock()
+	us := a.users[userID]
+	a.mu.RUnlock()
+	if us == nil {
+		return
+	}
+	us.mu.Lock()
+	defer us.mu.Unlock()
+	for len(us.slices) > 0 {
+		a.giveBack(ctx, us, len(us.slices)-1)
+	}
+}
+
+// recalled handles Broadcaster keys: a recall, or a changed user (its
+// limits may have changed), returns the user's slices.
+func (a *allowances) recalled(keys []string) {
+	for _, k := range keys {
+		id, ok := strings.CutPrefix(k, recallPrefix)
+		if !ok {
+			id, ok = strings.CutPrefix(k, "u:")
+		}
+		if ok {
+			go a.returnUser(context.Background(), id)
+		}
+	}
+}
+
+// returnSlices returns this node's slices of a user, so that what the
+// store reads or resets next is exact for this node.
+func (s *Service) returnSlices(ctx context.Context, userID string) {
+	if s.allow != nil {
+		s.allow.returnUser(ctx, userID)
+	}
+}
+
+// sweep returns the slices that are idle, too old or near the end of a
+// window (all of them with all), and forgets users idle for long.
+func (a *allowances) sweep(now time.Time, all bool) {
+	a.mu.RLock()
+	users := make(map[string]*userSlices, len(a.users))
+	for id, us := range a.users {
+		users[id] = us
+	}
+	a.mu.RUnlock()
+	ctx := context.Background()
+	for id, us := range users {
+		us.mu.Lock()
+		for i := len(us.slices) - 1; i >= 0; i-- {
+			sl := us.slices[i]
+			if all || !now.Before(sl.ends) || now.Sub(sl.lastUse) >= sliceIdle {
+				a.giveBack(ctx, us, i)
+			}
+		}
+		if len(us.slices) == 0 && (all || now.Sub(us.touched) >= sliceUserIdle) {
+			us.dead = true
+			a.mu.Lock()
+			if a.users[id] == us {
+				delete(a.users, id)
+			}
+			a.mu.Unlock()
+		}
+		us.mu.Unlock()
+	}
+}
+
+func (a *allowances) run(stop <-chan struct{}) {
+	tick := time.NewTicker(sliceSweep)
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-tick.C:
+			a.sweep(now, false)
+		}
+	}
+}
