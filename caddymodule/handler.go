@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -314,6 +315,21 @@ func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) (p *quota
 func (h *Handler) admit(w http.ResponseWriter, r *http.Request, p *quota.Principal, plan *quota.Plan) (t *quota.Ticket, answered bool, err error) {
 	m := h.app.metrics
 	t, err = h.app.Service().AdmitToken(r.Context(), p.User, p.Token, plan)
+	if err == nil {
+		m.outcome(outcomeAdmitted)
+	} else if t, answered, err = h.notAdmitted(w, p, t, err); answered {
+		return nil, true, err
+	}
+	if t.Tightest != nil {
+		setRateLimitHeaders(w.Header(), t.Tightest, t.Now)
+	}
+	return t, false, nil
+}
+
+// notAdmitted answers a refused admission (429, 402 or 503), or lets
+// on_store_error allow admit it.
+func (h *Handler) notAdmitted(w http.ResponseWriter, p *quota.Principal, t *quota.Ticket, err error) (*quota.Ticket, bool, error) {
+	m := h.app.metrics
 	var le *quota.LimitError
 	switch {
 	case errors.As(err, &le):
@@ -323,19 +339,13 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request, p *quota.Princip
 		m.outcome(outcomeAllowedOnError)
 		t.Force() // served: counted once when the store is back
 		storeLog.write(h.logger, zapcore.WarnLevel, "quota store unavailable; admitted by on_store_error allow", zap.Error(err))
-	case err != nil:
-		if t != nil {
-			t.Abandon() // refused: the admission, if it still lands, must not count
-		}
-		m.outcome(outcomeStoreDown)
-		return nil, true, h.storeFailure(w, err)
-	default:
-		m.outcome(outcomeAdmitted)
+		return t, false, nil
 	}
-	if t.Tightest != nil {
-		setRateLimitHeaders(w.Header(), *t.Tightest, t.Now)
+	if t != nil {
+		t.Abandon() // refused: the admission, if it still lands, must not count
 	}
-	return t, false, nil
+	m.outcome(outcomeStoreDown)
+	return nil, true, h.storeFailure(w, err)
 }
 
 // modelRefusal says why the tenant may not use the request's model: its
@@ -575,7 +585,7 @@ func writeLimitExceeded(w http.ResponseWriter, le *quota.LimitError, now time.Ti
 		// Retrying the same request cannot help.
 		w.Header().Set("x-should-retry", "false")
 	}
-	setRateLimitHeaders(w.Header(), st, now)
+	setRateLimitHeaders(w.Header(), &st, now)
 	return writeErrorBody(w, http.StatusTooManyRequests, body)
 }
 
@@ -586,11 +596,12 @@ func secondsUntil(t, now time.Time) int64 {
 
 // setRateLimitHeaders writes the IETF httpapi RateLimit-Policy and
 // RateLimit fields for one limit.
-func setRateLimitHeaders(h http.Header, st quota.LimitState, now time.Time) {
-	// Built by hand: this runs for every admitted request. Resource names
-	// need no escaping inside the quotes.
-	var buf [192]byte
-	b := append(buf[:0], '"')
+func setRateLimitHeaders(h http.Header, st *quota.LimitState, now time.Time) {
+	// Built by hand in one allocation that holds both values and their
+	// slices: this runs for every admitted request. Resource names need
+	// no escaping inside the quotes.
+	out := new(rateLimitValues)
+	b := append(out.buf[:0], '"')
 	b = append(b, st.Resource...)
 	b = append(b, '-')
 	b = append(b, st.Limit.Per.String()...)
@@ -605,17 +616,24 @@ func setRateLimitHeaders(h http.Header, st quota.LimitState, now time.Time) {
 		b = strconv.AppendInt(b, int64(end.Sub(start).Seconds()), 10)
 	}
 	policy := len(b)
-	b = append(b, buf[:name]...)
+	b = append(b, b[:name]...)
 	b = append(b, ";r="...)
 	b = strconv.AppendInt(b, st.Remaining(), 10)
 	if windowed {
 		b = append(b, ";t="...)
 		b = strconv.AppendInt(b, secondsUntil(st.ResetsAt, now), 10)
 	}
-	all := string(b) // one string for both values
-	vals := [2]string{all[:policy], all[policy:]}
-	h["Ratelimit-Policy"] = vals[0:1:1]
-	h["Ratelimit"] = vals[1:2:2]
+	all := unsafe.String(unsafe.SliceData(b), len(b)) // b is never written again
+	out.vals = [2]string{all[:policy], all[policy:]}
+	h["Ratelimit-Policy"] = out.vals[0:1:1]
+	h["Ratelimit"] = out.vals[1:2:2]
+}
+
+// rateLimitValues are the RateLimit-Policy and RateLimit values of one
+// response, and the bytes of both.
+type rateLimitValues struct {
+	vals [2]string
+	buf  [224]byte
 }
 
 // Interface guards.

@@ -82,6 +82,10 @@ type request struct {
 	rest   io.Reader
 }
 
+// nothingToRead is the request of a route that reads no body (shared, never
+// changed).
+var nothingToRead request
+
 // errBodyTooLarge refuses a body too large to bound (reserve strict).
 type errBodyTooLarge struct{ limit int64 }
 
@@ -102,11 +106,11 @@ func (h *Handler) readRequest(r *http.Request) (*request, error) {
 	if err != nil {
 		return nil, err
 	}
+	if api == quota.APINone && len(h.bodyFields) == 0 {
+		return &nothingToRead, nil
+	}
 	req := &request{tokens: quota.TokenRequest{API: api}}
 	strict := h.route.Reserve == quota.ReserveStrict && api != quota.APINone
-	if api == quota.APINone && len(h.bodyFields) == 0 {
-		return req, nil
-	}
 	if r.Body == nil || r.Body == http.NoBody {
 		if strict {
 			return nil, errNotObject

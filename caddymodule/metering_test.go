@@ -71,12 +71,18 @@ func TestMeterWriterActual(t *testing.T) {
 func TestRateLimitHeaders(t *testing.T) {
 	now := time.Date(2026, 11, 23, 10, 0, 30, 0, time.UTC)
 	h := http.Header{}
-	setRateLimitHeaders(h, quota.LimitState{Resource: "tokens.premium", Limit: quota.Limit{Limit: 100, Per: quota.Minute}, Used: 40, ResetsAt: now.Add(30 * time.Second)}, now)
+	setRateLimitHeaders(h, &quota.LimitState{Resource: "tokens.premium", Limit: quota.Limit{Limit: 100, Per: quota.Minute}, Used: 40, ResetsAt: now.Add(30 * time.Second)}, now)
 	if p, r := h.Get("RateLimit-Policy"), h.Get("RateLimit"); p != `"tokens.premium-minute";q=100;w=60` || r != `"tokens.premium-minute";r=60;t=30` {
 		t.Fatalf("windowed: %q %q", p, r)
 	}
-	setRateLimitHeaders(h, quota.LimitState{Resource: "messages", Limit: quota.Limit{Limit: 3}, Used: 3}, now)
+	setRateLimitHeaders(h, &quota.LimitState{Resource: "messages", Limit: quota.Limit{Limit: 3}, Used: 3}, now)
 	if p, r := h.Get("RateLimit-Policy"), h.Get("RateLimit"); p != `"messages-lifetime";q=3` || r != `"messages-lifetime";r=0` {
 		t.Fatalf("lifetime: %q %q", p, r)
+	}
+	// A name longer than the values' buffer.
+	long := strings.Repeat("x", 300)
+	setRateLimitHeaders(h, &quota.LimitState{Resource: long, Limit: quota.Limit{Limit: 3}, Used: 1}, now)
+	if p, r := h.Get("RateLimit-Policy"), h.Get("RateLimit"); p != `"`+long+`-lifetime";q=3` || r != `"`+long+`-lifetime";r=2` {
+		t.Fatalf("long name: %q %q", p, r)
 	}
 }

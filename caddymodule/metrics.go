@@ -35,6 +35,9 @@ type metrics struct {
 	reservations  prometheus.Gauge
 	eventsWritten *prometheus.CounterVec
 	storeKind     string
+	// admitted is requests' admitted child, resolved once: it counts
+	// almost every request.
+	admitted prometheus.Counter
 }
 
 const namespace = "caddy_tenant_quota"
@@ -95,6 +98,7 @@ func newMetrics(reg prometheus.Registerer, a *App) (*metrics, error) {
 			}
 		}
 	}
+	m.admitted = m.requests.WithLabelValues(outcomeAdmitted)
 	return m, nil
 }
 
@@ -106,7 +110,11 @@ func boolFloat(b bool) float64 {
 }
 
 func (m *metrics) outcome(o string) {
-	if m != nil {
+	switch {
+	case m == nil:
+	case o == outcomeAdmitted && m.admitted != nil:
+		m.admitted.Inc()
+	default:
 		m.requests.WithLabelValues(o).Inc()
 	}
 }

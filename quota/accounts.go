@@ -294,7 +294,7 @@ func (s *Service) DeleteUser(ctx context.Context, id string) error {
 	}
 	keys := []string{userKey(id)}
 	for _, t := range tokens {
-		keys = append(keys, tokenKey(t.Hash))
+		keys = append(keys, hashKey(t.Hash))
 	}
 	s.invalidate(ctx, keys...)
 	s.published(ev)
@@ -400,7 +400,7 @@ func (s *Service) RevokeToken(ctx context.Context, userID, tokenID string) error
 	if err != nil {
 		return err
 	}
-	s.invalidate(ctx, tokenKey(t.Hash))
+	s.invalidate(ctx, hashKey(t.Hash))
 	s.published(ev)
 	return nil
 }

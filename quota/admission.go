@@ -167,6 +167,9 @@ func (s *Service) AdmitToken(ctx context.Context, u *User, tok *Token, p *Plan) 
 		} else {
 			t, err = s.admit(ctx, u, tok, uses, p)
 		}
+		if err == nil {
+			return t, nil
+		}
 		var le *LimitError
 		if !errors.As(err, &le) {
 			return t, err

@@ -20,11 +20,12 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (*Principal, 
 	if secret == "" {
 		return nil, fmt.Errorf("missing bearer token: %w", ErrUnauthenticated)
 	}
-	hash, ok := ParseTokenSecret(secret)
+	key, ok := parseTokenKey(secret)
 	if !ok {
 		return nil, fmt.Errorf("malformed token: %w", ErrUnauthenticated)
 	}
-	tok, err := s.cachedToken(ctx, hash)
+	hash := key[len(tokenKeyPrefix):]
+	tok, ukey, err := s.cachedToken(ctx, key, hash)
 	if err != nil {
 		return nil, err
 	}
@@ -32,7 +33,7 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (*Principal, 
 	if tok.Expired(now) {
 		return nil, fmt.Errorf("token expired: %w", ErrUnauthenticated)
 	}
-	u, err := s.cachedUser(ctx, tok.UserID)
+	u, err := s.cachedUser(ctx, tok.UserID, ukey)
 	if errors.Is(err, ErrNotFound) {
 		return nil, fmt.Errorf("token of a deleted user: %w", ErrUnauthenticated)
 	}
@@ -47,10 +48,10 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (*Principal, 
 	return p, nil
 }
 
-func (s *Service) cachedToken(ctx context.Context, hash string) (*Token, error) {
-	key := tokenKey(hash)
+// cachedToken returns the token of a hash and its user's cache key.
+func (s *Service) cachedToken(ctx context.Context, key, hash string) (*Token, string, error) {
 	if e, ok := s.cache.get(key); ok {
-		return e.token, nil
+		return e.token, e.userKey, nil
 	}
 	gen := s.cache.begin()
 	var tok *Token
@@ -59,17 +60,17 @@ func (s *Service) cachedToken(ctx context.Context, hash string) (*Token, error) 
 		return err
 	})
 	if errors.Is(err, ErrNotFound) {
-		return nil, fmt.Errorf("unknown or revoked token: %w", ErrUnauthenticated)
+		return nil, "", fmt.Errorf("unknown or revoked token: %w", ErrUnauthenticated)
 	}
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	s.cache.set(key, cacheEntry{gen: gen, token: tok})
-	return tok, nil
+	ukey := userKey(tok.UserID)
+	s.cache.set(key, cacheEntry{gen: gen, token: tok, userKey: ukey})
+	return tok, ukey, nil
 }
 
-func (s *Service) cachedUser(ctx context.Context, id string) (*User, error) {
-	key := userKey(id)
+func (s *Service) cachedUser(ctx context.Context, id, key string) (*User, error) {
 	if e, ok := s.cache.get(key); ok {
 		return e.user, nil
 	}

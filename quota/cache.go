@@ -32,6 +32,8 @@ type cacheEntry struct {
 	gen   uint64
 	token *Token
 	user  *User
+	// userKey is the cache key of a token's user, made once.
+	userKey string
 }
 
 type invalidation struct {
@@ -53,8 +55,11 @@ func newHotCache(maxEntries int64, ttl time.Duration) (*hotCache, error) {
 	return h, nil
 }
 
-func tokenKey(hash string) string { return "t:" + hash }
-func userKey(id string) string    { return "u:" + id }
+const tokenKeyPrefix = "t:"
+
+// hashKey is the cache key of a token by its stored hash.
+func hashKey(hash string) string { return tokenKeyPrefix + hash }
+func userKey(id string) string   { return "u:" + id }
 
 // begin returns the generation to record on a value loaded from now on.
 func (h *hotCache) begin() uint64 { return h.gen.Load() }

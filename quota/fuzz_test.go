@@ -2,6 +2,7 @@ package quota
 
 import (
 	"encoding/json"
+	"hash/crc32"
 	"testing"
 )
 
@@ -41,6 +42,23 @@ func FuzzLimitsJSON(f *testing.F) {
 		out2, _ := json.Marshal(again)
 		if string(out) != string(out2) {
 			t.Fatalf("round trip changed %s to %s", out, out2)
+		}
+	})
+}
+
+// FuzzChecksum: the token checksum's hand-rolled CRC is crc32.ChecksumIEEE.
+func FuzzChecksum(f *testing.F) {
+	f.Add("")
+	f.Add("0123456789abcdefABCDEF")
+	f.Fuzz(func(t *testing.T, s string) {
+		n := crc32.ChecksumIEEE([]byte(s))
+		var want [tokenChecksumLen]byte
+		for i := tokenChecksumLen - 1; i >= 0; i-- {
+			want[i] = base62[n%62]
+			n /= 62
+		}
+		if got := checksumOf(s); got != want {
+			t.Fatalf("checksumOf(%q) = %q, want %q", s, got, want)
 		}
 	})
 }

@@ -132,6 +132,7 @@ type Plan struct {
 	final  []Use
 	meters MeterUses
 	tokens *tokenPlan
+	buf    [2]Use // final's first storage: a plain request allocates only its Plan
 }
 
 type tokenPlan struct {
@@ -151,7 +152,8 @@ type tokenPlan struct {
 // APINone) reserves its tokens. Amounts are clamped to MaxLimit.
 func (r Route) Plan(meters MeterUses, tr TokenRequest) *Plan {
 	p := &Plan{route: r.withDefaults(), meters: meters}
-	p.final = append([]Use{{Resource: ResourceMessages, Amount: 1}}, meters.Admit...)
+	p.buf[0] = Use{Resource: ResourceMessages, Amount: 1}
+	p.final = append(p.buf[:1], meters.Admit...)
 	if tr.API == APINone {
 		return p
 	}
@@ -221,6 +223,9 @@ func (p *Plan) OutputMax() (field string, n int64, ok bool) {
 // objects named by the response, and their price in credits).
 func (p *Plan) Uses() []Use {
 	held := p.heldUses()
+	if len(held) == 0 {
+		return p.final
+	}
 	out := make([]Use, 0, len(p.final)+len(held))
 	out = append(out, p.final...)
 	return append(out, Held(held, p.route.Hold)...)

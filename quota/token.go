@@ -72,6 +72,13 @@ func NewTokenSecret() (string, error) {
 // ParseTokenSecret checks the format and checksum of a presented secret and
 // returns its SHA-256 (hex) for the store lookup.
 func ParseTokenSecret(secret string) (hash string, ok bool) {
+	key, ok := parseTokenKey(secret)
+	return strings.TrimPrefix(key, tokenKeyPrefix), ok
+}
+
+// parseTokenKey is ParseTokenSecret returning the token's cache key
+// (tokenKeyPrefix and the hash).
+func parseTokenKey(secret string) (key string, ok bool) {
 	if len(secret) != TokenLength || !strings.HasPrefix(secret, TokenPrefix) {
 		return "", false
 	}
@@ -85,13 +92,29 @@ func ParseTokenSecret(secret string) (hash string, ok bool) {
 	if want := checksumOf(random); string(want[:]) != sum { // compared without allocating
 		return "", false
 	}
-	return HashTokenSecret(secret), true
+	return tokenKey(secret), true
 }
 
 // HashTokenSecret returns the hex SHA-256 of a secret, as stored.
 func HashTokenSecret(secret string) string {
-	h := sha256.Sum256([]byte(secret))
-	return hex.EncodeToString(h[:])
+	return tokenKey(secret)[len(tokenKeyPrefix):]
+}
+
+// tokenKey returns the hot-cache key of a secret's token: tokenKeyPrefix
+// and the hex SHA-256 of the secret, made with one allocation (this runs
+// for every request).
+func tokenKey(secret string) string {
+	var in [TokenLength]byte
+	var h [sha256.Size]byte
+	if len(secret) <= len(in) {
+		h = sha256.Sum256(in[:copy(in[:], secret)])
+	} else {
+		h = sha256.Sum256([]byte(secret))
+	}
+	var out [len(tokenKeyPrefix) + 2*sha256.Size]byte
+	copy(out[:], tokenKeyPrefix)
+	hex.Encode(out[len(tokenKeyPrefix):], h[:])
+	return string(out[:])
 }
 
 // TokenDisplayPrefix returns the first characters of a secret, safe to show.
@@ -111,7 +134,13 @@ func tokenChecksum(random string) string {
 
 func checksumOf(random string) [tokenChecksumLen]byte {
 	var out [tokenChecksumLen]byte
-	n := crc32.ChecksumIEEE([]byte(random))
+	// crc32.ChecksumIEEE, bytewise from its table: the library's call
+	// would copy random to the heap on every request.
+	n := ^uint32(0)
+	for i := 0; i < len(random); i++ {
+		n = crc32.IEEETable[byte(n)^random[i]] ^ (n >> 8)
+	}
+	n = ^n
 	for i := tokenChecksumLen - 1; i >= 0; i-- {
 		out[i] = base62[n%62]
 		n /= 62

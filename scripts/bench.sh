@@ -72,12 +72,18 @@ gateway() {
 		admin_key $KEY
 	}
 }
+# The bare site has the quota site's routes, less the plugin.
 http://127.0.0.1:$bare {
 	bind 127.0.0.1
+	handle_path /quota/* {
+		respond 404
+	}
 	handle /proxy/* {
 		reverse_proxy 127.0.0.1:$upstream
 	}
-	respond "ok"
+	handle {
+		respond "ok"
+	}
 }
 http://127.0.0.1:$upstream {
 	bind 127.0.0.1
@@ -111,11 +117,12 @@ token() {
 		"http://127.0.0.1:$1/quota/users" | sed -n 's/.*"token":{[^}]*"token":"\(tq_[A-Za-z0-9]*\)".*/\1/p'
 }
 
-rps() { # URL [TOKEN]
+rps() { # URL [TOKEN [COUNT_FILE]]: prints requests/s, adds the requests made to COUNT_FILE
 	local args=(-t"$THREADS" -c"$CONNS" -d"$DURATION" --latency)
 	[ -n "${2:-}" ] && args+=(-H "Authorization: Bearer $2")
 	wrk "${args[@]}" "$1" >"$work/wrk.out"
 	grep -q 'Non-2xx' "$work/wrk.out" && { cat "$work/wrk.out" >&2; echo "non-2xx responses during the benchmark" >&2; exit 1; }
+	[ -n "${3:-}" ] && awk '/requests in/ {print $1}' "$work/wrk.out" >>"$3"
 	awk '/Requests\/sec/ {print $2}' "$work/wrk.out"
 }
 
@@ -137,13 +144,15 @@ for round in $(seq 1 "$ROUNDS"); do
 	bp=$(rps "http://127.0.0.1:$bare1/proxy/x")
 	ep=$(rps "http://127.0.0.1:$quota1/proxy/x" "$tok1")
 	b2=$(rps "http://127.0.0.1:$bare2/")
-	r=$(rps "http://127.0.0.1:$quota2/v1/chat" "$tok2")
+	r=$(rps "http://127.0.0.1:$quota2/v1/chat" "$tok2" "$work/redis-requests")
 	echo "$b $e $bp $ep $b2 $r" >>"$work/rounds"
 done
 keys_after=$(redis-cli -p "$rport" DBSIZE)
-# Redis server time of the admission script per call, and calls.
-stats=$(redis-cli -p "$rport" INFO commandstats | tr -d '\r' | awk -F'[=,:]' '/^cmdstat_evalsha:/ {print $3, $7}')
-awk -v stats="$stats" -v kb="$keys_before" -v ka="$keys_after" '
+# Redis server time of every command (scripts included), and the requests
+# the Redis gateway admitted.
+stats=$(redis-cli -p "$rport" INFO commandstats | tr -d '\r' | awk -F'[=,:]' '/^cmdstat_/ {calls += $3; usec += $5} END {print calls, usec}')
+admitted=$(awk '{n += $1} END {print n + 0}' "$work/redis-requests")
+awk -v stats="$stats" -v kb="$keys_before" -v ka="$keys_after" -v admitted="$admitted" '
 function median(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t } return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
 { n++; re[n] = $2 / $1; rp[n] = $4 / $3; rr[n] = $6 / $5; bare[n] = $1 }
 END {
@@ -152,6 +161,9 @@ END {
 	printf "%-40s %8.2f\n", "respond, embedded store", median(re, n)
 	printf "%-40s %8.2f\n", "respond, redis store", median(rr, n)
 	printf "%-40s %8.2f\n", "reverse_proxy, embedded store", median(rp, n)
-	if (s[1] > 0) printf "%-40s %8.1f us\n", "redis server time per script call", s[2]
-	if (s[1] > 0) printf "%-40s %8.1f\n", "redis keys left per 1,000 calls", (ka - kb) * 1000 / s[1]
+	if (admitted > 0) {
+		printf "%-40s %8.2f\n", "redis commands per admitted request", s[1] / admitted
+		printf "%-40s %8.2f us\n", "redis server time per admitted request", s[2] / admitted
+		printf "%-40s %8.2f\n", "redis keys left per 1,000 requests", (ka - kb) * 1000 / admitted
+	}
 }' "$work/rounds"
