@@ -21,6 +21,9 @@ type hotCache struct {
 	gen atomic.Uint64
 	// flushed is the generation of the last flush: older entries are stale.
 	flushed atomic.Uint64
+	// invalidatedAt is the generation of the last invalidation: an entry
+	// loaded since needs no look at invalidated (no lock on the hot path).
+	invalidatedAt atomic.Uint64
 
 	mu          sync.Mutex
 	invalidated map[string]invalidation
@@ -32,8 +35,24 @@ type cacheEntry struct {
 	gen   uint64
 	token *Token
 	user  *User
-	// userKey is the cache key of a token's user, made once.
-	userKey string
+	// userKey is the cache key of a token's user, made once; principal
+	// the token's principal as last made (see Authenticate).
+	userKey   string
+	principal *atomic.Pointer[cachedPrincipal]
+}
+
+// cachedPrincipal is a principal, the cache generation at which making it
+// began and when it must be made again (the cache TTL).
+type cachedPrincipal struct {
+	p       *Principal
+	gen     uint64
+	expires time.Time
+}
+
+// fresh reports whether nothing was invalidated or flushed since
+// generation gen began.
+func (h *hotCache) fresh(gen uint64) bool {
+	return gen >= h.invalidatedAt.Load() && gen >= h.flushed.Load()
 }
 
 type invalidation struct {
@@ -79,6 +98,9 @@ func (h *hotCache) lookup(key string) (cacheEntry, bool) {
 	if !ok || e.gen < h.flushed.Load() {
 		return e, false
 	}
+	if e.gen >= h.invalidatedAt.Load() {
+		return e, true
+	}
 	h.mu.Lock()
 	inv, seen := h.invalidated[key]
 	h.mu.Unlock()
@@ -101,6 +123,7 @@ func (h *hotCache) invalidate(keys ...string) {
 	for _, k := range keys {
 		h.invalidated[k] = invalidation{gen: g, at: now}
 	}
+	h.invalidatedAt.Store(g)
 	// Entries older than the TTL cannot be in the cache any more.
 	if len(h.invalidated) > 1024 {
 		for k, inv := range h.invalidated {

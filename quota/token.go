@@ -84,7 +84,7 @@ func parseTokenKey(secret string) (key string, ok bool) {
 	}
 	body := secret[len(TokenPrefix):]
 	for i := 0; i < len(body); i++ {
-		if strings.IndexByte(base62, body[i]) < 0 {
+		if !isBase62[body[i]] {
 			return "", false
 		}
 	}
@@ -159,3 +159,11 @@ func encodeBase62(n *big.Int, width int) string {
 	}
 	return string(out)
 }
+
+// isBase62 tells the bytes of base62.
+var isBase62 = func() (t [256]bool) {
+	for i := 0; i < len(base62); i++ {
+		t[base62[i]] = true
+	}
+	return t
+}()

@@ -139,11 +139,12 @@ redis-cli -p "$rport" CONFIG RESETSTAT >/dev/null
 keys_before=$(redis-cli -p "$rport" DBSIZE)
 : >"$work/rounds"
 for round in $(seq 1 "$ROUNDS"); do
-	b=$(rps "http://127.0.0.1:$bare1/")
+	# The bare routes get the same requests, token included (they ignore it).
+	b=$(rps "http://127.0.0.1:$bare1/v1/chat" "$tok1")
 	e=$(rps "http://127.0.0.1:$quota1/v1/chat" "$tok1")
-	bp=$(rps "http://127.0.0.1:$bare1/proxy/x")
+	bp=$(rps "http://127.0.0.1:$bare1/proxy/x" "$tok1")
 	ep=$(rps "http://127.0.0.1:$quota1/proxy/x" "$tok1")
-	b2=$(rps "http://127.0.0.1:$bare2/")
+	b2=$(rps "http://127.0.0.1:$bare2/v1/chat" "$tok2")
 	r=$(rps "http://127.0.0.1:$quota2/v1/chat" "$tok2" "$work/redis-requests")
 	echo "$b $e $bp $ep $b2 $r" >>"$work/rounds"
 done
