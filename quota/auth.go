@@ -40,7 +40,10 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (*Principal, 
 	// invalidated since and it is younger than the cache TTL: one cache
 	// lookup and no allocation per request.
 	if cp := e.principal.Load(); cp != nil && s.cache.fresh(cp.gen) && now.Before(cp.expires) {
-		s.recordUse(hash, now)
+		if ns := now.UnixNano(); ns-cp.touched.Load() >= int64(time.Minute) {
+			cp.touched.Store(ns)
+			s.recordUse(hash, now)
+		}
 		if u := cp.p.User; u.Status != StatusActive {
 			return cp.p, fmt.Errorf("user %s is disabled: %w", u.ID, ErrDisabled)
 		}

@@ -47,6 +47,9 @@ type cachedPrincipal struct {
 	p       *Principal
 	gen     uint64
 	expires time.Time
+	// touched is when the token's use was last noted (unix ns): it is
+	// noted at most once a minute (recordUse), here without a lock.
+	touched atomic.Int64
 }
 
 // fresh reports whether nothing was invalidated or flushed since

@@ -133,6 +133,10 @@ type Plan struct {
 	meters MeterUses
 	tokens *tokenPlan
 	buf    [2]Use // final's first storage: a plain request allocates only its Plan
+	// ticket is the storage of the first ticket admitted from a slice
+	// under this plan (one allocation less per request).
+	ticket     Ticket
+	ticketUsed bool
 }
 
 type tokenPlan struct {

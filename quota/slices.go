@@ -317,7 +317,13 @@ func (a *allowances) admitOne(ctx context.Context, us *userSlices, u *User, tok 
 // ticket is a request admitted from the slice at local time now. The
 // caller holds the owner's lock.
 func (sl *slice) ticket(s *Service, p *Plan, now time.Time) *Ticket {
-	t := &Ticket{s: s, user: sl.user, token: sl.tok, plan: p, charges: sl.charges, slice: sl, Now: now.Add(sl.offset)}
+	var t *Ticket
+	if p != nil && !p.ticketUsed {
+		p.ticketUsed, t = true, &p.ticket
+	} else {
+		t = new(Ticket)
+	}
+	*t = Ticket{s: s, user: sl.user, token: sl.tok, plan: p, charges: sl.charges, slice: sl, Now: now.Add(sl.offset)}
 	best := int64(math.MaxInt64)
 	for i, c := range sl.charges {
 		if sl.limits[i] == nil {
