@@ -60,6 +60,8 @@ const (
 	maxUserSlices  = 4
 	sliceUserIdle  = 10 * time.Second
 	recallAttempts = 5
+	// sliceCalm is how long a user refused or recalled takes no slice.
+	sliceCalm = time.Second
 	recallFirstGap = 2 * time.Millisecond
 )
 
@@ -97,6 +99,9 @@ type userSlices struct {
 	// (a moving average): a slice is sized to last about sliceTarget.
 	gap  time.Duration
 	last time.Time
+	// calm: no slice is taken before then (set by a refusal or a recall:
+	// the user is at a cap, where only a single counter is exact).
+	calm time.Time
 }
 
 // signature is what a slice was taken for: its charges follow from it.
@@ -190,7 +195,7 @@ func (a *allowances) admitLocked(ctx context.Context, us *userSlices, u *User, t
 		a.giveBack(ctx, us, i)
 		break
 	}
-	if us.sig.matches(u, tok, uses) {
+	if us.sig.matches(u, tok, uses) && now.After(us.calm) {
 		if k := min(sliceUnits(us.remaining), int64(sliceTarget/max(us.gap, time.Microsecond))); k >= minSliceUnits {
 			if t, err, done := a.grant(ctx, us, u, tok, uses, p, k); done {
 				return t, err
@@ -290,7 +295,7 @@ func (a *allowances) admitOne(ctx context.Context, us *userSlices, u *User, tok 
 			us.remaining = unitsLeft(t.charges[1:], adm.Used[1:])
 			return t, nil
 		}
-		us.remaining = -1
+		us.remaining, us.calm = -1, time.Now().Add(sliceCalm)
 		switch {
 		case len(us.slices) > 0:
 			for len(us.slices) > 0 {
@@ -390,8 +395,9 @@ func (a *allowances) giveBack(ctx context.Context, us *userSlices, i int) {
 }
 
 // returnUser returns this node's slices of a user (before its usage is
-// read or reset, when another node recalls them).
-func (a *allowances) returnUser(ctx context.Context, userID string) {
+// read or reset, when another node recalls them: then, with calm, it takes
+// none for a while).
+func (a *allowances) returnUser(ctx context.Context, userID string, calm bool) {
 	a.mu.RLock()
 	us := a.users[userID]
 	a.mu.RUnlock()
@@ -400,6 +406,9 @@ func (a *allowances) returnUser(ctx context.Context, userID string) {
 	}
 	us.mu.Lock()
 	defer us.mu.Unlock()
+	if calm {
+		us.calm = time.Now().Add(sliceCalm)
+	}
 	for len(us.slices) > 0 {
 		a.giveBack(ctx, us, len(us.slices)-1)
 	}
@@ -409,12 +418,10 @@ func (a *allowances) returnUser(ctx context.Context, userID string) {
 // limits may have changed), returns the user's slices.
 func (a *allowances) recalled(keys []string) {
 	for _, k := range keys {
-		id, ok := strings.CutPrefix(k, recallPrefix)
-		if !ok {
-			id, ok = strings.CutPrefix(k, "u:")
-		}
-		if ok {
-			go a.returnUser(context.Background(), id)
+		if id, ok := strings.CutPrefix(k, recallPrefix); ok {
+			go a.returnUser(context.Background(), id, true)
+		} else if id, ok := strings.CutPrefix(k, "u:"); ok {
+			go a.returnUser(context.Background(), id, false)
 		}
 	}
 }
@@ -423,7 +430,7 @@ func (a *allowances) recalled(keys []string) {
 // store reads or resets next is exact for this node.
 func (s *Service) returnSlices(ctx context.Context, userID string) {
 	if s.allow != nil {
-		s.allow.returnUser(ctx, userID)
+		s.allow.returnUser(ctx, userID, false)
 	}
 }
 
