@@ -61,7 +61,7 @@ const (
 	sliceUserIdle  = 10 * time.Second
 	recallAttempts = 5
 	// sliceCalm is how long a user refused or recalled takes no slice.
-	sliceCalm = time.Second
+	sliceCalm      = time.Second
 	recallFirstGap = 2 * time.Millisecond
 )
 
