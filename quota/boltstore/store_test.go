@@ -2,6 +2,7 @@ package boltstore_test
 
 import (
 	"context"
+	"fmt"
 	"errors"
 	"io"
 	"os"
@@ -514,5 +515,47 @@ func TestDistinctKeysSurviveReopen(t *testing.T) {
 	snap, err := s.Usage(context.Background(), u.ID)
 	if err != nil || snap.Current("messages", quota.Lifetime) != 7 {
 		t.Fatalf("old-format counters: %+v %v", snap, err)
+	}
+}
+
+// TestLeaseReleasesOnlyItsWindow: a reservation held across the end of a
+// window is not released from the next window, which never held it (a
+// tenant could otherwise start long requests just before a window ends
+// and get their reservations back as free room in the next); it survives
+// a reopen with its window.
+func TestLeaseReleasesOnlyItsWindow(t *testing.T) {
+	for _, reopen := range []bool{false, true} {
+		t.Run(fmt.Sprint("reopen=", reopen), func(t *testing.T) { testLeaseWindow(t, reopen) })
+	}
+}
+
+func testLeaseWindow(t *testing.T, reopen bool) {
+	path := dbPath(t)
+	clock := &fakeClock{t: time.Date(2025, 3, 10, 12, 0, 50, 0, time.UTC)}
+	s := open(t, boltstore.Options{Path: path, Clock: clock})
+	ctx := context.Background()
+	id := quota.NewID()
+	rid := quota.NewID()
+	held := quota.Charge{Resource: "tokens", Per: quota.Minute, Limit: 100, Amount: 60, Hold: time.Hour}
+	if adm, err := s.Admit(ctx, id, rid, []quota.Charge{held}); err != nil || !adm.Allowed {
+		t.Fatalf("reserve: %+v %v", adm, err)
+	}
+	if reopen {
+		mustClose(t, s)
+		s = open(t, boltstore.Options{Path: path, Clock: clock})
+	}
+	clock.Set(clock.Now().Add(20 * time.Second)) // the next minute
+	admit(t, s, id, quota.Charge{Resource: "tokens", Per: quota.Minute, Limit: 100, Amount: 30})
+	if err := s.Settle(ctx, id, rid, []quota.Charge{{Resource: "tokens", Per: quota.Minute, Limit: quota.NoLimit, Amount: 5}}); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := s.Usage(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 30 admitted in this minute and the 5 settled; the 60 held in the
+	// last minute stay there.
+	if got := snap.Current("tokens", quota.Minute); got != 35 {
+		t.Fatalf("this minute's counter = %d, want 35", got)
 	}
 }

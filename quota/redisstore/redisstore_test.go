@@ -675,3 +675,47 @@ func TestParseURLNeverEchoes(t *testing.T) {
 		}
 	}
 }
+
+// TestLeaseReleasesOnlyItsWindow: a lease records the window it was taken
+// in, and releases nothing from another window (which never held it).
+// The test moves the lease back a minute rather than waiting for one to
+// end; a lease body of the older format ("resource|period|amount")
+// releases from the current window.
+func TestLeaseReleasesOnlyItsWindow(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv, Options{})
+	ctx := testContext(t)
+	rdb := srv.Client(t)
+	for _, body := range []string{"older window", "old format"} {
+		id, rid := quota.NewID(), quota.NewID()
+		held := quota.Charge{Resource: "tokens", Per: quota.Day, Limit: 100, Amount: 60, Hold: time.Hour}
+		if adm, err := s.Admit(ctx, id, rid, []quota.Charge{held}); err != nil || !adm.Allowed {
+			t.Fatalf("reserve: %+v %v", adm, err)
+		}
+		leases := s.tag(id) + ":leases"
+		got, err := rdb.HGet(ctx, leases, rid).Result()
+		start, _ := quota.Day.Window(time.Now())
+		if want := fmt.Sprintf("tokens|day|%d|60", start.Unix()); err != nil || got != want {
+			t.Fatalf("lease body %q %v, want %q", got, err, want)
+		}
+		// Moved to yesterday, the 60 are not released from today (60 + 5);
+		// in the old format they are (60 - 60 + 5).
+		want := int64(65)
+		if body == "older window" {
+			rdb.HSet(ctx, leases, rid, fmt.Sprintf("tokens|day|%d|60", start.Add(-24*time.Hour).Unix()))
+		} else {
+			rdb.HSet(ctx, leases, rid, "tokens|day|60")
+			want = 5
+		}
+		if err := s.Settle(ctx, id, rid, []quota.Charge{{Resource: "tokens", Per: quota.Day, Limit: quota.NoLimit, Amount: 5}}); err != nil {
+			t.Fatal(err)
+		}
+		snap, err := s.Usage(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := snap.Current("tokens", quota.Day); got != want {
+			t.Fatalf("%s: today's counter = %d, want %d", body, got, want)
+		}
+	}
+}
