@@ -62,6 +62,10 @@ type App struct {
 	// CacheTTL is how long a token or user stays in the hot cache
 	// (default 30s).
 	CacheTTL caddy.Duration `json:"cache_ttl,omitempty"`
+	// Slices, when false, turns headroom slices off: every request is
+	// admitted by the store (see the README, "How admission stays exact").
+	// Default true.
+	Slices *bool `json:"slices,omitempty"`
 	// StoreTimeout is the deadline of each store call made to authenticate
 	// and admit a request (default 50ms); admin API calls get 1s.
 	StoreTimeout caddy.Duration `json:"store_timeout,omitempty"`
@@ -204,6 +208,7 @@ func (a *App) open() error {
 		shared := &sharedStore{store: store}
 		svc, err := quota.NewService(quota.Options{
 			Store: store, Logger: logger, CacheTTL: cacheTTL, Broadcaster: broadcaster, HotPathTimeout: timeout,
+			NoSlices: a.Slices != nil && !*a.Slices,
 			OnEvent: shared.onEvent(logger),
 			OnStoreCall: func(op string, took time.Duration, err error) {
 				shared.metrics.Load().observe(op, took, err)

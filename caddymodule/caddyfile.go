@@ -172,6 +172,12 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := a.parseOnStoreError(d); err != nil {
 				return err
 			}
+		case "slices":
+			if !d.NextArg() || (d.Val() != "on" && d.Val() != "off") || d.NextArg() {
+				return d.Err("slices takes on or off")
+			}
+			on := d.Val() == "on"
+			a.Slices = &on
 		case "cache_ttl", "store_timeout":
 			dur, err := parseDurationArg(d)
 			if err != nil {

@@ -73,6 +73,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"global args", "{\n\ttenant_quota x\n}\n:80 {\n\trespond ok\n}", "wrong argument count"},
 		{"bad policy", "{\n\ttenant_quota {\n\t\ton_store_error maybe\n\t}\n}\n:80 {\n\trespond ok\n}", "on_store_error takes deny, allow"},
 		{"bad allowance", "{\n\ttenant_quota {\n\t\ton_store_error allow lots per minute\n\t}\n}\n:80 {\n\trespond ok\n}", `"lots" is not a positive number`},
+		{"bad slices", "{\n\ttenant_quota {\n\t\tslices maybe\n\t}\n}\n:80 {\n\trespond ok\n}", "slices takes on or off"},
 		{"bad allowance period", "{\n\ttenant_quota {\n\t\ton_store_error allow 5 per week\n\t}\n}\n:80 {\n\trespond ok\n}", `period must be minute, hour or day, got "week"`},
 		{"handler subdirective", ":80 {\n\ttenant_quota {\n\t\tnope\n\t}\n}", `unrecognized tenant_quota subdirective "nope"`},
 		{"tokens value", ":80 {\n\ttenant_quota {\n\t\ttokens maybe\n\t}\n}", `tokens takes on, off or a matcher, got "maybe"`},

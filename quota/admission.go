@@ -165,7 +165,7 @@ func (s *Service) AdmitToken(ctx context.Context, u *User, tok *Token, p *Plan) 
 		if uses := p.Uses(); s.allow != nil && sliceable(uses) {
 			t, err = s.allow.admit(ctx, u, tok, uses, p)
 		} else {
-			t, err = s.admit(ctx, u, tok, uses, p)
+			t, err = s.admitHeld(ctx, u, tok, uses, p)
 		}
 		if err == nil {
 			return t, nil
@@ -189,7 +189,19 @@ func (s *Service) AdmitToken(ctx context.Context, u *User, tok *Token, p *Plan) 
 // charges): every use counts against its resource's lifetime counter and
 // each of the user's windowed limits on that resource.
 func (s *Service) AdmitUses(ctx context.Context, u *User, uses []Use) (*Ticket, error) {
-	return s.admit(ctx, u, nil, uses, nil)
+	return s.admitHeld(ctx, u, nil, uses, nil)
+}
+
+// admitHeld admits at the store uses that no slice may hold; refused while
+// this node holds slices of the user, it gives them back and tries again,
+// so that one node is exactly a single counter.
+func (s *Service) admitHeld(ctx context.Context, u *User, tok *Token, uses []Use, p *Plan) (*Ticket, error) {
+	t, err := s.admit(ctx, u, tok, uses, p)
+	if err != nil && s.allow != nil && errors.Is(err, ErrLimitExceeded) && s.allow.holds(u.ID) {
+		s.allow.returnUser(ctx, u.ID, true)
+		t, err = s.admit(ctx, u, tok, uses, p)
+	}
+	return t, err
 }
 
 func (s *Service) admit(ctx context.Context, u *User, tok *Token, uses []Use, p *Plan) (*Ticket, error) {

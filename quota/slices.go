@@ -414,6 +414,19 @@ func (a *allowances) returnUser(ctx context.Context, userID string, calm bool) {
 	}
 }
 
+// holds reports whether this node holds slices of a user.
+func (a *allowances) holds(userID string) bool {
+	a.mu.RLock()
+	us := a.users[userID]
+	a.mu.RUnlock()
+	if us == nil {
+		return false
+	}
+	us.mu.Lock()
+	defer us.mu.Unlock()
+	return len(us.slices) > 0
+}
+
 // recalled handles Broadcaster keys: a recall, or a changed user (its
 // limits may have changed), returns the user's slices.
 func (a *allowances) recalled(keys []string) {

@@ -254,3 +254,35 @@ func TestSliceHeldElsewhere(t *testing.T) {
 		t.Logf("recall=%v: B first refused at %d of %d, then admitted up to %d", recall, refusedAt, limit, byA+byB)
 	}
 }
+
+// TestSliceGivenBackForAHeldRequest: a request that no slice may hold (an
+// operator's charge here; an LLM request alike) refused while this node
+// holds a slice of the tenant gets the slice back first: one node is a
+// single counter whatever the mix of requests.
+func TestSliceGivenBackForAHeldRequest(t *testing.T) {
+	s, err := boltstore.Open(boltstore.Options{Path: filepath.Join(t.TempDir(), "q.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	n := newSliceNode(t, s, nil, false)
+	const limit = 1000
+	p := sliceTenant(t, n.svc, limit)
+	admitted := n.burst(t, p, 600, 8)
+	snap, err := s.Usage(context.Background(), p.User.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := snap.Current(quota.ReservedPrefix+"messages", quota.Lifetime)
+	if held == 0 {
+		t.Skip("the burst ended holding no slice")
+	}
+	// All that remains, in one charge: it fits only with the slice back.
+	rest := limit - admitted
+	if _, err := n.svc.AdmitUses(context.Background(), p.User, []quota.Use{{Resource: "messages", Amount: rest}}); err != nil {
+		t.Fatalf("charging the %d that remain while a slice of %d was held: %v", rest, held, err)
+	}
+	if used, reserved := messagesUsed(t, n.svc, p.User.ID); used != limit || reserved != 0 {
+		t.Fatalf("usage: used %d reserved %d, want %d and 0", used, reserved, limit)
+	}
+}
