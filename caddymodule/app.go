@@ -209,7 +209,7 @@ func (a *App) open() error {
 		svc, err := quota.NewService(quota.Options{
 			Store: store, Logger: logger, CacheTTL: cacheTTL, Broadcaster: broadcaster, HotPathTimeout: timeout,
 			NoSlices: a.Slices != nil && !*a.Slices,
-			OnEvent: shared.onEvent(logger),
+			OnEvent:  shared.onEvent(logger),
 			OnStoreCall: func(op string, took time.Duration, err error) {
 				shared.metrics.Load().observe(op, took, err)
 			},
