@@ -27,27 +27,29 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (*Principal, 
 		return nil, fmt.Errorf("malformed token: %w", ErrUnauthenticated)
 	}
 	hash := key[len(tokenKeyPrefix):]
+	now := s.clock.Now()
+	// The principals in front of the cache: a map read, no lock, for a
+	// token seen within the TTL when nothing was invalidated since.
+	if v, ok := s.principals.Load(key); ok {
+		if cp := v.(*cachedPrincipal); s.cache.fresh(cp.gen) && time.Now().Before(cp.expires) && !cp.p.Token.Expired(now) {
+			s.cache.hits.Add(1)
+			return s.principal(cp, hash, now)
+		}
+		s.dropPrincipal(key)
+	}
 	gen := s.cache.begin()
 	tok, e, err := s.cachedToken(ctx, key, hash)
 	if err != nil {
 		return nil, err
 	}
-	now := s.clock.Now()
 	if tok.Expired(now) {
 		return nil, fmt.Errorf("token expired: %w", ErrUnauthenticated)
 	}
 	// The principal made for this token last time, if nothing was
 	// invalidated since and it is younger than the cache TTL: one cache
 	// lookup and no allocation per request.
-	if cp := e.principal.Load(); cp != nil && s.cache.fresh(cp.gen) && now.Before(cp.expires) {
-		if ns := now.UnixNano(); ns-cp.touched.Load() >= int64(time.Minute) {
-			cp.touched.Store(ns)
-			s.recordUse(hash, now)
-		}
-		if u := cp.p.User; u.Status != StatusActive {
-			return cp.p, fmt.Errorf("user %s is disabled: %w", u.ID, ErrDisabled)
-		}
-		return cp.p, nil
+	if cp := e.principal.Load(); cp != nil && s.cache.fresh(cp.gen) && time.Now().Before(cp.expires) {
+		return s.principal(cp, hash, now)
 	}
 	u, err := s.cachedUser(ctx, tok.UserID, e.userKey)
 	if errors.Is(err, ErrNotFound) {
@@ -58,7 +60,15 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (*Principal, 
 	}
 	s.recordUse(hash, now)
 	p := &Principal{Token: tok, User: u}
-	e.principal.Store(&cachedPrincipal{p: p, gen: gen, expires: now.Add(time.Duration(s.cache.ttl.Load()))})
+	// Expiry on the system clock, as the cache's own TTL.
+	cp := &cachedPrincipal{p: p, gen: gen, expires: time.Now().Add(time.Duration(s.cache.ttl.Load()))}
+	cp.touched.Store(now.UnixNano())
+	e.principal.Store(cp)
+	if s.principalCount.Load() < s.cacheEntries {
+		if _, loaded := s.principals.Swap(key, cp); !loaded {
+			s.principalCount.Add(1)
+		}
+	}
 	if u.Status != StatusActive {
 		return p, fmt.Errorf("user %s is disabled: %w", u.ID, ErrDisabled)
 	}
@@ -66,6 +76,35 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (*Principal, 
 }
 
 // cachedToken returns the token of a hash and its cache entry.
+// principal serves a cached principal: its token's use is noted at most
+// once a minute, without a lock.
+func (s *Service) principal(cp *cachedPrincipal, hash string, now time.Time) (*Principal, error) {
+	if ns := now.UnixNano(); ns-cp.touched.Load() >= int64(time.Minute) {
+		cp.touched.Store(ns)
+		s.recordUse(hash, now)
+	}
+	if u := cp.p.User; u.Status != StatusActive {
+		return cp.p, fmt.Errorf("user %s is disabled: %w", u.ID, ErrDisabled)
+	}
+	return cp.p, nil
+}
+
+func (s *Service) dropPrincipal(key string) {
+	if _, loaded := s.principals.LoadAndDelete(key); loaded {
+		s.principalCount.Add(-1)
+	}
+}
+
+// sweepPrincipals forgets the principals that may no longer be served.
+func (s *Service) sweepPrincipals(now time.Time) {
+	s.principals.Range(func(k, v any) bool {
+		if cp := v.(*cachedPrincipal); !s.cache.fresh(cp.gen) || !now.Before(cp.expires) { // now: the system clock
+			s.dropPrincipal(k.(string))
+		}
+		return true
+	})
+}
+
 func (s *Service) cachedToken(ctx context.Context, key, hash string) (*Token, cacheEntry, error) {
 	if e, ok := s.cache.get(key); ok {
 		return e.token, e, nil

@@ -93,6 +93,11 @@ type Service struct {
 	listenerExited chan struct{}
 	allow          *allowances // nil: no headroom slices
 	allowDone      chan struct{}
+	// principals are the principals served lately, by token cache key, in
+	// front of the cache (see Authenticate); at most cacheEntries.
+	principals     sync.Map
+	principalCount atomic.Int64
+	cacheEntries   int64
 }
 
 // NewService returns a Service over opts.Store.
@@ -130,6 +135,7 @@ func NewService(opts Options) (*Service, error) {
 		journal: newJournal(opts.Store, opts.Logger, opts.JournalSize), journalDone: make(chan struct{}),
 	}
 	s.hotTimeout.Store(int64(opts.HotPathTimeout))
+	s.cacheEntries = opts.CacheEntries
 	if !opts.NoSlices {
 		s.allow, s.allowDone = newAllowances(s), make(chan struct{})
 		go func() {

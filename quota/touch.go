@@ -24,8 +24,9 @@ func (s *Service) touchLoop() {
 	defer tick.Stop()
 	for {
 		select {
-		case <-tick.C:
+		case now := <-tick.C:
 			s.flushTouches()
+			s.sweepPrincipals(now)
 		case <-s.stop:
 			s.flushTouches()
 			return
