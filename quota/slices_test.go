@@ -112,6 +112,17 @@ func messagesUsed(t *testing.T, svc *quota.Service, id string) (used, reserved i
 	return 0, 0
 }
 
+// openRedis opens a store on srv, closed with the test.
+func openRedis(t *testing.T, srv *redistest.Server) *redisstore.Store {
+	t.Helper()
+	s, err := redisstore.New(redisstore.Options{Client: srv.Client(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
 // TestSlicesOneNodeExact: a burst of N requests against a cap L on one
 // node admits exactly min(N, L), mostly without a store call, on both
 // stores; the usage read afterwards is exact and holds no reservation.
@@ -125,14 +136,7 @@ func TestSlicesOneNodeExact(t *testing.T) {
 			t.Cleanup(func() { s.Close() })
 			return s
 		},
-		"redis": func(t *testing.T) quota.Store {
-			s, err := redisstore.New(redisstore.Options{Client: redistest.Start(t).Client(t)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { s.Close() })
-			return s
-		},
+		"redis": func(t *testing.T) quota.Store { return openRedis(t, redistest.Start(t)) },
 	}
 	for name, open := range stores {
 		t.Run(name, func(t *testing.T) {
@@ -159,14 +163,7 @@ func TestSlicesOneNodeExact(t *testing.T) {
 // other node holds a slice recalls it.
 func TestSlicesTwoNodesExact(t *testing.T) {
 	srv := redistest.Start(t)
-	open := func() *redisstore.Store {
-		s, err := redisstore.New(redisstore.Options{Client: srv.Client(t)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-		return s
-	}
+	open := func() *redisstore.Store { return openRedis(t, srv) }
 	sa, sb := open(), open()
 	a, b := newSliceNode(t, sa, sa.Broadcaster(), false), newSliceNode(t, sb, sb.Broadcaster(), false)
 	time.Sleep(100 * time.Millisecond) // both subscribed
@@ -200,14 +197,7 @@ func TestSlicesTwoNodesExact(t *testing.T) {
 // With a Broadcaster the refusal recalls the slice at once.
 func TestSliceHeldElsewhere(t *testing.T) {
 	srv := redistest.Start(t)
-	open := func() *redisstore.Store {
-		s, err := redisstore.New(redisstore.Options{Client: srv.Client(t)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-		return s
-	}
+	open := func() *redisstore.Store { return openRedis(t, srv) }
 	for _, recall := range []bool{false, true} {
 		sa, sb := open(), open()
 		var bca, bcb quota.Broadcaster
