@@ -633,7 +633,7 @@ func setRateLimitHeaders(h http.Header, st *quota.LimitState, now time.Time) {
 // response, and the bytes of both.
 type rateLimitValues struct {
 	vals [2]string
-	buf  [224]byte
+	buf  [160]byte // most pairs of values fit; a longer one moves out
 }
 
 // Interface guards.

@@ -22,10 +22,10 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (*Principal, 
 	if secret == "" {
 		return nil, fmt.Errorf("missing bearer token: %w", ErrUnauthenticated)
 	}
-	key, ok := parseTokenKey(secret)
-	if !ok {
+	if !shapedLikeToken(secret) {
 		return nil, fmt.Errorf("malformed token: %w", ErrUnauthenticated)
 	}
+	key := tokenKey(secret)
 	hash := key[len(tokenKeyPrefix):]
 	now := s.clock.Now()
 	// The principals in front of the cache: a map read, no lock, for a
@@ -36,6 +36,11 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (*Principal, 
 			return s.principal(cp, hash, now)
 		}
 		s.dropPrincipal(key)
+	}
+	// Not served lately: its format and checksum first (the principals
+	// above are keyed by the hash of a secret that passed them).
+	if !wellFormed(secret) {
+		return nil, fmt.Errorf("malformed token: %w", ErrUnauthenticated)
 	}
 	gen := s.cache.begin()
 	tok, e, err := s.cachedToken(ctx, key, hash)

@@ -75,12 +75,19 @@ const recallPrefix = "r:"
 
 type allowances struct {
 	s     *Service
-	mu    sync.RWMutex
-	users map[string]*userSlices
+	users sync.Map // user id → *userSlices; read without a lock on every request
 }
 
 func newAllowances(s *Service) *allowances {
-	return &allowances{s: s, users: map[string]*userSlices{}}
+	return &allowances{s: s}
+}
+
+// lookup returns the user's slices, nil if this node has none.
+func (a *allowances) lookup(id string) *userSlices {
+	if v, ok := a.users.Load(id); ok {
+		return v.(*userSlices)
+	}
+	return nil
 }
 
 // userSlices are one user's slices on this node. mu is held across the
@@ -144,19 +151,11 @@ func sliceable(uses []Use) bool {
 }
 
 func (a *allowances) user(id string) *userSlices {
-	a.mu.RLock()
-	us := a.users[id]
-	a.mu.RUnlock()
-	if us != nil {
+	if us := a.lookup(id); us != nil {
 		return us
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if us = a.users[id]; us == nil {
-		us = &userSlices{remaining: -1, gap: time.Second}
-		a.users[id] = us
-	}
-	return us
+	v, _ := a.users.LoadOrStore(id, &userSlices{remaining: -1, gap: time.Second})
+	return v.(*userSlices)
 }
 
 // admit admits one request of sliceable uses: from a slice when this node
@@ -398,9 +397,7 @@ func (a *allowances) giveBack(ctx context.Context, us *userSlices, i int) {
 // read or reset, when another node recalls them: then, with calm, it takes
 // none for a while).
 func (a *allowances) returnUser(ctx context.Context, userID string, calm bool) {
-	a.mu.RLock()
-	us := a.users[userID]
-	a.mu.RUnlock()
+	us := a.lookup(userID)
 	if us == nil {
 		return
 	}
@@ -416,9 +413,7 @@ func (a *allowances) returnUser(ctx context.Context, userID string, calm bool) {
 
 // holds reports whether this node holds slices of a user.
 func (a *allowances) holds(userID string) bool {
-	a.mu.RLock()
-	us := a.users[userID]
-	a.mu.RUnlock()
+	us := a.lookup(userID)
 	if us == nil {
 		return false
 	}
@@ -450,30 +445,25 @@ func (s *Service) returnSlices(ctx context.Context, userID string) {
 // sweep returns the slices that are idle, too old or near the end of a
 // window (all of them with all), and forgets users idle for long.
 func (a *allowances) sweep(now time.Time, all bool) {
-	a.mu.RLock()
-	users := make(map[string]*userSlices, len(a.users))
-	for id, us := range a.users {
-		users[id] = us
-	}
-	a.mu.RUnlock()
 	ctx := context.Background()
-	for id, us := range users {
-		us.mu.Lock()
-		for i := len(us.slices) - 1; i >= 0; i-- {
-			sl := us.slices[i]
-			if all || !now.Before(sl.ends) || now.Sub(sl.lastUse) >= sliceIdle {
-				a.giveBack(ctx, us, i)
-			}
+	a.users.Range(func(k, v any) bool {
+		a.sweepUser(ctx, k.(string), v.(*userSlices), now, all)
+		return true
+	})
+}
+
+func (a *allowances) sweepUser(ctx context.Context, id string, us *userSlices, now time.Time, all bool) {
+	us.mu.Lock()
+	defer us.mu.Unlock()
+	for i := len(us.slices) - 1; i >= 0; i-- {
+		sl := us.slices[i]
+		if all || !now.Before(sl.ends) || now.Sub(sl.lastUse) >= sliceIdle {
+			a.giveBack(ctx, us, i)
 		}
-		if len(us.slices) == 0 && (all || now.Sub(us.touched) >= sliceUserIdle) {
-			us.dead = true
-			a.mu.Lock()
-			if a.users[id] == us {
-				delete(a.users, id)
-			}
-			a.mu.Unlock()
-		}
-		us.mu.Unlock()
+	}
+	if len(us.slices) == 0 && (all || now.Sub(us.touched) >= sliceUserIdle) {
+		us.dead = true
+		a.users.CompareAndDelete(id, us)
 	}
 }
 

@@ -72,27 +72,31 @@ func NewTokenSecret() (string, error) {
 // ParseTokenSecret checks the format and checksum of a presented secret and
 // returns its SHA-256 (hex) for the store lookup.
 func ParseTokenSecret(secret string) (hash string, ok bool) {
-	key, ok := parseTokenKey(secret)
-	return strings.TrimPrefix(key, tokenKeyPrefix), ok
+	if !wellFormed(secret) {
+		return "", false
+	}
+	return HashTokenSecret(secret), true
 }
 
-// parseTokenKey is ParseTokenSecret returning the token's cache key
-// (tokenKeyPrefix and the hash).
-func parseTokenKey(secret string) (key string, ok bool) {
-	if len(secret) != TokenLength || !strings.HasPrefix(secret, TokenPrefix) {
-		return "", false
+// shapedLikeToken is the cheap part of wellFormed: length and prefix.
+func shapedLikeToken(secret string) bool {
+	return len(secret) == TokenLength && strings.HasPrefix(secret, TokenPrefix)
+}
+
+// wellFormed checks a secret's format and checksum.
+func wellFormed(secret string) bool {
+	if !shapedLikeToken(secret) {
+		return false
 	}
 	body := secret[len(TokenPrefix):]
 	for i := 0; i < len(body); i++ {
 		if !isBase62[body[i]] {
-			return "", false
+			return false
 		}
 	}
 	random, sum := body[:tokenRandomLen], body[tokenRandomLen:]
-	if want := checksumOf(random); string(want[:]) != sum { // compared without allocating
-		return "", false
-	}
-	return tokenKey(secret), true
+	want := checksumOf(random)
+	return string(want[:]) == sum // compared without allocating
 }
 
 // HashTokenSecret returns the hex SHA-256 of a secret, as stored.
