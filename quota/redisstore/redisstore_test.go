@@ -719,3 +719,59 @@ func TestLeaseReleasesOnlyItsWindow(t *testing.T) {
 		}
 	}
 }
+
+// TestNoKeyPerRequest: request records live in the user's per-minute
+// record hashes, so a tenant's traffic leaves a bounded number of keys
+// (not one per request, as a record key each did); a held request whose
+// record is gone still counts as admitted while its lease holds.
+func TestNoKeyPerRequest(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv, Options{})
+	ctx := testContext(t)
+	rdb := srv.Client(t)
+	id := quota.NewID()
+	msg := []quota.Charge{{Resource: "messages", Limit: 100000, Amount: 1}}
+	held := []quota.Charge{{Resource: "tokens", Limit: 100000, Amount: 10, Hold: time.Hour}}
+	for i := 0; i < 300; i++ {
+		if _, err := s.Admit(ctx, id, quota.NewID(), msg); err != nil {
+			t.Fatal(err)
+		}
+		rid := quota.NewID()
+		if _, err := s.Admit(ctx, id, rid, held); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Settle(ctx, id, rid, []quota.Charge{{Resource: "tokens", Limit: quota.NoLimit, Amount: 3}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keys, err := rdb.Keys(ctx, "*"+id+"*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// usage, leases and their expiries, and at most three minutes of
+	// records (two when the test crosses a minute).
+	if len(keys) > 6 {
+		t.Fatalf("900 store calls left %d keys: %v", len(keys), keys)
+	}
+	// The records gone (as after three minutes), a held request is still
+	// known as admitted by its lease: cancelling it takes it back once.
+	rid := quota.NewID()
+	if _, err := s.Admit(ctx, id, rid, held); err != nil {
+		t.Fatal(err)
+	}
+	recs, _ := rdb.Keys(ctx, "*"+id+"*:reqs:*").Result()
+	rdb.Del(ctx, recs...)
+	if adm, err := s.Admit(ctx, id, rid, held); err != nil || adm.Used[0] != 910 {
+		t.Fatalf("repeated admission of a leased request: %+v %v, want 910 used", adm, err)
+	}
+	if err := s.Resolve(ctx, id, rid, held, false); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := s.Usage(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := snap.Current("tokens", quota.Lifetime); got != 900 {
+		t.Fatalf("after cancelling the leased request: %d, want 900", got)
+	}
+}

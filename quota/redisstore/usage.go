@@ -16,8 +16,8 @@ import (
 // admitScript applies charges to one user's usage hash (KEYS[1]) all or
 // nothing, exactly like quota.ApplyCharges, after releasing expired leases.
 // A counter counts only if its stored window start ("<field>|s") is the
-// current one. ARGV[1] is the request record's time to live in seconds,
-// ARGV[2] the request id ("" for none) and KEYS[5] its request record: an
+// current one. ARGV[2] is the request id ("" for none), kept in the
+// user's request records (KEYS[5], KEYS[8], KEYS[9]; see charges.lua): an
 // admission whose request id was already admitted charges nothing again,
 // one that was cancelled charges nothing, and an admitted one holds a lease
 // on its held charges.
@@ -27,7 +27,7 @@ import (
 var admitScript = redis.NewScript("local first = 6\n" + luaCharges + luaThresholds + lua("admit.lua"))
 
 // resolveScript settles a request whose admission outcome its caller could
-// not see. ARGV[1] is the request record's time to live, ARGV[2] "1" to
+// not see. ARGV[2] is "1" to
 // make sure the charges are counted (once, without limits, holding a lease
 // on the held ones) or "0" to take back whatever the request charged (and
 // drop its lease) and keep a late admission from charging, ARGV[3] the
@@ -35,9 +35,9 @@ var admitScript = redis.NewScript("local first = 6\n" + luaCharges + luaThreshol
 var resolveScript = redis.NewScript("local first = 4\n" + luaCharges + lua("resolve.lua"))
 
 // settleScript ends a served request exactly once: it applies the actual
-// charges without limits and releases the request's lease. ARGV[1] is the
-// settlement record's time to live, ARGV[2] the request id; KEYS[5] is the
-// settlement record. It returns 1 if it settled, 0 for a repeat.
+// charges without limits and releases the request's lease. ARGV[2] is the
+// request id, whose settlement is recorded in the request records. It
+// returns 1 if it settled, 0 for a repeat.
 var settleScript = redis.NewScript("local first = 6\n" + luaCharges + luaThresholds + lua("settle.lua"))
 
 // usageScript returns the server time (seconds, microseconds) followed by
@@ -77,7 +77,7 @@ func (s *Store) Admit(ctx context.Context, userID, requestID string, charges []q
 			}
 		}
 	}
-	keys, args, err := s.chargeArgs(userID, requestID, requestID, charges, s.recordTTL(charges), requestID, s.percents, strconv.FormatInt(s.retention.Milliseconds(), 10), userID)
+	keys, args, err := s.chargeArgs(userID, requestID, true, charges, "", requestID, s.percents, strconv.FormatInt(s.retention.Milliseconds(), 10), userID)
 	if err != nil {
 		return nil, err
 	}
@@ -111,7 +111,7 @@ func (s *Store) Resolve(ctx context.Context, userID, requestID string, charges [
 	if apply {
 		flag = "1"
 	}
-	keys, args, err := s.chargeArgs(userID, requestID, requestID, charges, s.recordTTL(charges), flag, requestID)
+	keys, args, err := s.chargeArgs(userID, requestID, true, charges, "", flag, requestID)
 	if err != nil {
 		return err
 	}
@@ -128,7 +128,7 @@ func (s *Store) Settle(ctx context.Context, userID, requestID string, actual []q
 	if requestID == "" {
 		return quota.Invalid("requestId", "is required")
 	}
-	keys, args, err := s.chargeArgs(userID, requestID, requestID+"-settle", actual, s.recordTTL(nil), requestID, s.percents, strconv.FormatInt(s.retention.Milliseconds(), 10), userID)
+	keys, args, err := s.chargeArgs(userID, requestID, true, actual, "", requestID, s.percents, strconv.FormatInt(s.retention.Milliseconds(), 10), userID)
 	if err != nil {
 		return err
 	}
@@ -140,21 +140,12 @@ func (s *Store) Settle(ctx context.Context, userID, requestID string, actual []q
 	return nil
 }
 
-// recordTTL is how long a request record lives, in seconds: RequestTTL,
-// or longer than the longest hold so a lease never outlives its record.
-func (s *Store) recordTTL(charges []quota.Charge) string {
-	ttl := quota.RequestTTL
-	for _, c := range charges {
-		ttl = max(ttl, c.Hold+time.Minute)
-	}
-	return strconv.Itoa(int(ttl / time.Second))
-}
-
 // chargeArgs checks charges and builds a script's keys and arguments: the
-// usage hash, the distinct keys, the lease set and bodies and, with a
-// record name, the request record; then head and one group of six per
-// charge.
-func (s *Store) chargeArgs(userID, requestID, record string, charges []quota.Charge, head ...string) ([]string, []any, error) {
+// usage hash, the distinct keys, the lease set and bodies and, with
+// records, the request records of this minute and the two before (see
+// charges.lua), the threshold marks and the outbox; then head and one group
+// of six per charge.
+func (s *Store) chargeArgs(userID, requestID string, records bool, charges []quota.Charge, head ...string) ([]string, []any, error) {
 	if !validID(userID) {
 		return nil, nil, fmt.Errorf("user %q: %w", userID, quota.ErrNotFound)
 	}
@@ -162,8 +153,10 @@ func (s *Store) chargeArgs(userID, requestID, record string, charges []quota.Cha
 		return nil, nil, quota.Invalid("requestId", "must be 1 to %d letters, digits, '-' or '_'", quota.MaxIDLength)
 	}
 	keys := []string{s.usageKey(userID), s.keysKey(userID), s.tag(userID) + ":lease_exp", s.tag(userID) + ":leases"}
-	if record != "" {
-		keys = append(keys, s.tag(userID)+":req:"+record, s.tag(userID)+":thresholds", s.eventsKey(userID))
+	if records {
+		minute := time.Now().Unix() / 60
+		reqs := func(m int64) string { return s.tag(userID) + ":reqs:" + strconv.FormatInt(m, 10) }
+		keys = append(keys, reqs(minute), s.tag(userID)+":thresholds", s.eventsKey(userID), reqs(minute-1), reqs(minute-2))
 	}
 	args := make([]any, 0, len(head)+6*len(charges))
 	for _, h := range head {

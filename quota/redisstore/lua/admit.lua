@@ -1,8 +1,8 @@
 -- admitScript applies charges to one user's usage hash (KEYS[1]) all or
 -- nothing, exactly like quota.ApplyCharges, after releasing expired leases.
 -- A counter counts only if its stored window start ("<field>|s") is the
--- current one. ARGV[1] is the request record's time to live in seconds,
--- ARGV[2] the request id ("" for none) and KEYS[5] its request record: an
+-- current one. ARGV[1] is unused, ARGV[2] the request id ("" for none),
+-- recorded in the request records (KEYS[5], KEYS[8], KEYS[9]): an
 -- admission whose request id was already admitted charges nothing again,
 -- one that was cancelled charges nothing, and an admitted one holds a lease
 -- on its held charges.
@@ -25,7 +25,7 @@ sweep()
 local used = {}
 local rid = ARGV[2]
 if rid ~= "" then
-  local state = redis.call("GET", KEYS[5])
+  local state = record(rid, true)
   if state == "c" then return reply(0, -2, used) end
   if state == "a" then
     for i = 1, n do used[i] = stored(i) end
@@ -35,7 +35,7 @@ end
 local denied = apply(1, true, used)
 if denied >= 0 then return reply(0, denied, used) end
 if rid ~= "" then
-  redis.call("SET", KEYS[5], "a", "EX", ARGV[1])
+  remember(rid, "a")
   hold(rid)
 end
 thresholds(rid, ARGV[3], ARGV[4], ARGV[5], used)

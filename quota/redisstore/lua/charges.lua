@@ -2,9 +2,10 @@
 -- the first charge, six ARGV a charge (resource, period name, limit (-1:
 -- none), amount, distinct key or "", hold seconds or 0). KEYS[1] is the usage
 -- hash, KEYS[2] the hash of distinct keys counted, KEYS[3] the sorted set of
--- lease expiries, KEYS[4] the hash of lease bodies; KEYS[5], if given, the
--- request record. It reads the server clock and defines stored, apply,
--- hold, release, drop and sweep.
+-- lease expiries, KEYS[4] the hash of lease bodies; KEYS[5], KEYS[8] and
+-- KEYS[9], if given, the user's request records (see record). It reads the
+-- server clock and defines stored, apply, hold, release, drop, sweep,
+-- record and remember.
 local MAXC = 4503599627370496 -- quota.MaxCounter (2^52)
 local t = redis.call("TIME")
 local now = tonumber(t[1])
@@ -128,4 +129,26 @@ local function sweep()
   for _, rid in ipairs(redis.call("ZRANGEBYSCORE", KEYS[3], "-inf", now, "LIMIT", 0, 32)) do
     release(rid)
   end
+end
+
+-- Request records: the state of a request id ("a" admitted, "c" cancelled,
+-- "s" settled) lives in the user's record hashes, one per minute of the
+-- gateway's clock: KEYS[5] this minute's, KEYS[8] and KEYS[9] the two
+-- before, each expiring record_ttl seconds after its last write. So no
+-- request leaves a key of its own, and a record is found for at least two
+-- minutes (quota.RequestTTL). With leased, a request that holds a lease
+-- counts as admitted however old its record.
+local record_ttl = 180
+local function record(id, leased)
+  for _, k in ipairs({KEYS[5], KEYS[8], KEYS[9]}) do
+    local v = redis.call("HGET", k, id)
+    if v then return v end
+  end
+  if leased and redis.call("HEXISTS", KEYS[4], id) == 1 then return "a" end
+  return false
+end
+
+local function remember(id, state)
+  redis.call("HSET", KEYS[5], id, state)
+  redis.call("EXPIRE", KEYS[5], record_ttl)
 end

@@ -1,17 +1,17 @@
 -- resolveScript settles a request whose admission outcome its caller could
--- not see. ARGV[1] is the request record's time to live, ARGV[2] "1" to
+-- not see (records as in admitScript). ARGV[1] is unused, ARGV[2] "1" to
 -- make sure the charges are counted (once, without limits, holding a lease
 -- on the held ones) or "0" to take back whatever the request charged (and
 -- drop its lease) and keep a late admission from charging, ARGV[3] the
 -- request id. It returns 1 if it changed a counter.
 
 local rid = ARGV[3]
-local state = redis.call("GET", KEYS[5])
+local state = record(rid, true)
 if state == "c" or (state == "a" and ARGV[2] == "1") then return 0 end
 local used, changed = {}, 0
 if ARGV[2] == "1" then
   apply(1, false, used)
-  redis.call("SET", KEYS[5], "a", "EX", ARGV[1])
+  remember(rid, "a")
   hold(rid)
   return 1
 end
@@ -20,5 +20,5 @@ if state == "a" then
   drop(rid)
   changed = 1
 end
-redis.call("SET", KEYS[5], "c", "EX", ARGV[1])
+remember(rid, "c")
 return changed
