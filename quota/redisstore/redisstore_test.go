@@ -720,8 +720,8 @@ func TestLeaseReleasesOnlyItsWindow(t *testing.T) {
 	}
 }
 
-// TestNoKeyPerRequest: request records live in the user's per-minute
-// record hashes, so a tenant's traffic leaves a bounded number of keys
+// TestNoKeyPerRequest: request records live in the user's record hashes
+// (one per two minutes), so a tenant's traffic leaves a bounded number of keys
 // (not one per request, as a record key each did); a held request whose
 // record is gone still counts as admitted while its lease holds.
 func TestNoKeyPerRequest(t *testing.T) {
@@ -748,12 +748,12 @@ func TestNoKeyPerRequest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// usage, leases and their expiries, and at most three minutes of
-	// records (two when the test crosses a minute).
+	// usage, leases and their expiries, and the records (two hashes when
+	// the test crosses a two-minute span).
 	if len(keys) > 6 {
 		t.Fatalf("900 store calls left %d keys: %v", len(keys), keys)
 	}
-	// The records gone (as after three minutes), a held request is still
+	// The records gone (as after four minutes), a held request is still
 	// known as admitted by its lease: cancelling it takes it back once.
 	rid := quota.NewID()
 	if _, err := s.Admit(ctx, id, rid, held); err != nil {

@@ -17,7 +17,7 @@ import (
 // nothing, exactly like quota.ApplyCharges, after releasing expired leases.
 // A counter counts only if its stored window start ("<field>|s") is the
 // current one. ARGV[2] is the request id ("" for none), kept in the
-// user's request records (KEYS[5], KEYS[8], KEYS[9]; see charges.lua): an
+// user's request records (KEYS[5] and KEYS[8]; see charges.lua): an
 // admission whose request id was already admitted charges nothing again,
 // one that was cancelled charges nothing, and an admitted one holds a lease
 // on its held charges.
@@ -140,9 +140,14 @@ func (s *Store) Settle(ctx context.Context, userID, requestID string, actual []q
 	return nil
 }
 
+// recordSpan is how many seconds of request records one hash holds
+// (charges.lua keeps the current and the previous one, each for twice
+// that: a record is found for at least quota.RequestTTL).
+const recordSpan = int64(quota.RequestTTL / time.Second)
+
 // chargeArgs checks charges and builds a script's keys and arguments: the
 // usage hash, the distinct keys, the lease set and bodies and, with
-// records, the request records of this minute and the two before (see
+// records, the request records of this span and the one before (see
 // charges.lua), the threshold marks and the outbox; then head and one group
 // of six per charge.
 func (s *Store) chargeArgs(userID, requestID string, records bool, charges []quota.Charge, head ...string) ([]string, []any, error) {
@@ -154,9 +159,9 @@ func (s *Store) chargeArgs(userID, requestID string, records bool, charges []quo
 	}
 	keys := []string{s.usageKey(userID), s.keysKey(userID), s.tag(userID) + ":lease_exp", s.tag(userID) + ":leases"}
 	if records {
-		minute := time.Now().Unix() / 60
+		span := time.Now().Unix() / recordSpan
 		reqs := func(m int64) string { return s.tag(userID) + ":reqs:" + strconv.FormatInt(m, 10) }
-		keys = append(keys, reqs(minute), s.tag(userID)+":thresholds", s.eventsKey(userID), reqs(minute-1), reqs(minute-2))
+		keys = append(keys, reqs(span), s.tag(userID)+":thresholds", s.eventsKey(userID), reqs(span-1))
 	}
 	args := make([]any, 0, len(head)+6*len(charges))
 	for _, h := range head {

@@ -2,7 +2,7 @@
 -- nothing, exactly like quota.ApplyCharges, after releasing expired leases.
 -- A counter counts only if its stored window start ("<field>|s") is the
 -- current one. ARGV[1] is unused, ARGV[2] the request id ("" for none),
--- recorded in the request records (KEYS[5], KEYS[8], KEYS[9]): an
+-- recorded in the request records (KEYS[5] and KEYS[8]): an
 -- admission whose request id was already admitted charges nothing again,
 -- one that was cancelled charges nothing, and an admitted one holds a lease
 -- on its held charges.

@@ -2,8 +2,8 @@
 -- the first charge, six ARGV a charge (resource, period name, limit (-1:
 -- none), amount, distinct key or "", hold seconds or 0). KEYS[1] is the usage
 -- hash, KEYS[2] the hash of distinct keys counted, KEYS[3] the sorted set of
--- lease expiries, KEYS[4] the hash of lease bodies; KEYS[5], KEYS[8] and
--- KEYS[9], if given, the user's request records (see record). It reads the
+-- lease expiries, KEYS[4] the hash of lease bodies; KEYS[5] and KEYS[8], if
+-- given, the user's request records (see record). It reads the
 -- server clock and defines stored, apply, hold, release, drop, sweep,
 -- record and remember.
 local MAXC = 4503599627370496 -- quota.MaxCounter (2^52)
@@ -34,11 +34,36 @@ local function write_at(field, start, u)
   redis.call("HSET", KEYS[1], field, string.format("%d", u), field .. "|s", string.format("%d", start))
 end
 
+-- load reads the counters of every charge in one HMGET: cur[field] is its
+-- count in the current window (0 for a stale one).
+local function load()
+  local names, at = {}, {}
+  for i = 1, n do
+    if at[fields[i]] == nil then
+      names[#names + 1] = fields[i]
+      names[#names + 1] = fields[i] .. "|s"
+      at[fields[i]] = #names - 1
+    end
+  end
+  local v = redis.call("HMGET", KEYS[1], unpack(names))
+  local cur = {}
+  for i = 1, n do
+    local k = at[fields[i]]
+    if v[k + 1] and tonumber(v[k + 1]) == starts[i] then
+      cur[fields[i]] = tonumber(v[k]) or 0
+    else
+      cur[fields[i]] = 0
+    end
+  end
+  return cur
+end
+
 -- apply adds sign * amount of every charge, each against the counter as the
 -- earlier charges left it; a distinct charge adds only for a key not yet
 -- counted (or, negative, takes back only a counted key). With check, it
 -- first refuses (returning the index of) a charge that would go over its
--- limit, writing nothing.
+-- limit, writing nothing. It reads and writes the counters with one command
+-- each.
 local function apply(sign, check, used)
   local eff = {}
   for i = 1, n do
@@ -49,10 +74,10 @@ local function apply(sign, check, used)
     end
     eff[i] = a
   end
-  local cur = {}
+  if n == 0 then return -1 end
+  local cur = load()
   for i = 1, n do
     local f = fields[i]
-    if cur[f] == nil then cur[f] = stored(i) end
     local u = cur[f]
     used[i] = u
     if check and eff[i] > 0 and limits[i] >= 0 and u + eff[i] > limits[i] then
@@ -64,8 +89,18 @@ local function apply(sign, check, used)
     cur[f] = u
     used[i] = u
   end
+  local w, written = {}, {}
   for i = 1, n do
-    write_at(fields[i], starts[i], used[i])
+    if not written[fields[i]] then
+      written[fields[i]] = true
+      w[#w + 1] = fields[i]
+      w[#w + 1] = string.format("%d", cur[fields[i]])
+      w[#w + 1] = fields[i] .. "|s"
+      w[#w + 1] = string.format("%d", starts[i])
+    end
+  end
+  redis.call("HSET", KEYS[1], unpack(w))
+  for i = 1, n do
     if dkeys[i] then
       if sign * amounts[i] > 0 then
         redis.call("HSET", KEYS[2], dkeys[i], "1")
@@ -132,15 +167,15 @@ local function sweep()
 end
 
 -- Request records: the state of a request id ("a" admitted, "c" cancelled,
--- "s" settled) lives in the user's record hashes, one per minute of the
--- gateway's clock: KEYS[5] this minute's, KEYS[8] and KEYS[9] the two
--- before, each expiring record_ttl seconds after its last write. So no
--- request leaves a key of its own, and a record is found for at least two
--- minutes (quota.RequestTTL). With leased, a request that holds a lease
--- counts as admitted however old its record.
-local record_ttl = 180
+-- "s" settled) lives in the user's record hashes, one per two minutes of
+-- the gateway's clock: KEYS[5] the current one, KEYS[8] the one before,
+-- each expiring record_ttl seconds after its last write. So no request
+-- leaves a key of its own, and a record is found for at least two minutes
+-- (quota.RequestTTL). With leased, a request that holds a lease counts as
+-- admitted however old its record.
+local record_ttl = 240
 local function record(id, leased)
-  for _, k in ipairs({KEYS[5], KEYS[8], KEYS[9]}) do
+  for _, k in ipairs({KEYS[5], KEYS[8]}) do
     local v = redis.call("HGET", k, id)
     if v then return v end
   end
