@@ -33,7 +33,7 @@ redis-check:
 test: redis-check vet
 	TQ_REQUIRE_REDIS=1 $(GO) test -race -timeout 20m ./...
 
-bench: build
+bench: build redis-check
 	$(GO) test -run '^$$' -bench . -benchtime 1s ./quota/...
 	@echo "the handler on a cache hit (the harness alone: add -v), allocations per request:"
 	$(GO) test -run '^$$' -bench BenchmarkHandlerEmbedded -benchmem -benchtime 20000x ./caddymodule
