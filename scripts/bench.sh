@@ -164,7 +164,7 @@ END {
 	printf "%-40s %8.2f\n", "respond, redis store", median(rr, n)
 	printf "%-40s %8.2f\n", "reverse_proxy, embedded store", median(rp, n)
 	if (admitted > 0) {
-		printf "%-40s %8.2f\n", "redis scripts per admitted request", s[1] / admitted
+		printf "%-40s %8.4f\n", "redis scripts per admitted request", s[1] / admitted
 		printf "%-40s %8.2f us\n", "redis server time per admitted request", s[2] / admitted
 		printf "%-40s %8.2f\n", "redis keys left per 1,000 requests", (ka - kb) * 1000 / admitted
 	}
