@@ -405,6 +405,11 @@ func (s *Service) RevokeToken(ctx context.Context, userID, tokenID string) error
 	return nil
 }
 
+// ValidID reports whether id may name a user, token or request: 1 to
+// MaxIDLength letters, digits, '-' or '_'. Every store checks ids with it
+// before they reach a key.
+func ValidID(id string) bool { return validID(id) }
+
 // validID filters ids before they reach a store key.
 func validID(id string) bool {
 	if id == "" || len(id) > MaxIDLength {

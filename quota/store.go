@@ -283,6 +283,35 @@ func (SystemClock) Now() time.Time { return time.Now() }
 // MaxKeyLength bytes and a hold of at most a day. The stores call it; it is
 // the one place these rules live.
 func ValidateCharges(charges []Charge) error {
+	return validateCharges(charges)
+}
+
+// ValidateAdmission checks what a store's Admit is given: a request id, if
+// any, is a valid id, a charge that holds a reservation has one (the
+// reservation is released under it), and the charges pass ValidateCharges.
+func ValidateAdmission(requestID string, charges []Charge) error {
+	if requestID == "" {
+		for _, c := range charges {
+			if c.Hold > 0 {
+				return Invalid("requestId", "is required to hold a reservation")
+			}
+		}
+	} else if !ValidID(requestID) {
+		return Invalid("requestId", "must be 1 to %d letters, digits, '-' or '_'", MaxIDLength)
+	}
+	return validateCharges(charges)
+}
+
+// ValidateSettlement checks what a store's Resolve and Settle are given:
+// a valid request id (required) and charges that pass ValidateCharges.
+func ValidateSettlement(requestID string, charges []Charge) error {
+	if requestID == "" {
+		return Invalid("requestId", "is required")
+	}
+	return ValidateAdmission(requestID, charges)
+}
+
+func validateCharges(charges []Charge) error {
 	for i, c := range charges {
 		field := fmt.Sprintf("charges[%d]", i)
 		switch {

@@ -121,6 +121,18 @@ func tokenKey(secret string) string {
 	return string(out[:])
 }
 
+// Touch records a use of the token at at, if later than the last one
+// recorded (a last-used time only moves forward), and reports whether it
+// did. Every store's TouchTokens applies it.
+func (t *Token) Touch(at time.Time) bool {
+	at = at.UTC()
+	if t.LastUsedAt != nil && !at.After(*t.LastUsedAt) {
+		return false
+	}
+	t.LastUsedAt = &at
+	return true
+}
+
 // TokenDisplayPrefix returns the first characters of a secret, safe to show.
 func TokenDisplayPrefix(secret string) string {
 	if len(secret) < tokenDisplayChars {

@@ -296,11 +296,8 @@ func (s *Store) withUser(ctx context.Context, userID string, fn func(e *entry, n
 // in memory; the counters reach the disk with the next flush (see the
 // package doc for what a crash can lose).
 func (s *Store) Admit(ctx context.Context, userID, requestID string, charges []quota.Charge) (*quota.Admission, error) {
-	if err := checkCharges(charges); err != nil {
+	if err := quota.ValidateAdmission(requestID, charges); err != nil {
 		return nil, err
-	}
-	if requestID == "" && held(charges) {
-		return nil, quota.Invalid("requestId", "is required to hold a reservation")
 	}
 	var adm *quota.Admission
 	cancelled := false
@@ -338,10 +335,7 @@ func (s *Store) Admit(ctx context.Context, userID, requestID string, charges []q
 // Resolve settles a request whose admission outcome the caller could not
 // see; see quota.Store.
 func (s *Store) Resolve(ctx context.Context, userID, requestID string, charges []quota.Charge, apply bool) error {
-	if requestID == "" {
-		return quota.Invalid("requestId", "is required")
-	}
-	if err := checkCharges(charges); err != nil {
+	if err := quota.ValidateSettlement(requestID, charges); err != nil {
 		return err
 	}
 	return s.withUser(ctx, userID, func(e *entry, now time.Time) bool {
@@ -367,10 +361,7 @@ func (s *Store) Resolve(ctx context.Context, userID, requestID string, charges [
 
 // Settle ends a served request exactly once; see quota.Store.
 func (s *Store) Settle(ctx context.Context, userID, requestID string, actual []quota.Charge) error {
-	if requestID == "" {
-		return quota.Invalid("requestId", "is required")
-	}
-	if err := checkCharges(actual); err != nil {
+	if err := quota.ValidateSettlement(requestID, actual); err != nil {
 		return err
 	}
 	settleID := requestID + "/settle"
@@ -389,16 +380,6 @@ func (s *Store) Settle(ctx context.Context, userID, requestID string, actual []q
 	})
 }
 
-func held(charges []quota.Charge) bool {
-	for _, c := range charges {
-		if c.Hold > 0 {
-			return true
-		}
-	}
-	return false
-}
-
-func checkCharges(charges []quota.Charge) error { return quota.ValidateCharges(charges) }
 
 // thresholds fires the usage thresholds a step reached (under the shard
 // lock); the events reach the disk with the counters.

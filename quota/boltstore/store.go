@@ -571,10 +571,9 @@ func (s *Store) TouchTokens(ctx context.Context, used map[string]time.Time) erro
 			if err != nil {
 				return err
 			}
-			if t.LastUsedAt != nil && !at.After(*t.LastUsedAt) {
+			if !t.Touch(at) {
 				continue
 			}
-			t.LastUsedAt = &at
 			data, err := json.Marshal(t)
 			if err != nil {
 				return fmt.Errorf("boltstore: encode token: %w", err)

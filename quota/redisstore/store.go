@@ -287,11 +287,9 @@ func (s *Store) cleanupContext(ctx context.Context) (context.Context, context.Ca
 	return context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
 }
 
-// validID reports whether id can name a user: not empty and free of the
-// braces that delimit the hash tag.
-func validID(id string) bool {
-	return id != "" && !strings.ContainsAny(id, "{}")
-}
+// validID is quota.ValidID (which also keeps out the braces that delimit
+// the hash tag).
+func validID(id string) bool { return quota.ValidID(id) }
 
 func (s *Store) tag(userID string) string   { return s.prefix + ":{" + userID + "}" }
 func (s *Store) userKey(id string) string   { return s.tag(id) + ":user" }

@@ -243,11 +243,9 @@ func (s *Store) TouchTokens(ctx context.Context, used map[string]time.Time) erro
 		if err != nil || !validID(t.UserID) {
 			continue
 		}
-		at := used[hashes[i]].UTC()
-		if t.LastUsedAt != nil && !at.After(*t.LastUsedAt) {
+		if !t.Touch(used[hashes[i]]) {
 			continue
 		}
-		t.LastUsedAt = &at
 		out, err := json.Marshal(t)
 		if err != nil {
 			return fmt.Errorf("encode token: %w", err)

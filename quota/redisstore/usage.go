@@ -70,12 +70,8 @@ const startSuffix = "|s"
 // must be a valid name, the period known, the limit NoLimit or within
 // [0, quota.MaxLimit], and the amount within ±quota.MaxLimit.
 func (s *Store) Admit(ctx context.Context, userID, requestID string, charges []quota.Charge) (*quota.Admission, error) {
-	if requestID == "" {
-		for _, c := range charges {
-			if c.Hold > 0 {
-				return nil, quota.Invalid("requestId", "is required to hold a reservation")
-			}
-		}
+	if err := quota.ValidateAdmission(requestID, charges); err != nil {
+		return nil, err
 	}
 	keys, args, err := s.chargeArgs(userID, requestID, true, charges, "", requestID, s.percents, strconv.FormatInt(s.retention.Milliseconds(), 10), userID)
 	if err != nil {
@@ -104,8 +100,8 @@ func (s *Store) Admit(ctx context.Context, userID, requestID string, charges []q
 // Resolve settles a request whose admission outcome the caller could not
 // see; see quota.Store.
 func (s *Store) Resolve(ctx context.Context, userID, requestID string, charges []quota.Charge, apply bool) error {
-	if requestID == "" {
-		return quota.Invalid("requestId", "is required")
+	if err := quota.ValidateSettlement(requestID, charges); err != nil {
+		return err
 	}
 	flag := "0"
 	if apply {
@@ -125,8 +121,8 @@ func (s *Store) Resolve(ctx context.Context, userID, requestID string, charges [
 
 // Settle ends a served request exactly once; see quota.Store.
 func (s *Store) Settle(ctx context.Context, userID, requestID string, actual []quota.Charge) error {
-	if requestID == "" {
-		return quota.Invalid("requestId", "is required")
+	if err := quota.ValidateSettlement(requestID, actual); err != nil {
+		return err
 	}
 	keys, args, err := s.chargeArgs(userID, requestID, true, actual, "", requestID, s.percents, strconv.FormatInt(s.retention.Milliseconds(), 10), userID)
 	if err != nil {
@@ -145,7 +141,8 @@ func (s *Store) Settle(ctx context.Context, userID, requestID string, actual []q
 // that: a record is found for at least quota.RequestTTL).
 const recordSpan = int64(quota.RequestTTL / time.Second)
 
-// chargeArgs checks charges and builds a script's keys and arguments: the
+// chargeArgs builds a script's keys and arguments (its callers have
+// validated the request id and charges): the
 // usage hash, the distinct keys, the lease set and bodies and, with
 // records, the request records of this span and the one before (see
 // charges.lua), the threshold marks and the outbox; then head and one group
@@ -153,9 +150,6 @@ const recordSpan = int64(quota.RequestTTL / time.Second)
 func (s *Store) chargeArgs(userID, requestID string, records bool, charges []quota.Charge, head ...string) ([]string, []any, error) {
 	if !validID(userID) {
 		return nil, nil, fmt.Errorf("user %q: %w", userID, quota.ErrNotFound)
-	}
-	if requestID != "" && !validID(requestID) {
-		return nil, nil, quota.Invalid("requestId", "must be 1 to %d letters, digits, '-' or '_'", quota.MaxIDLength)
 	}
 	keys := []string{s.usageKey(userID), s.keysKey(userID), s.tag(userID) + ":lease_exp", s.tag(userID) + ":leases"}
 	if records {
@@ -166,9 +160,6 @@ func (s *Store) chargeArgs(userID, requestID string, records bool, charges []quo
 	args := make([]any, 0, len(head)+6*len(charges))
 	for _, h := range head {
 		args = append(args, h)
-	}
-	if err := quota.ValidateCharges(charges); err != nil {
-		return nil, nil, err
 	}
 	for _, c := range charges {
 		args = append(args, c.Resource, c.Per.String(), strconv.FormatInt(c.Limit, 10), strconv.FormatInt(c.Amount, 10), c.Key,

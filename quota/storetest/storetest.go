@@ -290,6 +290,13 @@ func testTokens(t *testing.T, s quota.Store) {
 	if list[1].LastUsedAt == nil || !list[1].LastUsedAt.Equal(used) {
 		t.Fatalf("listed lastUsedAt after touch: %v", list[1].LastUsedAt)
 	}
+	// A last-used time never moves back (Token.Touch).
+	if err := s.TouchTokens(ctx(t), map[string]time.Time{t2.Hash: used.Add(-time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ = s.GetTokenByHash(ctx(t), t2.Hash); got.LastUsedAt == nil || !got.LastUsedAt.Equal(used) {
+		t.Fatalf("lastUsedAt after an older touch: %v, want %v", got.LastUsedAt, used)
+	}
 	del, err := s.DeleteToken(ctx(t), u.ID, t1.ID)
 	if err != nil || del.ID != t1.ID || del.Hash != t1.Hash {
 		t.Fatalf("DeleteToken: %+v %v", del, err)
@@ -598,6 +605,18 @@ func testRequestIDs(t *testing.T, s quota.Store) {
 	}
 	if err := s.Resolve(ctx(t), u, "", msg(5), false); !errors.Is(err, quota.ErrInvalid) {
 		t.Fatalf("resolving without a request id: %v", err)
+	}
+	// Request ids are checked alike by every store (quota.ValidateAdmission).
+	for _, bad := range []string{"{x}", "a b", "ü", strings.Repeat("a", quota.MaxIDLength+1)} {
+		if _, err := s.Admit(ctx(t), u, bad, msg(5)); !errors.Is(err, quota.ErrInvalid) {
+			t.Fatalf("admitting under request id %q: %v", bad, err)
+		}
+		if err := s.Settle(ctx(t), u, bad, msg(5)); !errors.Is(err, quota.ErrInvalid) {
+			t.Fatalf("settling request id %q: %v", bad, err)
+		}
+		if err := s.Resolve(ctx(t), u, bad, msg(5), true); !errors.Is(err, quota.ErrInvalid) {
+			t.Fatalf("resolving request id %q: %v", bad, err)
+		}
 	}
 }
 
