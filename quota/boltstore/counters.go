@@ -380,7 +380,6 @@ func (s *Store) Settle(ctx context.Context, userID, requestID string, actual []q
 	})
 }
 
-
 // thresholds fires the usage thresholds a step reached (under the shard
 // lock); the events reach the disk with the counters.
 func (s *Store) thresholds(e *entry, userID, idBase string, charges []quota.Charge, now time.Time) {
