@@ -169,12 +169,7 @@ func (s *Store) AckEvent(ctx context.Context, part, sink, pos string) error {
 
 // leadScript takes or renews the lease KEYS[1] for holder ARGV[1] for
 // ARGV[2] ms; it returns 1 when the caller holds it.
-var leadScript = redis.NewScript(`
-local cur = redis.call("GET", KEYS[1])
-if cur and cur ~= ARGV[1] then return 0 end
-redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2])
-return 1
-`)
+var leadScript = redis.NewScript(lua("lead.lua"))
 
 // LeadEvents takes or renews the delivery lease for holder.
 func (s *Store) LeadEvents(ctx context.Context, holder string, ttl time.Duration) (bool, error) {

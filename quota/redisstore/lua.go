@@ -5,9 +5,10 @@ import (
 	"strings"
 )
 
-// The admission scripts live in lua/*.lua: a shared prelude (window.lua,
-// charges.lua, outbox.lua, thresholds.lua) that each script is prefixed
-// with, and the scripts themselves, each documenting its KEYS and ARGV.
+// Every script lives in lua/*.lua: the shared preludes (window.lua,
+// charges.lua, outbox.lua, thresholds.lua) that scripts are prefixed with,
+// and the scripts themselves, each documenting its KEYS and ARGV (its Go
+// variable carries the same comment).
 //
 //go:embed lua/*.lua
 var luaFiles embed.FS

@@ -16,29 +16,16 @@ import (
 // addTokenScript adds a token to an existing user: KEYS user, tokens;
 // ARGV token id, token JSON. It returns 1 when added, 0 when there is no
 // such user, -1 when the token id is taken.
-var addTokenScript = redis.NewScript(luaOutbox + `
-if redis.call("EXISTS", KEYS[1]) == 0 then return 0 end
-if redis.call("HSETNX", KEYS[2], ARGV[1], ARGV[2]) == 0 then return -1 end
-outbox(KEYS[3], ARGV[3], 5, tonumber(ARGV[4]))
-return 1
-`)
+var addTokenScript = redis.NewScript(luaOutbox + lua("add_token.lua"))
 
 // dropTokenScript removes field ARGV[1] of the tokens hash KEYS[1] and, if
 // it was there, appends the events (ARGV[2] retention ms, ARGV[3] count,
 // ARGV[4...]) to the outbox stream KEYS[2]; it returns how many it removed.
-var dropTokenScript = redis.NewScript(luaOutbox + `
-local n = redis.call("HDEL", KEYS[1], ARGV[1])
-if n == 1 then outbox(KEYS[2], ARGV[2], 4, tonumber(ARGV[3])) end
-return n
-`)
+var dropTokenScript = redis.NewScript(luaOutbox + lua("drop_token.lua"))
 
 // hsetIfExistsScript sets hash field ARGV[1] of KEYS[1] to ARGV[2] only if
 // the field exists, so that a touch never brings back a revoked token.
-var hsetIfExistsScript = redis.NewScript(`
-if redis.call("HEXISTS", KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call("HSET", KEYS[1], ARGV[1], ARGV[2])
-return 1
-`)
+var hsetIfExistsScript = redis.NewScript(lua("hset_if_exists.lua"))
 
 // CreateToken stores a token of an existing user: first in the user's
 // tokens hash (atomically with the check that the user exists), then under

@@ -42,25 +42,11 @@ var settleScript = redis.NewScript("local first = 6\n" + luaCharges + luaThresho
 
 // usageScript returns the server time (seconds, microseconds) followed by
 // the HGETALL of the usage hash KEYS[1], all as strings.
-var usageScript = redis.NewScript(`
-local t = redis.call("TIME")
-local r = redis.call("HGETALL", KEYS[1])
-table.insert(r, 1, t[2])
-table.insert(r, 1, t[1])
-return r
-`)
+var usageScript = redis.NewScript(lua("usage.lua"))
 
 // forgetKeysScript removes from the distinct-key hash KEYS[1] the keys of
 // the resources in ARGV.
-var forgetKeysScript = redis.NewScript(`
-local drop = {}
-for _, r in ipairs(ARGV) do drop[r] = true end
-for _, f in ipairs(redis.call("HKEYS", KEYS[1])) do
-  local r = string.match(f, "^([^|]*)|")
-  if r and drop[r] then redis.call("HDEL", KEYS[1], f) end
-end
-return 0
-`)
+var forgetKeysScript = redis.NewScript(lua("forget_keys.lua"))
 
 // startSuffix marks the window-start field of a counter.
 const startSuffix = "|s"

@@ -21,66 +21,33 @@ const claimTTL = time.Minute
 // key, ARGV[1] the holder seen, ARGV[2] the new holder, ARGV[3] claim TTL ms.
 // It returns 1 when taken, 0 when the key changed meanwhile, -1 when the key
 // is a pending claim (it has a TTL) that must not be taken.
-var takeOverScript = redis.NewScript(`
-if redis.call("GET", KEYS[1]) ~= ARGV[1] then return 0 end
-if redis.call("PTTL", KEYS[1]) ~= -1 then return -1 end
-redis.call("SET", KEYS[1], ARGV[2], "PX", ARGV[3])
-return 1
-`)
+var takeOverScript = redis.NewScript(lua("take_over.lua"))
 
 // persistScript makes a claim permanent if it is still ours: KEYS[1] the
 // index key, ARGV[1] our user id. It returns 1 when done.
-var persistScript = redis.NewScript(`
-if redis.call("GET", KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call("PERSIST", KEYS[1])
-return 1
-`)
+var persistScript = redis.NewScript(lua("persist.lua"))
 
 // swapScript sets KEYS[1] to ARGV[2] only if it holds ARGV[1], and then
 // appends the events (ARGV[3] retention ms, ARGV[4] count, ARGV[5...]) to
 // the outbox stream KEYS[2]: it returns 1 when set, 0 when the key holds
 // something else, -1 when it is gone.
-var swapScript = redis.NewScript(luaOutbox + `
-local cur = redis.call("GET", KEYS[1])
-if not cur then return -1 end
-if cur ~= ARGV[1] then return 0 end
-redis.call("SET", KEYS[1], ARGV[2])
-outbox(KEYS[2], ARGV[3], 5, tonumber(ARGV[4]))
-return 1
-`)
+var swapScript = redis.NewScript(luaOutbox + lua("swap.lua"))
 
 // createScript sets KEYS[1] to ARGV[1] if it does not exist, with the
 // events (ARGV[2] retention ms, ARGV[3] count, ARGV[4...]) appended to the
 // outbox stream KEYS[2]; it returns 1 when created.
-var createScript = redis.NewScript(luaOutbox + `
-if redis.call("SET", KEYS[1], ARGV[1], "NX") then
-  outbox(KEYS[2], ARGV[2], 4, tonumber(ARGV[3]))
-  return 1
-end
-return 0
-`)
+var createScript = redis.NewScript(luaOutbox + lua("create.lua"))
 
 // deleteIfScript deletes KEYS[1] only if it still holds ARGV[1], and returns
 // how many keys it deleted.
-var deleteIfScript = redis.NewScript(`
-if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end
-return 0
-`)
+var deleteIfScript = redis.NewScript(lua("delete_if.lua"))
 
 // deleteUserScript removes a user's own keys in one step: KEYS user, usage,
 // tokens, keys, lease expiries, leases; it appends the events (ARGV[1]
 // retention ms, ARGV[2] count, ARGV[3...]) to the outbox stream KEYS[7].
 // It returns the user JSON followed by the token JSONs, or nil when there
 // is no such user.
-var deleteUserScript = redis.NewScript(luaOutbox + `
-local u = redis.call("GET", KEYS[1])
-if not u then return false end
-local out = redis.call("HVALS", KEYS[3])
-table.insert(out, 1, u)
-redis.call("DEL", KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[8])
-outbox(KEYS[7], ARGV[1], 3, tonumber(ARGV[2]))
-return out
-`)
+var deleteUserScript = redis.NewScript(luaOutbox + lua("delete_user.lua"))
 
 // index is one unique field of a user: the index key and the value it holds.
 type index struct {
@@ -174,11 +141,7 @@ func (s *Store) claim(ctx context.Context, id string, ix index) (taken bool, err
 
 // restoreScript gives an index key taken over by mistake back to its
 // holder: KEYS[1] the index key, ARGV[1] the taker, ARGV[2] the holder.
-var restoreScript = redis.NewScript(`
-if redis.call("GET", KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call("SET", KEYS[1], ARGV[2])
-return 1
-`)
+var restoreScript = redis.NewScript(lua("restore.lua"))
 
 // claimAll claims every index in ixs and returns those it took; when one
 // fails it releases them again.
