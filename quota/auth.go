@@ -28,10 +28,14 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (*Principal, 
 	key := tokenKey(secret)
 	hash := key[len(tokenKeyPrefix):]
 	now := s.clock.Now()
+	wall := now // the cache's TTL runs on the system clock
+	if _, system := s.clock.(SystemClock); !system {
+		wall = time.Now()
+	}
 	// The principals in front of the cache: a map read, no lock, for a
 	// token seen within the TTL when nothing was invalidated since.
 	if v, ok := s.principals.Load(key); ok {
-		if cp := v.(*cachedPrincipal); s.cache.fresh(cp.gen) && time.Now().Before(cp.expires) && !cp.p.Token.Expired(now) {
+		if cp := v.(*cachedPrincipal); s.cache.fresh(cp.gen) && wall.Before(cp.expires) && !cp.p.Token.Expired(now) {
 			s.cache.hits.Add(1)
 			return s.principal(cp, hash, now)
 		}
@@ -53,7 +57,7 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (*Principal, 
 	// The principal made for this token last time, if nothing was
 	// invalidated since and it is younger than the cache TTL: one cache
 	// lookup and no allocation per request.
-	if cp := e.principal.Load(); cp != nil && s.cache.fresh(cp.gen) && time.Now().Before(cp.expires) {
+	if cp := e.principal.Load(); cp != nil && s.cache.fresh(cp.gen) && wall.Before(cp.expires) {
 		return s.principal(cp, hash, now)
 	}
 	u, err := s.cachedUser(ctx, tok.UserID, e.userKey)
@@ -66,7 +70,7 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (*Principal, 
 	s.recordUse(hash, now)
 	p := &Principal{Token: tok, User: u}
 	// Expiry on the system clock, as the cache's own TTL.
-	cp := &cachedPrincipal{p: p, gen: gen, expires: time.Now().Add(time.Duration(s.cache.ttl.Load()))}
+	cp := &cachedPrincipal{p: p, gen: gen, expires: wall.Add(time.Duration(s.cache.ttl.Load()))}
 	cp.touched.Store(now.UnixNano())
 	e.principal.Store(cp)
 	if s.principalCount.Load() < s.cacheEntries {

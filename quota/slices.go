@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -94,9 +95,12 @@ func (a *allowances) lookup(id string) *userSlices {
 // store calls that take and return them, so that a node always returns
 // its own slices before an admission that could be refused.
 type userSlices struct {
-	mu      sync.Mutex
-	dead    bool // removed from allowances.users: look it up again
-	slices  []*slice
+	mu     sync.Mutex
+	dead   bool // removed from allowances.users: look it up again
+	slices []*slice
+	// live is a copy of slices for admissions that take no lock; written
+	// under mu whenever slices changes.
+	live    atomic.Pointer[[]*slice]
 	touched time.Time
 	// remaining is how many more requests of sig fitted after the last
 	// store admission of one (-1: unknown); it sizes the next slice.
@@ -129,12 +133,40 @@ type slice struct {
 	limits  []*Limit
 	rid     string
 	units   int64 // requests the slice holds
-	used    int64 // requests admitted from it
+	// used counts the requests admitted from it (past units when it ran
+	// out: a request that finds it so is not admitted from it), and is
+	// closedMark from when it is given back.
+	used    atomic.Int64
 	base    []int64
 	granted time.Time // the store's clock
+	local   time.Time // when it was granted, on this node's clock
 	offset  time.Duration
-	ends    time.Time // local clock: admit nothing from it from then on
-	lastUse time.Time
+	ends    time.Time    // local clock: admit nothing from it from then on
+	lastUse atomic.Int64 // unix ns, local clock
+}
+
+// closedMark is a given-back slice's used: no admission fits under it.
+const closedMark = math.MaxInt64 / 2
+
+// take admits one request from the slice at now, if it can: it returns
+// the requests admitted from it so far, this one included.
+func (sl *slice) take(now time.Time) (int64, bool) {
+	if !now.Before(sl.ends) {
+		return 0, false
+	}
+	n := sl.used.Add(1)
+	if n > sl.units {
+		return 0, false
+	}
+	sl.lastUse.Store(now.UnixNano())
+	return n, true
+}
+
+// publish makes the slices visible to admissions that take no lock. The
+// caller holds us.mu.
+func (us *userSlices) publish() {
+	live := slices.Clone(us.slices)
+	us.live.Store(&live)
 }
 
 // sliceable reports whether uses may be admitted from a slice.
@@ -162,6 +194,19 @@ func (a *allowances) user(id string) *userSlices {
 // holds one for them, else at the store (taking a slice when far from
 // every cap).
 func (a *allowances) admit(ctx context.Context, u *User, tok *Token, uses []Use, p *Plan) (*Ticket, error) {
+	// The common case takes no lock: a slice with room for these uses.
+	if us := a.lookup(u.ID); us != nil {
+		if live := us.live.Load(); live != nil {
+			now := time.Now()
+			for _, sl := range *live {
+				if sl.matches(u, tok, uses) {
+					if n, ok := sl.take(now); ok {
+						return sl.ticket(a.s, p, now, n), nil
+					}
+				}
+			}
+		}
+	}
 	for {
 		us := a.user(u.ID)
 		us.mu.Lock()
@@ -186,10 +231,13 @@ func (a *allowances) admitLocked(ctx context.Context, us *userSlices, u *User, t
 		if !sl.matches(u, tok, uses) {
 			continue
 		}
-		if sl.used < sl.units && now.Before(sl.ends) {
-			sl.used++
-			sl.lastUse = now
-			return sl.ticket(a.s, p, now), nil
+		if n, ok := sl.take(now); ok {
+			return sl.ticket(a.s, p, now, n), nil
+		}
+		if sl.used.Load() >= sl.units && sl.units > 0 {
+			// Used up: its pace is the user's rate (the requests it served
+			// never came here).
+			us.gap = now.Sub(sl.local) / time.Duration(sl.units)
 		}
 		a.giveBack(ctx, us, i)
 		break
@@ -250,7 +298,9 @@ func (a *allowances) grant(ctx context.Context, us *userSlices, u *User, tok *To
 	local := time.Now()
 	unit, limits := expand(u, tok, uses)
 	sl := &slice{signature: signature{u, tok, slices.Clone(uses)}, owner: us, charges: unit, limits: limits, rid: lt.requestID,
-		units: k, used: 1, granted: adm.Now, offset: adm.Now.Sub(local), lastUse: local}
+		units: k, granted: adm.Now, local: local, offset: adm.Now.Sub(local)}
+	sl.used.Store(1)
+	sl.lastUse.Store(local.UnixNano())
 	// The store's counters of this request's charges: the held charges in
 	// the same order, less the markers.
 	sl.base = make([]int64, 0, len(unit))
@@ -273,7 +323,8 @@ func (a *allowances) grant(ctx context.Context, us *userSlices, u *User, tok *To
 	if len(us.slices) > maxUserSlices {
 		a.giveBack(ctx, us, 0)
 	}
-	return sl.ticket(a.s, p, local), nil, true
+	us.publish()
+	return sl.ticket(a.s, p, local, 1), nil, true
 }
 
 // admitOne admits the request alone at the store. Refused, it first
@@ -318,9 +369,9 @@ func (a *allowances) admitOne(ctx context.Context, us *userSlices, u *User, tok 
 	}
 }
 
-// ticket is a request admitted from the slice at local time now. The
-// caller holds the owner's lock.
-func (sl *slice) ticket(s *Service, p *Plan, now time.Time) *Ticket {
+// ticket is a request admitted from the slice at local time now, the n-th
+// admitted from it.
+func (sl *slice) ticket(s *Service, p *Plan, now time.Time, n int64) *Ticket {
 	var t *Ticket
 	if p != nil && !p.ticketUsed {
 		p.ticketUsed, t = true, &p.ticket
@@ -335,7 +386,7 @@ func (sl *slice) ticket(s *Service, p *Plan, now time.Time) *Ticket {
 		}
 		// The store counted the whole slice; what it has not admitted yet
 		// is still free.
-		used := max(sl.base[i]-satMul(sl.units-sl.used, c.Amount), 0)
+		used := max(sl.base[i]-satMul(sl.units-n, c.Amount), 0)
 		if r := sl.limits[i].Limit - used; r < best {
 			best = r
 			t.tightest = LimitState{Resource: c.Resource, Limit: *sl.limits[i], Used: used}
@@ -353,12 +404,15 @@ func (sl *slice) ticket(s *Service, p *Plan, now time.Time) *Ticket {
 	return t
 }
 
-// unadmit takes back a request admitted from sl (Ticket.Abandon).
+// unadmit takes back a request admitted from sl (Ticket.Abandon). Once
+// the slice is given back (or ran out and was tried again) the request
+// stays counted: over, never under.
 func (a *allowances) unadmit(sl *slice) {
-	sl.owner.mu.Lock()
-	defer sl.owner.mu.Unlock()
-	if sl.used > 0 && slices.Contains(sl.owner.slices, sl) {
-		sl.used--
+	for {
+		n := sl.used.Load()
+		if n <= 0 || n > sl.units || sl.used.CompareAndSwap(n, n-1) {
+			return
+		}
 	}
 }
 
@@ -367,9 +421,14 @@ func (a *allowances) unadmit(sl *slice) {
 func (a *allowances) giveBack(ctx context.Context, us *userSlices, i int) {
 	sl := us.slices[i]
 	us.slices = slices.Delete(us.slices, i, i+1)
+	us.publish()
+	used := min(sl.used.Swap(closedMark), sl.units) // no admission from it after this
+	if last := time.Unix(0, sl.lastUse.Load()); last.After(us.touched) {
+		us.touched = last
+	}
 	actual := make([]Use, len(sl.uses))
 	for j, use := range sl.uses {
-		actual[j] = Use{Resource: use.Resource, Amount: satMul(use.Amount, sl.used)}
+		actual[j] = Use{Resource: use.Resource, Amount: satMul(use.Amount, used)}
 	}
 	charges, _ := expand(sl.user, sl.tok, actual)
 	// A window that has ended keeps the whole slice (the store releases a
@@ -457,7 +516,7 @@ func (a *allowances) sweepUser(ctx context.Context, id string, us *userSlices, n
 	defer us.mu.Unlock()
 	for i := len(us.slices) - 1; i >= 0; i-- {
 		sl := us.slices[i]
-		if all || !now.Before(sl.ends) || now.Sub(sl.lastUse) >= sliceIdle {
+		if all || !now.Before(sl.ends) || now.UnixNano()-sl.lastUse.Load() >= int64(sliceIdle) {
 			a.giveBack(ctx, us, i)
 		}
 	}
