@@ -37,7 +37,7 @@ import (
 // slices before a store admission can refuse, so one node alone is exact.
 //
 // Slices are for busy tenants: one needs at least minSliceUnits requests
-// in sliceTarget on one node (about 320 a second), which the slice is
+// in sliceTarget on one node (about 80 a second), which the slice is
 // sized to last. Only requests whose uses are plain counts take slices: no reservation
 // (every LLM request holds one), no distinct key, no negative amount.
 
@@ -49,7 +49,7 @@ const (
 	// sliceTarget is how long a slice should last at the user's rate: a
 	// user who sends fewer than minSliceUnits requests in it takes none
 	// (a store round trip per request costs such a user nothing).
-	sliceTarget = 25 * time.Millisecond
+	sliceTarget = 100 * time.Millisecond
 	sliceIdle   = 200 * time.Millisecond
 	// sliceHold is how long the store holds a slice of a node that never
 	// returns it (it died).

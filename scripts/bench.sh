@@ -169,3 +169,45 @@ END {
 		printf "%-40s %8.2f\n", "redis keys left per 1,000 requests", (ka - kb) * 1000 / admitted
 	}
 }' "$work/rounds"
+
+# Many tenants, each sending little: every request of each goes to the
+# store (a tenant takes headroom slices only above about 80 requests a
+# second on a node). The same rotation of tokens goes to the bare routes.
+TENANTS=${BENCH_TENANTS:-500}
+[ "$TENANTS" -gt 0 ] || exit 0
+many() { # PORT: creates TENANTS tenants and writes a wrk script rotating their tokens
+	local i
+	{
+		echo "local tokens = {"
+		for i in $(seq 1 "$TENANTS"); do
+			curl -fsS -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+				-d '{"name":"t","email":"t'"$i"'-'"$1"'@example.com","issueToken":true,"limits":{"messages":[1000000000000,{"limit":1000000000000,"per":"minute"}]}}' \
+				"http://127.0.0.1:$1/quota/users" | sed -n 's/.*"token":{[^}]*"token":"\(tq_[A-Za-z0-9]*\)".*/  "\1",/p'
+		done
+		echo "}"
+		echo 'local i = 0'
+		echo 'request = function() i = i % #tokens + 1; return wrk.format(nil, nil, {["Authorization"] = "Bearer " .. tokens[i]}) end'
+	} >"$work/many-$1.lua"
+}
+mrps() { # URL SCRIPT
+	wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" -s "$2" "$1" >"$work/wrk.out"
+	grep -q 'Non-2xx' "$work/wrk.out" && { cat "$work/wrk.out" >&2; echo "non-2xx responses during the benchmark" >&2; exit 1; }
+	awk '/Requests\/sec/ {print $2}' "$work/wrk.out"
+}
+many "$quota1"
+many "$quota2"
+: >"$work/many-rounds"
+for round in $(seq 1 "$ROUNDS"); do
+	b=$(mrps "http://127.0.0.1:$bare1/v1/chat" "$work/many-$quota1.lua")
+	e=$(mrps "http://127.0.0.1:$quota1/v1/chat" "$work/many-$quota1.lua")
+	b2=$(mrps "http://127.0.0.1:$bare2/v1/chat" "$work/many-$quota2.lua")
+	r=$(mrps "http://127.0.0.1:$quota2/v1/chat" "$work/many-$quota2.lua")
+	echo "$b $e $b2 $r" >>"$work/many-rounds"
+done
+awk -v t="$TENANTS" '
+function median(a, n,   i, j, x) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { x = a[i]; a[i] = a[j]; a[j] = x } return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+{ n++; re[n] = $2 / $1; rr[n] = $4 / $3 }
+END {
+	printf "%-40s %8.2f\n", "respond, embedded, " t " tenants in turn", median(re, n)
+	printf "%-40s %8.2f\n", "respond, redis, " t " tenants in turn", median(rr, n)
+}' "$work/many-rounds"
