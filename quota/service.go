@@ -175,6 +175,7 @@ func (s *Service) Close() error {
 		<-s.done
 		if s.allow != nil {
 			<-s.allowDone
+			s.allow.closed.Store(true)
 			s.allow.sweep(time.Now(), true) // return every slice
 		}
 		<-s.journalDone

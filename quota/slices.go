@@ -37,7 +37,7 @@ import (
 // slices before a store admission can refuse, so one node alone is exact.
 //
 // Slices are for busy tenants: one needs at least minSliceUnits requests
-// in sliceTarget on one node (about 80 a second), which the slice is
+// in sliceTarget on one node (about 20 a second), which the slice is
 // sized to last. Only requests whose uses are plain counts take slices: no reservation
 // (every LLM request holds one), no distinct key, no negative amount.
 
@@ -49,7 +49,7 @@ const (
 	// sliceTarget is how long a slice should last at the user's rate: a
 	// user who sends fewer than minSliceUnits requests in it takes none
 	// (a store round trip per request costs such a user nothing).
-	sliceTarget = 100 * time.Millisecond
+	sliceTarget = 400 * time.Millisecond
 	sliceIdle   = 200 * time.Millisecond
 	// sliceHold is how long the store holds a slice of a node that never
 	// returns it (it died).
@@ -77,6 +77,9 @@ const recallPrefix = "r:"
 type allowances struct {
 	s     *Service
 	users sync.Map // user id → *userSlices; read without a lock on every request
+	// closed is set when the service closes: no slice is taken from then
+	// on (none would be given back).
+	closed atomic.Bool
 }
 
 func newAllowances(s *Service) *allowances {
@@ -242,7 +245,7 @@ func (a *allowances) admitLocked(ctx context.Context, us *userSlices, u *User, t
 		a.giveBack(ctx, us, i)
 		break
 	}
-	if us.sig.matches(u, tok, uses) && now.After(us.calm) {
+	if us.sig.matches(u, tok, uses) && now.After(us.calm) && !a.closed.Load() {
 		if k := min(sliceUnits(us.remaining), int64(sliceTarget/max(us.gap, time.Microsecond))); k >= minSliceUnits {
 			if t, err, done := a.grant(ctx, us, u, tok, uses, p, k); done {
 				return t, err
