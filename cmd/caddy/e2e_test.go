@@ -176,10 +176,17 @@ func (g *gateway) start(t *testing.T, caddyfile string) {
 	t.Cleanup(func() { g.stop(t) })
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		resp, err := http.Get(g.url + "/quota/users")
+		// Ready once the admin API answers with the store open (the HTTP
+		// server may listen before the tenant_quota app has opened it).
+		req, _ := http.NewRequest("GET", g.url+"/quota/users?limit=1", nil)
+		req.Header.Set("Authorization", "Bearer "+adminKey)
+		resp, err := http.DefaultClient.Do(req)
 		if err == nil {
 			resp.Body.Close()
-			return
+			if resp.StatusCode != http.StatusServiceUnavailable {
+				return
+			}
+			err = fmt.Errorf("status %d", resp.StatusCode)
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("gateway did not start: %v\n%s", err, g.logs)
