@@ -775,3 +775,47 @@ func TestNoKeyPerRequest(t *testing.T) {
 		t.Fatalf("after cancelling the leased request: %d, want 900", got)
 	}
 }
+
+// TestBatchedAdmissions: concurrent admissions go out in shared pipelines,
+// each with its own result and the cap exact; a script cache emptied under
+// them (a restarted Redis) is filled again.
+func TestBatchedAdmissions(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv, Options{})
+	rdb := srv.Client(t)
+	id := quota.NewID()
+	const n, limit = 400, 250
+	for round := 0; round < 2; round++ {
+		if round == 1 {
+			if err := rdb.ScriptFlush(context.Background()).Err(); err != nil {
+				t.Fatal(err)
+			}
+			id = quota.NewID()
+		}
+		var allowed atomic.Int64
+		var wg sync.WaitGroup
+		for i := 0; i < n; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				adm, err := s.Admit(testContext(t), id, quota.NewID(), []quota.Charge{{Resource: "messages", Limit: limit, Amount: 1}})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if adm.Allowed {
+					allowed.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+		if allowed.Load() != limit {
+			t.Fatalf("round %d: %d admitted, want %d", round, allowed.Load(), limit)
+		}
+	}
+	p, c := s.batch.pipelines.Load(), s.batch.calls.Load()
+	if c != 2*n || p >= c {
+		t.Fatalf("%d calls in %d pipelines: not coalesced", c, p)
+	}
+	t.Logf("%d calls in %d pipelines", c, p)
+}

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -49,6 +50,8 @@ type Store struct {
 	timeout   time.Duration
 	retention time.Duration
 	percents  string // thresholds, comma separated
+	batch     *batcher
+	closeOnce sync.Once
 }
 
 // New returns a Store over opts.Client. It does not contact Redis.
@@ -78,11 +81,13 @@ func New(opts Options) (*Store, error) {
 		}
 		pcts = append(pcts, strconv.FormatInt(p, 10))
 	}
-	return &Store{rdb: opts.Client, prefix: opts.Prefix, timeout: opts.Timeout, retention: opts.EventRetention, percents: strings.Join(pcts, ",")}, nil
+	return &Store{rdb: opts.Client, prefix: opts.Prefix, timeout: opts.Timeout, retention: opts.EventRetention, percents: strings.Join(pcts, ","),
+		batch: newBatcher(opts.Client)}, nil
 }
 
-// Close closes the client.
+// Close stops the pipelines and closes the client.
 func (s *Store) Close() error {
+	s.closeOnce.Do(s.batch.close)
 	if err := s.rdb.Close(); err != nil && !errors.Is(err, redis.ErrClosed) {
 		return fmt.Errorf("close redis client: %w", err)
 	}

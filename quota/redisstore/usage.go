@@ -65,7 +65,7 @@ func (s *Store) Admit(ctx context.Context, userID, requestID string, charges []q
 	}
 	ctx, cancel := s.withDeadline(ctx)
 	defer cancel()
-	vals, err := admitScript.Run(ctx, s.rdb, keys, args...).Int64Slice()
+	vals, err := s.batch.run(ctx, admitScript, keys, args...).Int64Slice()
 	if err != nil {
 		return nil, fmt.Errorf("admit: %w", err)
 	}
@@ -116,7 +116,7 @@ func (s *Store) Settle(ctx context.Context, userID, requestID string, actual []q
 	}
 	ctx, cancel := s.withDeadline(ctx)
 	defer cancel()
-	if err := settleScript.Run(ctx, s.rdb, keys, args...).Err(); err != nil {
+	if err := s.batch.run(ctx, settleScript, keys, args...).Err(); err != nil {
 		return fmt.Errorf("settle: %w", err)
 	}
 	return nil
