@@ -25,7 +25,10 @@ sweep()
 local used = {}
 local rid = ARGV[2]
 if rid ~= "" then
-  local state = record(rid, true)
+  -- only an admission that holds has a lease to be known by
+  local leased = false
+  for i = 1, n do leased = leased or holds[i] > 0 end
+  local state = record(rid, leased)
   if state == "c" then return reply(0, -2, used) end
   if state == "a" then
     for i = 1, n do used[i] = stored(i) end
