@@ -276,3 +276,28 @@ func TestSliceGivenBackForAHeldRequest(t *testing.T) {
 		t.Fatalf("usage: used %d reserved %d, want %d and 0", used, reserved, limit)
 	}
 }
+
+// TestNoSlices: with slices off (Caddyfile `slices off`) every request is
+// admitted by the store, however busy the tenant.
+func TestNoSlices(t *testing.T) {
+	s, err := boltstore.Open(boltstore.Options{Path: filepath.Join(t.TempDir(), "q.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	n := newSliceNode(t, s, nil, true)
+	p := sliceTenant(t, n.svc, 100000)
+	if got := n.burst(t, p, 2000, 8); got != 2000 {
+		t.Fatalf("admitted %d of 2000", got)
+	}
+	if a := n.admits.Load(); a != 2000 {
+		t.Fatalf("%d store admissions for 2000 requests, want one each", a)
+	}
+	snap, err := s.Usage(context.Background(), p.User.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := snap.Current(quota.ReservedPrefix+"messages", quota.Lifetime); r != 0 {
+		t.Fatalf("%d reserved with slices off", r)
+	}
+}
