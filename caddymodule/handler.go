@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/textproto"
 	"regexp"
 	"strconv"
 	"strings"
@@ -85,6 +86,7 @@ type Handler struct {
 
 	route         quota.Route
 	tokenMatchers caddyhttp.MatcherSets
+	tokenHeaders  []tokenHeader
 	// bodyFields are the JSON body fields meter keys refer to; the
 	// response* fields are what keys taken from a response need.
 	bodyFields       []string
@@ -138,6 +140,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if len(h.TokenHeaders) == 0 {
 		h.TokenHeaders = DefaultTokenHeaders
 	}
+	h.tokenHeaders = tokenHeadersOf(h.TokenHeaders)
 	for i := range h.Meters {
 		if err := h.Meters[i].provision(ctx); err != nil {
 			return err
@@ -271,8 +274,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return writeRequestError(w, err)
 	}
 	h.setPlaceholders(r, p)
-	for _, name := range h.TokenHeaders {
-		r.Header.Del(name) // the tenant's token is for this gateway only
+	for _, th := range h.tokenHeaders {
+		delete(r.Header, th.key) // the tenant's token is for this gateway only
 	}
 	if !plan.Settles() {
 		return next.ServeHTTP(w, r)
@@ -290,7 +293,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // (answered is then true).
 func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) (p *quota.Principal, answered bool, err error) {
 	m := h.app.metrics
-	secret, ok := tokenFrom(r, h.TokenHeaders)
+	secret, ok := tokenFrom(r, h.tokenHeaders)
 	if !ok {
 		m.outcome(outcomeUnauthenticated)
 		return nil, true, writeUnauthorized(w, missingToken(h.TokenHeaders))
@@ -439,15 +442,35 @@ func (h *Handler) storeFailure(w http.ResponseWriter, err error) error {
 // DefaultTokenHeaders are where a tenant's token is looked for.
 var DefaultTokenHeaders = []string{"Authorization", "X-Api-Key", "Api-Key"}
 
+var defaultTokenHeaders = tokenHeadersOf(DefaultTokenHeaders)
+
+// tokenHeader is a header a token may come in, by its canonical key (made
+// once, not per request).
+type tokenHeader struct {
+	key    string
+	bearer bool // Authorization: "Bearer <token>"
+}
+
+func tokenHeadersOf(names []string) []tokenHeader {
+	out := make([]tokenHeader, len(names))
+	for i, name := range names {
+		out[i] = tokenHeader{key: textproto.CanonicalMIMEHeaderKey(name), bearer: strings.EqualFold(name, "Authorization")}
+	}
+	return out
+}
+
 // tokenFrom takes the tenant's token from the first of headers present:
 // Authorization holds "Bearer <token>", the others the token alone.
-func tokenFrom(r *http.Request, headers []string) (string, bool) {
-	for _, name := range headers {
-		v := r.Header.Get(name)
+func tokenFrom(r *http.Request, headers []tokenHeader) (string, bool) {
+	for _, th := range headers {
+		var v string
+		if vs := r.Header[th.key]; len(vs) > 0 {
+			v = vs[0]
+		}
 		if v == "" {
 			continue
 		}
-		if strings.EqualFold(name, "Authorization") {
+		if th.bearer {
 			return bearerToken(v)
 		}
 		v = strings.TrimSpace(v)

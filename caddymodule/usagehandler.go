@@ -64,7 +64,7 @@ func (h *UsageHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddy
 		w.Header().Set("Allow", "GET, HEAD")
 		return writeError(w, http.StatusMethodNotAllowed, "use GET", "invalid_request_error", "method_not_allowed")
 	}
-	secret, ok := tokenFrom(r, DefaultTokenHeaders)
+	secret, ok := tokenFrom(r, defaultTokenHeaders)
 	if !ok {
 		return writeUnauthorized(w, missingToken(DefaultTokenHeaders))
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -25,27 +26,30 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (*Principal, 
 	if !shapedLikeToken(secret) {
 		return nil, fmt.Errorf("malformed token: %w", ErrUnauthenticated)
 	}
-	key := tokenKey(secret)
-	hash := key[len(tokenKeyPrefix):]
 	now := s.clock.Now()
 	wall := now // the cache's TTL runs on the system clock
 	if _, system := s.clock.(SystemClock); !system {
 		wall = time.Now()
 	}
-	// The principals in front of the cache: a map read, no lock, for a
-	// token seen within the TTL when nothing was invalidated since.
-	if v, ok := s.principals.Load(key); ok {
+	// The principals in front of the cache, keyed by the secret itself: a
+	// map read, no hash and no lock, for a token seen within the TTL when
+	// nothing was invalidated since. The secrets stay in this process's
+	// memory (as they pass through it on every request), never in a store
+	// or a log.
+	if v, ok := s.principals.Load(secret); ok {
 		if cp := v.(*cachedPrincipal); s.cache.fresh(cp.gen) && wall.Before(cp.expires) && !cp.p.Token.Expired(now) {
 			s.cache.hits.Add(1)
-			return s.principal(cp, hash, now)
+			return s.principal(cp, now)
 		}
-		s.dropPrincipal(key)
+		s.dropPrincipal(secret)
 	}
 	// Not served lately: its format and checksum first (the principals
-	// above are keyed by the hash of a secret that passed them).
+	// above hold only secrets that passed them).
 	if !wellFormed(secret) {
 		return nil, fmt.Errorf("malformed token: %w", ErrUnauthenticated)
 	}
+	key := tokenKey(secret)
+	hash := key[len(tokenKeyPrefix):]
 	gen := s.cache.begin()
 	tok, e, err := s.cachedToken(ctx, key, hash)
 	if err != nil {
@@ -58,7 +62,7 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (*Principal, 
 	// invalidated since and it is younger than the cache TTL: one cache
 	// lookup and no allocation per request.
 	if cp := e.principal.Load(); cp != nil && s.cache.fresh(cp.gen) && wall.Before(cp.expires) {
-		return s.principal(cp, hash, now)
+		return s.principal(cp, now)
 	}
 	u, err := s.cachedUser(ctx, tok.UserID, e.userKey)
 	if errors.Is(err, ErrNotFound) {
@@ -70,11 +74,12 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (*Principal, 
 	s.recordUse(hash, now)
 	p := &Principal{Token: tok, User: u}
 	// Expiry on the system clock, as the cache's own TTL.
-	cp := &cachedPrincipal{p: p, gen: gen, expires: wall.Add(time.Duration(s.cache.ttl.Load()))}
+	cp := &cachedPrincipal{p: p, hash: hash, gen: gen, expires: wall.Add(time.Duration(s.cache.ttl.Load()))}
 	cp.touched.Store(now.UnixNano())
 	e.principal.Store(cp)
 	if s.principalCount.Load() < s.cacheEntries {
-		if _, loaded := s.principals.Swap(key, cp); !loaded {
+		// A copy: secret may be part of a larger header value.
+		if _, loaded := s.principals.Swap(strings.Clone(secret), cp); !loaded {
 			s.principalCount.Add(1)
 		}
 	}
@@ -87,10 +92,10 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (*Principal, 
 // cachedToken returns the token of a hash and its cache entry.
 // principal serves a cached principal: its token's use is noted at most
 // once a minute, without a lock.
-func (s *Service) principal(cp *cachedPrincipal, hash string, now time.Time) (*Principal, error) {
+func (s *Service) principal(cp *cachedPrincipal, now time.Time) (*Principal, error) {
 	if ns := now.UnixNano(); ns-cp.touched.Load() >= int64(time.Minute) {
 		cp.touched.Store(ns)
-		s.recordUse(hash, now)
+		s.recordUse(cp.hash, now)
 	}
 	if u := cp.p.User; u.Status != StatusActive {
 		return cp.p, fmt.Errorf("user %s is disabled: %w", u.ID, ErrDisabled)
@@ -98,8 +103,8 @@ func (s *Service) principal(cp *cachedPrincipal, hash string, now time.Time) (*P
 	return cp.p, nil
 }
 
-func (s *Service) dropPrincipal(key string) {
-	if _, loaded := s.principals.LoadAndDelete(key); loaded {
+func (s *Service) dropPrincipal(secret string) {
+	if _, loaded := s.principals.LoadAndDelete(secret); loaded {
 		s.principalCount.Add(-1)
 	}
 }

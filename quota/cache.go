@@ -44,7 +44,9 @@ type cacheEntry struct {
 // cachedPrincipal is a principal, the cache generation at which making it
 // began and when it must be made again (the cache TTL).
 type cachedPrincipal struct {
-	p       *Principal
+	p *Principal
+	// hash is the token's hash (its store key).
+	hash    string
 	gen     uint64
 	expires time.Time
 	// touched is when the token's use was last noted (unix ns): it is

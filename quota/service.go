@@ -93,7 +93,7 @@ type Service struct {
 	listenerExited chan struct{}
 	allow          *allowances // nil: no headroom slices
 	allowDone      chan struct{}
-	// principals are the principals served lately, by token cache key, in
+	// principals are the principals served lately, by token secret, in
 	// front of the cache (see Authenticate); at most cacheEntries.
 	principals     sync.Map
 	principalCount atomic.Int64
