@@ -40,7 +40,7 @@ func BenchmarkHandlerEmbedded(b *testing.B) {
 		b.Fatal(err)
 	}
 	app := &App{service: svc, shared: &sharedStore{store: store, service: svc}, logger: zap.NewNop(), OnStoreError: StoreErrorDeny}
-	h := &Handler{app: app, logger: zap.NewNop(), TokenHeaders: DefaultTokenHeaders, tokenHeaders: defaultTokenHeaders, UsageHeader: DefaultUsageHeader}
+	h := &Handler{app: app, logger: zap.NewNop(), TokenHeaders: DefaultTokenHeaders, tokenHeaders: defaultTokenHeaders, UsageHeader: DefaultUsageHeader, route: quota.Route{}.Prepared()}
 	on := true
 	h.Tokens, h.IncludeUsage = &on, &on
 	h.DefaultMaxTokens, h.MaxRequestBody = DefaultMaxTokens, DefaultMaxRequestBody

@@ -84,7 +84,7 @@ type Handler struct {
 	// /embeddings).
 	TokenRoutesRaw caddyhttp.RawMatcherSets `json:"token_routes,omitempty" caddy:"namespace=http.matchers"`
 
-	route         quota.Route
+	route         *quota.Route // prepared
 	tokenMatchers caddyhttp.MatcherSets
 	tokenHeaders  []tokenHeader
 	// bodyFields are the JSON body fields meter keys refer to; the
@@ -171,7 +171,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		ImageTokens: h.PartTokens["image"], AudioTokens: h.PartTokens["audio"], FileTokens: h.PartTokens["file"],
 		Credits: h.Credits, Hold: time.Duration(h.ReservationTTL), ChatOutputField: h.MaxTokensField,
 		ModelGroups: h.app.ModelGroups,
-	}
+	}.Prepared()
 	return nil
 }
 

@@ -60,6 +60,16 @@ type Route struct {
 	// max_tokens: max_completion_tokens for OpenAI's reasoning models,
 	// which refuse max_tokens.
 	ChatOutputField string
+
+	prepared bool // filled in by Prepared
+}
+
+// Prepared returns the route with its defaults filled in, for a caller
+// to keep: planning on it copies nothing.
+func (r Route) Prepared() *Route {
+	c := r.withDefaults()
+	c.prepared = true
+	return &c
 }
 
 func (r Route) withDefaults() Route {
@@ -128,7 +138,7 @@ type MeterUses struct {
 // how its response settles. Build it with Route.Plan; it is not safe for
 // concurrent use.
 type Plan struct {
-	route  Route
+	route  *Route // prepared
 	final  []Use
 	meters MeterUses
 	tokens *tokenPlan
@@ -154,8 +164,11 @@ type tokenPlan struct {
 // Plan builds the plan of one request: every request counts one message,
 // the meters count what they count, and an LLM request (tr.API !=
 // APINone) reserves its tokens. Amounts are clamped to MaxLimit.
-func (r Route) Plan(meters MeterUses, tr TokenRequest) *Plan {
-	p := &Plan{route: r.withDefaults(), meters: meters}
+func (r *Route) Plan(meters MeterUses, tr TokenRequest) *Plan {
+	if !r.prepared {
+		r = r.Prepared()
+	}
+	p := &Plan{route: r, meters: meters}
 	p.buf[0] = Use{Resource: ResourceMessages, Amount: 1}
 	p.final = append(p.buf[:1], meters.Admit...)
 	if tr.API == APINone {

@@ -91,7 +91,7 @@ func TestPlanReservations(t *testing.T) {
 }
 
 func TestPlanOpaqueBody(t *testing.T) {
-	p := quota.Route{}.Plan(quota.MeterUses{}, quota.TokenRequest{API: quota.APIChat, Size: 1 << 20})
+	p := (&quota.Route{}).Plan(quota.MeterUses{}, quota.TokenRequest{API: quota.APIChat, Size: 1 << 20})
 	if in := amountOf(p.Uses(), quota.ResourceInputTokens); in != 1<<20 {
 		t.Fatalf("a body the gateway cannot read reserves its size: %d", in)
 	}
@@ -103,7 +103,7 @@ func TestPlanOpaqueBody(t *testing.T) {
 	if got := p.Tokens(quota.Outcome{Status: 400}); got.Input != 1<<18 {
 		t.Fatalf("charged %+v", got)
 	}
-	tiny := quota.Route{}.Plan(quota.MeterUses{}, quota.TokenRequest{API: quota.APIChat, Size: 1})
+	tiny := (&quota.Route{}).Plan(quota.MeterUses{}, quota.TokenRequest{API: quota.APIChat, Size: 1})
 	if got := tiny.Tokens(quota.Outcome{Status: 415}); got.Input+got.Output == 0 {
 		t.Fatal("an unreadable body was charged nothing")
 	}
@@ -235,7 +235,7 @@ func FuzzPlan(f *testing.F) {
 		if err != nil {
 			return // refused with a 400
 		}
-		p := quota.Route{}.Plan(quota.MeterUses{}, quota.TokenRequest{API: quota.APIChat, Body: r, Size: int64(len(body))})
+		p := (&quota.Route{}).Plan(quota.MeterUses{}, quota.TokenRequest{API: quota.APIChat, Body: r, Size: int64(len(body))})
 		uses := p.Uses()
 		for _, u := range uses {
 			if u.Amount < 0 || u.Amount > quota.MaxLimit {

@@ -46,7 +46,7 @@ func newSliceNode(t *testing.T, store quota.Store, bc quota.Broadcaster, noSlice
 // admit admits one plain request (one message) of p.
 func (n *sliceNode) admit(t *testing.T, p *quota.Principal) bool {
 	t.Helper()
-	plan := quota.Route{}.Plan(quota.MeterUses{}, quota.TokenRequest{})
+	plan := (&quota.Route{}).Plan(quota.MeterUses{}, quota.TokenRequest{})
 	_, err := n.svc.AdmitToken(context.Background(), p.User, p.Token, plan)
 	switch {
 	case err == nil:
