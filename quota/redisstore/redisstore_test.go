@@ -776,6 +776,90 @@ func TestNoKeyPerRequest(t *testing.T) {
 	}
 }
 
+// TestRecordsBounded: however many requests a tenant sends, its request
+// records stay within three hashes of RecordsPerHash each; the recent ones
+// still make admissions, settlements and cancels count exactly once.
+func TestRecordsBounded(t *testing.T) {
+	srv := redistest.Start(t)
+	const perHash = 50
+	s := newStore(t, srv, Options{RecordsPerHash: perHash})
+	ctx := testContext(t)
+	rdb := srv.Client(t)
+	id := quota.NewID()
+	msg := []quota.Charge{{Resource: "messages", Limit: 1000000, Amount: 1}}
+	held := []quota.Charge{{Resource: "tokens", Limit: 1000000, Amount: 10, Hold: time.Hour}}
+	records := func() (n int64) {
+		t.Helper()
+		keys, err := rdb.Keys(ctx, "*"+id+"*:reqs:*").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(keys) > 3 {
+			t.Fatalf("%d record hashes: %v", len(keys), keys)
+		}
+		for _, k := range keys {
+			n += rdb.HLen(ctx, k).Val()
+			if ttl := rdb.TTL(ctx, k).Val(); ttl <= 0 || ttl > 240*time.Second {
+				t.Fatalf("record hash %s expires in %v", k, ttl)
+			}
+		}
+		return n
+	}
+	var most int64
+	for i := 0; i < 1000; i++ {
+		if _, err := s.Admit(ctx, id, quota.NewID(), msg); err != nil {
+			t.Fatal(err)
+		}
+		rid := quota.NewID()
+		if _, err := s.Admit(ctx, id, rid, held); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Settle(ctx, id, rid, []quota.Charge{{Resource: "tokens", Limit: quota.NoLimit, Amount: 3}}); err != nil {
+			t.Fatal(err)
+		}
+		if i%50 == 0 {
+			most = max(most, records())
+		}
+	}
+	if most = max(most, records()); most > 3*perHash {
+		t.Fatalf("3,000 recorded requests left %d records, want at most %d", most, 3*perHash)
+	}
+	// The latest requests are still known: a repeated admission charges
+	// nothing, a repeated settlement nothing, a cancel blocks a late
+	// admission.
+	rid := quota.NewID()
+	if _, err := s.Admit(ctx, id, rid, msg); err != nil {
+		t.Fatal(err)
+	}
+	if adm, err := s.Admit(ctx, id, rid, msg); err != nil || adm.Used[0] != 1001 {
+		t.Fatalf("repeated admission: %+v %v, want 1001 used", adm, err)
+	}
+	settle := []quota.Charge{{Resource: "tokens", Limit: quota.NoLimit, Amount: 5}}
+	if err := s.Settle(ctx, id, rid, settle); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Settle(ctx, id, rid, settle); err != nil {
+		t.Fatal(err)
+	}
+	late := quota.NewID()
+	if err := s.Resolve(ctx, id, late, msg, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Admit(ctx, id, late, msg); !errors.Is(err, quota.ErrCancelled) {
+		t.Fatalf("late admission after a cancel: %v", err)
+	}
+	snap, err := s.Usage(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, tk := snap.Current("messages", quota.Lifetime), snap.Current("tokens", quota.Lifetime); m != 1001 || tk != 3005 {
+		t.Fatalf("messages %d tokens %d, want 1001 and 3005", m, tk)
+	}
+	if _, err := New(Options{Client: rdb, RecordsPerHash: -1}); err == nil {
+		t.Fatal("a negative RecordsPerHash was accepted")
+	}
+}
+
 // TestBatchedAdmissions: concurrent admissions go out in shared pipelines,
 // each with its own result and the cap exact; a script cache emptied under
 // them (a restarted Redis) is filled again.

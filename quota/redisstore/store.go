@@ -40,7 +40,18 @@ type Options struct {
 	// Thresholds are the percentages of a limit at which usage.threshold
 	// events fire (none: no threshold events).
 	Thresholds []int64
+	// RecordsPerHash caps each of a user's request-record hashes
+	// (charges.lua): with at most three of them live, a user's records
+	// take a bounded amount of memory whatever its traffic.
+	// DefaultRecordsPerHash when zero.
+	RecordsPerHash int
 }
+
+// DefaultRecordsPerHash is the default Options.RecordsPerHash: a user
+// keeps at most 30,000 request records (about 3 MB), which hold a request
+// for two minutes below about 80 requests a second that reach Redis, and
+// for at least 10,000 of its requests (10 s at 1,000 a second) above.
+const DefaultRecordsPerHash = 10000
 
 // Store is a quota.Store on Redis. It is safe for concurrent use; the zero
 // value is not usable, call New.
@@ -50,6 +61,7 @@ type Store struct {
 	timeout   time.Duration
 	retention time.Duration
 	percents  string // thresholds, comma separated
+	recordCap string // Options.RecordsPerHash
 	batch     *batcher
 	closeOnce sync.Once
 }
@@ -74,6 +86,12 @@ func New(opts Options) (*Store, error) {
 	if opts.EventRetention <= 0 {
 		opts.EventRetention = DefaultEventRetention
 	}
+	if opts.RecordsPerHash < 0 {
+		return nil, fmt.Errorf("redisstore: records per hash must not be negative, got %d", opts.RecordsPerHash)
+	}
+	if opts.RecordsPerHash == 0 {
+		opts.RecordsPerHash = DefaultRecordsPerHash
+	}
 	var pcts []string
 	for _, p := range opts.Thresholds {
 		if p < 1 || p > 1000 {
@@ -82,7 +100,7 @@ func New(opts Options) (*Store, error) {
 		pcts = append(pcts, strconv.FormatInt(p, 10))
 	}
 	return &Store{rdb: opts.Client, prefix: opts.Prefix, timeout: opts.Timeout, retention: opts.EventRetention, percents: strings.Join(pcts, ","),
-		batch: newBatcher(opts.Client)}, nil
+		recordCap: strconv.Itoa(opts.RecordsPerHash), batch: newBatcher(opts.Client)}, nil
 }
 
 // Close stops the pipelines and closes the client.

@@ -1,7 +1,7 @@
 -- admitScript applies charges to one user's usage hash (KEYS[1]) all or
 -- nothing, exactly like quota.ApplyCharges, after releasing expired leases.
 -- A counter counts only if its stored window start ("<field>|s") is the
--- current one. ARGV[1] is unused, ARGV[2] the request id ("" for none),
+-- current one. ARGV[1] caps the record hashes (see charges.lua), ARGV[2] the request id ("" for none),
 -- recorded in the request records (KEYS[5] and KEYS[8]): an
 -- admission whose request id was already admitted charges nothing again,
 -- one that was cancelled charges nothing, and an admitted one holds a lease

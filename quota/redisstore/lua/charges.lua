@@ -173,7 +173,15 @@ end
 -- leaves a key of its own, and a record is found for at least two minutes
 -- (quota.RequestTTL). With leased, a request that holds a lease counts as
 -- admitted however old its record.
+--
+-- ARGV[1] caps a record hash (0 or "": no cap): a current hash that
+-- reaches it becomes the previous one at once (the older previous goes),
+-- so a user never has more than three record hashes of at most that many
+-- records each, whatever its traffic. A record pushed out early can only
+-- make its request count again (a repeated admission or settlement, or a
+-- late admission after a cancel), never count less.
 local record_ttl = 240
+local record_cap = tonumber(ARGV[1]) or 0
 local function record(id, leased)
   for _, k in ipairs({KEYS[5], KEYS[8]}) do
     local v = redis.call("HGET", k, id)
@@ -185,5 +193,10 @@ end
 
 local function remember(id, state)
   redis.call("HSET", KEYS[5], id, state)
-  redis.call("EXPIRE", KEYS[5], record_ttl)
+  if record_cap > 0 and redis.call("HLEN", KEYS[5]) >= record_cap then
+    redis.call("RENAME", KEYS[5], KEYS[8])
+    redis.call("EXPIRE", KEYS[8], record_ttl)
+  else
+    redis.call("EXPIRE", KEYS[5], record_ttl)
+  end
 end

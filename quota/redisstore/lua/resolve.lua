@@ -1,5 +1,5 @@
 -- resolveScript settles a request whose admission outcome its caller could
--- not see (records as in admitScript). ARGV[1] is unused, ARGV[2] "1" to
+-- not see (records as in admitScript). ARGV[1] caps the record hashes, ARGV[2] "1" to
 -- make sure the charges are counted (once, without limits, holding a lease
 -- on the held ones) or "0" to take back whatever the request charged (and
 -- drop its lease) and keep a late admission from charging, ARGV[3] the

@@ -1,6 +1,6 @@
 -- settleScript ends a served request exactly once: it applies the actual
--- charges without limits and releases the request's lease. ARGV[1] is
--- unused, ARGV[2] the request id, whose settlement is recorded as
+-- charges without limits and releases the request's lease. ARGV[1] caps
+-- the record hashes (see charges.lua), ARGV[2] the request id, whose settlement is recorded as
 -- "<id>/s" in the request records. It returns 1 if it settled, 0 for a
 -- repeat.
 --
