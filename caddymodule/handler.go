@@ -317,7 +317,7 @@ func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) (p *quota
 // is then true). When the store does not answer, on_store_error decides.
 func (h *Handler) admit(w http.ResponseWriter, r *http.Request, p *quota.Principal, plan *quota.Plan) (t *quota.Ticket, answered bool, err error) {
 	m := h.app.metrics
-	t, err = h.app.Service().AdmitToken(r.Context(), p.User, p.Token, plan)
+	t, err = h.app.Service().AdmitPrincipal(r.Context(), p, plan)
 	if err == nil {
 		m.outcome(outcomeAdmitted)
 	} else if t, answered, err = h.notAdmitted(w, p, t, err); answered {
@@ -620,44 +620,71 @@ func secondsUntil(t, now time.Time) int64 {
 // setRateLimitHeaders writes the IETF httpapi RateLimit-Policy and
 // RateLimit fields for one limit.
 func setRateLimitHeaders(h http.Header, st *quota.LimitState, now time.Time) {
-	// Built by hand in one allocation that holds both values and their
-	// slices: this runs for every admitted request. Resource names need
-	// no escaping inside the quotes.
+	// This runs for every admitted request: the policy value is the same
+	// for every response of one limit (cached), and the RateLimit value and
+	// both header slices take one allocation. Resource names need no
+	// escaping inside the quotes.
+	window := int64(-1)
+	if st.Limit.Per != quota.Lifetime {
+		start, end := st.Limit.Per.Window(now)
+		window = int64(end.Sub(start).Seconds())
+	}
 	out := new(rateLimitValues)
 	b := append(out.buf[:0], '"')
 	b = append(b, st.Resource...)
 	b = append(b, '-')
 	b = append(b, st.Limit.Per.String()...)
-	b = append(b, '"')
-	name := len(b)
-	b = append(b, ";q="...)
-	b = strconv.AppendInt(b, st.Limit.Limit, 10)
-	windowed := st.Limit.Per != quota.Lifetime
-	if windowed {
-		start, end := st.Limit.Per.Window(now)
-		b = append(b, ";w="...)
-		b = strconv.AppendInt(b, int64(end.Sub(start).Seconds()), 10)
-	}
-	policy := len(b)
-	b = append(b, b[:name]...)
-	b = append(b, ";r="...)
+	b = append(b, `";r=`...)
 	b = strconv.AppendInt(b, st.Remaining(), 10)
-	if windowed {
+	if window >= 0 {
 		b = append(b, ";t="...)
 		b = strconv.AppendInt(b, secondsUntil(st.ResetsAt, now), 10)
 	}
-	all := unsafe.String(unsafe.SliceData(b), len(b)) // b is never written again
-	out.vals = [2]string{all[:policy], all[policy:]}
+	out.vals = [2]string{policyValue(st, window), unsafe.String(unsafe.SliceData(b), len(b))} // b is never written again
 	h["Ratelimit-Policy"] = out.vals[0:1:1]
 	h["Ratelimit"] = out.vals[1:2:2]
 }
 
 // rateLimitValues are the RateLimit-Policy and RateLimit values of one
-// response, and the bytes of both.
+// response, and the bytes of the latter.
 type rateLimitValues struct {
 	vals [2]string
-	buf  [160]byte // most pairs of values fit; a longer one moves out
+	buf  [64]byte // most values fit; a longer one moves out
 }
+
+// policyValue returns the RateLimit-Policy value of a limit (window in
+// seconds, -1 for a lifetime limit) from a small cache: tenants on one plan
+// share their policies, and a miss only builds the value again.
+func policyValue(st *quota.LimitState, window int64) string {
+	i := (uint64(st.Limit.Limit)*0x9E3779B97F4A7C15 ^ uint64(window)*0xC2B2AE3D27D4EB4F ^ uint64(len(st.Resource))) >> (64 - 8)
+	slot := &policies[i]
+	if pv := slot.Load(); pv != nil && pv.limit == st.Limit.Limit && pv.window == window && pv.per == st.Limit.Per && pv.resource == st.Resource {
+		return pv.value
+	}
+	b := make([]byte, 0, len(st.Resource)+48)
+	b = append(b, '"')
+	b = append(b, st.Resource...)
+	b = append(b, '-')
+	b = append(b, st.Limit.Per.String()...)
+	b = append(b, `";q=`...)
+	b = strconv.AppendInt(b, st.Limit.Limit, 10)
+	if window >= 0 {
+		b = append(b, ";w="...)
+		b = strconv.AppendInt(b, window, 10)
+	}
+	pv := &cachedPolicy{resource: st.Resource, per: st.Limit.Per, limit: st.Limit.Limit, window: window, value: string(b)}
+	slot.Store(pv)
+	return pv.value
+}
+
+type cachedPolicy struct {
+	resource      string
+	per           quota.Period
+	limit, window int64
+	value         string
+}
+
+var policies [256]atomic.Pointer[cachedPolicy]
 
 // Interface guards.
 var (

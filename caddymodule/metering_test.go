@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -78,6 +79,21 @@ func TestRateLimitHeaders(t *testing.T) {
 	setRateLimitHeaders(h, &quota.LimitState{Resource: "messages", Limit: quota.Limit{Limit: 3}, Used: 3}, now)
 	if p, r := h.Get("RateLimit-Policy"), h.Get("RateLimit"); p != `"messages-lifetime";q=3` || r != `"messages-lifetime";r=0` {
 		t.Fatalf("lifetime: %q %q", p, r)
+	}
+	// Policies are cached: one of another resource, period or limit is
+	// never served for this one.
+	for _, st := range []quota.LimitState{
+		{Resource: "tokens.basic", Limit: quota.Limit{Limit: 100, Per: quota.Minute}},
+		{Resource: "tokens.premium", Limit: quota.Limit{Limit: 101, Per: quota.Minute}},
+		{Resource: "tokens.premium", Limit: quota.Limit{Limit: 100, Per: quota.Hour}},
+		{Resource: "tokens.premium", Limit: quota.Limit{Limit: 100, Per: quota.Minute}},
+	} {
+		st.ResetsAt = now.Add(30 * time.Second)
+		setRateLimitHeaders(h, &st, now)
+		w := map[quota.Period]string{quota.Minute: "60", quota.Hour: "3600"}[st.Limit.Per]
+		if p, want := h.Get("RateLimit-Policy"), fmt.Sprintf(`"%s-%s";q=%d;w=%s`, st.Resource, st.Limit.Per, st.Limit.Limit, w); p != want {
+			t.Fatalf("cached policy: %q, want %q", p, want)
+		}
 	}
 	// A name longer than the values' buffer.
 	long := strings.Repeat("x", 300)

@@ -86,6 +86,9 @@ func (m *Meter) validate() error {
 // count objects created by a key the response names (in the order of
 // MeterUses.Created).
 func (h *Handler) planMeters(r *http.Request) (p quota.MeterUses, created []int, err error) {
+	if len(h.Meters) == 0 {
+		return p, nil, nil
+	}
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	for i := range h.Meters {
 		m := &h.Meters[i]

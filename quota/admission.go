@@ -159,11 +159,22 @@ func (s *Service) Admit(ctx context.Context, u *User, p *Plan) (*Ticket, error) 
 // AdmitToken is Admit for a request made with tok, which charges the
 // token's own limits too (nil: the user's alone).
 func (s *Service) AdmitToken(ctx context.Context, u *User, tok *Token, p *Plan) (*Ticket, error) {
+	return s.admitToken(ctx, u, tok, p, nil)
+}
+
+// AdmitPrincipal is AdmitToken for an authenticated request: the
+// principal remembers where this node keeps its user's slices (no lookup
+// per request).
+func (s *Service) AdmitPrincipal(ctx context.Context, pr *Principal, p *Plan) (*Ticket, error) {
+	return s.admitToken(ctx, pr.User, pr.Token, p, &pr.slices)
+}
+
+func (s *Service) admitToken(ctx context.Context, u *User, tok *Token, p *Plan, hint *atomic.Pointer[userSlices]) (*Ticket, error) {
 	for fits := 0; ; fits++ {
 		var t *Ticket
 		var err error
 		if uses := p.Uses(); s.allow != nil && sliceable(uses) {
-			t, err = s.allow.admit(ctx, u, tok, uses, p)
+			t, err = s.allow.admit(ctx, u, tok, uses, p, hint)
 		} else {
 			t, err = s.admitHeld(ctx, u, tok, uses, p)
 		}

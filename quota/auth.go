@@ -13,6 +13,9 @@ import (
 type Principal struct {
 	Token *Token
 	User  *User
+
+	// slices is this node's slice state of User (see AdmitPrincipal).
+	slices atomic.Pointer[userSlices]
 }
 
 // Authenticate resolves a token secret to its token and user, from the hot

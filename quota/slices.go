@@ -44,7 +44,7 @@ import (
 const (
 	sliceDivisor  = 64
 	minSliceUnits = 8
-	maxSliceUnits = 1024
+	maxSliceUnits = 4096
 	sliceMaxAge   = time.Second
 	// sliceTarget is how long a slice should last at the user's rate: a
 	// user who sends fewer than minSliceUnits requests in it takes none
@@ -98,6 +98,7 @@ func (a *allowances) lookup(id string) *userSlices {
 // store calls that take and return them, so that a node always returns
 // its own slices before an admission that could be refused.
 type userSlices struct {
+	of     *allowances // whose (a principal's hint may come from another Service)
 	mu     sync.Mutex
 	dead   bool // removed from allowances.users: look it up again
 	slices []*slice
@@ -189,16 +190,25 @@ func (a *allowances) user(id string) *userSlices {
 	if us := a.lookup(id); us != nil {
 		return us
 	}
-	v, _ := a.users.LoadOrStore(id, &userSlices{remaining: -1, gap: time.Second})
+	v, _ := a.users.LoadOrStore(id, &userSlices{of: a, remaining: -1, gap: time.Second})
 	return v.(*userSlices)
 }
 
 // admit admits one request of sliceable uses: from a slice when this node
 // holds one for them, else at the store (taking a slice when far from
 // every cap).
-func (a *allowances) admit(ctx context.Context, u *User, tok *Token, uses []Use, p *Plan) (*Ticket, error) {
-	// The common case takes no lock: a slice with room for these uses.
-	if us := a.lookup(u.ID); us != nil {
+func (a *allowances) admit(ctx context.Context, u *User, tok *Token, uses []Use, p *Plan, hint *atomic.Pointer[userSlices]) (*Ticket, error) {
+	// The common case takes no lock: a slice with room for these uses. The
+	// hint, if any, saves the lookup (a state given up since has no live
+	// slices: the locked path below finds the current one).
+	var us *userSlices
+	if hint != nil {
+		us = hint.Load()
+	}
+	if us == nil || us.of != a {
+		us = a.lookup(u.ID)
+	}
+	if us != nil {
 		if live := us.live.Load(); live != nil {
 			now := time.Now()
 			for _, sl := range *live {
@@ -216,6 +226,9 @@ func (a *allowances) admit(ctx context.Context, u *User, tok *Token, uses []Use,
 		if us.dead {
 			us.mu.Unlock()
 			continue
+		}
+		if hint != nil && hint.Load() != us {
+			hint.Store(us)
 		}
 		t, err := a.admitLocked(ctx, us, u, tok, uses, p)
 		us.mu.Unlock()
