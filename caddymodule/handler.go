@@ -242,7 +242,8 @@ const (
 // proxy aborts the handler (a client that hung up mid-stream).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) (err error) {
 	m := h.app.metrics
-	p, answered, err := h.authenticate(w, r)
+	now := h.app.Service().Now() // read once for the request
+	p, answered, err := h.authenticate(w, r, now)
 	if answered {
 		return err
 	}
@@ -265,7 +266,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		m.outcome(outcomeForbidden)
 		return writeError(w, http.StatusForbidden, refusal, "permission_error", "model_not_allowed")
 	}
-	ticket, answered, err := h.admit(w, r, p, plan)
+	if req != &nothingToRead {
+		// A body was read, which may have taken a while: the admission
+		// reads the clock again (a slice must not admit past its end).
+		now = time.Time{}
+	}
+	ticket, answered, err := h.admit(w, r, p, plan, now)
 	if answered {
 		return err
 	}
@@ -291,14 +297,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 // authenticate finds the request's tenant, or answers 401, 403 or 503
 // (answered is then true).
-func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) (p *quota.Principal, answered bool, err error) {
+func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request, now time.Time) (p *quota.Principal, answered bool, err error) {
 	m := h.app.metrics
 	secret, ok := tokenFrom(r, h.tokenHeaders)
 	if !ok {
 		m.outcome(outcomeUnauthenticated)
 		return nil, true, writeUnauthorized(w, missingToken(h.TokenHeaders))
 	}
-	p, err = h.app.Service().Authenticate(r.Context(), secret)
+	p, err = h.app.Service().AuthenticateAt(r.Context(), secret, now)
 	switch {
 	case errors.Is(err, quota.ErrUnauthenticated):
 		m.outcome(outcomeUnauthenticated)
@@ -315,9 +321,9 @@ func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) (p *quota
 
 // admit admits the planned request, or answers 429, 402 or 503 (answered
 // is then true). When the store does not answer, on_store_error decides.
-func (h *Handler) admit(w http.ResponseWriter, r *http.Request, p *quota.Principal, plan *quota.Plan) (t *quota.Ticket, answered bool, err error) {
+func (h *Handler) admit(w http.ResponseWriter, r *http.Request, p *quota.Principal, plan *quota.Plan, now time.Time) (t *quota.Ticket, answered bool, err error) {
 	m := h.app.metrics
-	t, err = h.app.Service().AdmitPrincipal(r.Context(), p, plan)
+	t, err = h.app.Service().AdmitPrincipal(r.Context(), p, plan, now)
 	if err == nil {
 		m.outcome(outcomeAdmitted)
 	} else if t, answered, err = h.notAdmitted(w, p, t, err); answered {

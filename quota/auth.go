@@ -23,13 +23,22 @@ type Principal struct {
 // malformed, unknown, revoked or expired token and ErrDisabled for a
 // disabled user; the principal is returned with ErrDisabled.
 func (s *Service) Authenticate(ctx context.Context, secret string) (*Principal, error) {
+	return s.AuthenticateAt(ctx, secret, s.clock.Now())
+}
+
+// Now reads the service's clock: a request's time, for AuthenticateAt and
+// AdmitPrincipal.
+func (s *Service) Now() time.Time { return s.clock.Now() }
+
+// AuthenticateAt is Authenticate at now, the time Now returned for this
+// request.
+func (s *Service) AuthenticateAt(ctx context.Context, secret string, now time.Time) (*Principal, error) {
 	if secret == "" {
 		return nil, fmt.Errorf("missing bearer token: %w", ErrUnauthenticated)
 	}
 	if !shapedLikeToken(secret) {
 		return nil, fmt.Errorf("malformed token: %w", ErrUnauthenticated)
 	}
-	now := s.clock.Now()
 	wall := now // the cache's TTL runs on the system clock
 	if _, system := s.clock.(SystemClock); !system {
 		wall = time.Now()

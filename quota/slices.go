@@ -197,7 +197,10 @@ func (a *allowances) user(id string) *userSlices {
 // admit admits one request of sliceable uses: from a slice when this node
 // holds one for them, else at the store (taking a slice when far from
 // every cap).
-func (a *allowances) admit(ctx context.Context, u *User, tok *Token, uses []Use, p *Plan, hint *atomic.Pointer[userSlices]) (*Ticket, error) {
+//
+// now is this node's clock if the caller has just read it (zero: read it
+// here).
+func (a *allowances) admit(ctx context.Context, u *User, tok *Token, uses []Use, p *Plan, hint *atomic.Pointer[userSlices], now time.Time) (*Ticket, error) {
 	// The common case takes no lock: a slice with room for these uses. The
 	// hint, if any, saves the lookup (a state given up since has no live
 	// slices: the locked path below finds the current one).
@@ -210,7 +213,9 @@ func (a *allowances) admit(ctx context.Context, u *User, tok *Token, uses []Use,
 	}
 	if us != nil {
 		if live := us.live.Load(); live != nil {
-			now := time.Now()
+			if now.IsZero() {
+				now = time.Now()
+			}
 			for _, sl := range *live {
 				if sl.matches(u, tok, uses) {
 					if n, ok := sl.take(now); ok {

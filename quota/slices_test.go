@@ -47,7 +47,7 @@ func newSliceNode(t *testing.T, store quota.Store, bc quota.Broadcaster, noSlice
 func (n *sliceNode) admit(t *testing.T, p *quota.Principal) bool {
 	t.Helper()
 	plan := (&quota.Route{}).Plan(quota.MeterUses{}, quota.TokenRequest{})
-	_, err := n.svc.AdmitPrincipal(context.Background(), p, plan)
+	_, err := n.svc.AdmitPrincipal(context.Background(), p, plan, n.svc.Now())
 	switch {
 	case err == nil:
 		return true
