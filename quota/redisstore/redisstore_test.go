@@ -860,6 +860,81 @@ func TestRecordsBounded(t *testing.T) {
 	}
 }
 
+// TestLeaseDue: an admission looks at the leases only when one is due
+// (the usage hash's "~due"), and every way a lease is taken keeps it due:
+// an admission that holds, and a resolution that makes sure a held request
+// counts. An expired lease is always released by the next admission.
+func TestLeaseDue(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv, Options{})
+	ctx := testContext(t)
+	rdb := srv.Client(t)
+	id := quota.NewID()
+	msg := []quota.Charge{{Resource: "messages", Limit: 1000, Amount: 1}}
+	held := func(hold time.Duration) []quota.Charge {
+		return []quota.Charge{{Resource: "tokens", Limit: 1000, Amount: 100, Hold: hold}}
+	}
+	tokens := func() int64 {
+		t.Helper()
+		snap, err := s.Usage(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return snap.Current("tokens", quota.Lifetime)
+	}
+	due := func() string { return rdb.HGet(ctx, s.usageKey(id), "~due").Val() }
+	if _, err := s.Admit(ctx, id, quota.NewID(), msg); err != nil {
+		t.Fatal(err)
+	}
+	if d := due(); d != "0" {
+		t.Fatalf("no lease: ~due %q, want 0", d)
+	}
+	// A long lease, then a short one: due is the earlier.
+	if _, err := s.Admit(ctx, id, quota.NewID(), held(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	long := due()
+	if _, err := s.Admit(ctx, id, quota.NewID(), held(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if short := due(); short >= long {
+		t.Fatalf("~due %s after a 1 s lease, %s after a 1 h one", short, long)
+	}
+	time.Sleep(2100 * time.Millisecond)
+	if _, err := s.Admit(ctx, id, quota.NewID(), msg); err != nil {
+		t.Fatal(err)
+	}
+	if got := tokens(); got != 100 {
+		t.Fatalf("after the 1 s lease expired: %d tokens, want 100 (the hour's lease)", got)
+	}
+	if d := due(); d != long {
+		t.Fatalf("after the sweep: ~due %s, want the hour's %s", d, long)
+	}
+	// A lease taken by a resolution is due too.
+	rid := quota.NewID()
+	if err := s.Resolve(ctx, id, rid, held(time.Second), true); err != nil {
+		t.Fatal(err)
+	}
+	if got := tokens(); got != 200 {
+		t.Fatalf("after a forced admission: %d tokens, want 200", got)
+	}
+	time.Sleep(2100 * time.Millisecond)
+	if _, err := s.Admit(ctx, id, quota.NewID(), msg); err != nil {
+		t.Fatal(err)
+	}
+	if got := tokens(); got != 100 {
+		t.Fatalf("after the forced admission's lease expired: %d tokens, want 100", got)
+	}
+	// An unknown due (a hash written before it existed) sweeps.
+	rdb.HDel(ctx, s.usageKey(id), "~due")
+	if _, err := s.Admit(ctx, id, quota.NewID(), msg); err != nil {
+		t.Fatal(err)
+	}
+	if d := due(); d != long {
+		t.Fatalf("after an unknown due: ~due %q, want %s", d, long)
+	}
+}
+
 // TestBatchedAdmissions: concurrent admissions go out in shared pipelines,
 // each with its own result and the cap exact; a script cache emptied under
 // them (a restarted Redis) is filled again.

@@ -21,7 +21,15 @@ local function reply(allowed, denied, used)
   return r
 end
 
-sweep()
+-- Expired leases are released first, when one is due ("~due", read with
+-- the counters): most admissions need no look at the leases.
+local cur, due = load()
+local dirty = false
+if due == nil or (due > 0 and due <= now) then
+  due = sweep()
+  cur = load()
+  dirty = true
+end
 local used = {}
 local rid = ARGV[2]
 if rid ~= "" then
@@ -35,7 +43,15 @@ if rid ~= "" then
     return reply(1, -1, used)
   end
 end
-local denied = apply(1, true, used)
+local longest = 0
+if rid ~= "" then longest = longest_hold() end
+if longest > 0 and (due == 0 or due > now + longest) then
+  due = now + longest
+  dirty = true
+end
+local extra
+if dirty then extra = {"~due", string.format("%d", due)} end
+local denied = apply(1, true, used, cur, extra)
 if denied >= 0 then return reply(0, denied, used) end
 if rid ~= "" then
   remember(rid, "a")

@@ -35,9 +35,11 @@ local function write_at(field, start, u)
 end
 
 -- load reads the counters of every charge in one HMGET: cur[field] is its
--- count in the current window (0 for a stale one).
+-- count in the current window (0 for a stale one). The same read returns
+-- due, the usage hash's "~due" field: the earliest lease expiry (unix
+-- seconds), 0 when the user holds no lease, nil when unknown.
 local function load()
-  local names, at = {}, {}
+  local names, at = {"~due"}, {}
   for i = 1, n do
     if at[fields[i]] == nil then
       names[#names + 1] = fields[i]
@@ -55,7 +57,7 @@ local function load()
       cur[fields[i]] = 0
     end
   end
-  return cur
+  return cur, tonumber(v[1])
 end
 
 -- apply adds sign * amount of every charge, each against the counter as the
@@ -63,8 +65,9 @@ end
 -- counted (or, negative, takes back only a counted key). With check, it
 -- first refuses (returning the index of) a charge that would go over its
 -- limit, writing nothing. It reads and writes the counters with one command
--- each.
-local function apply(sign, check, used)
+-- each (none to read if the caller passes cur, as load returned it);
+-- extra field/value pairs of the usage hash go with the write.
+local function apply(sign, check, used, cur, extra)
   local eff = {}
   for i = 1, n do
     local a = sign * amounts[i]
@@ -75,7 +78,7 @@ local function apply(sign, check, used)
     eff[i] = a
   end
   if n == 0 then return -1 end
-  local cur = load()
+  if not cur then cur = load() end
   for i = 1, n do
     local f = fields[i]
     local u = cur[f]
@@ -90,6 +93,7 @@ local function apply(sign, check, used)
     used[i] = u
   end
   local w, written = {}, {}
+  for _, x in ipairs(extra or {}) do w[#w + 1] = x end
   for i = 1, n do
     if not written[fields[i]] then
       written[fields[i]] = true
@@ -112,9 +116,19 @@ local function apply(sign, check, used)
   return -1
 end
 
+-- longest_hold is the longest hold of the charges, in seconds (0: none).
+local function longest_hold()
+  local longest = 0
+  for i = 1, n do
+    if holds[i] > longest then longest = holds[i] end
+  end
+  return longest
+end
+
 -- hold records a lease on the held charges under request id rid: its body
 -- is "resource|period|window start|amount;..." and it expires after the
--- longest hold.
+-- longest hold. Its caller keeps "~due" (see load) at or before the
+-- expiry: admit writes it with the charges, others call note_due.
 local function hold(rid)
   local parts, longest = {}, 0
   for i = 1, n do
@@ -160,26 +174,40 @@ local function drop(rid)
 end
 
 -- sweep releases leases that have expired: their requests never settled.
+-- It returns the earliest expiry left (0: none), the new "~due".
 local function sweep()
   for _, rid in ipairs(redis.call("ZRANGEBYSCORE", KEYS[3], "-inf", now, "LIMIT", 0, 32)) do
     release(rid)
+  end
+  local first = redis.call("ZRANGE", KEYS[3], 0, 0, "WITHSCORES")
+  return tonumber(first[2]) or 0
+end
+
+-- note_due keeps "~due" at or before a new lease's expiry e (an unknown
+-- "~due" stays unknown: the next admission sweeps and learns it).
+local function note_due(e)
+  local due = tonumber(redis.call("HGET", KEYS[1], "~due"))
+  if due and (due == 0 or due > e) then
+    redis.call("HSET", KEYS[1], "~due", string.format("%d", e))
   end
 end
 
 -- Request records: the state of a request id ("a" admitted, "c" cancelled,
 -- "s" settled) lives in the user's record hashes, one per two minutes of
--- the gateway's clock: KEYS[5] the current one, KEYS[8] the one before,
--- each expiring record_ttl seconds after its last write. So no request
--- leaves a key of its own, and a record is found for at least two minutes
--- (quota.RequestTTL). With leased, a request that holds a lease counts as
--- admitted however old its record.
+-- the gateway's clock: KEYS[5] the current one, KEYS[8] the one before.
+-- Each expires record_ttl seconds after it was made, and is read only in
+-- its own two minutes and the next: so no request leaves a key of its own,
+-- and a record is found for at least two minutes (quota.RequestTTL). With
+-- leased, a request that holds a lease counts as admitted however old its
+-- record.
 --
 -- ARGV[1] caps a record hash (0 or "": no cap): a current hash that
--- reaches it becomes the previous one at once (the older previous goes),
--- so a user never has more than three record hashes of at most that many
--- records each, whatever its traffic. A record pushed out early can only
--- make its request count again (a repeated admission or settlement, or a
--- late admission after a cancel), never count less.
+-- reaches it becomes the previous one at once (the older previous goes,
+-- freed in the background), so a user never has more than three record
+-- hashes of at most that many records each, whatever its traffic. A record
+-- pushed out early can only make its request count again (a repeated
+-- admission or settlement, or a late admission after a cancel), never
+-- count less.
 local record_ttl = 240
 local record_cap = tonumber(ARGV[1]) or 0
 local function record(id, leased)
@@ -193,10 +221,11 @@ end
 
 local function remember(id, state)
   redis.call("HSET", KEYS[5], id, state)
-  if record_cap > 0 and redis.call("HLEN", KEYS[5]) >= record_cap then
+  local size = redis.call("HLEN", KEYS[5])
+  if record_cap > 0 and size >= record_cap then
+    redis.call("UNLINK", KEYS[8])
     redis.call("RENAME", KEYS[5], KEYS[8])
-    redis.call("EXPIRE", KEYS[8], record_ttl)
-  else
+  elseif size == 1 then
     redis.call("EXPIRE", KEYS[5], record_ttl)
   end
 end

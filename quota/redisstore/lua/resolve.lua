@@ -13,6 +13,7 @@ if ARGV[2] == "1" then
   apply(1, false, used)
   remember(rid, "a")
   hold(rid)
+  if longest_hold() > 0 then note_due(now + longest_hold()) end
   return 1
 end
 if state == "a" then
