@@ -860,6 +860,48 @@ func TestRecordsBounded(t *testing.T) {
 	}
 }
 
+// TestDistinctKeysBounded: a tenant sending ever new keys (conversation
+// ids it makes up) keeps at most DistinctKeys of them in Redis; past the
+// cap a new key still counts (more, never less).
+func TestDistinctKeysBounded(t *testing.T) {
+	srv := redistest.Start(t)
+	const capKeys = 40
+	s := newStore(t, srv, Options{DistinctKeys: capKeys})
+	ctx := testContext(t)
+	rdb := srv.Client(t)
+	id := quota.NewID()
+	conv := func(key string) []quota.Charge {
+		return []quota.Charge{
+			{Resource: "conversations", Limit: quota.NoLimit, Amount: 1, Key: key},
+			{Resource: "conversations", Per: quota.Day, Limit: quota.NoLimit, Amount: 1, Key: key},
+		}
+	}
+	for i := 0; i < 100; i++ {
+		if _, err := s.Admit(ctx, id, quota.NewID(), conv(strconv.Itoa(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := rdb.HLen(ctx, s.keysKey(id)).Val(); n != capKeys {
+		t.Fatalf("100 new keys left %d in Redis, want the cap %d", n, capKeys)
+	}
+	// A remembered key counts once; one past the cap counts each time.
+	for _, key := range []string{"0", "0", "99", "99"} {
+		if _, err := s.Admit(ctx, id, quota.NewID(), conv(key)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	snap, err := s.Usage(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := snap.Current("conversations", quota.Lifetime); got != 102 {
+		t.Fatalf("conversations %d, want 102", got)
+	}
+	if _, err := New(Options{Client: rdb, DistinctKeys: -1}); err == nil {
+		t.Fatal("a negative DistinctKeys was accepted")
+	}
+}
+
 // TestLeaseDue: an admission looks at the leases only when one is due
 // (the usage hash's "~due"), and every way a lease is taken keeps it due:
 // an admission that holds, and a resolution that makes sure a held request

@@ -45,7 +45,16 @@ type Options struct {
 	// take a bounded amount of memory whatever its traffic.
 	// DefaultRecordsPerHash when zero.
 	RecordsPerHash int
+	// DistinctKeys caps the distinct keys (of meters with a key) a user
+	// keeps: past it a new key is counted but not remembered, so that a
+	// tenant sending ever new keys cannot grow Redis without bound.
+	// DefaultDistinctKeys when zero.
+	DistinctKeys int
 }
+
+// DefaultDistinctKeys is the default Options.DistinctKeys (about 10 MB of
+// keys per user at most).
+const DefaultDistinctKeys = 100000
 
 // DefaultRecordsPerHash is the default Options.RecordsPerHash: a user
 // keeps at most 30,000 request records (about 3 MB), which hold a request
@@ -61,7 +70,7 @@ type Store struct {
 	timeout   time.Duration
 	retention time.Duration
 	percents  string // thresholds, comma separated
-	recordCap string // Options.RecordsPerHash
+	caps      string // "<Options.RecordsPerHash>,<Options.DistinctKeys>" (charges.lua)
 	batch     *batcher
 	closeOnce sync.Once
 }
@@ -86,11 +95,14 @@ func New(opts Options) (*Store, error) {
 	if opts.EventRetention <= 0 {
 		opts.EventRetention = DefaultEventRetention
 	}
-	if opts.RecordsPerHash < 0 {
-		return nil, fmt.Errorf("redisstore: records per hash must not be negative, got %d", opts.RecordsPerHash)
+	if opts.RecordsPerHash < 0 || opts.DistinctKeys < 0 {
+		return nil, fmt.Errorf("redisstore: records per hash and distinct keys must not be negative, got %d and %d", opts.RecordsPerHash, opts.DistinctKeys)
 	}
 	if opts.RecordsPerHash == 0 {
 		opts.RecordsPerHash = DefaultRecordsPerHash
+	}
+	if opts.DistinctKeys == 0 {
+		opts.DistinctKeys = DefaultDistinctKeys
 	}
 	var pcts []string
 	for _, p := range opts.Thresholds {
@@ -100,7 +112,7 @@ func New(opts Options) (*Store, error) {
 		pcts = append(pcts, strconv.FormatInt(p, 10))
 	}
 	return &Store{rdb: opts.Client, prefix: opts.Prefix, timeout: opts.Timeout, retention: opts.EventRetention, percents: strings.Join(pcts, ","),
-		recordCap: strconv.Itoa(opts.RecordsPerHash), batch: newBatcher(opts.Client)}, nil
+		caps: strconv.Itoa(opts.RecordsPerHash) + "," + strconv.Itoa(opts.DistinctKeys), batch: newBatcher(opts.Client)}, nil
 }
 
 // Close stops the pipelines and closes the client.

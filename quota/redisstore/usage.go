@@ -59,7 +59,7 @@ func (s *Store) Admit(ctx context.Context, userID, requestID string, charges []q
 	if err := quota.ValidateAdmission(requestID, charges); err != nil {
 		return nil, err
 	}
-	keys, args, err := s.chargeArgs(userID, requestID, true, charges, s.recordCap, requestID, s.percents, strconv.FormatInt(s.retention.Milliseconds(), 10), userID)
+	keys, args, err := s.chargeArgs(userID, requestID, true, charges, s.caps, requestID, s.percents, strconv.FormatInt(s.retention.Milliseconds(), 10), userID)
 	if err != nil {
 		return nil, err
 	}
@@ -93,7 +93,7 @@ func (s *Store) Resolve(ctx context.Context, userID, requestID string, charges [
 	if apply {
 		flag = "1"
 	}
-	keys, args, err := s.chargeArgs(userID, requestID, true, charges, s.recordCap, flag, requestID)
+	keys, args, err := s.chargeArgs(userID, requestID, true, charges, s.caps, flag, requestID)
 	if err != nil {
 		return err
 	}
@@ -110,7 +110,7 @@ func (s *Store) Settle(ctx context.Context, userID, requestID string, actual []q
 	if err := quota.ValidateSettlement(requestID, actual); err != nil {
 		return err
 	}
-	keys, args, err := s.chargeArgs(userID, requestID, true, actual, s.recordCap, requestID, s.percents, strconv.FormatInt(s.retention.Milliseconds(), 10), userID)
+	keys, args, err := s.chargeArgs(userID, requestID, true, actual, s.caps, requestID, s.percents, strconv.FormatInt(s.retention.Milliseconds(), 10), userID)
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,9 @@
 -- server clock and defines stored, apply, hold, release, drop, sweep,
 -- record and remember.
 local MAXC = 4503599627370496 -- quota.MaxCounter (2^52)
+-- the caps of ARGV[1] (see the request records below)
+local record_cap = tonumber(string.match(ARGV[1], "^(%d+)")) or 0
+local key_cap = tonumber(string.match(ARGV[1], ",(%d+)$")) or 0
 local t = redis.call("TIME")
 local now = tonumber(t[1])
 local n = (#ARGV - first + 1) / 6
@@ -104,10 +107,14 @@ local function apply(sign, check, used, cur, extra)
     end
   end
   redis.call("HSET", KEYS[1], unpack(w))
+  local room
   for i = 1, n do
     if dkeys[i] then
-      if sign * amounts[i] > 0 then
-        redis.call("HSET", KEYS[2], dkeys[i], "1")
+      if eff[i] > 0 then
+        -- A new key is remembered while the user has fewer than key_cap
+        -- (see ARGV[1]); past it, the key counts but is not remembered.
+        if room == nil then room = key_cap <= 0 or redis.call("HLEN", KEYS[2]) < key_cap end
+        if room then redis.call("HSET", KEYS[2], dkeys[i], "1") end
       elseif sign * amounts[i] < 0 then
         redis.call("HDEL", KEYS[2], dkeys[i])
       end
@@ -201,7 +208,11 @@ end
 -- leased, a request that holds a lease counts as admitted however old its
 -- record.
 --
--- ARGV[1] caps a record hash (0 or "": no cap): a current hash that
+-- ARGV[1] is "<record cap>,<key cap>" (0 or "": no cap). The key cap
+-- bounds the distinct keys a user keeps (KEYS[2]): a new key past it is
+-- counted but not remembered, so it counts again if it comes again (and a
+-- release of it takes nothing back): more, never less. The record cap
+-- caps a record hash: a current hash that
 -- reaches it becomes the previous one at once (the older previous goes,
 -- freed in the background), so a user never has more than three record
 -- hashes of at most that many records each, whatever its traffic. A record
@@ -209,7 +220,6 @@ end
 -- admission or settlement, or a late admission after a cancel), never
 -- count less.
 local record_ttl = 240
-local record_cap = tonumber(ARGV[1]) or 0
 local function record(id, leased)
   for _, k in ipairs({KEYS[5], KEYS[8]}) do
     local v = redis.call("HGET", k, id)
