@@ -25,7 +25,7 @@ end
 -- the counters): most admissions need no look at the leases.
 local cur, due = load()
 local dirty = false
-if due == nil or (due > 0 and due <= now) then
+if due == nil or due <= now then
   due = sweep()
   cur = load()
   dirty = true
@@ -45,7 +45,7 @@ if rid ~= "" then
 end
 local longest = 0
 if rid ~= "" then longest = longest_hold() end
-if longest > 0 and (due == 0 or due > now + longest) then
+if longest > 0 and due > now + longest then
   due = now + longest
   dirty = true
 end

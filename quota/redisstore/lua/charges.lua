@@ -39,8 +39,8 @@ end
 
 -- load reads the counters of every charge in one HMGET: cur[field] is its
 -- count in the current window (0 for a stale one). The same read returns
--- due, the usage hash's "~due" field: the earliest lease expiry (unix
--- seconds), 0 when the user holds no lease, nil when unknown.
+-- due, the usage hash's "~due" field: when an admission must next look at
+-- the leases (unix seconds; nil when unknown; see sweep).
 local function load()
   local names, at = {"~due"}, {}
   for i = 1, n do
@@ -181,20 +181,24 @@ local function drop(rid)
 end
 
 -- sweep releases leases that have expired: their requests never settled.
--- It returns the earliest expiry left (0: none), the new "~due".
+-- It returns when to look next, the new "~due": the earliest expiry left,
+-- and at the latest a minute from now, so that a lease "~due" does not know
+-- of (one taken by an older gateway during an upgrade) is released within
+-- a minute of its expiry.
+local look_every = 60
 local function sweep()
   for _, rid in ipairs(redis.call("ZRANGEBYSCORE", KEYS[3], "-inf", now, "LIMIT", 0, 32)) do
     release(rid)
   end
   local first = redis.call("ZRANGE", KEYS[3], 0, 0, "WITHSCORES")
-  return tonumber(first[2]) or 0
+  return math.min(tonumber(first[2]) or now + look_every, now + look_every)
 end
 
 -- note_due keeps "~due" at or before a new lease's expiry e (an unknown
 -- "~due" stays unknown: the next admission sweeps and learns it).
 local function note_due(e)
   local due = tonumber(redis.call("HGET", KEYS[1], "~due"))
-  if due and (due == 0 or due > e) then
+  if due and due > e then
     redis.call("HSET", KEYS[1], "~due", string.format("%d", e))
   end
 end
