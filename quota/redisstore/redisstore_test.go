@@ -720,6 +720,22 @@ func TestLeaseReleasesOnlyItsWindow(t *testing.T) {
 	}
 }
 
+// oneOfEach sends one request of each kind a tenant makes: a plain one,
+// and one that holds a reservation and is settled for 3 tokens.
+func oneOfEach(ctx context.Context, t *testing.T, s *Store, id string, plain, held []quota.Charge) {
+	t.Helper()
+	if _, err := s.Admit(ctx, id, quota.NewID(), plain); err != nil {
+		t.Fatal(err)
+	}
+	rid := quota.NewID()
+	if _, err := s.Admit(ctx, id, rid, held); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Settle(ctx, id, rid, []quota.Charge{{Resource: "tokens", Limit: quota.NoLimit, Amount: 3}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestNoKeyPerRequest: request records live in the user's record hashes
 // (one per two minutes), so a tenant's traffic leaves a bounded number of keys
 // (not one per request, as a record key each did); a held request whose
@@ -733,16 +749,7 @@ func TestNoKeyPerRequest(t *testing.T) {
 	msg := []quota.Charge{{Resource: "messages", Limit: 100000, Amount: 1}}
 	held := []quota.Charge{{Resource: "tokens", Limit: 100000, Amount: 10, Hold: time.Hour}}
 	for i := 0; i < 300; i++ {
-		if _, err := s.Admit(ctx, id, quota.NewID(), msg); err != nil {
-			t.Fatal(err)
-		}
-		rid := quota.NewID()
-		if _, err := s.Admit(ctx, id, rid, held); err != nil {
-			t.Fatal(err)
-		}
-		if err := s.Settle(ctx, id, rid, []quota.Charge{{Resource: "tokens", Limit: quota.NoLimit, Amount: 3}}); err != nil {
-			t.Fatal(err)
-		}
+		oneOfEach(ctx, t, s, id, msg, held)
 	}
 	keys, err := rdb.Keys(ctx, "*"+id+"*").Result()
 	if err != nil {
@@ -807,16 +814,7 @@ func TestRecordsBounded(t *testing.T) {
 	}
 	var most int64
 	for i := 0; i < 1000; i++ {
-		if _, err := s.Admit(ctx, id, quota.NewID(), msg); err != nil {
-			t.Fatal(err)
-		}
-		rid := quota.NewID()
-		if _, err := s.Admit(ctx, id, rid, held); err != nil {
-			t.Fatal(err)
-		}
-		if err := s.Settle(ctx, id, rid, []quota.Charge{{Resource: "tokens", Limit: quota.NoLimit, Amount: 3}}); err != nil {
-			t.Fatal(err)
-		}
+		oneOfEach(ctx, t, s, id, msg, held)
 		if i%50 == 0 {
 			most = max(most, records())
 		}
