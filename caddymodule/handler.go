@@ -284,7 +284,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		delete(r.Header, th.key) // the tenant's token is for this gateway only
 	}
 	if !plan.Settles() {
-		return next.ServeHTTP(w, r)
+		err = next.ServeHTTP(w, r)
+		plan.Release() // nothing holds it or its ticket now (not on a panic: left to the GC)
+		return err
 	}
 	if m != nil && ticket.Holds() { // known from the admission: no second look at the plan
 		m.reservations.Inc()
