@@ -710,14 +710,20 @@ func TestLeaseReleasesOnlyItsWindow(t *testing.T) {
 		if err := s.Settle(ctx, id, rid, []quota.Charge{{Resource: "tokens", Per: quota.Day, Limit: quota.NoLimit, Amount: 5}}); err != nil {
 			t.Fatal(err)
 		}
-		snap, err := s.Usage(ctx, id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := snap.Current("tokens", quota.Day); got != want {
+		if got := current(ctx, t, s, id, "tokens", quota.Day); got != want {
 			t.Fatalf("%s: today's counter = %d, want %d", body, got, want)
 		}
 	}
+}
+
+// current reads one of a user's counters in its current window.
+func current(ctx context.Context, t *testing.T, s *Store, id, resource string, per quota.Period) int64 {
+	t.Helper()
+	snap, err := s.Usage(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return snap.Current(resource, per)
 }
 
 // oneOfEach sends one request of each kind a tenant makes: a plain one,
@@ -774,11 +780,7 @@ func TestNoKeyPerRequest(t *testing.T) {
 	if err := s.Resolve(ctx, id, rid, held, false); err != nil {
 		t.Fatal(err)
 	}
-	snap, err := s.Usage(ctx, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := snap.Current("tokens", quota.Lifetime); got != 900 {
+	if got := current(ctx, t, s, id, "tokens", quota.Lifetime); got != 900 {
 		t.Fatalf("after cancelling the leased request: %d, want 900", got)
 	}
 }
@@ -846,11 +848,7 @@ func TestRecordsBounded(t *testing.T) {
 	if _, err := s.Admit(ctx, id, late, msg); !errors.Is(err, quota.ErrCancelled) {
 		t.Fatalf("late admission after a cancel: %v", err)
 	}
-	snap, err := s.Usage(ctx, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if m, tk := snap.Current("messages", quota.Lifetime), snap.Current("tokens", quota.Lifetime); m != 1001 || tk != 3005 {
+	if m, tk := current(ctx, t, s, id, "messages", quota.Lifetime), current(ctx, t, s, id, "tokens", quota.Lifetime); m != 1001 || tk != 3005 {
 		t.Fatalf("messages %d tokens %d, want 1001 and 3005", m, tk)
 	}
 	if _, err := New(Options{Client: rdb, RecordsPerHash: -1}); err == nil {
@@ -888,11 +886,7 @@ func TestDistinctKeysBounded(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	snap, err := s.Usage(ctx, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := snap.Current("conversations", quota.Lifetime); got != 102 {
+	if got := current(ctx, t, s, id, "conversations", quota.Lifetime); got != 102 {
 		t.Fatalf("conversations %d, want 102", got)
 	}
 	if _, err := New(Options{Client: rdb, DistinctKeys: -1}); err == nil {
@@ -915,14 +909,7 @@ func TestLeaseDue(t *testing.T) {
 	held := func(hold time.Duration) []quota.Charge {
 		return []quota.Charge{{Resource: "tokens", Limit: 1000, Amount: 100, Hold: hold}}
 	}
-	tokens := func() int64 {
-		t.Helper()
-		snap, err := s.Usage(ctx, id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return snap.Current("tokens", quota.Lifetime)
-	}
+	tokens := func() int64 { t.Helper(); return current(ctx, t, s, id, "tokens", quota.Lifetime) }
 	// dueIn is how long until an admission looks at the leases again.
 	dueIn := func() time.Duration {
 		t.Helper()
