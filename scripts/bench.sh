@@ -117,11 +117,17 @@ token() {
 		"http://127.0.0.1:$1/quota/users" | sed -n 's/.*"token":{[^}]*"token":"\(tq_[A-Za-z0-9]*\)".*/\1/p'
 }
 
-rps() { # URL [TOKEN [COUNT_FILE]]: prints requests/s, adds the requests made to COUNT_FILE
-	local args=(-t"$THREADS" -c"$CONNS" -d"$DURATION" --latency)
-	[ -n "${2:-}" ] && args+=(-H "Authorization: Bearer $2")
-	wrk "${args[@]}" "$1" >"$work/wrk.out"
+# runwrk WRK_ARGS...: runs wrk into $work/wrk.out, fails on any non-2xx.
+runwrk() {
+	wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" "$@" >"$work/wrk.out"
 	grep -q 'Non-2xx' "$work/wrk.out" && { cat "$work/wrk.out" >&2; echo "non-2xx responses during the benchmark" >&2; exit 1; }
+	return 0
+}
+
+rps() { # URL [TOKEN [COUNT_FILE]]: prints requests/s, adds the requests made to COUNT_FILE
+	local args=(--latency)
+	[ -n "${2:-}" ] && args+=(-H "Authorization: Bearer $2")
+	runwrk "${args[@]}" "$1"
 	[ -n "${3:-}" ] && awk '/requests in/ {print $1}' "$work/wrk.out" >>"$3"
 	awk '/Requests\/sec/ {print $2}' "$work/wrk.out"
 }
@@ -189,9 +195,8 @@ many() { # PORT: creates TENANTS tenants and writes a wrk script rotating their 
 		echo 'request = function() i = i % #tokens + 1; return wrk.format(nil, nil, {["Authorization"] = "Bearer " .. tokens[i]}) end'
 	} >"$work/many-$1.lua"
 }
-mrps() { # URL SCRIPT
-	wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" -s "$2" "$1" >"$work/wrk.out"
-	grep -q 'Non-2xx' "$work/wrk.out" && { cat "$work/wrk.out" >&2; echo "non-2xx responses during the benchmark" >&2; exit 1; }
+mrps() { # URL SCRIPT: prints requests/s
+	runwrk -s "$2" "$1"
 	awk '/Requests\/sec/ {print $2}' "$work/wrk.out"
 }
 many "$quota1"
