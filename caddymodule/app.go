@@ -56,8 +56,10 @@ type App struct {
 	// match wins), whose resources (tokens.<group>, ...) count besides
 	// the plain ones.
 	ModelGroups quota.ModelGroups `json:"model_groups,omitempty"`
-	// UnmatchedModels is "allow" (default: a model in no group counts the
-	// plain resources only) or "refuse" (403, for a fixed catalogue).
+	// UnmatchedModels is "allow" (a model in no group counts the plain
+	// resources only) or "refuse" (403). Default: refuse once any
+	// model_group is defined (a plan's 0 on a group must not be escaped
+	// by spelling a model another way), allow otherwise.
 	UnmatchedModels string `json:"unmatched_models,omitempty"`
 	// CacheTTL is how long a token or user stays in the hot cache
 	// (default 30s).

@@ -170,7 +170,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Reserve: quota.ReservePolicy(h.Reserve), DefaultMaxTokens: h.DefaultMaxTokens,
 		ImageTokens: h.PartTokens["image"], AudioTokens: h.PartTokens["audio"], FileTokens: h.PartTokens["file"],
 		Credits: h.Credits, Hold: time.Duration(h.ReservationTTL), ChatOutputField: h.MaxTokensField,
-		ModelGroups: h.app.ModelGroups,
+		ModelGroups: h.app.ModelGroups, UnmatchedModels: h.app.UnmatchedModels,
 	}.Prepared()
 	return nil
 }
@@ -262,7 +262,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return writeRequestError(w, err)
 	}
 	plan := h.route.Plan(meters, req.tokens)
-	if refusal := h.modelRefusal(p, plan); refusal != "" {
+	if refusal := plan.ModelRefusal(p.User); refusal != "" {
 		m.outcome(outcomeForbidden)
 		return writeError(w, http.StatusForbidden, refusal, "permission_error", "model_not_allowed")
 	}
@@ -357,26 +357,6 @@ func (h *Handler) notAdmitted(w http.ResponseWriter, p *quota.Principal, t *quot
 	}
 	m.outcome(outcomeStoreDown)
 	return nil, true, h.storeFailure(w, err)
-}
-
-// modelRefusal says why the tenant may not use the request's model: its
-// plan has a limit of 0 on the model's group, or the model is in no group
-// and unmatched_models is refuse. "" when allowed.
-func (h *Handler) modelRefusal(p *quota.Principal, plan *quota.Plan) string {
-	if !plan.MetersTokens() {
-		return ""
-	}
-	model, group := plan.Model()
-	if group != "" {
-		return quota.ModelRefusal(p.User, model, group)
-	}
-	if h.app.UnmatchedModels == "refuse" {
-		if model == "" {
-			return "This request names no model; name one of the models of your plan."
-		}
-		return fmt.Sprintf("The model %s is not offered here.", clipped(model))
-	}
-	return ""
 }
 
 // Requirement is a permission a request needs (require <permission> [on

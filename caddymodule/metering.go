@@ -137,7 +137,7 @@ func (h *Handler) readRequest(r *http.Request) (*request, error) {
 	req.tokens.Size = int64(len(buf))
 	h.setBodyPlaceholders(r, buf)
 	if api != quota.APINone {
-		if req.tokens.Body, err = llmusage.ParseRequest(buf); err != nil {
+		if req.tokens.Body, err = llmusage.ParseRequestFor(buf, api.OutputFields()); err != nil {
 			return nil, err
 		}
 		if strict && !req.tokens.Body.Object {

@@ -6,7 +6,8 @@ import (
 )
 
 // ModelGroup names a set of models by patterns: exact names and '*'
-// globs, matched case-sensitively against a request's "model".
+// globs, matched against a request's "model" without regard to case or
+// surrounding white space (a backend may serve " GPT-4o" as gpt-4o).
 type ModelGroup struct {
 	Name     string   `json:"name"`
 	Patterns []string `json:"patterns"`
@@ -16,14 +17,22 @@ type ModelGroup struct {
 // a model is its group.
 type ModelGroups []ModelGroup
 
-// GroupOf returns the group of model, or "".
+// Unmatched model policies (Route.UnmatchedModels).
+const (
+	UnmatchedAllow  = "allow"
+	UnmatchedRefuse = "refuse"
+)
+
+// GroupOf returns the group of model, or "". The model is trimmed of
+// white space and folded to lower case first, and so are the patterns.
 func (gs ModelGroups) GroupOf(model string) string {
+	model = strings.ToLower(strings.TrimSpace(model))
 	if model == "" {
 		return ""
 	}
 	for _, g := range gs {
 		for _, p := range g.Patterns {
-			if GlobMatch(p, model) {
+			if GlobMatch(strings.ToLower(p), model) {
 				return g.Name
 			}
 		}
@@ -110,15 +119,50 @@ func (c TokenCount) UsesFor(group string) []Use {
 	return uses
 }
 
-// ModelRefusal says why a user may not use a model group: its plan has a
-// limit of 0 on one of the group's token resources. "" when allowed.
-func ModelRefusal(u *User, model, group string) string {
-	for _, r := range []string{ResourceTokens, ResourceInputTokens, ResourceOutputTokens} {
-		for _, l := range u.Limits[GroupResource(r, group)] {
-			if l.Limit == 0 {
-				return fmt.Sprintf("The model %s (group %s) is not included in your plan.", model, group)
+// ModelRefusal says why u may not use the plan's model: its group has a
+// limit of 0 on one of the group's token resources; or the model is in
+// no group (or the request names none) and the route refuses unmatched
+// models (the default once a group is defined), or prices only groups,
+// so an unmatched model would cost nothing. "" when allowed, and for a
+// request that meters no tokens.
+func (p *Plan) ModelRefusal(u *User) string {
+	if p.tokens == nil {
+		return ""
+	}
+	model, group := p.tokens.model, p.tokens.group
+	if group != "" {
+		for _, r := range []string{ResourceTokens, ResourceInputTokens, ResourceOutputTokens} {
+			for _, l := range u.Limits[GroupResource(r, group)] {
+				if l.Limit == 0 {
+					return fmt.Sprintf("The model %s (group %s) is not included in your plan.", clip(model), group)
+				}
+			}
+		}
+		return ""
+	}
+	r := p.route
+	refuse := r.UnmatchedModels == UnmatchedRefuse || (r.UnmatchedModels == "" && len(r.ModelGroups) > 0)
+	if !refuse {
+		for _, c := range r.Credits {
+			if _, _, ok := SplitGroupResource(c.Resource); ok {
+				refuse = true // priced per group only: an unmatched model would be free
+				break
 			}
 		}
 	}
-	return ""
+	if !refuse {
+		return ""
+	}
+	if strings.TrimSpace(model) == "" {
+		return "This request names no model; name one of the models of your plan."
+	}
+	return fmt.Sprintf("The model %s is not offered here.", clip(model))
+}
+
+// clip shortens what a client sent for an error message.
+func clip(s string) string {
+	if len(s) > 100 {
+		return s[:100] + "…"
+	}
+	return s
 }

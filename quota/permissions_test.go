@@ -100,7 +100,7 @@ func TestGlobMatch(t *testing.T) {
 		}
 	}
 	gs := ModelGroups{{Name: "small", Patterns: []string{"gpt-4o-mini"}}, {Name: "premium", Patterns: []string{"gpt-4o*"}}}
-	if gs.GroupOf("gpt-4o-mini") != "small" || gs.GroupOf("gpt-4o") != "premium" || gs.GroupOf("llama") != "" {
+	if gs.GroupOf("gpt-4o-mini") != "small" || gs.GroupOf("gpt-4o") != "premium" || gs.GroupOf("llama") != "" || gs.GroupOf(" GPT-4o-Mini ") != "small" {
 		t.Fatal("the first matching group does not win")
 	}
 }

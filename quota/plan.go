@@ -56,6 +56,10 @@ type Route struct {
 	// ModelGroups put a request's model in a group whose resources
 	// (tokens.<group>, ...) count besides the plain ones.
 	ModelGroups ModelGroups
+	// UnmatchedModels is UnmatchedAllow or UnmatchedRefuse: whether an
+	// LLM request whose model is in no group (or that names none) is
+	// served. The default refuses once any group is defined.
+	UnmatchedModels string
 	// ChatOutputField, if set, is the field the maximum is written under
 	// in Chat Completions (and unknown-API) requests instead of
 	// max_tokens: max_completion_tokens for OpenAI's reasoning models,
@@ -117,6 +121,28 @@ func (a API) outputField() string {
 	}
 	return ""
 }
+
+// OutputFields are the body fields in which a request of the API sets its
+// output maximum (empty for embeddings, which have no output). A route of
+// unknown shape is read as Chat Completions.
+func (a API) OutputFields() []string {
+	switch a {
+	case APIChat, APIOther:
+		return chatOutputFields
+	case APICompletions, APIMessages:
+		return maxTokensOnly
+	case APIResponses:
+		return maxOutputOnly
+	}
+	return noOutputFields
+}
+
+var (
+	chatOutputFields = []string{llmusage.FieldMaxTokens, llmusage.FieldMaxCompletionTokens}
+	maxTokensOnly    = []string{llmusage.FieldMaxTokens}
+	maxOutputOnly    = []string{llmusage.FieldMaxOutputTokens}
+	noOutputFields   = []string{}
+)
 
 // TokenRequest is what an LLM request's body says, for its plan.
 type TokenRequest struct {

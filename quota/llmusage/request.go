@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/tenantquota/caddy-tenant-quota/internal/strictjson"
 )
 
 // BytesPerToken is the rule of thumb of the estimate: about four bytes of
@@ -31,7 +34,7 @@ const (
 var maxFields = []string{FieldMaxTokens, FieldMaxCompletionTokens, FieldMaxOutputTokens}
 
 // readFields are the fields whose values bound what a request costs.
-var readFields = append([]string{"model", "n", "best_of", "stream", "stream_options"}, maxFields...)
+var readFields = append([]string{"model", "n", "best_of", "stream", "stream_options", "background"}, maxFields...)
 
 // Request is what a request body says about the tokens it may use.
 type Request struct {
@@ -62,11 +65,15 @@ type Request struct {
 	// of "n" and "best_of" (legacy completions generate best_of and
 	// return n), 1 when neither is set. Each may use MaxOutput tokens.
 	Choices int64
-	// Model is the request's "model" (when a string).
+	// Model is the request's "model" ("" when absent).
 	Model string
 	// Stream is "stream": true; IncludeUsage is
 	// "stream_options": {"include_usage": true}.
 	Stream, IncludeUsage bool
+	// Background is "background": true (OpenAI Responses): the output is
+	// made after the response and fetched later, out of the gateway's
+	// sight.
+	Background bool
 }
 
 // FieldError is a request body field whose value a backend would not
@@ -80,15 +87,30 @@ type FieldError struct {
 func (e *FieldError) Error() string { return e.Field + ": " + e.Detail }
 
 // ParseRequest reads an OpenAI Chat Completions, Completions, Responses or
-// Embeddings, or an Anthropic Messages request body. A body that is not a
-// JSON object yields the zero Request and no error. An output maximum that
-// is not a whole number from 1 to MaxOutputTokens, or a "stream" that is
-// not a boolean, is a *FieldError: such a request is refused rather than
-// guessed at, since a backend may read it differently.
-func ParseRequest(body []byte) (Request, error) {
+// Embeddings, or an Anthropic Messages request body, reading the output
+// maximum from any of the APIs' fields (see ParseRequestFor). A body that
+// is not a JSON object yields the zero Request and no error. A body a
+// backend may read differently than the gateway is a *FieldError: a key
+// that appears twice in one object (Go reads the last, many parsers the
+// first), a field that differs from one the gateway reads only in case,
+// an output maximum that is not a whole number from 1 to MaxOutputTokens,
+// a "stream" or "background" that is not a boolean, or a "model" that is
+// not a string. Such a request is refused rather than guessed at.
+func ParseRequest(body []byte) (Request, error) { return ParseRequestFor(body, nil) }
+
+// ParseRequestFor is ParseRequest for an API whose output maximum is in
+// outputFields (some of FieldMaxTokens, FieldMaxCompletionTokens and
+// FieldMaxOutputTokens; nil for all of them, empty for an API without
+// output, such as embeddings). Another API's output field is a
+// *FieldError: a backend that reads only its own field and ignores
+// unknown ones would not be bounded by it.
+func ParseRequestFor(body []byte, outputFields []string) (Request, error) {
 	var top map[string]json.RawMessage
 	if json.Unmarshal(body, &top) != nil || top == nil {
 		return Request{}, nil
+	}
+	if d := strictjson.FindDuplicate(body); d != nil {
+		return Request{}, &FieldError{Field: d.Field(), Detail: "appears more than once; send each field once (parsers differ on which one they read)"}
 	}
 	r := Request{Object: true, Choices: 1}
 	for k := range top {
@@ -97,6 +119,19 @@ func ParseRequest(body []byte) (Request, error) {
 				// A backend that matches keys without regard to case (Go's
 				// encoding/json does) would read what the gateway did not.
 				return Request{}, &FieldError{Field: k, Detail: "is not a field of this API; did you mean " + f + "?"}
+			}
+		}
+	}
+	if outputFields != nil {
+		for _, f := range maxFields {
+			if _, ok := top[f]; ok && !slices.Contains(outputFields, f) {
+				detail := "is not a field of this API, so the backend may not honour it"
+				if len(outputFields) > 0 {
+					detail += "; set its output maximum with " + strings.Join(outputFields, " or ")
+				} else {
+					detail += "; this API has no output maximum"
+				}
+				return Request{}, &FieldError{Field: f, Detail: detail}
 			}
 		}
 	}
@@ -131,8 +166,19 @@ func ParseRequest(body []byte) (Request, error) {
 			return Request{}, &FieldError{Field: "stream", Detail: "must be true or false, got " + clip(raw)}
 		}
 	}
+	if raw, ok := top["background"]; ok {
+		switch string(bytes.TrimSpace(raw)) {
+		case "true":
+			r.Background = true
+		case "false", "null":
+		default:
+			return Request{}, &FieldError{Field: "background", Detail: "must be true or false, got " + clip(raw)}
+		}
+	}
 	if raw, ok := top["model"]; ok {
-		_ = json.Unmarshal(raw, &r.Model)
+		if json.Unmarshal(raw, &r.Model) != nil || isNull(raw) {
+			return Request{}, &FieldError{Field: "model", Detail: "must be a string, got " + clip(raw)}
+		}
 	}
 	if raw, ok := top["stream_options"]; ok {
 		var opts map[string]json.RawMessage
@@ -278,8 +324,8 @@ func textBytes(v any) int64 {
 
 // Rewrite returns body (a JSON object) re-encoded with the top-level fields
 // in set replaced or added. Every other top-level field is kept byte for
-// byte apart from white space, duplicates of a key are reduced to the one
-// ParseRequest read (the last), and the order of fields is not kept.
+// byte apart from white space, and the order of fields is not kept (a body
+// with duplicate keys, which ParseRequest refuses, keeps the last).
 func Rewrite(body []byte, set map[string]json.RawMessage) ([]byte, error) {
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(body, &top); err != nil || top == nil {

@@ -165,12 +165,63 @@ func TestParseRequestRefuses(t *testing.T) {
 		{`{"max_to\u212aens":100000}`, "max_to\u212aens"},
 		{`{"N":50}`, "N"},
 		{`{"model":"gpt-4o-mini","MODEL":"o3-pro"}`, "MODEL"},
+		// Duplicate keys: Go reads the last, many backends the first.
+		{`{"max_tokens":900000,"max_tokens":5}`, "max_tokens"},
+		{`{"max_tokens":900000,"max\u005ftokens":5}`, "max_tokens"},
+		{`{"n":64,"n":1}`, "n"},
+		{`{"model":"gpt-4o","model":"gpt-4o-mini"}`, "model"},
+		{`{"messages":[{"role":"user","content":"a","content":"` + strings.Repeat("x", 100) + `"}]}`, "messages[0].content"},
+		// A model that is not a string.
+		{`{"model":4}`, "model"},
+		{`{"model":null}`, "model"},
+		{`{"model":["gpt-4o"]}`, "model"},
+		{`{"background":"yes"}`, "background"},
 	} {
 		_, err := ParseRequest([]byte(tt.body))
 		var fe *FieldError
 		if !errors.As(err, &fe) || fe.Field != tt.field {
 			t.Errorf("ParseRequest(%s) = %v, want a FieldError on %s", tt.body, err, tt.field)
 		}
+	}
+}
+
+// TestParseRequestForRefusesOtherAPIsFields: a backend that reads only its
+// own API's output field and ignores unknown ones would not be bounded by
+// another API's, so naming one is refused, naming the field and the one to
+// use.
+func TestParseRequestForRefusesOtherAPIsFields(t *testing.T) {
+	chat := []string{FieldMaxTokens, FieldMaxCompletionTokens}
+	for _, tt := range []struct {
+		name   string
+		fields []string
+		body   string
+		field  string // "" when accepted
+	}{
+		{"chat max_output_tokens", chat, `{"max_output_tokens":1}`, FieldMaxOutputTokens},
+		{"chat max_tokens", chat, `{"max_tokens":5}`, ""},
+		{"chat max_completion_tokens", chat, `{"max_completion_tokens":5}`, ""},
+		{"responses max_tokens", []string{FieldMaxOutputTokens}, `{"max_tokens":1}`, FieldMaxTokens},
+		{"responses max_completion_tokens", []string{FieldMaxOutputTokens}, `{"max_output_tokens":9,"max_completion_tokens":1}`, FieldMaxCompletionTokens},
+		{"responses own", []string{FieldMaxOutputTokens}, `{"max_output_tokens":9}`, ""},
+		{"completions max_output_tokens", []string{FieldMaxTokens}, `{"max_output_tokens":1}`, FieldMaxOutputTokens},
+		{"messages max_completion_tokens", []string{FieldMaxTokens}, `{"max_completion_tokens":1}`, FieldMaxCompletionTokens},
+		{"embeddings", []string{}, `{"max_tokens":1}`, FieldMaxTokens},
+		{"any", nil, `{"max_output_tokens":1,"max_tokens":2}`, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := ParseRequestFor([]byte(tt.body), tt.fields)
+			var fe *FieldError
+			switch {
+			case tt.field == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tt.field == "" && !r.HasMax:
+				t.Fatal("no maximum read")
+			case tt.field != "" && (!errors.As(err, &fe) || fe.Field != tt.field):
+				t.Fatalf("got %v, want a FieldError on %s", err, tt.field)
+			case tt.field != "" && len(tt.fields) > 0 && !strings.Contains(fe.Detail, tt.fields[0]):
+				t.Fatalf("%q does not name the field to use", fe.Detail)
+			}
+		})
 	}
 }
 
