@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"slices"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -253,6 +254,7 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //		default_max_tokens <n>      # default 4096
 //		include_usage      on|off   # default on
 //		max_request_body   <bytes>  # default 4194304
+//		allow_unmetered    background|batches|assistants|realtime|fine_tuning...
 //		reservation_ttl    <duration> # default 10m
 //		meter <resource> [<matcher>] [<n> | +<n> | -<n>] [key <placeholder>]
 //		credits <resource> <n> [per <units>]   # price in prepaid credits
@@ -364,6 +366,18 @@ func (h *Handler) unmarshal(d *caddyfile.Dispenser, matcher func() (caddy.Module
 			}
 			h.Requires = append(h.Requires, rq)
 			continue
+		case "allow_unmetered":
+			names := d.RemainingArgs()
+			if len(names) == 0 {
+				return d.Errf("allow_unmetered needs endpoint names (%s)", strings.Join(quota.UnmeteredEndpoints, ", "))
+			}
+			for _, n := range names {
+				if !slices.Contains(quota.UnmeteredEndpoints, n) {
+					return d.Errf("allow_unmetered: %q is not an unmetered endpoint (known: %s)", n, strings.Join(quota.UnmeteredEndpoints, ", "))
+				}
+			}
+			h.AllowUnmetered = append(h.AllowUnmetered, names...)
+			continue
 		case "part_tokens":
 			args := d.RemainingArgs()
 			if len(args) != 2 {
@@ -400,7 +414,7 @@ func (h *Handler) unmarshal(d *caddyfile.Dispenser, matcher func() (caddy.Module
 			}
 		case "include_usage", "usage_header", "default_max_tokens", "max_request_body", "reserve", "max_tokens_field":
 		default:
-			return d.Errf("unrecognized tenant_quota subdirective %q (known: require, token_header, tokens, reserve, part_tokens, max_tokens_field, usage_header, default_max_tokens, include_usage, max_request_body, reservation_ttl, meter, credits)", opt)
+			return d.Errf("unrecognized tenant_quota subdirective %q (known: require, token_header, tokens, reserve, allow_unmetered, part_tokens, max_tokens_field, usage_header, default_max_tokens, include_usage, max_request_body, reservation_ttl, meter, credits)", opt)
 		}
 		if !d.NextArg() {
 			return d.Errf("%s needs a value", opt)

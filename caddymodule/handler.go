@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -78,6 +79,11 @@ type Handler struct {
 	// OpenAI-compatible server honours) or max_completion_tokens (which
 	// OpenAI's reasoning models require).
 	MaxTokensField string `json:"max_tokens_field,omitempty"`
+	// AllowUnmetered names the unmetered endpoints (quota.UnmeteredEndpoints:
+	// background, batches, assistants, realtime, fine_tuning) served under
+	// reserve strict; the others get 403 endpoint_not_metered, since the
+	// gateway cannot bound what they spend.
+	AllowUnmetered []string `json:"allow_unmetered,omitempty"`
 	// TokenRoutesRaw, if set, selects the requests whose tokens are
 	// metered instead of the default (POST requests whose path ends in
 	// /chat/completions, /completions, /responses, /messages or
@@ -205,6 +211,11 @@ func (h *Handler) Validate() error {
 			return fmt.Errorf("require: %w", err)
 		}
 	}
+	for _, n := range h.AllowUnmetered {
+		if !slices.Contains(quota.UnmeteredEndpoints, n) {
+			return fmt.Errorf("allow_unmetered: %q is not an unmetered endpoint (known: %s)", n, strings.Join(quota.UnmeteredEndpoints, ", "))
+		}
+	}
 	for kind, n := range h.PartTokens {
 		if kind != "image" && kind != "audio" && kind != "file" {
 			return fmt.Errorf("part_tokens: kind must be image, audio or file, got %q", kind)
@@ -251,10 +262,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		m.outcome(outcomeForbidden)
 		return writeError(w, http.StatusForbidden, denied, "permission_error", "permission_denied")
 	}
+	if e := h.unmetered(r, nil); e != "" {
+		m.outcome(outcomeForbidden)
+		return writeUnmetered(w, e)
+	}
 	req, err := h.readRequest(r)
 	if err != nil {
 		m.outcome(outcomeBadRequest)
 		return writeRequestError(w, err)
+	}
+	if e := h.unmetered(r, req); e != "" {
+		m.outcome(outcomeForbidden)
+		return writeUnmetered(w, e)
 	}
 	meters, created, err := h.planMeters(r)
 	if err != nil {
@@ -357,6 +376,26 @@ func (h *Handler) notAdmitted(w http.ResponseWriter, p *quota.Principal, t *quot
 	}
 	m.outcome(outcomeStoreDown)
 	return nil, true, h.storeFailure(w, err)
+}
+
+// unmetered returns the unmetered endpoint a request calls, when the route
+// refuses it (reserve strict, tokens metered, not allowed by name): by its
+// path before the body is read (req nil), by its body after. "" otherwise.
+func (h *Handler) unmetered(r *http.Request, req *request) string {
+	if !*h.Tokens || h.route.Reserve != quota.ReserveStrict {
+		return ""
+	}
+	var e string
+	switch {
+	case req == nil:
+		e = quota.UnmeteredEndpoint(r.Method, r.URL.Path, r.Header.Get("Upgrade") != "")
+	case req.tokens.API == quota.APIResponses && req.tokens.Body.Background:
+		e = quota.UnmeteredBackground
+	}
+	if e == "" || slices.Contains(h.AllowUnmetered, e) {
+		return ""
+	}
+	return e
 }
 
 // Requirement is a permission a request needs (require <permission> [on
@@ -531,6 +570,19 @@ func writeErrorBody(w http.ResponseWriter, status int, body openAIErrorBody) err
 func writeUnauthorized(w http.ResponseWriter, msg string) error {
 	w.Header().Set("WWW-Authenticate", `Bearer realm="tenant_quota", error="invalid_token"`)
 	return writeError(w, http.StatusUnauthorized, msg, "invalid_request_error", "invalid_api_key")
+}
+
+// writeUnmetered refuses an endpoint whose token spending the gateway
+// cannot bound (403 endpoint_not_metered).
+func writeUnmetered(w http.ResponseWriter, endpoint string) error {
+	what := map[string]string{
+		quota.UnmeteredBackground: "Background responses",
+		quota.UnmeteredBatches:    "Batches",
+		quota.UnmeteredAssistants: "Assistants runs",
+		quota.UnmeteredRealtime:   "The Realtime API",
+		quota.UnmeteredFineTuning: "Fine-tuning jobs",
+	}[endpoint]
+	return writeError(w, http.StatusForbidden, fmt.Sprintf("%s (%s) spend tokens after the response, where this gateway cannot meter them, so they are not offered here; send the request without it, or ask the operator to allow it (allow_unmetered %s).", what, endpoint, endpoint), "permission_error", "endpoint_not_metered")
 }
 
 // writeRequestError refuses a request the gateway cannot meter as sent:

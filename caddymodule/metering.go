@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -36,18 +35,6 @@ const (
 	maxDiscard = 16 << 20
 )
 
-// llmPaths are the path endings of the LLM APIs metered by default.
-var llmPaths = []struct {
-	suffix string
-	api    quota.API
-}{
-	{"/chat/completions", quota.APIChat},
-	{"/completions", quota.APICompletions},
-	{"/responses", quota.APIResponses},
-	{"/messages", quota.APIMessages},
-	{"/embeddings", quota.APIEmbeddings},
-}
-
 // llmAPI says which LLM API a request calls, or APINone: by default a POST
 // whose path ends in a known API's path; with `tokens <matcher>`, every
 // request the matchers select.
@@ -63,11 +50,8 @@ func (h *Handler) llmAPI(r *http.Request) (quota.API, error) {
 	} else if r.Method != http.MethodPost {
 		return quota.APINone, nil
 	}
-	path := strings.TrimRight(r.URL.Path, "/")
-	for _, p := range llmPaths {
-		if strings.HasSuffix(path, p.suffix) {
-			return p.api, nil
-		}
+	if api := quota.APIOf(r.URL.Path); api != quota.APINone {
+		return api, nil
 	}
 	if len(h.tokenMatchers) > 0 {
 		return quota.APIOther, nil

@@ -1,0 +1,251 @@
+package caddymodule
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/tenantquota/caddy-tenant-quota/quota"
+	"github.com/tenantquota/caddy-tenant-quota/quota/boltstore"
+)
+
+// harness is the tenant_quota handler over a real embedded store, in
+// front of a literal backend: one that reads only its own API's output
+// field and the first of duplicate keys, ignores unknown fields, and
+// spends all it may (unboundedOutput when the body names no maximum it
+// reads), as vLLM, llama.cpp and Ollama do.
+type harness struct {
+	t      *testing.T
+	svc    *quota.Service
+	h      *Handler
+	secret string
+	user   string
+
+	mu       sync.Mutex
+	served   int   // requests the backend received
+	spent    int64 // tokens the backend spent, by its own reading
+	received []string
+}
+
+const unboundedOutput = 100_000
+
+func newHarness(t *testing.T, limits quota.Limits, configure func(*Handler, *App)) *harness {
+	t.Helper()
+	store, err := boltstore.Open(boltstore.Options{Path: filepath.Join(t.TempDir(), "q.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	svc, err := quota.NewService(quota.Options{Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
+	ctx := context.Background()
+	u, err := svc.CreateUser(ctx, quota.NewUser{Name: "T", Email: "t@example.com", Limits: limits})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := svc.CreateToken(ctx, u.ID, quota.NewToken{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := &App{service: svc, shared: &sharedStore{store: store, service: svc}, logger: zap.NewNop(), OnStoreError: StoreErrorDeny}
+	on := true
+	h := &Handler{app: app, logger: zap.NewNop(), TokenHeaders: DefaultTokenHeaders, tokenHeaders: defaultTokenHeaders,
+		UsageHeader: DefaultUsageHeader, Tokens: &on, IncludeUsage: &on, absurdLogged: new(atomic.Bool),
+		DefaultMaxTokens: DefaultMaxTokens, MaxRequestBody: DefaultMaxRequestBody, Reserve: string(quota.ReserveStrict)}
+	if configure != nil {
+		configure(h, app)
+	}
+	if err := h.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	h.route = quota.Route{Reserve: quota.ReservePolicy(h.Reserve), DefaultMaxTokens: h.DefaultMaxTokens, Credits: h.Credits,
+		ModelGroups: app.ModelGroups, UnmatchedModels: app.UnmatchedModels}.Prepared()
+	return &harness{t: t, svc: svc, h: h, secret: tok.Secret, user: u.ID}
+}
+
+// backend serves as the literal backend described on harness.
+func (hs *harness) backend(w http.ResponseWriter, r *http.Request) error {
+	body, _ := io.ReadAll(r.Body)
+	api := quota.APIOf(r.URL.Path)
+	own := map[quota.API]string{quota.APIChat: "max_tokens", quota.APICompletions: "max_tokens", quota.APIMessages: "max_tokens", quota.APIResponses: "max_output_tokens"}[api]
+	out := int64(unboundedOutput)
+	if v, ok := firstField(body, own); ok {
+		fmt.Sscan(v, &out)
+	}
+	if api == quota.APIEmbeddings {
+		out = 0
+	}
+	if v, ok := firstField(body, "n"); ok && api == quota.APIChat {
+		var n int64
+		fmt.Sscan(v, &n)
+		out *= max(n, 1)
+	}
+	in := int64(1)
+	hs.mu.Lock()
+	hs.served++
+	hs.spent += in + out
+	hs.received = append(hs.received, string(body))
+	hs.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	return json.NewEncoder(w).Encode(map[string]any{"usage": map[string]int64{"prompt_tokens": in, "completion_tokens": out, "input_tokens": in, "output_tokens": out}})
+}
+
+// firstField returns the first top-level value of key in a JSON object,
+// as a backend that keeps the first of duplicate keys reads it.
+func firstField(body []byte, key string) (string, bool) {
+	if key == "" {
+		return "", false
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return "", false
+	}
+	for dec.More() {
+		k, err := dec.Token()
+		if err != nil {
+			return "", false
+		}
+		var v json.RawMessage
+		if dec.Decode(&v) != nil {
+			return "", false
+		}
+		if k == key {
+			return string(v), true
+		}
+	}
+	return "", false
+}
+
+// do sends one request and returns its response.
+func (hs *harness) do(method, path, body string, header ...string) *httptest.ResponseRecorder {
+	hs.t.Helper()
+	r := httptest.NewRequest(method, path, strings.NewReader(body))
+	r.Header.Set("Authorization", "Bearer "+hs.secret)
+	for i := 0; i+1 < len(header); i += 2 {
+		r.Header.Set(header[i], header[i+1])
+	}
+	r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
+	w := httptest.NewRecorder()
+	if err := hs.h.ServeHTTP(w, r, caddyhttp.HandlerFunc(hs.backend)); err != nil {
+		hs.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	return w
+}
+
+// errorCode is the OpenAI error code of a refusal.
+func errorCode(w *httptest.ResponseRecorder) string {
+	var e openAIError
+	_ = json.Unmarshal(w.Body.Bytes(), &e)
+	return e.Error.Code
+}
+
+// TestHostileBodiesStayUnderTheCap: bodies a literal backend reads
+// differently from a lenient parser (another API's output field, duplicate
+// keys, odd path spellings) are refused or bounded: the backend's own
+// count never passes the cap, and nothing refused reaches it.
+func TestHostileBodiesStayUnderTheCap(t *testing.T) {
+	const capTokens = 10_000
+	for _, tt := range []struct {
+		name, path, body string
+		status           int
+		code             string
+	}{
+		{"chat with the Responses field", "/v1/chat/completions", `{"model":"m","messages":[],"max_output_tokens":1}`, 400, "invalid_value"},
+		{"responses with max_tokens", "/v1/responses", `{"model":"m","input":"hi","max_tokens":1}`, 400, "invalid_value"},
+		{"responses with max_completion_tokens", "/v1/responses", `{"model":"m","input":"hi","max_completion_tokens":1}`, 400, "invalid_value"},
+		{"completions with max_output_tokens", "/v1/completions", `{"model":"m","prompt":"hi","max_output_tokens":1}`, 400, "invalid_value"},
+		{"duplicate max_tokens", "/v1/chat/completions", `{"model":"m","messages":[],"max_tokens":900000,"max_tokens":5}`, 400, "invalid_value"},
+		{"duplicate n", "/v1/chat/completions", `{"model":"m","messages":[],"n":64,"n":1,"max_tokens":100}`, 400, "invalid_value"},
+		{"escaped duplicate", "/v1/chat/completions", `{"model":"m","messages":[],"max_tokens":900000,"max\u005ftokens":5}`, 400, "invalid_value"},
+		{"model a number", "/v1/chat/completions", `{"model":5,"messages":[]}`, 400, "invalid_value"},
+		{"capitals in the path", "/v1/Chat/Completions", `{"model":"m","messages":[],"max_output_tokens":1}`, 400, "invalid_value"},
+		{"dot segment", "/v1/chat/completions/.", `{"model":"m","messages":[],"max_output_tokens":1}`, 400, "invalid_value"},
+		{"matrix parameter", "/v1/chat/completions;x=1", `{"model":"m","messages":[],"max_output_tokens":1}`, 400, "invalid_value"},
+		{"trailing slash", "/v1/responses/", `{"model":"m","input":"hi","max_tokens":1}`, 400, "invalid_value"},
+		{"background response", "/v1/responses", `{"model":"m","input":"hi","background":true,"max_output_tokens":10}`, 403, "endpoint_not_metered"},
+		{"batches", "/v1/batches", `{"input_file_id":"f","endpoint":"/v1/chat/completions"}`, 403, "endpoint_not_metered"},
+		{"anthropic batches", "/v1/messages/batches", `{"requests":[]}`, 403, "endpoint_not_metered"},
+		{"assistants run", "/v1/threads/t1/runs", `{"assistant_id":"a"}`, 403, "endpoint_not_metered"},
+		{"thread and run", "/v1/threads/runs", `{"assistant_id":"a"}`, 403, "endpoint_not_metered"},
+		{"realtime session", "/v1/realtime/sessions", `{}`, 403, "endpoint_not_metered"},
+		{"fine-tuning job", "/v1/Fine_Tuning/Jobs", `{}`, 403, "endpoint_not_metered"},
+		// Served, and bounded: the gateway writes the maximum the backend reads.
+		{"chat without a maximum", "/v1/chat/completions", `{"model":"m","messages":[]}`, 200, ""},
+		{"odd path without a maximum", "/v1/Chat/Completions/", `{"model":"m","messages":[]}`, 200, ""},
+		{"responses without a maximum", "/v1/responses;a=b", `{"model":"m","input":"x"}`, 200, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			hs := newHarness(t, quota.Limits{"tokens": {{Limit: capTokens}}}, nil)
+			for range 3 {
+				w := hs.do("POST", tt.path, tt.body)
+				if w.Code != tt.status || errorCode(w) != tt.code {
+					t.Fatalf("%d %s, want %d %s: %s", w.Code, errorCode(w), tt.status, tt.code, w.Body)
+				}
+			}
+			if tt.status != 200 && hs.served != 0 {
+				t.Fatalf("a refused request reached the backend")
+			}
+			if hs.spent > capTokens {
+				t.Fatalf("the backend spent %d tokens against a cap of %d: %q", hs.spent, capTokens, hs.received)
+			}
+		})
+	}
+}
+
+// TestAllowUnmetered: an operator may allow an unmetered endpoint by name.
+func TestAllowUnmetered(t *testing.T) {
+	hs := newHarness(t, nil, func(h *Handler, _ *App) { h.AllowUnmetered = []string{quota.UnmeteredBatches} })
+	if w := hs.do("POST", "/v1/batches", `{}`); w.Code != 200 {
+		t.Fatalf("allowed batches: %d %s", w.Code, w.Body)
+	}
+	if w := hs.do("POST", "/v1/threads/runs", `{}`); w.Code != 403 {
+		t.Fatalf("assistants not allowed: %d", w.Code)
+	}
+	hs = newHarness(t, nil, func(h *Handler, _ *App) { h.Reserve = string(quota.ReserveEstimate) })
+	if w := hs.do("POST", "/v1/batches", `{}`); w.Code != 200 {
+		t.Fatalf("reserve estimate: %d", w.Code)
+	}
+	bad := &Handler{AllowUnmetered: []string{"everything"}}
+	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "everything") {
+		t.Fatalf("Validate: %v", err)
+	}
+}
+
+// TestModelSpellings: with model groups, a tenant whose premium limit is 0
+// is not served a premium model spelled another way, nor a model in no
+// group, nor a model that is not a string.
+func TestModelSpellings(t *testing.T) {
+	groups := quota.ModelGroups{
+		{Name: "small", Patterns: []string{"gpt-4o-mini*", "claude-haiku-*"}},
+		{Name: "premium", Patterns: []string{"gpt-4o*", "chatgpt-4o-*", "o1*", "claude-opus-*", "claude-sonnet-*"}},
+	}
+	hs := newHarness(t, quota.Limits{"tokens.premium": {{Limit: 0}}, "tokens": {{Limit: 1_000_000}}}, func(_ *Handler, a *App) { a.ModelGroups = groups })
+	for _, model := range []string{`"gpt-4o-2024-08-06"`, `"chatgpt-4o-latest"`, `"GPT-4o"`, `" gpt-4o"`, `"Claude-Opus-4"`, `"llama-3"`, `5`, `null`} {
+		w := hs.do("POST", "/v1/chat/completions", `{"model":`+model+`,"messages":[],"max_tokens":5}`)
+		if w.Code != 403 && w.Code != 400 {
+			t.Errorf("model %s: %d %s", model, w.Code, w.Body)
+		}
+	}
+	if w := hs.do("POST", "/v1/chat/completions", `{"model":"GPT-4o-mini","messages":[],"max_tokens":5}`); w.Code != 200 {
+		t.Fatalf("a small model: %d %s", w.Code, w.Body)
+	}
+	if hs.served != 1 {
+		t.Fatalf("the backend served %d requests, want 1", hs.served)
+	}
+}

@@ -1,0 +1,129 @@
+package quota
+
+import "strings"
+
+// Endpoints that spend tokens the gateway cannot bound: their output is
+// made after the response, out of the gateway's sight, or over a
+// connection it does not read. Under reserve strict they are refused
+// (403 endpoint_not_metered) unless the operator allows them by name.
+const (
+	// UnmeteredBackground is a Responses request with "background": true:
+	// its output is fetched later with a GET.
+	UnmeteredBackground = "background"
+	// UnmeteredBatches is POST .../batches (OpenAI Batch, Anthropic
+	// Message Batches): many requests run later.
+	UnmeteredBatches = "batches"
+	// UnmeteredAssistants is POST .../threads/runs and
+	// .../threads/{id}/runs[/...] (OpenAI Assistants).
+	UnmeteredAssistants = "assistants"
+	// UnmeteredRealtime is any request to a .../realtime/... path
+	// (the Realtime API, its sessions and client secrets) and a
+	// WebSocket upgrade of an LLM API path.
+	UnmeteredRealtime = "realtime"
+	// UnmeteredFineTuning is POST .../fine_tuning/jobs (and the legacy
+	// .../fine-tunes).
+	UnmeteredFineTuning = "fine_tuning"
+)
+
+// UnmeteredEndpoints lists the names of the unmetered endpoints.
+var UnmeteredEndpoints = []string{UnmeteredBackground, UnmeteredBatches, UnmeteredAssistants, UnmeteredRealtime, UnmeteredFineTuning}
+
+// NormalizePath returns path the way a lenient backend may route it:
+// lower case, '\' read as '/', each segment cut at ';' (matrix
+// parameters) and trimmed of white space, empty and "." segments
+// dropped, ".." resolved, no trailing slash. path is the decoded path
+// (%2F is already a '/').
+func NormalizePath(path string) string {
+	if plainPath(path) {
+		return path
+	}
+	path = strings.ToLower(strings.ReplaceAll(path, `\`, "/"))
+	var out []string
+	for seg := range strings.SplitSeq(path, "/") {
+		seg, _, _ = strings.Cut(seg, ";")
+		seg = strings.TrimSpace(seg)
+		switch seg {
+		case "", ".":
+		case "..":
+			if len(out) > 0 {
+				out = out[:len(out)-1]
+			}
+		default:
+			out = append(out, seg)
+		}
+	}
+	return "/" + strings.Join(out, "/")
+}
+
+// plainPath reports whether NormalizePath would leave path as it is.
+func plainPath(path string) bool {
+	if path == "" || path[0] != '/' || (len(path) > 1 && path[len(path)-1] == '/') {
+		return false
+	}
+	for i := 0; i < len(path); i++ {
+		switch c := path[i]; {
+		case c >= 'A' && c <= 'Z', c == ';', c == '\\', c == ' ', c == '\t', c >= 0x80:
+			return false
+		case c == '/' && i+1 < len(path) && (path[i+1] == '/' || path[i+1] == '.'):
+			return false
+		}
+	}
+	return true
+}
+
+// llmPaths are the path endings of the LLM APIs, most specific first.
+var llmPaths = []struct {
+	suffix string
+	api    API
+}{
+	{"/chat/completions", APIChat},
+	{"/completions", APICompletions},
+	{"/responses", APIResponses},
+	{"/messages", APIMessages},
+	{"/embeddings", APIEmbeddings},
+}
+
+// APIOf returns the LLM API whose path the request's path ends like, after
+// NormalizePath (so /v1/Chat/Completions/ and /v1/chat/completions;x=1 are
+// Chat Completions), or APINone.
+func APIOf(path string) API {
+	path = NormalizePath(path)
+	for _, p := range llmPaths {
+		if strings.HasSuffix(path, p.suffix) {
+			return p.api
+		}
+	}
+	return APINone
+}
+
+// UnmeteredEndpoint returns which of the UnmeteredEndpoints a request
+// calls (its method, decoded path, and whether it asks for a connection
+// upgrade), or "". Background responses are known from the body only:
+// see llmusage.Request.Background.
+func UnmeteredEndpoint(method, path string, upgrade bool) string {
+	if method != "POST" && !upgrade {
+		return ""
+	}
+	segs := strings.Split(strings.TrimPrefix(NormalizePath(path), "/"), "/")
+	last := segs[len(segs)-1]
+	threads := false
+	for i, s := range segs {
+		switch {
+		case s == "realtime":
+			return UnmeteredRealtime
+		case s == "threads":
+			threads = true
+		case s == "runs" && threads:
+			return UnmeteredAssistants
+		case s == "fine-tunes" || (s == "fine_tuning" && i+1 < len(segs) && segs[i+1] == "jobs" && last == "jobs"):
+			return UnmeteredFineTuning
+		}
+	}
+	if upgrade && APIOf(path) != APINone {
+		return UnmeteredRealtime
+	}
+	if last == "batches" && method == "POST" {
+		return UnmeteredBatches
+	}
+	return ""
+}
