@@ -287,7 +287,7 @@ func expand(u *User, tok *Token, uses []Use) (charges []Charge, limits []*Limit)
 			// Spent credits count against what the user was granted.
 			ls = []Limit{{Limit: u.Credits}}
 		}
-		life := Charge{Resource: use.Resource, Limit: NoLimit, Amount: use.Amount, Key: use.Key, Hold: use.Hold}
+		life := Charge{Resource: use.Resource, Limit: NoLimit, Amount: use.Amount, Key: use.Key, Hold: use.Hold, Keep: use.Keep}
 		var lifeLimit *Limit
 		for i := range ls {
 			if ls[i].Per == Lifetime {
@@ -299,7 +299,7 @@ func expand(u *User, tok *Token, uses []Use) (charges []Charge, limits []*Limit)
 		limits = append(limits, lifeLimit)
 		for i := range ls {
 			if ls[i].Per != Lifetime {
-				charges = append(charges, Charge{Resource: use.Resource, Per: ls[i].Per, Limit: ls[i].Limit, Amount: use.Amount, Key: use.Key, Hold: use.Hold})
+				charges = append(charges, Charge{Resource: use.Resource, Per: ls[i].Per, Limit: ls[i].Limit, Amount: use.Amount, Key: use.Key, Hold: use.Hold, Keep: use.Keep})
 				limits = append(limits, &ls[i])
 			}
 		}

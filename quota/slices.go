@@ -302,7 +302,9 @@ func (a *allowances) grant(ctx context.Context, us *userSlices, u *User, tok *To
 	held = append(held, Use{Resource: resourceSlices, Amount: 1, Hold: sliceHold})
 	for _, use := range uses {
 		n := satMul(use.Amount, k)
-		held = append(held, Use{Resource: use.Resource, Amount: n, Hold: sliceHold},
+		// Kept if never given back: what the node admitted from it stays
+		// counted (the count of slices and the marker are released).
+		held = append(held, Use{Resource: use.Resource, Amount: n, Hold: sliceHold, Keep: true},
 			Use{Resource: ReservedPrefix + use.Resource, Amount: n, Hold: sliceHold})
 	}
 	lt, adm, err := a.s.admitRaw(ctx, u, tok, held, nil)

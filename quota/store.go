@@ -115,6 +115,12 @@ type Charge struct {
 	// request that never settles, say because its node crashed, does not
 	// keep its reservation forever).
 	Hold time.Duration
+	// Keep, with Hold, makes an expired lease stay counted instead of
+	// being taken back: a headroom slice's node may have admitted all of
+	// it before it died, so a slice that is never given back counts as
+	// wholly used (a crash may cost a tenant unused headroom, never give
+	// it extra). A settlement still replaces it.
+	Keep bool
 }
 
 // MaxKeyLength caps a distinct charge's key.

@@ -52,7 +52,7 @@ func tokenCharges(tok *Token, use Use, charges []Charge, limits []*Limit) ([]Cha
 	ls := tok.Limits[use.Resource]
 	for i := range ls {
 		charges = append(charges, Charge{Resource: TokenResource(tok.ID, use.Resource), Per: ls[i].Per, Limit: ls[i].Limit,
-			Amount: use.Amount, Key: use.Key, Hold: use.Hold})
+			Amount: use.Amount, Key: use.Key, Hold: use.Hold, Keep: use.Keep})
 		limits = append(limits, &ls[i])
 	}
 	return charges, limits

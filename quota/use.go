@@ -12,6 +12,8 @@ type Use struct {
 	Key string
 	// Hold, if positive, marks the use as a reservation (see Charge.Hold).
 	Hold time.Duration
+	// Keep keeps a held use counted when its hold expires (see Charge.Keep).
+	Keep bool
 }
 
 // LimitState is one limit of a user as it stands after an admission.

@@ -66,11 +66,16 @@ type heldCharge struct {
 	per      quota.Period
 	start    time.Time // zero: whatever window is current (a lease stored before starts were)
 	amount   int64
+	keep     bool // stays counted if the lease expires (quota.Charge.Keep)
 }
 
-// release takes back what a lease holds.
-func (e *entry) release(l lease, now time.Time) {
+// release takes back what a lease holds; with expired (the lease ran out,
+// its request never settled), kept charges stay counted.
+func (e *entry) release(l lease, now time.Time, expired bool) {
 	for _, h := range l.release {
+		if expired && h.keep {
+			continue
+		}
 		key := quota.CounterKey(h.resource, h.per)
 		cur, ok := e.counters[key]
 		start, _ := h.per.Window(now)
@@ -90,7 +95,7 @@ func (e *entry) hold(requestID string, charges []quota.Charge, now time.Time) {
 			continue
 		}
 		start, _ := c.Per.Window(now)
-		l.release = append(l.release, heldCharge{resource: c.Resource, per: c.Per, start: start, amount: c.Amount})
+		l.release = append(l.release, heldCharge{resource: c.Resource, per: c.Per, start: start, amount: c.Amount, keep: c.Keep})
 		if exp := now.Add(c.Hold); exp.After(l.expires) {
 			l.expires = exp
 		}
@@ -109,7 +114,7 @@ func (e *entry) sweep(now time.Time) bool {
 	swept := false
 	for id, l := range e.leases {
 		if !now.Before(l.expires) {
-			e.release(l, now)
+			e.release(l, now, true)
 			delete(e.leases, id)
 			swept = true
 		}
@@ -181,6 +186,7 @@ type chargeRecord struct {
 	// start (unix seconds; 0 for lifetime, or a lease stored before it was).
 	Amount int64 `json:"amount"`
 	Start  int64 `json:"start,omitempty"`
+	Keep   bool  `json:"keep,omitempty"`
 }
 
 func decodeCounters(data []byte) (countersDoc, error) {
@@ -241,7 +247,7 @@ func (s *Store) load(sh *shard, userID string) (*entry, error) {
 		for id, lr := range doc.Leases {
 			l := lease{expires: lr.Expires}
 			for _, c := range lr.Release {
-				h := heldCharge{resource: c.Resource, per: quota.Period(c.Per), amount: -c.Amount}
+				h := heldCharge{resource: c.Resource, per: quota.Period(c.Per), amount: -c.Amount, keep: c.Keep}
 				if c.Start != 0 {
 					h.start = time.Unix(c.Start, 0).UTC()
 				}
@@ -371,7 +377,7 @@ func (s *Store) Settle(ctx context.Context, userID, requestID string, actual []q
 		}
 		quota.ApplyKeyedCharges(e.counters, e.keys, quota.Unlimited(actual, 1), now)
 		if l, ok := e.leases[requestID]; ok {
-			e.release(l, now)
+			e.release(l, now, false)
 			delete(e.leases, requestID)
 		}
 		e.remember(settleID, true, now)
@@ -422,7 +428,7 @@ func (s *Store) ResetUsage(ctx context.Context, userID string, resources []strin
 	for _, r := range resources {
 		names[r] = true
 	}
-	err := s.withUser(ctx, userID, func(e *entry, _ time.Time) bool {
+	err := s.withUser(ctx, userID, func(e *entry, now time.Time) bool {
 		changed := false
 		for k := range e.counters {
 			resource, _, _ := quota.ParseCounterKey(k)
@@ -444,6 +450,29 @@ func (s *Store) ResetUsage(ctx context.Context, userID string, resources []strin
 		if len(e.marks) > 0 {
 			e.marks.ForgetMarks(resources)
 			changed = true
+		}
+		// What requests in flight and slices hold stays counted: their
+		// settlement takes it back from the window it was taken in, which
+		// must not be usage that never held it.
+		for _, l := range e.leases {
+			for _, h := range l.release {
+				resource := h.resource
+				if _, r, ok := quota.SplitTokenResource(resource); ok {
+					resource = r
+				}
+				start, _ := h.per.Window(now)
+				if (len(names) > 0 && !names[resource]) || (!h.start.IsZero() && !h.start.Equal(start)) {
+					continue
+				}
+				key := quota.CounterKey(h.resource, h.per)
+				cur := e.counters[key]
+				if !cur.Start.Equal(start) {
+					cur = quota.CounterState{Start: start}
+				}
+				cur.Used = min(cur.Used+h.amount, quota.MaxCounter)
+				e.counters[key] = cur
+				changed = true
+			}
 		}
 		// Under the shard lock, so the events reach the disk with the
 		// reset (the flush below writes both in one transaction).
@@ -496,7 +525,7 @@ func (s *Store) flush() error {
 					}
 					lr := leaseRecord{Expires: l.expires}
 					for _, h := range l.release {
-						c := chargeRecord{Resource: h.resource, Per: string(h.per), Amount: -h.amount}
+						c := chargeRecord{Resource: h.resource, Per: string(h.per), Amount: -h.amount, Keep: h.keep}
 						if !h.start.IsZero() {
 							c.Start = h.start.Unix()
 						}

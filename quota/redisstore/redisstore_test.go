@@ -1027,3 +1027,33 @@ func TestBatchedAdmissions(t *testing.T) {
 	}
 	t.Logf("%d calls in %d pipelines", c, p)
 }
+
+// TestDeletedUserLeavesNoKey: a request (or a headroom slice of another
+// node) that settles after its user was deleted writes nothing: before,
+// its settlement brought back a usage hash that nothing ever removed.
+func TestDeletedUserLeavesNoKey(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv, Options{})
+	u := createUser(t, s, "gone@example.com", "")
+	rid := quota.NewID()
+	ctx := testContext(t)
+	if _, err := s.Admit(ctx, u.ID, rid, []quota.Charge{{Resource: "messages", Limit: 50, Amount: 20, Hold: time.Minute, Keep: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteUser(ctx, u.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Settle(ctx, u.ID, rid, []quota.Charge{{Resource: "messages", Limit: quota.NoLimit, Amount: 12}}); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := srv.Client(t).Keys(ctx, "*"+u.ID+"*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if !strings.Contains(k, ":reqs:") { // request records expire by themselves
+			ttl, _ := srv.Client(t).TTL(ctx, k).Result()
+			t.Errorf("key %s left behind (ttl %v)", k, ttl)
+		}
+	}
+}

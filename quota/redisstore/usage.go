@@ -148,8 +148,11 @@ func (s *Store) chargeArgs(userID, requestID string, records bool, charges []quo
 		args = append(args, h)
 	}
 	for _, c := range charges {
-		args = append(args, c.Resource, c.Per.String(), strconv.FormatInt(c.Limit, 10), strconv.FormatInt(c.Amount, 10), c.Key,
-			strconv.FormatInt(int64((c.Hold+time.Second-1)/time.Second), 10))
+		hold := strconv.FormatInt(int64((c.Hold+time.Second-1)/time.Second), 10)
+		if c.Keep && c.Hold > 0 {
+			hold += "k"
+		}
+		args = append(args, c.Resource, c.Per.String(), strconv.FormatInt(c.Limit, 10), strconv.FormatInt(c.Amount, 10), c.Key, hold)
 	}
 	return keys, args, nil
 }
@@ -229,15 +232,12 @@ func (s *Store) ResetUsage(ctx context.Context, userID string, resources []strin
 	for _, r := range resources {
 		args = append(args, r)
 	}
-	if err := resetScript.Run(ctx, s.rdb, []string{s.usageKey(userID), s.keysKey(userID), s.eventsKey(userID), s.tag(userID) + ":thresholds"}, args...).Err(); err != nil && !errors.Is(err, redis.Nil) {
+	if err := resetScript.Run(ctx, s.rdb, []string{s.usageKey(userID), s.keysKey(userID), s.eventsKey(userID), s.tag(userID) + ":thresholds", s.tag(userID) + ":leases"}, args...).Err(); err != nil && !errors.Is(err, redis.Nil) {
 		return fmt.Errorf("reset usage: %w", err)
 	}
 	return nil
 }
 
-// resetScript zeroes counters in one step with their events: KEYS usage
-// hash, distinct-keys hash, outbox stream, threshold marks; ARGV retention
-// ms, event count, the events, then the resources (none: all). A
-// resource's counters are the usage fields "<resource>|<period>" and their
-// "|s" window starts; its marks go with them, so its thresholds fire anew.
-var resetScript = redis.NewScript(luaOutbox + lua("reset.lua"))
+// resetScript zeroes counters in one step with their events, keeping what
+// requests in flight hold: see reset.lua.
+var resetScript = redis.NewScript(luaWindowStart + luaOutbox + lua("reset.lua"))

@@ -44,6 +44,8 @@ func Run(t *testing.T, newStore func(t *testing.T) quota.Store) {
 		{"RequestIDsAndResolve", testRequestIDs},
 		{"DistinctKeys", testDistinctKeys},
 		{"ReservationLeases", testLeases},
+		{"KeptLeasesStayCounted", testKeptLeases},
+		{"ResetKeepsWhatInFlightRequestsHold", testResetKeepsHolds},
 		{"UpdateUserCompareAndSwap", testUpdateCAS},
 		{"ConcurrentAdminWrites", testConcurrentAdminWrites},
 		{"CountersSaturate", testCountersSaturate},
@@ -730,6 +732,76 @@ func testLeases(t *testing.T, s quota.Store) {
 	}
 	if got := used(); got != 50 {
 		t.Fatalf("a cancelled reservation was released twice: %d, want 50", got)
+	}
+}
+
+// testKeptLeases: a kept charge (a headroom slice, whose node may have
+// admitted all of it before it died) stays counted when its lease expires;
+// the rest of the lease is released; a settlement still replaces it.
+func testKeptLeases(t *testing.T, s quota.Store) {
+	u, rid := quota.NewID(), quota.NewID()
+	slice := []quota.Charge{
+		{Resource: "messages", Limit: 1000, Amount: 400, Hold: time.Second, Keep: true},
+		{Resource: quota.ReservedPrefix + "messages", Limit: quota.NoLimit, Amount: 400, Hold: time.Second},
+	}
+	if adm := admit(t, s, u, quota.Charge{Resource: "messages", Limit: 1000, Amount: 1}); adm.Used[0] != 1 {
+		t.Fatalf("plain admission: %+v", adm)
+	}
+	if adm, err := s.Admit(ctx(t), u, rid, slice); err != nil || !adm.Allowed || adm.Used[0] != 401 {
+		t.Fatalf("slice: %+v %v", adm, err)
+	}
+	time.Sleep(2100 * time.Millisecond)
+	admit(t, s, u, quota.Charge{Resource: "messages", Limit: 1000, Amount: 0}) // any admission sweeps
+	snap, err := s.Usage(ctx(t), u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, marker := snap.Current("messages", quota.Lifetime), snap.Current(quota.ReservedPrefix+"messages", quota.Lifetime); got != 401 || marker != 0 {
+		t.Fatalf("after the slice's hold ended: messages %d (want 401: a dead node's slice counts as used), marker %d (want 0)", got, marker)
+	}
+}
+
+// testResetKeepsHolds: a reset leaves counted what requests in flight hold,
+// so that their settlement, which takes the hold back, never subtracts from
+// usage that never held it (a free reservation after every reset).
+func testResetKeepsHolds(t *testing.T, s quota.Store) {
+	for _, resources := range [][]string{nil, {"tokens"}} {
+		u, rid := quota.NewID(), quota.NewID()
+		admit(t, s, u, quota.Charge{Resource: "tokens", Limit: quota.NoLimit, Amount: 500}, quota.Charge{Resource: "messages", Limit: quota.NoLimit, Amount: 3})
+		if adm, err := s.Admit(ctx(t), u, rid, []quota.Charge{
+			{Resource: "tokens", Limit: 100_000, Amount: 60_000, Hold: time.Hour},
+			{Resource: "tokens", Per: quota.Day, Limit: 100_000, Amount: 60_000, Hold: time.Hour},
+		}); err != nil || !adm.Allowed {
+			t.Fatalf("reserve: %+v %v", adm, err)
+		}
+		if err := s.ResetUsage(ctx(t), u, resources); err != nil {
+			t.Fatal(err)
+		}
+		flush(s)
+		current := func(res string, per quota.Period) int64 {
+			t.Helper()
+			snap, err := s.Usage(ctx(t), u)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return snap.Current(res, per)
+		}
+		if got, day := current("tokens", quota.Lifetime), current("tokens", quota.Day); got != 60_000 || day != 60_000 {
+			t.Fatalf("reset %v: tokens %d / day %d right after, want what is held (60000)", resources, got, day)
+		}
+		if err := s.Settle(ctx(t), u, rid, []quota.Charge{{Resource: "tokens", Limit: quota.NoLimit, Amount: 7}, {Resource: "tokens", Per: quota.Day, Limit: quota.NoLimit, Amount: 7}}); err != nil {
+			t.Fatal(err)
+		}
+		if got, day := current("tokens", quota.Lifetime), current("tokens", quota.Day); got != 7 || day != 7 {
+			t.Fatalf("reset %v: tokens %d / day %d after the settlement, want what it used (7)", resources, got, day)
+		}
+		want := int64(0)
+		if resources != nil {
+			want = 3
+		}
+		if got := current("messages", quota.Lifetime); got != want {
+			t.Fatalf("reset %v: messages %d, want %d", resources, got, want)
+		}
 	}
 }
 

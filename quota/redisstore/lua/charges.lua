@@ -1,6 +1,7 @@
 -- The charges prelude. Before it, a script sets "first": the index in ARGV of
 -- the first charge, six ARGV a charge (resource, period name, limit (-1:
--- none), amount, distinct key or "", hold seconds or 0). KEYS[1] is the usage
+-- none), amount, distinct key or "", hold seconds or 0, followed by "k" for
+-- a hold kept counted when it expires: see quota.Charge.Keep). KEYS[1] is the usage
 -- hash, KEYS[2] the hash of distinct keys counted, KEYS[3] the sorted set of
 -- lease expiries, KEYS[4] the hash of lease bodies; KEYS[5] and KEYS[8], if
 -- given, the user's request records (see record). It reads the
@@ -13,7 +14,7 @@ local key_cap = tonumber(string.match(ARGV[1], ",(%d+)$")) or 0
 local t = redis.call("TIME")
 local now = tonumber(t[1])
 local n = (#ARGV - first + 1) / 6
-local fields, starts, limits, amounts, dkeys, holds, pers = {}, {}, {}, {}, {}, {}, {}
+local fields, starts, limits, amounts, dkeys, holds, keeps, pers = {}, {}, {}, {}, {}, {}, {}, {}
 for i = 1, n do
   local b = first + (i - 1) * 6
   fields[i] = ARGV[b] .. "|" .. ARGV[b + 1]
@@ -22,7 +23,8 @@ for i = 1, n do
   limits[i] = tonumber(ARGV[b + 2])
   amounts[i] = tonumber(ARGV[b + 3])
   if ARGV[b + 4] ~= "" then dkeys[i] = ARGV[b] .. "|" .. ARGV[b + 4] end
-  holds[i] = tonumber(ARGV[b + 5])
+  holds[i] = tonumber(string.match(ARGV[b + 5], "^(%d+)")) or 0
+  keeps[i] = string.sub(ARGV[b + 5], -1) == "k"
 end
 
 local function stored_at(field, start)
@@ -133,14 +135,17 @@ local function longest_hold()
 end
 
 -- hold records a lease on the held charges under request id rid: its body
--- is "resource|period|window start|amount;..." and it expires after the
--- longest hold. Its caller keeps "~due" (see load) at or before the
+-- is "resource|period|window start|amount;..." ("resource|period|window
+-- start|k|amount" for a kept charge, which a gateway of an older version
+-- reads as a plain one) and it expires after the longest hold. Its caller keeps "~due" (see load) at or before the
 -- expiry: admit writes it with the charges, others call note_due.
 local function hold(rid)
   local parts, longest = {}, 0
   for i = 1, n do
     if holds[i] > 0 then
-      table.insert(parts, fields[i] .. "|" .. string.format("%d", starts[i]) .. "|" .. string.format("%d", amounts[i]))
+      local kept = ""
+      if keeps[i] then kept = "|k" end
+      table.insert(parts, fields[i] .. "|" .. string.format("%d", starts[i]) .. kept .. "|" .. string.format("%d", amounts[i]))
       if holds[i] > longest then longest = holds[i] end
     end
   end
@@ -152,8 +157,9 @@ end
 -- release takes back the lease of rid, if it still holds, from the windows
 -- it was taken in (a window that has ended since keeps it; the next one
 -- never held it). A body written before leases had starts
--- ("resource|period|amount") releases from the current window.
-local function release(rid)
+-- ("resource|period|amount") releases from the current window. With
+-- expired (the sweep), a kept charge stays counted.
+local function release(rid, expired)
   local body = redis.call("HGET", KEYS[4], rid)
   if not body then return end
   for entry in string.gmatch(body, "[^;]+") do
@@ -161,7 +167,8 @@ local function release(rid)
     for x in string.gmatch(entry, "[^|]+") do p[#p + 1] = x end
     local field = p[1] .. "|" .. p[2]
     local start = window_start(p[2], now)
-    if #p < 4 or tonumber(p[3]) == start then
+    local kept = expired and #p == 5 and p[4] == "k"
+    if not kept and (#p < 4 or tonumber(p[3]) == start) then
       local v = redis.call("HMGET", KEYS[1], field, field .. "|s")
       if v[1] and tonumber(v[2]) == start then
         local u = tonumber(v[1]) - tonumber(p[#p])
@@ -188,7 +195,7 @@ end
 local look_every = 60
 local function sweep()
   for _, rid in ipairs(redis.call("ZRANGEBYSCORE", KEYS[3], "-inf", now, "LIMIT", 0, 32)) do
-    release(rid)
+    release(rid, true)
   end
   local first = redis.call("ZRANGE", KEYS[3], 0, 0, "WITHSCORES")
   return math.min(tonumber(first[2]) or now + look_every, now + look_every)

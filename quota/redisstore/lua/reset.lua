@@ -1,23 +1,59 @@
 -- resetScript zeroes counters in one step with their events: KEYS usage
--- hash, distinct-keys hash, outbox stream, threshold marks; ARGV retention
--- ms, event count, the events, then the resources (none: all). A
--- resource's counters are the usage fields "<resource>|<period>" and their
--- "|s" window starts; its marks go with them, so its thresholds fire anew.
+-- hash, distinct-keys hash, outbox stream, threshold marks, lease bodies;
+-- ARGV retention ms, event count, the events, then the resources (none:
+-- all). A resource's counters are the usage fields "<resource>|<period>"
+-- and their "|s" window starts; its marks go with them, so its thresholds
+-- fire anew.
+--
+-- What requests in flight and headroom slices hold stays counted: their
+-- settlement takes it back from the window it was taken in, so a reset
+-- that forgot it would let that settlement subtract from usage that never
+-- held it (a free reservation's worth after every reset).
 
 local n = tonumber(ARGV[2])
 local first = 3 + n
-if first > #ARGV then
+local drop = {}
+local all = first > #ARGV
+for i = first, #ARGV do drop[ARGV[i]] = true end
+-- a token's own counter of a resource goes with it
+local function dropped(r)
+  if not r then return false end
+  if all or drop[r] then return true end
+  local tr = string.match(r, "^t%.[^.]+%.(.+)$")
+  return tr ~= nil and drop[tr] == true
+end
+if all then
   redis.call("DEL", KEYS[1], KEYS[2], KEYS[4])
 else
-  local drop = {}
-  for i = first, #ARGV do drop[ARGV[i]] = true end
   for _, k in ipairs({KEYS[1], KEYS[2], KEYS[4]}) do
     for _, f in ipairs(redis.call("HKEYS", k)) do
-      local r = string.match(f, "^([^|]*)|")
-      -- a token's own counter of a resource goes with it
-      local tr = r and string.match(r, "^t%.[^.]+%.(.+)$")
-      if r and (drop[r] or (tr and drop[tr])) then redis.call("HDEL", k, f) end
+      if dropped(string.match(f, "^([^|]*)|")) then redis.call("HDEL", k, f) end
     end
+  end
+end
+local now = tonumber(redis.call("TIME")[1])
+local held = {}
+for _, body in ipairs(redis.call("HVALS", KEYS[5])) do
+  for entry in string.gmatch(body, "[^;]+") do
+    local p = {}
+    for x in string.gmatch(entry, "[^|]+") do p[#p + 1] = x end
+    if #p >= 3 and dropped(p[1]) then
+      local start = window_start(p[2], now)
+      if #p < 4 or tonumber(p[3]) == start then
+        local field = p[1] .. "|" .. p[2]
+        held[field] = (held[field] or 0) + (tonumber(p[#p]) or 0)
+        held[field .. "|s"] = start
+      end
+    end
+  end
+end
+for field, amount in pairs(held) do
+  if not string.match(field, "|s$") then
+    local start = held[field .. "|s"]
+    local v = redis.call("HMGET", KEYS[1], field, field .. "|s")
+    local u = 0
+    if v[2] and tonumber(v[2]) == start then u = tonumber(v[1]) or 0 end
+    redis.call("HSET", KEYS[1], field, string.format("%d", u + amount), field .. "|s", string.format("%d", start))
   end
 end
 outbox(KEYS[3], ARGV[1], 3, n)
