@@ -103,6 +103,7 @@ func (t *Ticket) SettleUses(ctx context.Context, actual []Use) error {
 	if !t.holds && len(nonzero) == 0 {
 		return nil
 	}
+	t.s.refused.forget(t.user.ID) // a released reservation may make room
 	charges, _ := expand(t.user, t.token, nonzero)
 	if t.requestID == "" {
 		t.requestID = NewID()
@@ -175,6 +176,13 @@ func (s *Service) AdmitPrincipal(ctx context.Context, pr *Principal, p *Plan, no
 }
 
 func (s *Service) admitToken(ctx context.Context, u *User, tok *Token, p *Plan, hint *atomic.Pointer[userSlices], now time.Time) (*Ticket, error) {
+	at := now
+	if at.IsZero() {
+		at = s.clock.Now()
+	}
+	if le := s.refused.lookup(u, tok, p.Uses(), at); le != nil {
+		return nil, le
+	}
 	for fits := 0; ; fits++ {
 		var t *Ticket
 		var err error
@@ -196,6 +204,9 @@ func (s *Service) admitToken(ctx context.Context, u *User, tok *Token, p *Plan, 
 		le.Need, le.Request = p.minNeed(le.State.Resource), p.describe(le.State.Resource)
 		if le.Request != "" {
 			le.Advice = p.advice()
+		}
+		if le.Request == "" { // told in the request's own terms: not for another request
+			s.refused.note(u, tok, le, at)
 		}
 		return t, err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -92,6 +93,7 @@ type Service struct {
 	stopListening  context.CancelFunc
 	listenerExited chan struct{}
 	allow          *allowances // nil: no headroom slices
+	refused        refusals
 	allowDone      chan struct{}
 	// principals are the principals served lately, by token secret, in
 	// front of the cache (see Authenticate); at most cacheEntries.
@@ -155,6 +157,11 @@ func NewService(opts Options) (*Service, error) {
 			defer close(s.listenerExited)
 			opts.Broadcaster.Listen(ctx, func(keys []string) {
 				s.cache.invalidate(keys...)
+				for _, k := range keys {
+					if id, ok := strings.CutPrefix(k, recallPrefix); ok {
+						s.refused.forget(id) // a reset elsewhere
+					}
+				}
 				if s.allow != nil {
 					s.allow.recalled(keys)
 				}

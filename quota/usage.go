@@ -142,6 +142,10 @@ func (s *Service) ResetUsage(ctx context.Context, userID string, resources []str
 	if err := s.store.ResetUsage(ctx, userID, resources, ev); err != nil {
 		return nil, err
 	}
+	// Every node gives back its slices of the user and forgets its
+	// refusals: the reset changes the answer.
+	s.refused.forget(userID)
+	s.invalidate(ctx, recallPrefix+userID)
 	s.published(ev)
 	return s.Usage(ctx, userID)
 }

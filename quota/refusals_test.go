@@ -1,0 +1,114 @@
+package quota_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/tenantquota/caddy-tenant-quota/internal/redistest"
+	"github.com/tenantquota/caddy-tenant-quota/quota"
+)
+
+// TestRefusalsAreCheap: a tenant at a full cap hammering the gateway is
+// refused from memory, costing the store next to nothing; a change of its
+// limits (a new user object) or a reset lets it through again at once.
+func TestRefusalsAreCheap(t *testing.T) {
+	srv := redistest.Start(t)
+	store := openRedis(t, srv)
+	n := newSliceNode(t, store, nil, true)
+	p, secret := secretTenant(t, n.svc, 5)
+	for i := range 5 {
+		if !n.admit(t, p) {
+			t.Fatalf("request %d refused under the cap", i)
+		}
+	}
+	before := n.admits.Load()
+	const hammer = 2000
+	for range hammer {
+		if n.admit(t, p) {
+			t.Fatal("admitted over the cap")
+		}
+	}
+	calls := n.admits.Load() - before
+	t.Logf("%d refusals at a full cap cost %d store admissions", hammer, calls)
+	if calls > 20 {
+		t.Fatalf("%d refusals cost %d store admissions (want a handful: refused from memory)", hammer, calls)
+	}
+	// A reset changes the answer at once.
+	if _, err := n.svc.ResetUsage(context.Background(), p.User.ID, nil); err != nil {
+		t.Fatal(err)
+	}
+	if !n.admit(t, p) {
+		t.Fatal("refused right after a reset")
+	}
+	// So does a raised limit (the principal is authenticated again).
+	for n.admit(t, p) {
+	}
+	if _, err := n.svc.SetLimits(context.Background(), p.User.ID, quota.Limits{"messages": {{Limit: 100}}}); err != nil {
+		t.Fatal(err)
+	}
+	if !n.admit(t, authenticate(t, n.svc, secret)) {
+		t.Fatal("refused right after the limit was raised")
+	}
+}
+
+// TestResetRecallsOtherNodesSlices: node B serves a busy tenant from
+// slices; an operator resets the tenant's usage on node A and lowers its
+// cap: what is served after the reset, on both nodes, stays within the new
+// cap (before, B's give-back subtracted its slice from the zeroed counter).
+func TestResetRecallsOtherNodesSlices(t *testing.T) {
+	srv := redistest.Start(t)
+	sa, sb := openRedis(t, srv), openRedis(t, srv)
+	a, b := newSliceNode(t, sa, sa.Broadcaster(), false), newSliceNode(t, sb, sb.Broadcaster(), false)
+	p, secret := secretTenant(t, a.svc, 100_000)
+	pb := authenticate(t, b.svc, secret)
+	b.burst(t, pb, 6000, 8) // B holds slices now
+	if _, err := a.svc.ResetUsage(context.Background(), p.User.ID, nil); err != nil {
+		t.Fatal(err)
+	}
+	const newCap = 2000
+	if _, err := a.svc.SetLimits(context.Background(), p.User.ID, quota.Limits{"messages": {{Limit: newCap}}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return authenticate(t, b.svc, secret).User.Limits["messages"][0].Limit == newCap })
+	served := a.burst(t, authenticate(t, a.svc, secret), 3000, 8)
+	served += b.burst(t, authenticate(t, b.svc, secret), 3000, 8)
+	if served > newCap {
+		t.Fatalf("served %d after the reset against a cap of %d", served, newCap)
+	}
+}
+
+func secretTenant(t *testing.T, svc *quota.Service, limit int64) (*quota.Principal, string) {
+	t.Helper()
+	ctx := context.Background()
+	u, err := svc.CreateUser(ctx, quota.NewUser{Name: "R", Email: quota.NewID() + "@example.com", Limits: quota.Limits{"messages": {{Limit: limit}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := svc.CreateToken(ctx, u.ID, quota.NewToken{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return authenticate(t, svc, tok.Secret), tok.Secret
+}
+
+func authenticate(t *testing.T, svc *quota.Service, secret string) *quota.Principal {
+	t.Helper()
+	p, err := svc.Authenticate(context.Background(), secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// waitFor polls cond for up to 5 s.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
