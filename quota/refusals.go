@@ -64,7 +64,8 @@ func (r *refusals) lookup(u *User, tok *Token, uses []Use, now time.Time) *Limit
 		return nil
 	}
 	for _, use := range uses {
-		if use.Resource == f.err.State.Resource && use.Amount > 0 {
+		// A distinct key may be counted already, which charges nothing.
+		if use.Resource == f.err.State.Resource && use.Amount > 0 && use.Key == "" {
 			return f.err
 		}
 	}
