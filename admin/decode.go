@@ -12,12 +12,15 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
+	"github.com/tenantquota/caddy-tenant-quota/internal/strictjson"
 	"github.com/tenantquota/caddy-tenant-quota/quota"
 )
 
 // decodeBody decodes r's body into dst, strictly: a JSON content type (or
-// none), at most h.maxBody bytes, exactly one JSON object, no unknown
+// none), at most h.maxBody bytes, exactly one JSON object, no key twice
+// in one object at any depth (compared unescaped), UTF-8 only, no unknown
 // fields, every field of the right type. An empty body is an error unless
 // optional, in which case dst is left alone. Every error it returns is a
 // *problemError or a *quota.ValidationError.
@@ -60,6 +63,18 @@ func (h *Handler) decodeBody(w http.ResponseWriter, r *http.Request, dst any, op
 		}
 		return badRequest("", "body must be a JSON object, got "+valueKind(v))
 	}
+	if json.Valid(data) {
+		// Go keeps the last of duplicate keys, other readers (a proxy, an
+		// audit tool) the first: a body that means two things is refused.
+		if d := strictjson.FindDuplicate(data); d != nil {
+			return badRequest(d.Field(), d.Error())
+		}
+		// encoding/json would turn bytes that are not UTF-8 into U+FFFD,
+		// storing something else than was sent.
+		if !utf8.Valid(data) {
+			return notUTF8(data)
+		}
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(dst); err != nil {
@@ -70,6 +85,93 @@ func (h *Handler) decodeBody(w http.ResponseWriter, r *http.Request, dst any, op
 		return badRequest("", fmt.Sprintf("body must hold exactly one JSON value; unexpected data after byte offset %d", end))
 	}
 	return nil
+}
+
+// notUTF8 names the field whose string in data, valid JSON, holds the
+// first bytes that are not UTF-8 (or the key, when a key holds them). It
+// walks the tokens once, on this error path only.
+func notUTF8(data []byte) error {
+	type level struct {
+		object  bool
+		key     string // an object's current key
+		wantKey bool   // an object's next token is a key
+		index   int    // an array's elements so far
+	}
+	var stack []level
+	path := func() string {
+		var b strings.Builder
+		for _, l := range stack {
+			switch {
+			case !l.object:
+				fmt.Fprintf(&b, "[%d]", l.index-1)
+			case b.Len() > 0:
+				b.WriteString("." + l.key)
+			default:
+				b.WriteString(l.key)
+			}
+		}
+		return b.String()
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	for {
+		start := dec.InputOffset()
+		tok, err := dec.Token()
+		if err != nil {
+			return badRequest("", "the body must be UTF-8")
+		}
+		bad := !utf8.Valid(data[start:dec.InputOffset()])
+		if d, ok := tok.(json.Delim); ok && (d == '}' || d == ']') {
+			stack = stack[:len(stack)-1]
+			if n := len(stack); n > 0 && stack[n-1].object {
+				stack[n-1].wantKey = true
+			}
+			continue
+		}
+		var top *level
+		if n := len(stack); n > 0 {
+			top = &stack[n-1]
+		}
+		if top != nil && top.object && top.wantKey {
+			top.key, top.wantKey = tok.(string), false
+			if bad {
+				return badRequest(path(), "the key must be valid UTF-8")
+			}
+			continue
+		}
+		if top != nil && !top.object {
+			top.index++
+		}
+		if bad {
+			return badRequest(path(), "must be valid UTF-8")
+		}
+		if d, ok := tok.(json.Delim); ok {
+			stack = append(stack, level{object: d == '{', wantKey: d == '{'})
+		} else if top != nil && top.object {
+			top.wantKey = true
+		}
+	}
+}
+
+// underField returns err with the fields a decoding problem names put
+// under parent ("tokens" becomes "limits.tokens"); other errors are
+// returned as they are.
+func underField(parent string, err error) error {
+	pe, ok := errors.AsType[*problemError](err)
+	if !ok || len(pe.fields) == 0 {
+		return err
+	}
+	out := *pe
+	out.fields = make([]quota.FieldError, len(pe.fields))
+	for i, f := range pe.fields {
+		if strings.HasPrefix(f.Field, "[") {
+			f.Field = parent + f.Field
+		} else {
+			f.Field = parent + "." + f.Field
+		}
+		out.fields[i] = f
+	}
+	out.detail = validationDetail(out.fields)
+	return &out
 }
 
 // decodeError explains an encoding/json error, naming the field when there

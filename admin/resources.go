@@ -93,7 +93,8 @@ func (h *Handler) patchLimits(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) changeLimits(w http.ResponseWriter, r *http.Request, change func(ctx context.Context, id string, l quota.Limits) (*quota.User, error)) {
 	var raw json.RawMessage
 	if err := h.decodeBody(w, r, &raw, false); err != nil {
-		h.writeError(w, r, err)
+		// The body is the user's limits: a field is named as in a user.
+		h.writeError(w, r, underField("limits", err))
 		return
 	}
 	l, err := parseLimits(raw)
