@@ -330,9 +330,7 @@ const MaxTokenNameLength = 200
 func (s *Service) CreateToken(ctx context.Context, userID string, in NewToken) (*IssuedToken, error) {
 	var v validator
 	name := strings.TrimSpace(in.Name)
-	if len(name) > MaxTokenNameLength {
-		v.add("name", "must be at most %d characters", MaxTokenNameLength)
-	}
+	validateName(&v, "name", name, MaxTokenNameLength, false)
 	now := s.now()
 	if in.ExpiresAt != nil && !in.ExpiresAt.After(now) {
 		v.add("expiresAt", "must be in the future")

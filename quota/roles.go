@@ -6,6 +6,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Role grant events.
@@ -44,8 +46,9 @@ func ValidateRoleName(name string) error {
 }
 
 // ValidateResource checks a resource: "*", "type/*" or "type/id", the
-// type 1 to 64 of a-z, 0-9, '_' and '-', the id 1 to 256 characters
-// without '/', white space or control characters. With pattern false,
+// type 1 to 64 of a-z, 0-9, '_' and '-', the id 1 to 256 bytes of UTF-8
+// without '/', white space, control or invisible characters (see
+// invisible: an id reaches events and the CLI's tables). With pattern false,
 // wildcards are refused (a concrete resource a request names).
 func ValidateResource(r string, pattern bool) error {
 	if pattern && r == "*" {
@@ -66,8 +69,11 @@ func ValidateResource(r string, pattern bool) error {
 		}
 		return nil
 	}
+	if !utf8.ValidString(id) {
+		return fmt.Errorf("resource %q: an id must be valid UTF-8", clipString(r))
+	}
 	for _, c := range id {
-		if c == '/' || c == '*' || c <= ' ' || c == 0x7f || invisible(string(c)) {
+		if c == '/' || c == '*' || unicode.IsSpace(c) || invisible(string(c)) {
 			return fmt.Errorf("resource %q: an id has no '/', '*', white space or control characters", clipString(r))
 		}
 	}

@@ -1,6 +1,7 @@
 package quota
 
 import (
+	"fmt"
 	"net/mail"
 	"strings"
 	"time"
@@ -65,52 +66,65 @@ func NewID() string {
 // and lower-cases it, so that one address has one spelling.
 func NormalizeEmail(s string) string { return strings.ToLower(norm.NFC.String(strings.TrimSpace(s))) }
 
-// invisible reports whether s holds a control or format character
-// (Unicode categories Cc and Cf: NUL, CR, LF, zero-width joiners,
-// direction overrides, ...), which no address or id needs and which could
-// make two values look alike or break a header.
+// invisible reports whether s holds a control, format or line-breaking
+// character (Unicode categories Cc, Cf, Zl and Zp: NUL, CR, LF, tab, ESC,
+// zero-width spaces and joiners, byte order marks, direction overrides
+// and isolates such as U+202E, the line and paragraph separators), which
+// no name, address or id needs and which could make two values look
+// alike, reorder what a terminal shows or break a header, a log line or
+// a table.
 func invisible(s string) bool {
-	return strings.IndexFunc(s, func(r rune) bool { return unicode.In(r, unicode.Cc, unicode.Cf) }) >= 0
+	return strings.IndexFunc(s, func(r rune) bool { return unicode.In(r, unicode.Cc, unicode.Cf, unicode.Zl, unicode.Zp) }) >= 0
+}
+
+// checkText checks s as free text of at most maxLen characters: valid
+// UTF-8, short enough, nothing invisible. It is the one rule of every
+// free-text field the API takes (names of users and tokens, emails,
+// external ids), which reach events, logs and the CLI's tables; it returns
+// what is wrong, "" if nothing.
+func checkText(s string, maxLen int) string {
+	switch {
+	case !utf8.ValidString(s):
+		return "must be valid UTF-8"
+	case utf8.RuneCountInString(s) > maxLen:
+		return fmt.Sprintf("must be at most %d characters, got %d", maxLen, utf8.RuneCountInString(s))
+	case invisible(s):
+		return "must not contain control or invisible characters (NUL, CR, LF, tab, zero-width or bidi controls such as U+202E, ...)"
+	}
+	return ""
 }
 
 func validateEmail(v *validator, email string) {
-	switch {
-	case email == "":
+	if email == "" {
 		v.add("email", "is required")
-	case !utf8.ValidString(email):
-		v.add("email", "must be valid UTF-8")
-	case utf8.RuneCountInString(email) > MaxEmailLength:
-		v.add("email", "must be at most %d characters, got %d", MaxEmailLength, utf8.RuneCountInString(email))
-	case invisible(email):
-		v.add("email", "must not contain control or invisible characters")
-	default:
-		a, err := mail.ParseAddress(email)
-		if err != nil || a.Address != email || a.Name != "" || !strings.Contains(email[strings.LastIndexByte(email, '@')+1:], ".") {
-			v.add("email", "%q is not a valid address like name@example.com", email)
-		}
+		return
+	}
+	if msg := checkText(email, MaxEmailLength); msg != "" {
+		v.add("email", "%s", msg)
+		return
+	}
+	a, err := mail.ParseAddress(email)
+	if err != nil || a.Address != email || a.Name != "" || !strings.Contains(email[strings.LastIndexByte(email, '@')+1:], ".") {
+		v.add("email", "%q is not a valid address like name@example.com", email)
 	}
 }
 
-func validateName(v *validator, name string) {
-	switch {
-	case strings.TrimSpace(name) == "":
-		v.add("name", "is required")
-	case !utf8.ValidString(name):
-		v.add("name", "must be valid UTF-8")
-	case utf8.RuneCountInString(name) > MaxNameLength:
-		v.add("name", "must be at most %d characters", MaxNameLength)
+// validateName checks the name of field (a user's, a token's): free text
+// of at most maxLen characters, not blank when required.
+func validateName(v *validator, field, name string, maxLen int, required bool) {
+	if required && strings.TrimSpace(name) == "" {
+		v.add(field, "is required")
+		return
+	}
+	if msg := checkText(name, maxLen); msg != "" {
+		v.add(field, "%s", msg)
 	}
 }
 
 func validateExternalID(v *validator, ext string) {
-	switch {
-	case !utf8.ValidString(ext):
-		v.add("externalId", "must be valid UTF-8")
-	case utf8.RuneCountInString(ext) > MaxExternalIDLength:
-		v.add("externalId", "must be at most %d characters", MaxExternalIDLength)
-	case invisible(ext):
-		v.add("externalId", "must not contain control or invisible characters (CR, LF, NUL, ...)")
-	case strings.TrimSpace(ext) != ext:
+	if msg := checkText(ext, MaxExternalIDLength); msg != "" {
+		v.add("externalId", "%s", msg)
+	} else if strings.TrimSpace(ext) != ext {
 		v.add("externalId", "must not start or end with white space")
 	}
 }
@@ -124,7 +138,7 @@ func validateStatus(v *validator, s Status) {
 // validateUser checks every field of a complete user record.
 func validateUser(u *User) error {
 	var v validator
-	validateName(&v, u.Name)
+	validateName(&v, "name", u.Name, MaxNameLength, true)
 	validateEmail(&v, u.Email)
 	validateExternalID(&v, u.ExternalID)
 	validateStatus(&v, u.Status)

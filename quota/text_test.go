@@ -1,0 +1,72 @@
+package quota_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/tenantquota/caddy-tenant-quota/quota"
+)
+
+// fieldOf returns the first field a validation error names ("" if err is
+// not one).
+func fieldOf(err error) string {
+	var ve *quota.ValidationError
+	if !errors.As(err, &ve) || len(ve.Fields) == 0 {
+		return ""
+	}
+	return ve.Fields[0].Field
+}
+
+// TestFreeText: the names of users and tokens refuse what emails and
+// external ids refuse (invalid UTF-8, control, format and line-separator
+// characters), also from Go callers that no JSON decoder cleans up.
+func TestFreeText(t *testing.T) {
+	svc, _, _, _ := newService(t)
+	ctx := context.Background()
+	u, err := svc.CreateUser(ctx, quota.NewUser{Name: "Zoë 李", Email: "ok@example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct{ name, s string }{
+		{"invalid UTF-8", "a\xffb"},
+		{"NUL", "a\x00b"},
+		{"CR LF", "a\r\nb"},
+		{"tab", "a\tb"},
+		{"DEL", "a\x7fb"},
+		{"C1", "a\u0085b"},
+		{"RLO", "a\u202eb"},
+		{"LRI", "a\u2066b"},
+		{"ZWSP", "a\u200bb"},
+		{"BOM", "\ufeffa"},
+		{"LS", "a\u2028b"},
+		{"PS", "a\u2029b"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := svc.CreateUser(ctx, quota.NewUser{Name: tt.s, Email: "x@example.com"}); fieldOf(err) != "name" {
+				t.Errorf("CreateUser name: %v", err)
+			}
+			if _, err := svc.UpdateUser(ctx, u.ID, quota.UserPatch{Name: &tt.s}); fieldOf(err) != "name" {
+				t.Errorf("UpdateUser name: %v", err)
+			}
+			if _, err := svc.CreateToken(ctx, u.ID, quota.NewToken{Name: tt.s}); fieldOf(err) != "name" {
+				t.Errorf("CreateToken name: %v", err)
+			}
+			if _, err := svc.CreateUser(ctx, quota.NewUser{Name: "X", Email: "x@example.com", ExternalID: tt.s}); fieldOf(err) != "externalId" {
+				t.Errorf("CreateUser externalId: %v", err)
+			}
+			if err := quota.ValidateResource("chatbots/"+tt.s, true); err == nil {
+				t.Errorf("ValidateResource accepted %q", "chatbots/"+tt.s)
+			}
+		})
+	}
+	if _, err := svc.CreateToken(ctx, u.ID, quota.NewToken{Name: "déploiement 🚀"}); err != nil {
+		t.Fatalf("an ordinary token name: %v", err)
+	}
+	if err := quota.ValidateResource("chatbots/café", false); err != nil {
+		t.Fatalf("an ordinary resource id: %v", err)
+	}
+	if err := quota.ValidateResource("chatbots/a\u00a0b", false); err == nil {
+		t.Fatal("a no-break space in a resource id was accepted")
+	}
+}
