@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -103,8 +104,33 @@ var (
 // the float arithmetic of Redis' Lua.
 const MaxLimit = 1 << 50
 
-// ValidResourceName reports whether name may be used as a resource.
+// ValidResourceName reports whether name may be used as a resource. The
+// pattern is also what keeps a resource apart from the stores' own fields:
+// a name holds no '|' (the separator of "<resource>|<period>" and of its
+// "|s" window start) and no '~' (the Redis usage hash's "~due"), so no
+// resource's counter can be read or written as one of them.
 func ValidResourceName(name string) bool { return resourceName.MatchString(name) }
+
+// InternalResource reports whether name is one of the gateway's own
+// counters, which share a user's counters but that no limit may name:
+// those under ReservedPrefix ("reserved_tokens", "reserved_slices": what
+// in-flight reservations and headroom slices hold, which admission and
+// Usage read) and those under the token prefix ("t.": a token's own
+// counters, see TokenResource). A limit on one would change what the
+// gateway counts for itself: {"reserved_slices": 0} turns a tenant's
+// slices off. Limits.Validate refuses them.
+func InternalResource(name string) bool {
+	return strings.HasPrefix(name, ReservedPrefix) || strings.HasPrefix(name, tokenResourcePrefix)
+}
+
+// internalResourceDetail explains why a limit may not name an internal
+// resource.
+func internalResourceDetail(name string) string {
+	if strings.HasPrefix(name, tokenResourcePrefix) {
+		return fmt.Sprintf("%q is an internal counter (%s... holds a token's own counters): no limit may name it; give the token limits of its own instead", name, tokenResourcePrefix)
+	}
+	return fmt.Sprintf("%q is an internal counter (%s... holds what in-flight requests and headroom slices reserve): no limit may name it", name, ReservedPrefix)
+}
 
 // UnmarshalJSON decodes the number | object | list forms of every resource.
 // A null resource value is kept as a nil entry, which Merge treats as
@@ -288,14 +314,21 @@ func writeLimit(buf *bytes.Buffer, l Limit) {
 	fmt.Fprintf(buf, `{"limit":%d,"per":%q}`, l.Limit, string(l.Per))
 }
 
-// Validate checks names, values and periods (for limits built in Go rather
-// than decoded from JSON).
+// Validate checks names, values and periods, and refuses a limit on an
+// internal resource (see InternalResource); a nil entry, which removes a
+// resource's limits, may name one. UnmarshalJSON checks only the shape,
+// so that a stored limit from before a rule still reads and can be
+// removed; every entry point that sets limits calls Validate.
 func (l Limits) Validate() error {
 	var v validator
 	for name, ls := range l {
 		field := "limits." + name
 		if !ValidResourceName(name) {
 			v.add(field, "resource name must match %s", ResourceNamePattern)
+			continue
+		}
+		if InternalResource(name) && ls != nil {
+			v.add(field, "%s", internalResourceDetail(name))
 			continue
 		}
 		for _, one := range ls {
