@@ -3,11 +3,12 @@
 // last of duplicate keys, many parsers keep the first, so a body whose
 // meaning depends on the parser is refused rather than forwarded.
 //
-// It reads bytes only: no allocation unless a key carries escapes or an
-// object has many keys. It imports nothing of the project.
+// It reads bytes only: no allocation unless a key carries escapes or
+// non-ASCII, or an object has more than 16 keys. It imports nothing of the project.
 package strictjson
 
 import (
+	"bytes"
 	"encoding/json"
 	"strconv"
 	"strings"
@@ -100,7 +101,10 @@ func (s *scanner) value(depth int) (d *Duplicate, ok bool) {
 				return d, ok
 			}
 			s.ws()
-			if s.i < len(s.data) && s.data[s.i] == ',' {
+			if s.i >= len(s.data) || (s.data[s.i] != ',' && s.data[s.i] != ']') {
+				return nil, false
+			}
+			if s.data[s.i] == ',' {
 				s.i++
 			}
 		}
@@ -108,6 +112,12 @@ func (s *scanner) value(depth int) (d *Duplicate, ok bool) {
 		_, ok := s.str()
 		return nil, ok
 	default:
+		start := s.i
+		defer func() {
+			if s.i == start {
+				ok = false // not a value: no progress
+			}
+		}()
 		for s.i < len(s.data) {
 			switch s.data[s.i] {
 			case ',', '}', ']', ' ', '\t', '\r', '\n':
@@ -121,7 +131,7 @@ func (s *scanner) value(depth int) (d *Duplicate, ok bool) {
 
 func (s *scanner) object(depth int) (*Duplicate, bool) {
 	s.i++ // '{'
-	var small [16]string
+	var small [16][]byte
 	keys := small[:0]
 	var many map[string]struct{}
 	for {
@@ -140,14 +150,14 @@ func (s *scanner) object(depth int) (*Duplicate, bool) {
 		key := unquote(raw)
 		switch {
 		case many != nil:
-			if _, dup := many[key]; dup {
-				return &Duplicate{Key: key}, true
+			if _, dup := many[string(key)]; dup {
+				return &Duplicate{Key: string(key)}, true
 			}
-			many[key] = struct{}{}
+			many[string(key)] = struct{}{}
 		default:
 			for _, k := range keys {
-				if k == key {
-					return &Duplicate{Key: key}, true
+				if bytes.Equal(k, key) {
+					return &Duplicate{Key: string(key)}, true
 				}
 			}
 			if len(keys) < cap(small) {
@@ -155,9 +165,9 @@ func (s *scanner) object(depth int) (*Duplicate, bool) {
 			} else {
 				many = make(map[string]struct{}, 2*len(keys))
 				for _, k := range keys {
-					many[k] = struct{}{}
+					many[string(k)] = struct{}{}
 				}
-				many[key] = struct{}{}
+				many[string(key)] = struct{}{}
 			}
 		}
 		s.ws()
@@ -167,12 +177,15 @@ func (s *scanner) object(depth int) (*Duplicate, bool) {
 		s.i++
 		if d, ok := s.value(depth + 1); d != nil || !ok {
 			if d != nil {
-				d.Path = pathKey(key) + d.Path
+				d.Path = pathKey(string(key)) + d.Path
 			}
 			return d, ok
 		}
 		s.ws()
-		if s.i < len(s.data) && s.data[s.i] == ',' {
+		if s.i >= len(s.data) || (s.data[s.i] != ',' && s.data[s.i] != '}') {
+			return nil, false
+		}
+		if s.data[s.i] == ',' {
 			s.i++
 		}
 	}
@@ -200,17 +213,18 @@ func (s *scanner) str() ([]byte, bool) {
 }
 
 // unquote returns the key a quoted JSON string names, as encoding/json
-// reads it (invalid UTF-8 and lone surrogates become U+FFFD).
-func unquote(raw []byte) string {
+// reads it (invalid UTF-8 and lone surrogates become U+FFFD): the bytes of
+// data themselves when it has no escapes (no allocation).
+func unquote(raw []byte) []byte {
 	inner := raw[1 : len(raw)-1]
 	if !containsEscapeOrHigh(inner) {
-		return string(inner)
+		return inner
 	}
 	var k string
 	if json.Unmarshal(raw, &k) != nil {
-		return string(inner)
+		return inner
 	}
-	return k
+	return []byte(k)
 }
 
 func containsEscapeOrHigh(b []byte) bool {
