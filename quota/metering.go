@@ -1,6 +1,9 @@
 package quota
 
-import "time"
+import (
+	"strings"
+	"time"
+)
 
 // Token resources. "tokens" counts input + output; operators may also limit
 // each direction.
@@ -40,11 +43,15 @@ func (c TokenCount) Reserved() []Use {
 	return uses
 }
 
-// Held marks uses as a reservation held for d (see Charge.Hold).
+// Held marks uses as a reservation held for d (see Charge.Hold). A
+// reservation whose request never settles (its node died) stays counted
+// when its hold ends (Charge.Keep): the request may have used all of it;
+// only the reserved_ markers are released.
 func Held(uses []Use, d time.Duration) []Use {
 	out := make([]Use, len(uses))
 	for i, u := range uses {
 		u.Hold = d
+		u.Keep = !strings.HasPrefix(u.Resource, ReservedPrefix)
 		out[i] = u
 	}
 	return out
