@@ -6,7 +6,7 @@ BIN         := bin/caddy
 TQ_ADMIN_KEY ?= dev-admin-key-change-me
 export TQ_ADMIN_KEY
 
-.PHONY: all build run test redis-check bench fuzz fmt vet clean
+.PHONY: all build run test redis-check bench fuzz torture fmt vet clean
 
 all: build
 
@@ -38,6 +38,12 @@ bench: build redis-check
 	@echo "the handler on a cache hit (the harness alone: add -v), allocations per request:"
 	$(GO) test -run '^$$' -bench BenchmarkHandlerEmbedded -benchmem -benchtime 20000x ./caddymodule
 	./scripts/bench.sh
+
+# The randomized fault test, longer than the few rounds `make test` runs:
+# TORTURE_ROUNDS rounds per store (TQ_TORTURE_SEED=<seed> reproduces a run).
+TORTURE_ROUNDS ?= 40
+torture: redis-check
+	TQ_REQUIRE_REDIS=1 TQ_TORTURE_ROUNDS=$(TORTURE_ROUNDS) $(GO) test -count=1 -timeout 60m -run 'TestTorture' -v ./cmd/caddy | grep -v '^=== '
 
 FUZZTIME ?= 20s
 fuzz:

@@ -42,7 +42,7 @@ var settleScript = redis.NewScript("local first = 6\n" + luaCharges + luaThresho
 
 // usageScript returns the server time (seconds, microseconds) followed by
 // the HGETALL of the usage hash KEYS[1], all as strings.
-var usageScript = redis.NewScript(lua("usage.lua"))
+var usageScript = redis.NewScript("local first = 2\n" + luaCharges + lua("usage.lua"))
 
 // forgetKeysScript removes from the distinct-key hash KEYS[1] the keys of
 // the resources in ARGV.
@@ -165,7 +165,7 @@ func (s *Store) Usage(ctx context.Context, userID string) (*quota.UsageSnapshot,
 	if !validID(userID) {
 		return nil, fmt.Errorf("user %q: %w", userID, quota.ErrNotFound)
 	}
-	vals, err := usageScript.Run(ctx, s.rdb, []string{s.usageKey(userID)}).StringSlice()
+	vals, err := usageScript.Run(ctx, s.rdb, []string{s.usageKey(userID), s.keysKey(userID), s.tag(userID) + ":lease_exp", s.tag(userID) + ":leases"}, "").StringSlice()
 	if err != nil {
 		return nil, fmt.Errorf("usage: %w", err)
 	}
