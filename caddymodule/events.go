@@ -63,10 +63,10 @@ func (c *EventsConfig) validate() error {
 	}
 	for _, w := range c.Webhooks {
 		if err := events.Types(w.Types).Validate(); err != nil {
-			return fmt.Errorf("events: webhook %s: %w", w.URL, err)
+			return fmt.Errorf("events: webhook %s: %w", events.RedactURL(w.URL), err)
 		}
 		if len(w.Secrets) == 0 {
-			return fmt.Errorf("events: webhook %s needs a secret (whsec_ and base64)", w.URL)
+			return fmt.Errorf("events: webhook %s needs a secret (whsec_ and base64)", events.RedactURL(w.URL))
 		}
 	}
 	for _, k := range c.Kafka {
@@ -88,7 +88,7 @@ func (c *EventsConfig) sinks(repl *caddy.Replacer) ([]events.Sink, error) {
 		for i, s := range w.Secrets {
 			v := repl.ReplaceKnown(s, "")
 			if v == "" {
-				return nil, fmt.Errorf("events: webhook %s: secret #%d is empty after replacing placeholders (is its environment variable set?)", w.URL, i+1)
+				return nil, fmt.Errorf("events: webhook %s: secret #%d is empty after replacing placeholders (is its environment variable set?)", events.RedactURL(w.URL), i+1)
 			}
 			secrets = append(secrets, v)
 		}
@@ -117,10 +117,10 @@ func (c *EventsConfig) checkSecrets(repl *caddy.Replacer) error {
 		for i, s := range w.Secrets {
 			v := repl.ReplaceKnown(s, "")
 			if v == "" {
-				return fmt.Errorf("events: webhook %s: secret #%d is empty after replacing placeholders (is its environment variable set?)", w.URL, i+1)
+				return fmt.Errorf("events: webhook %s: secret #%d is empty after replacing placeholders (is its environment variable set?)", events.RedactURL(w.URL), i+1)
 			}
 			if _, err := events.ParseSecret(v); err != nil {
-				return fmt.Errorf("events: webhook %s: secret #%d: %w", w.URL, i+1, err)
+				return fmt.Errorf("events: webhook %s: secret #%d: %w", events.RedactURL(w.URL), i+1, err)
 			}
 		}
 	}
@@ -221,7 +221,7 @@ func (c *EventsConfig) unmarshal(d *caddyfile.Dispenser) error {
 				}
 			}
 			if len(w.Secrets) == 0 {
-				return d.Errf("webhook %s needs a secret: secret {env.TQ_WEBHOOK_SECRET}", w.URL)
+				return d.Errf("webhook %s needs a secret: secret {env.TQ_WEBHOOK_SECRET}", events.RedactURL(w.URL))
 			}
 			c.Webhooks = append(c.Webhooks, w)
 		case "kafka":

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"sync"
@@ -19,12 +20,22 @@ import (
 // taken; any error means "try again later". It must honour ctx.
 type Sink interface {
 	// Name identifies the sink's cursor in the outbox: keep it stable
-	// across restarts, or the sink starts over.
+	// across restarts, or the sink starts over. It may be logged only if
+	// the sink is not a fmt.Stringer (whose String is logged instead).
 	Name() string
 	// Accepts reports whether the sink wants events of type typ.
 	Accepts(typ string) bool
 	// Deliver sends one event; body is ev as JSON.
 	Deliver(ctx context.Context, ev quota.CloudEvent, body []byte) error
+}
+
+// label names s in log lines: its String if it has one (a webhook's keeps
+// the URL's secrets out), else its Name.
+func label(s Sink) string {
+	if st, ok := s.(fmt.Stringer); ok {
+		return st.String()
+	}
+	return s.Name()
 }
 
 // Retry bounds how a failing event is retried. The zero value takes the
@@ -274,7 +285,7 @@ func (d *Dispatcher) drain(ctx context.Context, s Sink, p string, heads map[stri
 		evs, err := d.opts.Log.ReadEvents(ctx, p, s.Name(), 100)
 		if err != nil {
 			if ctx.Err() == nil {
-				d.log.Warn("reading events", zap.String("sink", s.Name()), zap.Error(err))
+				d.log.Warn("reading events", zap.String("sink", label(s)), zap.Error(err))
 			}
 			return 0
 		}
@@ -292,7 +303,7 @@ func (d *Dispatcher) drain(ctx context.Context, s Sink, p string, heads map[stri
 			}
 			if err := d.opts.Log.AckEvent(ctx, p, s.Name(), e.Pos); err != nil {
 				if ctx.Err() == nil {
-					d.log.Warn("moving an event cursor", zap.String("sink", s.Name()), zap.Error(err))
+					d.log.Warn("moving an event cursor", zap.String("sink", label(s)), zap.Error(err))
 				}
 				return 0
 			}
@@ -329,13 +340,13 @@ func (d *Dispatcher) deliver(ctx context.Context, s Sink, p string, e quota.Even
 		delete(heads, p)
 		c.gaveUp.Add(1)
 		d.log.Warn("event delivery given up; the event stays readable through GET /events",
-			zap.String("sink", s.Name()), zap.String("event_id", e.ID), zap.String("type", e.Type),
+			zap.String("sink", label(s)), zap.String("event_id", e.ID), zap.String("type", e.Type),
 			zap.String("user_id", e.Subject), zap.Int("attempts", h.attempts), zap.Error(err))
 		return 0, true
 	}
 	wait = d.opts.Retry.backoff(h.attempts)
 	h.next = time.Now().Add(wait)
-	d.log.Info("event delivery failed; retrying", zap.String("sink", s.Name()), zap.String("event_id", e.ID),
+	d.log.Info("event delivery failed; retrying", zap.String("sink", label(s)), zap.String("event_id", e.ID),
 		zap.Int("attempt", h.attempts), zap.Duration("retry_in", wait), zap.Error(err))
 	return wait, false
 }

@@ -6,10 +6,12 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -40,9 +42,14 @@ func ParseSecret(s string) ([]byte, error) {
 // ("v1,<base64 HMAC-SHA256 of id.timestamp.body>", one per secret, space
 // separated, for rotation). A 2xx answer takes the event; anything else,
 // a redirect included, or no answer within the timeout, is retried.
+//
+// The URL may carry credentials (userinfo, a token in the query): errors,
+// String and the default Name show it as RedactURL does.
 type Webhook struct {
 	name   string
+	former string // the name an older version gave the default cursor
 	url    string
+	shown  string // url without userinfo, query and fragment
 	keys   [][]byte
 	types  Types
 	client *http.Client
@@ -50,7 +57,10 @@ type Webhook struct {
 
 // WebhookOptions configure NewWebhook.
 type WebhookOptions struct {
-	// Name is the sink's cursor name (default "webhook:" + URL).
+	// Name is the sink's cursor name. The default is "webhook:" and the
+	// URL, or, when the URL carries a userinfo, a query or a fragment,
+	// "webhook:", RedactURL's URL, "#" and a hash of the whole URL: a
+	// changed URL is a new sink, and the store never holds its secrets.
 	Name string
 	URL  string
 	// Secrets are whsec_ secrets; the first signs, all sign during a
@@ -63,20 +73,26 @@ type WebhookOptions struct {
 
 // NewWebhook returns a webhook sink.
 func NewWebhook(opts WebhookOptions) (*Webhook, error) {
-	if !strings.HasPrefix(opts.URL, "https://") && !strings.HasPrefix(opts.URL, "http://") {
-		return nil, fmt.Errorf("webhook: %q is not an http(s) URL", opts.URL)
+	shown := RedactURL(opts.URL)
+	// url.Parse's error quotes the URL: it is not passed on.
+	if u, err := url.Parse(opts.URL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return nil, fmt.Errorf("webhook: %s is not an http(s) URL", shown)
 	}
 	if len(opts.Secrets) == 0 {
 		return nil, errors.New("webhook: a secret is required (whsec_ and base64)")
 	}
-	w := &Webhook{name: opts.Name, url: opts.URL, types: opts.Types}
+	w := &Webhook{name: opts.Name, url: opts.URL, shown: shown, types: opts.Types}
 	if w.name == "" {
 		w.name = "webhook:" + opts.URL
+		if shown != opts.URL {
+			sum := sha256.Sum256([]byte(opts.URL))
+			w.former, w.name = w.name, "webhook:"+shown+"#"+hex.EncodeToString(sum[:8])
+		}
 	}
 	for i, s := range opts.Secrets {
 		key, err := ParseSecret(s)
 		if err != nil {
-			return nil, fmt.Errorf("webhook %s: secret #%d: %w", opts.URL, i+1, err)
+			return nil, fmt.Errorf("webhook %s: secret #%d: %w", shown, i+1, err)
 		}
 		w.keys = append(w.keys, key)
 	}
@@ -95,6 +111,15 @@ func NewWebhook(opts WebhookOptions) (*Webhook, error) {
 
 // Name implements Sink.
 func (w *Webhook) Name() string { return w.name }
+
+// FormerName is the cursor name versions before hashed names gave this
+// webhook ("webhook:" and the whole URL), whose cursors it takes over when
+// it has none; "" when that is its name still, or it was given one.
+func (w *Webhook) FormerName() string { return w.former }
+
+// String names the webhook for logs: "webhook:" and the URL as RedactURL
+// shows it.
+func (w *Webhook) String() string { return "webhook:" + w.shown }
 
 // Accepts implements Sink.
 func (w *Webhook) Accepts(typ string) bool { return w.types.Match(typ) }
@@ -115,7 +140,7 @@ func (w *Webhook) Sign(id string, ts int64, body []byte) string {
 func (w *Webhook) Deliver(ctx context.Context, ev quota.CloudEvent, body []byte) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.url, bytes.NewReader(body))
 	if err != nil {
-		return err
+		return w.redact(err)
 	}
 	ts := time.Now().Unix()
 	req.Header.Set("Content-Type", "application/json")
@@ -125,14 +150,41 @@ func (w *Webhook) Deliver(ctx context.Context, ev quota.CloudEvent, body []byte)
 	req.Header.Set("webhook-signature", w.Sign(ev.ID, ts, body))
 	resp, err := w.client.Do(req)
 	if err != nil {
-		return fmt.Errorf("webhook %s: %w", w.url, err)
+		return w.redact(err)
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("webhook %s answered %d", w.url, resp.StatusCode)
+		return fmt.Errorf("webhook %s answered %d", w.shown, resp.StatusCode)
 	}
 	return nil
+}
+
+// redact wraps an error of net/http, whose *url.Error quotes the whole
+// URL, with the URL as RedactURL shows it instead.
+func (w *Webhook) redact(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return fmt.Errorf("webhook: %w", &url.Error{Op: ue.Op, URL: w.shown, Err: ue.Err})
+	}
+	return fmt.Errorf("webhook %s: %w", w.shown, err)
+}
+
+// RedactURL returns rawURL as it may be shown in an error or a log line:
+// without its userinfo, query and fragment ("https://host/hook"). What
+// does not parse as an absolute URL is shown as it is if it has no '@',
+// '?' or '#' (a placeholder such as {env.TQ_WEBHOOK_URL}), else not at
+// all.
+func RedactURL(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil || u.Scheme == "" || u.Host == "" || u.Opaque != "" {
+		if strings.ContainsAny(rawURL, "@?#") {
+			return "(a URL that does not parse)"
+		}
+		return rawURL
+	}
+	u.User, u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = nil, "", false, "", ""
+	return u.String()
 }
 
 // Types selects event types: exact names and prefixes ending in ".*"
