@@ -253,6 +253,12 @@ const (
 // proxy aborts the handler (a client that hung up mid-stream).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) (err error) {
 	m := h.app.metrics
+	if why := quota.AmbiguousPath(r.URL.EscapedPath()); why != "" {
+		// Matchers and the backend could read it as different paths: a
+		// require could check one chatbot and the backend serve another.
+		m.outcome(outcomeBadRequest)
+		return writeError(w, http.StatusBadRequest, "This path is ambiguous: "+why+"; send it without.", "invalid_request_error", "invalid_path")
+	}
 	now := h.app.Service().Now() // read once for the request
 	p, answered, err := h.authenticate(w, r, now)
 	if answered {

@@ -127,3 +127,37 @@ func UnmeteredEndpoint(method, path string, upgrade bool) string {
 	}
 	return ""
 }
+
+// AmbiguousPath says why a request path may mean one thing to the
+// gateway's matchers and another to the backend, or "": a segment that is
+// "." or ".." (matchers clean it away, a backend may not), or an encoded
+// '/', '\' or NUL (matchers see a separator or nothing, a backend may see
+// a character of an id). escaped is the path as sent (URL.EscapedPath).
+// Such a request is refused: a `require … on chatbots/{re.x.1}` must check
+// the chatbot the backend will serve.
+func AmbiguousPath(escaped string) string {
+	if strings.IndexByte(escaped, '%') >= 0 {
+		lower := strings.ToLower(escaped)
+		for _, enc := range []string{"%2f", "%5c", "%00"} {
+			if strings.Contains(lower, enc) {
+				return "the path holds an encoded '/', '\\' or NUL"
+			}
+		}
+		if strings.Contains(lower, "%2e") {
+			for seg := range strings.SplitSeq(strings.ReplaceAll(lower, "%2e", "."), "/") {
+				if seg == "." || seg == ".." {
+					return "the path holds a '.' or '..' segment"
+				}
+			}
+		}
+	}
+	if !strings.Contains(escaped, "/.") && !strings.Contains(escaped, `\`) {
+		return ""
+	}
+	for seg := range strings.SplitSeq(strings.ReplaceAll(escaped, `\`, "/"), "/") {
+		if seg == "." || seg == ".." {
+			return "the path holds a '.' or '..' segment"
+		}
+	}
+	return ""
+}

@@ -82,3 +82,29 @@ func FuzzNormalizePath(f *testing.F) {
 		}
 	})
 }
+
+func TestAmbiguousPath(t *testing.T) {
+	for _, tt := range []struct {
+		path      string
+		ambiguous bool
+	}{
+		{"/v1/chat/completions", false},
+		{"/v1/workspaces/w/chatbots/abc/users", false},
+		{"/v1/a.b/c..d/.well-known", false},
+		{"/v1/chat/completions/.", true},
+		{"/v1/workspaces/w/chatbots/abc/../xyz/users", true},
+		{"/v1/workspaces/w/chatbots/abc/..%2Fxyz/users", true},
+		{"/v1/workspaces/w/chatbots/abc%2F..%2Fxyz/users", true},
+		{"/v1/chatbots/%2e%2e/users", true},
+		{"/v1/chatbots/%2E/users", true},
+		{"/v1/chatbots/a%2eb/users", false},
+		{`/v1/chatbots/abc\..\xyz`, true},
+		{"/v1/chatbots/abc%5C..%5Cxyz", true},
+		{"/v1/chatbots/abc%00", true},
+		{"/v1/chatbots/abc%20", false},
+	} {
+		if got := AmbiguousPath(tt.path) != ""; got != tt.ambiguous {
+			t.Errorf("AmbiguousPath(%q) = %v, want %v", tt.path, got, tt.ambiguous)
+		}
+	}
+}

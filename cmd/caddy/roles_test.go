@@ -249,3 +249,54 @@ func TestRequireScopeOnly(t *testing.T) {
 		t.Fatal("the refused request was charged")
 	}
 }
+
+// TestRequireNextToCatchAll: the README's shape next to a catch-all route:
+// no spelling of a guarded path (case, trailing slash, ;params, trailing
+// space, dot segments, encoded slashes) reaches the backend without the
+// require, and a path cannot be checked as one chatbot and served as
+// another.
+func TestRequireNextToCatchAll(t *testing.T) {
+	be := newBackend(t)
+	addr := strings.TrimPrefix(be.URL, "http://")
+	site := "@listUsers quota_path cbu ^/v1/workspaces/[^/]+/chatbots/([^/]+)/users$\n\thandle @listUsers {\n\t\ttenant_quota {\n\t\t\trequire chatbots.users.list on chatbots/{re.cbu.1}\n\t\t}\n\t\treverse_proxy " + addr + "\n\t}"
+	g := startGatewayWith(t, "role ChatbotViewer chatbots.read chatbots.users.list", site, "", addr)
+	c := g.tenant(t, map[string]any{"name": "X", "email": "catchall@example.com"})
+	wantStatus(t, call(t, "POST", g.url+"/quota/users/"+c.User.ID+"/roles", adminKey, map[string]any{"role": "ChatbotViewer", "resource": "chatbots/xyz"}, nil), http.StatusCreated)
+	get := func(path string) int {
+		t.Helper()
+		req, err := http.NewRequest("GET", g.url+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+c.Token.Token)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if s := get("/v1/workspaces/w/chatbots/xyz/users"); s != http.StatusOK {
+		t.Fatalf("the granted chatbot: %d", s)
+	}
+	hits := be.hits.Load()
+	for _, p := range []string{
+		"/v1/workspaces/w/chatbots/abc/users",
+		"/v1/workspaces/w/chatbots/abc/Users",
+		"/v1/workspaces/w/chatbots/abc/users/",
+		"/V1/workspaces/w/chatbots/abc/users",
+		"/v1/workspaces/w/chatbots/abc/users;a",
+		"/v1/workspaces/w/chatbots/abc/users%20",
+		"/v1/workspaces/w/chatbots/abc/..%2Fxyz/users",
+		"/v1/workspaces/w/chatbots/xyz/..%2F..%2Fabc/users",
+		"/v1/workspaces/w/chatbots/abc%2F..%2Fxyz/users",
+	} {
+		if s := get(p); s != http.StatusForbidden && s != http.StatusBadRequest {
+			t.Errorf("%s: %d, want 403 or 400", p, s)
+		}
+	}
+	if n := be.hits.Load() - hits; n != 0 {
+		t.Fatalf("%d requests for a chatbot the tenant may not use reached the backend", n)
+	}
+}
