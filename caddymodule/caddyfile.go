@@ -1,9 +1,9 @@
 package caddymodule
 
 import (
-	"slices"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
