@@ -371,6 +371,10 @@ func (h *Handler) notAdmitted(w http.ResponseWriter, p *quota.Principal, t *quot
 	case errors.As(err, &le):
 		m.limitedBy(le.State)
 		return nil, true, writeLimitExceeded(w, le, time.Now())
+	case errors.Is(err, quota.ErrUnauthenticated):
+		// The user was deleted on another node an instant ago.
+		m.outcome(outcomeUnauthenticated)
+		return nil, true, writeUnauthorized(w, "this token is no longer valid")
 	case errors.Is(err, quota.ErrUnavailable) && h.app.admitOnStoreError(p.User.ID):
 		m.outcome(outcomeAllowedOnError)
 		t.Force() // served: counted once when the store is back

@@ -27,7 +27,14 @@ type shard struct {
 	entries map[string]*entry
 	// dirty holds the entries changed since the last flush.
 	dirty map[string]*entry
+	// gone holds the users deleted lately, with when: a late settlement
+	// of theirs writes nothing, an admission is refused (see goneFor).
+	gone map[string]time.Time
 }
+
+// goneFor is how long a deleted user's id is remembered: longer than any
+// node serves a deleted user from its cache, or a request runs.
+const goneFor = 5 * time.Minute
 
 // entry is one user's counters, keyed by quota.CounterKey.
 type entry struct {
@@ -215,9 +222,25 @@ func (s *Store) shardOf(userID string) *shard {
 }
 
 // drop forgets a deleted user's counters. The caller holds sh.mu.
-func (sh *shard) drop(userID string) {
+func (sh *shard) drop(userID string, now time.Time) {
 	delete(sh.entries, userID)
 	delete(sh.dirty, userID)
+	if sh.gone == nil {
+		sh.gone = map[string]time.Time{}
+	}
+	for id, at := range sh.gone {
+		if now.Sub(at) > goneFor {
+			delete(sh.gone, id)
+		}
+	}
+	sh.gone[userID] = now
+}
+
+// isGone reports whether userID was deleted lately (the caller holds
+// sh.mu).
+func (sh *shard) isGone(userID string, now time.Time) bool {
+	at, ok := sh.gone[userID]
+	return ok && now.Sub(at) <= goneFor
 }
 
 // load returns the user's counters, reading them from disk on first use.
@@ -306,8 +329,12 @@ func (s *Store) Admit(ctx context.Context, userID, requestID string, charges []q
 		return nil, err
 	}
 	var adm *quota.Admission
-	cancelled := false
+	cancelled, gone := false, false
+	sh := s.shardOf(userID)
 	err := s.withUser(ctx, userID, func(e *entry, now time.Time) bool {
+		if gone = sh.isGone(userID, now); gone {
+			return false
+		}
 		if requestID != "" {
 			if r, ok := e.request(requestID, now); ok {
 				if !r.applied {
@@ -335,6 +362,9 @@ func (s *Store) Admit(ctx context.Context, userID, requestID string, charges []q
 	if cancelled {
 		return nil, fmt.Errorf("admit: request %s: %w", requestID, quota.ErrCancelled)
 	}
+	if gone {
+		return nil, fmt.Errorf("admit: user %s was deleted: %w", userID, quota.ErrUnauthenticated)
+	}
 	return adm, nil
 }
 
@@ -344,7 +374,11 @@ func (s *Store) Resolve(ctx context.Context, userID, requestID string, charges [
 	if err := quota.ValidateSettlement(requestID, charges); err != nil {
 		return err
 	}
+	sh := s.shardOf(userID)
 	return s.withUser(ctx, userID, func(e *entry, now time.Time) bool {
+		if sh.isGone(userID, now) {
+			return false // a deleted user keeps nothing
+		}
 		r, ok := e.request(requestID, now)
 		if ok && (!r.applied || apply) {
 			return false
@@ -371,7 +405,11 @@ func (s *Store) Settle(ctx context.Context, userID, requestID string, actual []q
 		return err
 	}
 	settleID := requestID + "/settle"
+	sh := s.shardOf(userID)
 	return s.withUser(ctx, userID, func(e *entry, now time.Time) bool {
+		if sh.isGone(userID, now) {
+			return false // a deleted user keeps nothing
+		}
 		if _, done := e.request(settleID, now); done {
 			return false
 		}

@@ -398,7 +398,7 @@ func (s *Store) DeleteUser(ctx context.Context, id string, events ...quota.Event
 	if err != nil {
 		return err
 	}
-	sh.drop(id)
+	sh.drop(id, s.clock.Now())
 	return nil
 }
 

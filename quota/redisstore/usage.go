@@ -75,6 +75,9 @@ func (s *Store) Admit(ctx context.Context, userID, requestID string, charges []q
 	if vals[1] == -2 {
 		return nil, fmt.Errorf("admit: request %s: %w", requestID, quota.ErrCancelled)
 	}
+	if vals[1] == -3 {
+		return nil, fmt.Errorf("admit: user %s was deleted: %w", userID, quota.ErrUnauthenticated)
+	}
 	return &quota.Admission{
 		Allowed: vals[0] == 1,
 		Denied:  int(vals[1]),

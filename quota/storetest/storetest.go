@@ -329,9 +329,25 @@ func testDeleteUser(t *testing.T, s quota.Store) {
 	if adm, err := s.Admit(ctx(t), u.ID, "", []quota.Charge{{Resource: "messages", Limit: 10, Amount: 3}}); err != nil || !adm.Allowed {
 		t.Fatalf("Admit: %+v %v", adm, err)
 	}
+	inFlight := quota.NewID()
+	if adm, err := s.Admit(ctx(t), u.ID, inFlight, []quota.Charge{{Resource: "tokens", Limit: 1000, Amount: 500, Hold: time.Minute, Keep: true}}); err != nil || !adm.Allowed {
+		t.Fatalf("Admit: %+v %v", adm, err)
+	}
 	if err := s.DeleteUser(ctx(t), u.ID); err != nil {
 		t.Fatal(err)
 	}
+	// A request in flight settles late, a node that has not heard of the
+	// delete admits: neither brings back anything of the user.
+	if err := s.Settle(ctx(t), u.ID, inFlight, []quota.Charge{{Resource: "tokens", Limit: quota.NoLimit, Amount: 40}}); err != nil {
+		t.Fatalf("a late settlement: %v", err)
+	}
+	if err := s.Resolve(ctx(t), u.ID, quota.NewID(), []quota.Charge{{Resource: "messages", Limit: quota.NoLimit, Amount: 1}}, true); err != nil {
+		t.Fatalf("a late forced resolution: %v", err)
+	}
+	if _, err := s.Admit(ctx(t), u.ID, quota.NewID(), []quota.Charge{{Resource: "messages", Limit: 10, Amount: 1}}); !errors.Is(err, quota.ErrUnauthenticated) {
+		t.Fatalf("an admission of the deleted user: %v, want ErrUnauthenticated", err)
+	}
+	flush(s)
 	_, err := s.GetUser(ctx(t), u.ID)
 	mustNotFound(t, "deleted user", err)
 	_, err = s.GetTokenByHash(ctx(t), tok.Hash)
@@ -665,12 +681,13 @@ func testDistinctKeys(t *testing.T, s quota.Store) {
 	if adm := conv("c1", 1); !adm.Allowed || adm.Used[0] != 1 {
 		t.Fatalf("c1 after a reset: %+v", adm)
 	}
-	// So does deleting the user.
+	// Deleting the user takes its keys with it, and its id admits nothing
+	// more (ids are never used again).
 	if err := s.DeleteUser(ctx(t), u.ID); err != nil {
 		t.Fatal(err)
 	}
-	if adm := conv("c1", 1); !adm.Allowed || adm.Used[0] != 1 {
-		t.Fatalf("c1 after deleting the user: %+v", adm)
+	if _, err := s.Admit(ctx(t), u.ID, "", []quota.Charge{{Resource: "conversations", Per: quota.Lifetime, Limit: 2, Amount: 1, Key: "c1"}}); !errors.Is(err, quota.ErrUnauthenticated) {
+		t.Fatalf("c1 after deleting the user: %v", err)
 	}
 }
 

@@ -8,7 +8,8 @@
 -- on its held charges.
 --
 -- The reply is {allowed (1/0), denied index (0-based; -1 none; -2
--- cancelled), now seconds, now microseconds, used per charge...}.
+-- cancelled; -3 the user was deleted), now seconds, now microseconds, used
+-- per charge...}.
 --
 -- ARGV[3] is the usage thresholds (percentages, comma separated; "" for
 -- none), ARGV[4] the outbox retention in ms and ARGV[5] the user id;
@@ -23,7 +24,8 @@ end
 
 -- Expired leases are released first, when one is due ("~due", read with
 -- the counters): most admissions need no look at the leases.
-local cur, due = load()
+local cur, due, gone = load()
+if gone then return reply(0, -3, {}) end
 local dirty = false
 if due == nil or due <= now then
   due = sweep()

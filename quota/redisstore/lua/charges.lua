@@ -42,9 +42,10 @@ end
 -- load reads the counters of every charge in one HMGET: cur[field] is its
 -- count in the current window (0 for a stale one). The same read returns
 -- due, the usage hash's "~due" field: when an admission must next look at
--- the leases (unix seconds; nil when unknown; see sweep).
+-- the leases (unix seconds; nil when unknown; see sweep); and gone, true
+-- when the hash is a deleted user's tombstone (see delete_user.lua).
 local function load()
-  local names, at = {"~due"}, {}
+  local names, at = {"~due", "~gone"}, {}
   for i = 1, n do
     if at[fields[i]] == nil then
       names[#names + 1] = fields[i]
@@ -62,7 +63,7 @@ local function load()
       cur[fields[i]] = 0
     end
   end
-  return cur, tonumber(v[1])
+  return cur, tonumber(v[1]), v[2] ~= false and v[2] ~= nil
 end
 
 -- apply adds sign * amount of every charge, each against the counter as the

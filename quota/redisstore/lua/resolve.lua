@@ -5,6 +5,8 @@
 -- drop its lease) and keep a late admission from charging, ARGV[3] the
 -- request id. It returns 1 if it changed a counter.
 
+-- A deleted user's tombstone: nothing to count or take back.
+if redis.call("HEXISTS", KEYS[1], "~gone") == 1 then return 0 end
 local rid = ARGV[3]
 local state = record(rid, true)
 if state == "c" or (state == "a" and ARGV[2] == "1") then return 0 end

@@ -14,6 +14,7 @@
 -- slice given back, a request that ended after the delete): writing would
 -- bring back keys that nothing removes.
 if redis.call("EXISTS", KEYS[1]) == 0 and redis.call("HEXISTS", KEYS[4], ARGV[2]) == 0 then return 0 end
+if redis.call("HEXISTS", KEYS[1], "~gone") == 1 then return 0 end
 local settled = ARGV[2] .. "/s"
 if record(settled, false) then return 0 end
 local used = {}
