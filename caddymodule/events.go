@@ -128,7 +128,8 @@ func (c *EventsConfig) checkSecrets(repl *caddy.Replacer) error {
 }
 
 // startEvents starts delivering events to the configured sinks, and
-// trimming them after the retention (with no sink too).
+// trimming them after the retention (with no sink too: such a node takes
+// no delivery lease, and trims on its own).
 func (a *App) startEvents() error {
 	var sinks []events.Sink
 	if a.Events != nil {
@@ -149,6 +150,15 @@ func (a *App) startEvents() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); d.Run(ctx) }()
+	// A sink new to the store (a changed URL) gets the events written once
+	// it is started: wait a moment for that, so that the changes made
+	// under this config reach it; a store that does not answer holds the
+	// config back no longer (the dispatcher keeps trying).
+	select {
+	case <-d.Ready():
+	case <-time.After(sinkStartWait):
+		a.logger.Warn("event sinks not started yet; events written until they are will not reach a new sink")
+	}
 	a.shared.dispatcher.Store(d)
 	a.stopEvents = func() {
 		a.shared.dispatcher.CompareAndSwap(d, nil)
@@ -157,6 +167,9 @@ func (a *App) startEvents() error {
 	}
 	return nil
 }
+
+// sinkStartWait bounds how long Start waits for the event sinks to start.
+const sinkStartWait = 2 * time.Second
 
 func (a *App) eventRetention() time.Duration {
 	if a.Events == nil || a.Events.Retention == 0 {

@@ -119,6 +119,14 @@ type EventLog interface {
 	ReadEvents(ctx context.Context, partition, sink string, n int) ([]Event, error)
 	// AckEvent moves sink's cursor in partition to pos.
 	AckEvent(ctx context.Context, partition, sink, pos string) error
+	// StartSink readies sink's cursors before it delivers. A sink that has
+	// cursors keeps them (it resumes where it was); a sink seen for the
+	// first time starts after the events written so far, in every
+	// partition, not at the start of the retained backlog: a webhook whose
+	// URL changed is a new sink. former, if not "", names a sink whose
+	// cursors a new sink takes over instead (the same destination under an
+	// older name). It is idempotent.
+	StartSink(ctx context.Context, sink, former string) error
 	// LeadEvents takes or renews, for holder, the lease that makes it the
 	// one node that delivers events; false if another node holds it.
 	LeadEvents(ctx context.Context, holder string, ttl time.Duration) (bool, error)

@@ -15,7 +15,8 @@ import (
 
 // The outbox: bucketEvents maps an 8-byte big-endian sequence number to an
 // event's JSON, in the order events were written; bucketEventCursors maps
-// a sink's name to the sequence number of the last event it delivered. One
+// a sink's name to the sequence number of the last event it delivered (0:
+// none yet; a sink with no cursor reads from the first). One
 // process owns the file, so there is one partition and no lease to share.
 var (
 	bucketEvents       = []byte("events")
@@ -124,6 +125,27 @@ func (s *Store) AckEvent(ctx context.Context, part, sink, pos string) error {
 	}
 	return s.update(ctx, func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketEventCursors).Put([]byte(sink), seqKey(n))
+	})
+}
+
+// StartSink gives a new sink a cursor: former's, or the last event's.
+func (s *Store) StartSink(ctx context.Context, sink, former string) error {
+	return s.update(ctx, func(tx *bolt.Tx) error {
+		cursors := tx.Bucket(bucketEventCursors)
+		if cursors.Get([]byte(sink)) != nil {
+			return nil
+		}
+		var at []byte
+		if former != "" {
+			at = cursors.Get([]byte(former))
+		}
+		if at == nil {
+			at = seqKey(0)
+			if k, _ := tx.Bucket(bucketEvents).Cursor().Last(); k != nil {
+				at = k
+			}
+		}
+		return cursors.Put([]byte(sink), append([]byte(nil), at...))
 	})
 }
 

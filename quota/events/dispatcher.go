@@ -29,6 +29,13 @@ type Sink interface {
 	Deliver(ctx context.Context, ev quota.CloudEvent, body []byte) error
 }
 
+// formerNamer is a Sink that an older version named otherwise: a sink
+// with no cursors of its own takes over those of FormerName ("" for
+// none), so that a rename does not restart it from new events.
+type formerNamer interface {
+	FormerName() string
+}
+
 // label names s in log lines: its String if it has one (a webhook's keeps
 // the URL's secrets out), else its Name.
 func label(s Sink) string {
@@ -77,11 +84,14 @@ func (r Retry) backoff(n int) time.Duration {
 	return d + jitter
 }
 
-// Options configure a Dispatcher. Log, Sinks and Holder are required.
+// Options configure a Dispatcher. Log and Holder are required; with no
+// Sinks, a dispatcher only trims old events.
 type Options struct {
 	Log   quota.EventLog
 	Sinks []Sink
 	// Holder names this node for the delivery lease (unique per process).
+	// Only a dispatcher with sinks takes the lease: one without would hold
+	// it and deliver nothing.
 	Holder string
 	// Source is the CloudEvents source (quota.DefaultEventSource).
 	Source string
@@ -106,6 +116,7 @@ type Dispatcher struct {
 	log    *zap.Logger
 	leader atomic.Bool
 	wake   chan struct{}
+	ready  chan struct{}      // closed once every sink is started
 	stats  map[string]*counts // by sink name
 }
 
@@ -126,7 +137,7 @@ func New(opts Options) (*Dispatcher, error) {
 		opts.LeaseTTL = 10 * time.Second
 	}
 	opts.Retry = opts.Retry.withDefaults()
-	d := &Dispatcher{opts: opts, log: opts.Logger, wake: make(chan struct{}, 1), stats: map[string]*counts{}}
+	d := &Dispatcher{opts: opts, log: opts.Logger, wake: make(chan struct{}, 1), ready: make(chan struct{}), stats: map[string]*counts{}}
 	for _, s := range opts.Sinks {
 		d.stats[s.Name()] = &counts{}
 	}
@@ -140,6 +151,11 @@ func (d *Dispatcher) Kick() {
 	default:
 	}
 }
+
+// Ready is closed once Run has started every sink (quota.EventLog's
+// StartSink): a sink new to the store gets the events written from then
+// on. Run waits for the store to start them, and delivers nothing before.
+func (d *Dispatcher) Ready() <-chan struct{} { return d.ready }
 
 // Stats are the dispatcher's counts since it started.
 type Stats struct{ Sent, Retried, GaveUp int64 }
@@ -176,6 +192,11 @@ func (d *Dispatcher) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); d.lead(ctx) }()
+	if !d.startSinks(ctx) {
+		wg.Wait()
+		return
+	}
+	close(d.ready)
 	wakes := make([]chan struct{}, len(d.opts.Sinks))
 	for i, s := range d.opts.Sinks {
 		wakes[i] = make(chan struct{}, 1)
@@ -199,22 +220,52 @@ func (d *Dispatcher) Run(ctx context.Context) {
 	}
 }
 
+// startSinks starts every sink in the store, trying again every Poll
+// while the store fails; false if ctx ended first.
+func (d *Dispatcher) startSinks(ctx context.Context) bool {
+	for _, s := range d.opts.Sinks {
+		former := ""
+		if f, ok := s.(formerNamer); ok {
+			former = f.FormerName()
+		}
+		for {
+			err := d.opts.Log.StartSink(ctx, s.Name(), former)
+			if err == nil {
+				break
+			}
+			if ctx.Err() == nil {
+				d.log.Warn("starting an event sink; trying again", zap.String("sink", label(s)), zap.Error(err))
+			}
+			select {
+			case <-ctx.Done():
+				return false
+			case <-time.After(d.opts.Poll):
+			}
+		}
+	}
+	return true
+}
+
 // lead takes and renews the delivery lease, and trims old events while it
-// holds it.
+// holds it. With no sink it takes no lease and trims anyway: trimming is
+// idempotent, and a cluster whose nodes have no sinks still trims.
 func (d *Dispatcher) lead(ctx context.Context) {
 	t := time.NewTicker(d.opts.LeaseTTL / 3)
 	defer t.Stop()
 	var lastTrim time.Time
 	for {
-		ok, err := d.opts.Log.LeadEvents(ctx, d.opts.Holder, d.opts.LeaseTTL)
-		if err != nil && ctx.Err() == nil {
-			d.log.Warn("renewing the event delivery lease", zap.Error(err))
+		trims := true // with the lease, or with no sink to compete for it
+		if len(d.opts.Sinks) > 0 {
+			ok, err := d.opts.Log.LeadEvents(ctx, d.opts.Holder, d.opts.LeaseTTL)
+			if err != nil && ctx.Err() == nil {
+				d.log.Warn("renewing the event delivery lease", zap.Error(err))
+			}
+			trims = ok && err == nil
+			if was := d.leader.Swap(trims); trims && !was {
+				d.Kick()
+			}
 		}
-		was := d.leader.Swap(ok && err == nil)
-		if ok && !was {
-			d.Kick()
-		}
-		if ok && d.opts.Retention > 0 && time.Since(lastTrim) > time.Minute {
+		if trims && d.opts.Retention > 0 && time.Since(lastTrim) > time.Minute {
 			lastTrim = time.Now()
 			if err := d.opts.Log.TrimEvents(ctx, time.Now().Add(-d.opts.Retention)); err != nil && ctx.Err() == nil {
 				d.log.Warn("trimming old events", zap.Error(err))

@@ -204,12 +204,21 @@ func newService(t *testing.T) (*boltstore.Store, *quota.Service) {
 	return store, svc
 }
 
-// run runs d until the test ends.
-func run(t *testing.T, d *events.Dispatcher) {
+// run runs d until the test ends, or until stop is called, once its sinks
+// are ready: events written after run returns reach them.
+func run(t *testing.T, d *events.Dispatcher) (stop func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); d.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	stop = func() { cancel(); <-done }
+	t.Cleanup(stop)
+	select {
+	case <-d.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the dispatcher's sinks not ready within 10s")
+	}
+	return stop
 }
 
 // TestDeadSinkHoldsBackOnlyItself: a webhook that never answers does not

@@ -22,7 +22,8 @@ import (
 // Cluster too. Each entry has one field, "e", the event's JSON. Streams are
 // trimmed by age as they are written (XADD MINID), so memory is bounded by
 // the retention. A sink's delivery cursor in a stream is a field of a hash
-// in the same slot; one gateway at a time delivers, under a lease.
+// in the same slot (none: the sink reads the stream from its start); one
+// gateway at a time delivers, under a lease.
 
 // DefaultEventRetention is how long events are kept when
 // Options.EventRetention is zero.
@@ -90,6 +91,10 @@ func (s *Store) streamKey(tag string) string { return s.prefix + ":{" + tag + "}
 func cursorsKey(stream string) string { return stream + ":cursors" }
 
 func (s *Store) leaderKey() string { return s.prefix + ":events:leader" }
+
+// sinksKey is the hash of the sinks started (see StartSink): name -> Unix
+// ms of the start, for an operator's eyes.
+func (s *Store) sinksKey() string { return s.prefix + ":events:sinks" }
 
 // EventPartitions lists the outbox streams, on every master.
 func (s *Store) EventPartitions(ctx context.Context) ([]string, error) {
@@ -165,6 +170,83 @@ func (s *Store) AckEvent(ctx context.Context, part, sink, pos string) error {
 		return fmt.Errorf("ack event: %w", err)
 	}
 	return nil
+}
+
+// StartSink readies sink's cursors. The sinks hash (sinksKey) records the
+// sinks started; a sink in it, or with a cursor in some stream (started
+// before the hash was kept), resumes. A new one gets, in every stream,
+// former's cursor if former has any, else the stream's last entry; a
+// stream made later has no cursor and is read from its start, which is
+// after the sink's. Two nodes starting one sink at once agree: a cursor
+// is only ever set if none is (HSETNX).
+func (s *Store) StartSink(ctx context.Context, sink, former string) error {
+	ctx, cancel := s.withDeadline(ctx)
+	defer cancel()
+	started, err := s.rdb.HExists(ctx, s.sinksKey(), sink).Result()
+	if err != nil || started {
+		return wrapErr("start sink", err)
+	}
+	parts, err := s.EventPartitions(ctx)
+	if err != nil {
+		return err
+	}
+	has := func(name string) (bool, error) {
+		for _, p := range parts {
+			ok, err := s.rdb.HExists(ctx, cursorsKey(p), name).Result()
+			if err != nil || ok {
+				return ok, err
+			}
+		}
+		return false, nil
+	}
+	known, err := has(sink)
+	if err != nil {
+		return wrapErr("start sink", err)
+	}
+	takeOver := false
+	if !known && former != "" {
+		if takeOver, err = has(former); err != nil {
+			return wrapErr("start sink", err)
+		}
+	}
+	for _, p := range parts {
+		if known {
+			break // started by an older version, which kept no sinks hash: it resumes
+		}
+		at, err := s.startAt(ctx, p, former, takeOver)
+		if err == nil {
+			err = s.rdb.HSetNX(ctx, cursorsKey(p), sink, at).Err()
+		}
+		if err != nil {
+			return wrapErr("start sink", err)
+		}
+	}
+	return wrapErr("start sink", s.rdb.HSet(ctx, s.sinksKey(), sink, time.Now().UnixMilli()).Err())
+}
+
+// startAt is a new sink's cursor in stream p: former's (none: the
+// stream's start) when it takes over former's, else the last entry's.
+func (s *Store) startAt(ctx context.Context, p, former string, takeOver bool) (string, error) {
+	if takeOver {
+		v, err := s.rdb.HGet(ctx, cursorsKey(p), former).Result()
+		if errors.Is(err, redis.Nil) {
+			return "0-0", nil
+		}
+		return v, err
+	}
+	last, err := s.rdb.XRevRangeN(ctx, p, "+", "-", 1).Result()
+	if err != nil || len(last) == 0 {
+		return "0-0", err
+	}
+	return last[0].ID, nil
+}
+
+// wrapErr wraps a non-nil err with what failed.
+func wrapErr(what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("%s: %w", what, err)
 }
 
 // leadScript takes or renews the lease KEYS[1] for holder ARGV[1] for

@@ -50,6 +50,7 @@ func Run(t *testing.T, newStore func(t *testing.T) quota.Store) {
 		{"ConcurrentAdminWrites", testConcurrentAdminWrites},
 		{"CountersSaturate", testCountersSaturate},
 		{"Outbox", testOutbox},
+		{"StartSink", testStartSink},
 		{"ThresholdsFireOnce", testThresholds},
 		{"ResetTokenCounters", testResetTokenCounters},
 	}
@@ -1066,6 +1067,94 @@ func testOutbox(t *testing.T, s quota.Store) {
 	}
 	if evs, _, err := s.ListEvents(ctx(t), quota.EventQuery{Take: 10}); err != nil || len(evs) != 0 {
 		t.Fatalf("after trimming everything: %d events, %v", len(evs), err)
+	}
+}
+
+// testStartSink: a sink new to the store starts after the events written
+// so far, in every partition, and gets every event written after; a sink
+// that has cursors resumes; a new sink takes over a former name's
+// cursors, reading from the start of a partition where the former had
+// none; starting twice changes nothing.
+func testStartSink(t *testing.T, s quota.Store) {
+	svc, err := quota.NewService(quota.Options{Store: s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Close() })
+	create := func(tag string, n int) {
+		t.Helper()
+		for i := range n {
+			if _, err := svc.CreateUser(ctx(t), quota.NewUser{Name: "S", Email: fmt.Sprintf("%s%d@example.com", tag, i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// read reads sink's events in every partition, moving its cursor to
+	// the end (or past the first event only, with firstOnly).
+	read := func(sink string, firstOnly bool) int {
+		t.Helper()
+		parts, err := s.EventPartitions(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, p := range parts {
+			for {
+				evs, err := s.ReadEvents(ctx(t), p, sink, 100)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(evs) == 0 {
+					break
+				}
+				if firstOnly {
+					evs = evs[:1]
+				}
+				n += len(evs)
+				if err := s.AckEvent(ctx(t), p, sink, evs[len(evs)-1].Pos); err != nil {
+					t.Fatal(err)
+				}
+				if firstOnly {
+					return n
+				}
+			}
+		}
+		return n
+	}
+	start := func(sink, former string) {
+		t.Helper()
+		if err := s.StartSink(ctx(t), sink, former); err != nil {
+			t.Fatalf("StartSink(%q, %q): %v", sink, former, err)
+		}
+	}
+	create("backlog", 4)
+	if n := read("partial", true); n != 1 {
+		t.Fatalf("the partial sink read %d events, want 1", n)
+	}
+	start("partial", "") // it has a cursor (an older version read with it): it resumes
+	start("new", "")
+	start("renamed", "partial")
+	start("renamed-from-nothing", "no-such-sink")
+	start("new", "") // twice: nothing moves
+	for _, tt := range []struct {
+		sink string
+		want int
+	}{
+		{"new", 0},
+		{"renamed-from-nothing", 0},
+		{"renamed", 3}, // 4 written, the former delivered 1
+		{"partial", 3},
+	} {
+		if n := read(tt.sink, false); n != tt.want {
+			t.Errorf("sink %s read %d of the backlog, want %d", tt.sink, n, tt.want)
+		}
+	}
+	create("later", 5)
+	start("new", "partial") // a started sink keeps its cursors, whatever former says
+	for _, sink := range []string{"new", "renamed", "renamed-from-nothing", "partial"} {
+		if n := read(sink, false); n != 5 {
+			t.Errorf("sink %s read %d events written after it started, want 5", sink, n)
+		}
 	}
 }
 
