@@ -1,7 +1,6 @@
 package caddymodule
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/tenantquota/caddy-tenant-quota/internal/strictjson"
 	"github.com/tenantquota/caddy-tenant-quota/quota"
 	"github.com/tenantquota/caddy-tenant-quota/quota/boltstore"
 )
@@ -85,15 +85,15 @@ func (hs *harness) backend(w http.ResponseWriter, r *http.Request) error {
 	api := quota.APIOf(r.URL.Path)
 	own := map[quota.API]string{quota.APIChat: "max_tokens", quota.APICompletions: "max_tokens", quota.APIMessages: "max_tokens", quota.APIResponses: "max_output_tokens"}[api]
 	out := int64(unboundedOutput)
-	if v, ok := firstField(body, own); ok {
-		fmt.Sscan(v, &out)
+	if v, ok := strictjson.First(body, own); ok {
+		fmt.Sscan(string(v), &out)
 	}
 	if api == quota.APIEmbeddings {
 		out = 0
 	}
-	if v, ok := firstField(body, "n"); ok && api == quota.APIChat {
+	if v, ok := strictjson.First(body, "n"); ok && api == quota.APIChat {
 		var n int64
-		fmt.Sscan(v, &n)
+		fmt.Sscan(string(v), &n)
 		out *= max(n, 1)
 	}
 	in := int64(1)
@@ -104,32 +104,6 @@ func (hs *harness) backend(w http.ResponseWriter, r *http.Request) error {
 	hs.mu.Unlock()
 	w.Header().Set("Content-Type", "application/json")
 	return json.NewEncoder(w).Encode(map[string]any{"usage": map[string]int64{"prompt_tokens": in, "completion_tokens": out, "input_tokens": in, "output_tokens": out}})
-}
-
-// firstField returns the first top-level value of key in a JSON object,
-// as a backend that keeps the first of duplicate keys reads it.
-func firstField(body []byte, key string) (string, bool) {
-	if key == "" {
-		return "", false
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
-		return "", false
-	}
-	for dec.More() {
-		k, err := dec.Token()
-		if err != nil {
-			return "", false
-		}
-		var v json.RawMessage
-		if dec.Decode(&v) != nil {
-			return "", false
-		}
-		if k == key {
-			return string(v), true
-		}
-	}
-	return "", false
 }
 
 // do sends one request and returns its response.

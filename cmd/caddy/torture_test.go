@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/tenantquota/caddy-tenant-quota/internal/redistest"
+	"github.com/tenantquota/caddy-tenant-quota/internal/strictjson"
 )
 
 // The randomized fault test: gateways on one Redis (and one on the
@@ -101,12 +101,12 @@ func (b *tortureBackend) serve(w http.ResponseWriter, r *http.Request) {
 	out := int64(0)
 	if api != "" {
 		out = unboundedSpend
-		if v, ok := firstTop(body, own); ok {
+		if v, ok := first(body, own); ok {
 			if n, err := strconv.ParseInt(v, 10, 64); err == nil && n >= 0 {
 				out = n
 			}
 		}
-		if v, ok := firstTop(body, "n"); ok && api == "chat" {
+		if v, ok := first(body, "n"); ok && api == "chat" {
 			if n, err := strconv.ParseInt(v, 10, 64); err == nil && n > 1 {
 				out *= n
 			}
@@ -137,7 +137,7 @@ func (b *tortureBackend) serve(w http.ResponseWriter, r *http.Request) {
 	b.mu.Lock()
 	b.count(tenant).tokens += in + out
 	b.mu.Unlock()
-	stream, _ := firstTop(body, "stream")
+	stream, _ := first(body, "stream")
 	if stream == "true" && api == "chat" {
 		w.Header().Set("Content-Type", "text/event-stream")
 		io.WriteString(w, `data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}`+"\n\n")
@@ -154,28 +154,6 @@ func (b *tortureBackend) serve(w http.ResponseWriter, r *http.Request) {
 	default:
 		fmt.Fprintf(w, `{"choices":[],"usage":{"prompt_tokens":%d,"completion_tokens":%d}}`, in, out)
 	}
-}
-
-// firstTop returns the first top-level value of key in a JSON object.
-func firstTop(body []byte, key string) (string, bool) {
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
-		return "", false
-	}
-	for dec.More() {
-		k, err := dec.Token()
-		if err != nil {
-			return "", false
-		}
-		var v json.RawMessage
-		if dec.Decode(&v) != nil {
-			return "", false
-		}
-		if k == key {
-			return string(v), true
-		}
-	}
-	return "", false
 }
 
 // tortureTenant is one tenant as the driver knows it: its caps in force
@@ -550,4 +528,11 @@ func tortureTraffic(t *testing.T, rng *rand.Rand, gws []*gateway, tenants []*tor
 		time.Sleep(1500 * time.Millisecond) // the journal replays, the breaker closes
 	}
 	return statuses
+}
+
+// first is a top-level field as a backend that keeps the first of
+// duplicate keys reads it.
+func first(body []byte, key string) (string, bool) {
+	v, ok := strictjson.First(body, key)
+	return string(v), ok
 }

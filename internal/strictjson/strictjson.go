@@ -248,3 +248,27 @@ func pathKey(k string) string {
 	}
 	return "." + k
 }
+
+// First returns the first top-level value of key in a JSON object, as a
+// parser that keeps the first of duplicate keys reads it (the reading
+// FindDuplicate guards against; tests use it to play such a backend).
+func First(body []byte, key string) (json.RawMessage, bool) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil, false
+	}
+	for dec.More() {
+		k, err := dec.Token()
+		if err != nil {
+			return nil, false
+		}
+		var v json.RawMessage
+		if dec.Decode(&v) != nil {
+			return nil, false
+		}
+		if k == key {
+			return v, true
+		}
+	}
+	return nil, false
+}
