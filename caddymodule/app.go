@@ -30,6 +30,19 @@ func init() {
 // database and the hot cache instead of reopening them.
 var stores = caddy.NewUsagePool()
 
+// allowances holds the on_store_error allowance of each configuration of
+// it (limit and period), so that a config reload carries on with what the
+// previous config let through during an outage instead of granting a
+// fresh allowance.
+var allowances = caddy.NewUsagePool()
+
+// sharedAllowance is a LocalAllowance in the allowances pool; it holds
+// nothing to release.
+type sharedAllowance struct{ *quota.LocalAllowance }
+
+// Destruct implements caddy.Destructor.
+func (sharedAllowance) Destruct() error { return nil }
+
 // App is the tenant_quota app: it owns the one Store, the quota service
 // with its hot cache, and the event hooks that handlers share.
 type App struct {
@@ -82,17 +95,18 @@ type App struct {
 	// FallbackPer is the window of FallbackLimit: minute, hour or day.
 	FallbackPer string `json:"fallback_per,omitempty"`
 
-	service    *quota.Service
-	shared     *sharedStore
-	fallback   *quota.LocalAllowance
-	poolKey    string // set once Start opened the store
-	redisAddr  string
-	dbPath     string
-	adminKeys  []admin.Key
-	stopEvents func()
-	metrics    *metrics
-	ctx        *caddy.Context
-	logger     *zap.Logger
+	service     *quota.Service
+	shared      *sharedStore
+	fallback    *quota.LocalAllowance
+	fallbackKey string // set once Provision took the allowance from the pool
+	poolKey     string // set once Start opened the store
+	redisAddr   string
+	dbPath      string
+	adminKeys   []admin.Key
+	stopEvents  func()
+	metrics     *metrics
+	ctx         *caddy.Context
+	logger      *zap.Logger
 }
 
 // NamedAdminKey is an admin key with a name and, optionally, its
@@ -139,7 +153,15 @@ func (a *App) Provision(ctx caddy.Context) error {
 		a.OnStoreError = StoreErrorDeny
 	}
 	if a.FallbackLimit > 0 {
-		a.fallback = quota.NewLocalAllowance(a.FallbackLimit, quota.Period(a.FallbackPer))
+		key := fmt.Sprintf("%d per %s", a.FallbackLimit, a.FallbackPer)
+		limit, per := a.FallbackLimit, quota.Period(a.FallbackPer)
+		val, _, err := allowances.LoadOrNew(key, func() (caddy.Destructor, error) {
+			return sharedAllowance{quota.NewLocalAllowance(limit, per)}, nil
+		})
+		if err != nil {
+			return fmt.Errorf("the on_store_error allowance: %w", err)
+		}
+		a.fallbackKey, a.fallback = key, val.(sharedAllowance).LocalAllowance
 	}
 	a.redisAddr = strings.TrimSpace(repl.ReplaceKnown(a.Redis, ""))
 	a.dbPath = repl.ReplaceKnown(a.DBPath, "")
@@ -337,9 +359,14 @@ func (a *App) Stop() error {
 	return nil
 }
 
-// Cleanup releases this config's hold on the shared store; the last
-// config to let go closes it.
+// Cleanup releases this config's hold on the shared store and on the
+// on_store_error allowance; the last config to let go closes the store
+// and drops the allowance.
 func (a *App) Cleanup() error {
+	if a.fallbackKey != "" {
+		_, _ = allowances.Delete(a.fallbackKey) // its Destruct cannot fail
+		a.fallbackKey = ""
+	}
 	if a.poolKey == "" || a.service == nil {
 		return nil
 	}
