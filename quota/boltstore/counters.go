@@ -63,7 +63,15 @@ const requestTTL = 10 * time.Second
 type lease struct {
 	expires time.Time
 	release []heldCharge
+	// spent: the lease expired once and keeps only its kept charges, for
+	// spentFor, so that a late settlement still replaces them.
+	spent bool
 }
+
+// spentFor is how long a kept charge of an expired lease waits for a late
+// settlement (a stream longer than its hold, a replay after an outage)
+// before it is dropped, still counted.
+const spentFor = 24 * time.Hour
 
 // heldCharge is one counter a lease holds: how much, and in which window
 // (a lease releases only from the window it was taken in; the next window
@@ -121,9 +129,23 @@ func (e *entry) sweep(now time.Time) bool {
 	swept := false
 	for id, l := range e.leases {
 		if !now.Before(l.expires) {
-			e.release(l, now, true)
-			delete(e.leases, id)
 			swept = true
+			if l.spent {
+				delete(e.leases, id) // stays counted
+				continue
+			}
+			e.release(l, now, true)
+			var kept []heldCharge
+			for _, h := range l.release {
+				if h.keep {
+					kept = append(kept, h)
+				}
+			}
+			if len(kept) == 0 {
+				delete(e.leases, id)
+				continue
+			}
+			e.leases[id] = lease{expires: now.Add(spentFor), release: kept, spent: true}
 		}
 	}
 	return swept
@@ -184,6 +206,7 @@ type countersDoc struct {
 type leaseRecord struct {
 	Expires time.Time      `json:"expires"`
 	Release []chargeRecord `json:"release"`
+	Spent   bool           `json:"spent,omitempty"`
 }
 
 type chargeRecord struct {
@@ -268,7 +291,7 @@ func (s *Store) load(sh *shard, userID string) (*entry, error) {
 		}
 		e.marks = doc.Marks
 		for id, lr := range doc.Leases {
-			l := lease{expires: lr.Expires}
+			l := lease{expires: lr.Expires, spent: lr.Spent}
 			for _, c := range lr.Release {
 				h := heldCharge{resource: c.Resource, per: quota.Period(c.Per), amount: -c.Amount, keep: c.Keep}
 				if c.Start != 0 {
@@ -561,7 +584,7 @@ func (s *Store) flush() error {
 					if doc.Leases == nil {
 						doc.Leases = map[string]leaseRecord{}
 					}
-					lr := leaseRecord{Expires: l.expires}
+					lr := leaseRecord{Expires: l.expires, Spent: l.spent}
 					for _, h := range l.release {
 						c := chargeRecord{Resource: h.resource, Per: string(h.per), Amount: -h.amount, Keep: h.keep}
 						if !h.start.IsZero() {

@@ -779,6 +779,17 @@ func testKeptLeases(t *testing.T, s quota.Store) {
 	if got, marker := snap.Current("messages", quota.Lifetime), snap.Current(quota.ReservedPrefix+"messages", quota.Lifetime); got != 401 || marker != 0 {
 		t.Fatalf("after the slice's hold ended: messages %d (want 401: a dead node's slice counts as used), marker %d (want 0)", got, marker)
 	}
+	// A settlement that comes late (the node was slow, not dead) still
+	// replaces what was kept: counted once, not twice.
+	if err := s.Settle(ctx(t), u, rid, []quota.Charge{{Resource: "messages", Limit: quota.NoLimit, Amount: 30}}); err != nil {
+		t.Fatal(err)
+	}
+	if snap, err = s.Usage(ctx(t), u); err != nil {
+		t.Fatal(err)
+	}
+	if got := snap.Current("messages", quota.Lifetime); got != 31 {
+		t.Fatalf("after a late settlement: messages %d, want 31 (1 + what the slice admitted)", got)
+	}
 }
 
 // testResetKeepsHolds: a reset leaves counted what requests in flight hold,

@@ -159,16 +159,31 @@ end
 -- it was taken in (a window that has ended since keeps it; the next one
 -- never held it). A body written before leases had starts
 -- ("resource|period|amount") releases from the current window. With
--- expired (the sweep), a kept charge stays counted.
+-- expired (the sweep), a kept charge stays counted: the lease keeps only
+-- the kept charges, marked "!" (spent), for a day, so that a settlement
+-- that comes late (a stream longer than its hold, a replay after an
+-- outage) still replaces them instead of counting twice; a spent lease
+-- that expires again is dropped, still counted.
+local spent_for = 86400
 local function release(rid, expired)
   local body = redis.call("HGET", KEYS[4], rid)
   if not body then return end
+  if string.sub(body, 1, 1) == "!" then
+    if expired then
+      redis.call("HDEL", KEYS[4], rid)
+      redis.call("ZREM", KEYS[3], rid)
+      return
+    end
+    body = string.sub(body, 2)
+  end
+  local keep = {}
   for entry in string.gmatch(body, "[^;]+") do
     local p = {}
     for x in string.gmatch(entry, "[^|]+") do p[#p + 1] = x end
     local field = p[1] .. "|" .. p[2]
     local start = window_start(p[2], now)
     local kept = expired and #p == 5 and p[4] == "k"
+    if kept then keep[#keep + 1] = entry end
     if not kept and (#p < 4 or tonumber(p[3]) == start) then
       local v = redis.call("HMGET", KEYS[1], field, field .. "|s")
       if v[1] and tonumber(v[2]) == start then
@@ -177,6 +192,11 @@ local function release(rid, expired)
         write_at(field, start, u)
       end
     end
+  end
+  if #keep > 0 then
+    redis.call("HSET", KEYS[4], rid, "!" .. table.concat(keep, ";"))
+    redis.call("ZADD", KEYS[3], now + spent_for, rid)
+    return
   end
   redis.call("HDEL", KEYS[4], rid)
   redis.call("ZREM", KEYS[3], rid)

@@ -34,6 +34,7 @@ end
 local now = tonumber(redis.call("TIME")[1])
 local held = {}
 for _, body in ipairs(redis.call("HVALS", KEYS[5])) do
+  if string.sub(body, 1, 1) == "!" then body = string.sub(body, 2) end -- spent: still held
   for entry in string.gmatch(body, "[^;]+") do
     local p = {}
     for x in string.gmatch(entry, "[^|]+") do p[#p + 1] = x end
@@ -53,7 +54,7 @@ for field, amount in pairs(held) do
     local v = redis.call("HMGET", KEYS[1], field, field .. "|s")
     local u = 0
     if v[2] and tonumber(v[2]) == start then u = tonumber(v[1]) or 0 end
-    redis.call("HSET", KEYS[1], field, string.format("%d", u + amount), field .. "|s", string.format("%d", start))
+    redis.call("HSET", KEYS[1], field, string.format("%d", math.min(u + amount, 4503599627370496)), field .. "|s", string.format("%d", start))
   end
 end
 outbox(KEYS[3], ARGV[1], 3, n)
