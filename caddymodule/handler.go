@@ -100,6 +100,7 @@ type Handler struct {
 	responseFields   []string
 	responseBodyKeys bool
 	absurdLogged     *atomic.Bool // the absurd-usage warning is logged once
+	requiresOn       bool         // a require names a resource: ambiguous paths are refused
 	app              *App
 	logger           *zap.Logger
 }
@@ -147,6 +148,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.TokenHeaders = DefaultTokenHeaders
 	}
 	h.tokenHeaders = tokenHeadersOf(h.TokenHeaders)
+	for _, rq := range h.Requires {
+		h.requiresOn = h.requiresOn || rq.On != ""
+	}
 	for i := range h.Meters {
 		if err := h.Meters[i].provision(ctx); err != nil {
 			return err
@@ -253,7 +257,7 @@ const (
 // proxy aborts the handler (a client that hung up mid-stream).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) (err error) {
 	m := h.app.metrics
-	if why := quota.AmbiguousPath(r.URL.EscapedPath()); why != "" {
+	if why := quota.AmbiguousPath(r.URL.EscapedPath(), r.URL.Path, h.requiresOn); why != "" {
 		// Matchers and the backend could read it as different paths: a
 		// require could check one chatbot and the backend serve another.
 		m.outcome(outcomeBadRequest)
@@ -398,7 +402,10 @@ func (h *Handler) unmetered(r *http.Request, req *request) string {
 	var e string
 	switch {
 	case req == nil:
-		e = quota.UnmeteredEndpoint(r.Method, r.URL.Path, r.Header.Get("Upgrade") != "")
+		// An upgrade: HTTP/1.1 Upgrade, or an extended CONNECT (HTTP/2
+		// and /3 WebSockets), which reverse_proxy turns into one.
+		upgrade := r.Header.Get("Upgrade") != "" || r.Method == http.MethodConnect
+		e = quota.UnmeteredEndpoint(r.Method, r.URL.Path, upgrade)
 	case req.tokens.API == quota.APIResponses && req.tokens.Body.Background:
 		e = quota.UnmeteredBackground
 	}

@@ -189,6 +189,10 @@ func TestAllowUnmetered(t *testing.T) {
 	if w := hs.do("POST", "/v1/batches", `{}`); w.Code != 200 {
 		t.Fatalf("allowed batches: %d %s", w.Code, w.Body)
 	}
+	// An extended CONNECT (HTTP/2 and /3 WebSockets) is an upgrade too.
+	if w := hs.do("CONNECT", "/v1/realtime", ``); w.Code != 403 || errorCode(w) != "endpoint_not_metered" {
+		t.Fatalf("extended CONNECT to realtime: %d %s", w.Code, w.Body)
+	}
 	if w := hs.do("POST", "/v1/threads/runs", `{}`); w.Code != 403 {
 		t.Fatalf("assistants not allowed: %d", w.Code)
 	}

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"net/http"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -15,7 +16,7 @@ func init() {
 }
 
 // MatchQuotaPath matches the request path the way a lenient backend
-// routes it (quota.NormalizePath: no regard to case, through ;params,
+// routes it (quota.CleanPath, case-insensitively: through ;params,
 // dot segments, doubled and trailing slashes, trailing white space)
 // against a regular expression, and sets its captures as placeholders
 // like path_regexp ({re.<name>.1}). A route guarded with `require … on`
@@ -34,8 +35,14 @@ func (MatchQuotaPath) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision compiles the regular expression.
-func (m *MatchQuotaPath) Provision(ctx caddy.Context) error { return m.MatchRegexp.Provision(ctx) }
+// Provision compiles the regular expression, matched without regard to
+// case.
+func (m *MatchQuotaPath) Provision(ctx caddy.Context) error {
+	if !strings.HasPrefix(m.Pattern, "(?i)") {
+		m.Pattern = "(?i)" + m.Pattern
+	}
+	return m.MatchRegexp.Provision(ctx)
+}
 
 // Validate checks the capture name.
 func (m *MatchQuotaPath) Validate() error { return m.MatchRegexp.Validate() }
@@ -53,7 +60,9 @@ func (m MatchQuotaPath) MatchWithError(r *http.Request) (bool, error) {
 	if repl == nil {
 		repl = caddy.NewReplacer()
 	}
-	return m.MatchRegexp.Match(quota.NormalizePath(r.URL.Path), repl), nil
+	// Case-insensitive matching on the cleaned path: the captures keep the
+	// case the backend sees (chatbot AbC is not abc).
+	return m.MatchRegexp.Match(quota.CleanPath(r.URL.Path), repl), nil
 }
 
 // UnmarshalCaddyfile reads `quota_path [<name>] <regexp>`.

@@ -24,6 +24,7 @@ func TestMatchQuotaPath(t *testing.T) {
 		{"/v1/workspaces/w/chatbots/abc/users/", "abc"},
 		{"/v1/workspaces/w/chatbots/abc/Users", "abc"},
 		{"/V1/Workspaces/w/Chatbots/abc/USERS", "abc"},
+		{"/v1/workspaces/w/chatbots/AbC/users", "AbC"}, // ids keep their case
 		{"/v1/workspaces/w/chatbots/abc/users;a", "abc"},
 		{"/v1/workspaces/w/chatbots/abc/users%20", "abc"},
 		{"/v1/workspaces/w/chatbots/abc;x/users", "abc"},

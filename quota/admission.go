@@ -205,9 +205,7 @@ func (s *Service) admitToken(ctx context.Context, u *User, tok *Token, p *Plan, 
 		if le.Request != "" {
 			le.Advice = p.advice()
 		}
-		if le.Request == "" { // told in the request's own terms: not for another request
-			s.refused.note(u, tok, le, at)
-		}
+		s.refused.note(u, tok, le, at)
 		return t, err
 	}
 }

@@ -37,7 +37,17 @@ func NormalizePath(path string) string {
 	if plainPath(path) {
 		return path
 	}
-	path = strings.ToLower(strings.ReplaceAll(path, `\`, "/"))
+	return strings.ToLower(CleanPath(path))
+}
+
+// normalizeSlow is NormalizePath without its fast path.
+func normalizeSlow(path string) string { return strings.ToLower(CleanPath(path)) }
+
+// CleanPath is NormalizePath without the case folding: for matching
+// without regard to case (a case-insensitive pattern) while keeping the
+// segments, ids among them, as the backend receives them.
+func CleanPath(path string) string {
+	path = strings.ReplaceAll(path, `\`, "/")
 	var out []string
 	for seg := range strings.SplitSeq(path, "/") {
 		seg, _, _ = strings.Cut(seg, ";")
@@ -62,7 +72,7 @@ func plainPath(path string) bool {
 	}
 	for i := 0; i < len(path); i++ {
 		switch c := path[i]; {
-		case c >= 'A' && c <= 'Z', c == ';', c == '\\', c == ' ', c == '\t', c >= 0x80:
+		case c >= 'A' && c <= 'Z', c == ';', c == '\\', c <= ' ', c >= 0x7f:
 			return false
 		case c == '/' && i+1 < len(path) && (path[i+1] == '/' || path[i+1] == '.'):
 			return false
@@ -129,35 +139,43 @@ func UnmeteredEndpoint(method, path string, upgrade bool) string {
 }
 
 // AmbiguousPath says why a request path may mean one thing to the
-// gateway's matchers and another to the backend, or "": a segment that is
-// "." or ".." (matchers clean it away, a backend may not), or an encoded
-// '/', '\' or NUL (matchers see a separator or nothing, a backend may see
-// a character of an id). escaped is the path as sent (URL.EscapedPath).
-// Such a request is refused: a `require … on chatbots/{re.x.1}` must check
-// the chatbot the backend will serve.
-func AmbiguousPath(escaped string) string {
-	if strings.IndexByte(escaped, '%') >= 0 {
+// gateway's matchers and another to the backend, or "": a segment that is,
+// or a lenient backend reads as, "." or ".." ("..;x", "..%20", "%2e%2e"),
+// in the path as sent or once decoded (matchers clean them away, a
+// backend may not); and, with separators, an encoded '/', '\' or NUL
+// (matchers see a separator or nothing, a backend may see a character of
+// an id). escaped is the path as sent (URL.EscapedPath), decoded the
+// decoded one (URL.Path). Such a request is refused: a `require … on
+// chatbots/{re.x.1}` must check the chatbot the backend will serve.
+// Encoded separators are legitimate in some ids (a model named
+// "org%2Fname"), so only routes with such a require look for them.
+func AmbiguousPath(escaped, decoded string, separators bool) string {
+	if separators && strings.IndexByte(escaped, '%') >= 0 {
 		lower := strings.ToLower(escaped)
 		for _, enc := range []string{"%2f", "%5c", "%00"} {
 			if strings.Contains(lower, enc) {
 				return "the path holds an encoded '/', '\\' or NUL"
 			}
 		}
-		if strings.Contains(lower, "%2e") {
-			for seg := range strings.SplitSeq(strings.ReplaceAll(lower, "%2e", "."), "/") {
-				if seg == "." || seg == ".." {
-					return "the path holds a '.' or '..' segment"
-				}
-			}
-		}
 	}
-	if !strings.Contains(escaped, "/.") && !strings.Contains(escaped, `\`) {
-		return ""
-	}
-	for seg := range strings.SplitSeq(strings.ReplaceAll(escaped, `\`, "/"), "/") {
-		if seg == "." || seg == ".." {
-			return "the path holds a '.' or '..' segment"
-		}
+	if dotSegment(escaped) || dotSegment(decoded) {
+		return "the path holds a '.' or '..' segment"
 	}
 	return ""
+}
+
+// dotSegment reports whether a segment of path is, or a lenient backend
+// reads as, "." or "..".
+func dotSegment(path string) bool {
+	if !strings.Contains(path, "/.") && !strings.Contains(path, `\`) && !strings.Contains(path, "%2") && !strings.Contains(path, "/ ") {
+		return false
+	}
+	for seg := range strings.SplitSeq(strings.ReplaceAll(path, `\`, "/"), "/") {
+		seg, _, _ = strings.Cut(seg, ";")
+		seg = strings.TrimSpace(strings.ReplaceAll(strings.ReplaceAll(strings.ToLower(seg), "%2e", "."), "%20", " "))
+		if seg == "." || seg == ".." {
+			return true
+		}
+	}
+	return false
 }

@@ -1,6 +1,10 @@
 package quota
 
-import "testing"
+import (
+	"net/url"
+	"strings"
+	"testing"
+)
 
 func TestNormalizePathAndAPIOf(t *testing.T) {
 	for _, tt := range []struct {
@@ -18,6 +22,8 @@ func TestNormalizePathAndAPIOf(t *testing.T) {
 		{`/v1\chat\completions`, "/v1/chat/completions", APIChat},
 		{"/v1/chat/completions%20", "/v1/chat/completions%20", APINone}, // decoded paths only
 		{"/v1/chat/completions ", "/v1/chat/completions", APIChat},
+		{"/v1/chat/completions\f", "/v1/chat/completions", APIChat},
+		{"/v1/chat/completions\x00", "/v1/chat/completions\x00", APINone},
 		{"/V1/RESPONSES", "/v1/responses", APIResponses},
 		{"/v1/messages/", "/v1/messages", APIMessages},
 		{"/v1/completions", "/v1/completions", APICompletions},
@@ -74,6 +80,9 @@ func FuzzNormalizePath(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, path string) {
 		n := NormalizePath(path)
+		if plainPath(path) && n != slowNormalize(path) {
+			t.Fatalf("the fast path keeps %q, the slow one makes %q", path, slowNormalize(path))
+		}
 		if NormalizePath(n) != n {
 			t.Fatalf("not idempotent: %q -> %q -> %q", path, n, NormalizePath(n))
 		}
@@ -102,9 +111,32 @@ func TestAmbiguousPath(t *testing.T) {
 		{"/v1/chatbots/abc%5C..%5Cxyz", true},
 		{"/v1/chatbots/abc%00", true},
 		{"/v1/chatbots/abc%20", false},
+		{"/v1/chatbots/..;x/users", true},
+		{"/v1/chatbots/..%20/users", true},
+		{"/v1/chatbots/%20.%20/users", true},
+		{"/v1/workspaces/w/chatbots/xyz/..%2F..%2Fabc/users", true},
 	} {
-		if got := AmbiguousPath(tt.path) != ""; got != tt.ambiguous {
+		decoded, _ := url.PathUnescape(tt.path)
+		if got := AmbiguousPath(tt.path, decoded, false) != ""; got != tt.ambiguous && !strings.Contains(tt.path, "%2F") && !strings.Contains(tt.path, "%5C") && !strings.Contains(tt.path, "%00") {
+			t.Errorf("AmbiguousPath(%q) without separators = %v, want %v", tt.path, got, tt.ambiguous)
+		}
+	}
+	if AmbiguousPath("/v1/models/meta-llama%2FLlama-3.1-8B", "/v1/models/meta-llama/Llama-3.1-8B", false) != "" {
+		t.Error("an encoded slash in an id is refused on a route without a require on a resource")
+	}
+	for _, tt := range []struct {
+		path      string
+		ambiguous bool
+	}{} {
+		decoded, err := url.PathUnescape(tt.path)
+		if err != nil {
+			decoded = tt.path
+		}
+		if got := AmbiguousPath(tt.path, decoded, true) != ""; got != tt.ambiguous {
 			t.Errorf("AmbiguousPath(%q) = %v, want %v", tt.path, got, tt.ambiguous)
 		}
 	}
 }
+
+// slowNormalize is NormalizePath without its fast path.
+func slowNormalize(path string) string { return normalizeSlow(path) }

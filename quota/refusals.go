@@ -42,7 +42,9 @@ func (r *refusals) note(u *User, tok *Token, le *LimitError, now time.Time) {
 	if end := le.State.ResetsAt; !end.IsZero() && end.Before(until) {
 		until = end
 	}
-	f := &refusal{user: u, until: until, err: le}
+	// What the first request asked for is not what the next ones ask.
+	general := &LimitError{State: le.State}
+	f := &refusal{user: u, until: until, err: general}
 	if le.State.Token != "" {
 		f.tok = tok
 	}

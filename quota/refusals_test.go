@@ -2,6 +2,8 @@ package quota_test
 
 import (
 	"context"
+	"errors"
+	"strconv"
 	"testing"
 	"time"
 
@@ -110,5 +112,34 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 5s")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestTokenRefusalsAreCheap: an LLM tenant at a full token cap is refused
+// from memory too, in general terms (not the first request's).
+func TestTokenRefusalsAreCheap(t *testing.T) {
+	n := newSliceNode(t, openRedis(t, redistest.Start(t)), nil, true)
+	ctx := context.Background()
+	u, err := n.svc.CreateUser(ctx, quota.NewUser{Name: "L", Email: "l@example.com", Limits: quota.Limits{"tokens": {{Limit: 0}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := n.svc.CreateToken(ctx, u.ID, quota.NewToken{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := authenticate(t, n.svc, tok.Secret)
+	for i := range 500 {
+		_, err := n.svc.AdmitPrincipal(ctx, p, plan(t, quota.Route{}, quota.APIChat, `{"messages":[{"role":"user","content":"hi"}],"max_tokens":`+strconv.Itoa(10+i)+`}`), n.svc.Now())
+		var le *quota.LimitError
+		if !errors.As(err, &le) || le.State.Resource != "tokens" {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		if i > 0 && le.Request != "" {
+			t.Fatalf("a remembered refusal speaks of another request: %q", le.Request)
+		}
+	}
+	if a := n.admits.Load(); a > 5 {
+		t.Fatalf("500 refusals at a full token cap cost %d store admissions", a)
 	}
 }
