@@ -162,6 +162,9 @@ func TestHostileBodiesStayUnderTheCap(t *testing.T) {
 		{"fine-tuning job", "/v1/Fine_Tuning/Jobs", `{}`, 403, "endpoint_not_metered"},
 		// Served, and bounded: the gateway writes the maximum the backend reads.
 		{"chat without a maximum", "/v1/chat/completions", `{"model":"m","messages":[]}`, 200, ""},
+		// A backend that reads only max_tokens gets the maximum there.
+		{"chat with max_completion_tokens", "/v1/chat/completions", `{"model":"m","messages":[],"max_completion_tokens":1}`, 200, ""},
+		{"chat with both", "/v1/chat/completions", `{"model":"m","messages":[],"max_completion_tokens":1,"max_tokens":300}`, 200, ""},
 		{"odd path without a maximum", "/v1/Chat/Completions/", `{"model":"m","messages":[]}`, 200, ""},
 		{"responses without a maximum", "/v1/responses;a=b", `{"model":"m","input":"x"}`, 200, ""},
 	} {

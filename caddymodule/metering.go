@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"bytes"
+	"slices"
 	"context"
 	"encoding/json"
 	"errors"
@@ -141,6 +142,11 @@ func (h *Handler) forwardBody(r *http.Request, req *request, plan *quota.Plan) e
 	if req.rest == nil && req.tokens.Body.Object {
 		set := map[string]json.RawMessage{}
 		if field, n, ok := plan.OutputMax(); ok {
+			for _, f := range req.tokens.API.OutputFields() {
+				if f != field && slices.Contains(req.tokens.Body.MaxFields, f) {
+					set[f] = nil // the backend reads the maximum from field alone
+				}
+			}
 			set[field] = json.RawMessage(strconv.FormatInt(n, 10))
 		}
 		if api := req.tokens.API; *h.IncludeUsage && (api == quota.APIChat || api == quota.APICompletions) {

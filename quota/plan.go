@@ -2,6 +2,7 @@ package quota
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -178,12 +179,13 @@ type Plan struct {
 
 type tokenPlan struct {
 	api       API
-	prompt    int64 // the input reserved
-	estimate  int64 // the input charged when the backend reports nothing
-	output    int64 // the output reserved per choice (the maximum)
-	choices   int64 // completions generated, each up to output
-	clientMax bool  // the client set its own maximum
-	opaque    bool  // the body could not be read: charge an estimate whatever the status
+	prompt    int64    // the input reserved
+	estimate  int64    // the input charged when the backend reports nothing
+	output    int64    // the output reserved per choice (the maximum)
+	choices   int64    // completions generated, each up to output
+	clientMax bool     // the client set its own maximum
+	maxFields []string // where
+	opaque    bool     // the body could not be read: charge an estimate whatever the status
 	model     string
 	group     string // the model's group, "" for none
 }
@@ -234,7 +236,7 @@ func (r *Route) Plan(meters MeterUses, tr TokenRequest) *Plan {
 			t.prompt = satAdd(satAdd(b.BoundBytes, satMul(satAdd(b.Messages, 1), MessageTokens)),
 				satAdd(satAdd(satMul(b.Images, p.route.ImageTokens), satMul(b.Audio, p.route.AudioTokens)), satMul(b.Files, p.route.FileTokens)))
 		}
-		t.clientMax = b.HasMax
+		t.clientMax, t.maxFields = b.HasMax, b.MaxFields
 		switch {
 		case b.HasMax:
 			t.output = clampAmount(b.MaxOutput)
@@ -264,16 +266,27 @@ func (p *Plan) MetersTokens() bool { return p.tokens != nil }
 
 // OutputMax returns the output maximum the gateway must write into the
 // request body, under field: set when the client named none and the
-// body can carry one (not for embeddings or an unreadable body).
+// body can carry one (not for embeddings or an unreadable body), or when a
+// chat request named it only in the chat field the route does not write
+// (max_completion_tokens where the route writes max_tokens, or back): the
+// caller then removes the other field.
 func (p *Plan) OutputMax() (field string, n int64, ok bool) {
 	t := p.tokens
-	if t == nil || t.clientMax || t.opaque || t.output == 0 {
+	if t == nil || t.opaque || t.output == 0 {
 		return "", 0, false
 	}
 	field = t.api.outputField()
-	if p.route.ChatOutputField != "" && (t.api == APIChat || t.api == APIOther) {
+	chat := t.api == APIChat || t.api == APIOther
+	if p.route.ChatOutputField != "" && chat {
 		field = p.route.ChatOutputField
 	}
+	if t.clientMax && !(chat && !slices.Contains(t.maxFields, field)) {
+		return "", 0, false
+	}
+	// A chat request that named its maximum in the other chat field gets
+	// it in the route's own: a backend that honours only that one (many
+	// read only max_tokens) would not be bounded otherwise. The caller
+	// drops the other field (OpenAI refuses both).
 	return field, t.output, true
 }
 

@@ -61,6 +61,8 @@ type Request struct {
 	// max_output_tokens; HasMax is false when none is set.
 	MaxOutput int64
 	HasMax    bool
+	// MaxFields are the output maximum fields the body sets.
+	MaxFields []string
 	// Choices is how many completions the request asks for: the largest
 	// of "n" and "best_of" (legacy completions generate best_of and
 	// return n), 1 when neither is set. Each may use MaxOutput tokens.
@@ -156,6 +158,7 @@ func ParseRequestFor(body []byte, outputFields []string) (Request, error) {
 			return Request{}, &FieldError{Field: f, Detail: fmt.Sprintf("must be a whole number from 1 to %d, got %s", int64(MaxOutputTokens), clip(raw))}
 		}
 		r.MaxOutput, r.HasMax = max(r.MaxOutput, n), true
+		r.MaxFields = append(r.MaxFields, f)
 	}
 	if raw, ok := top["stream"]; ok && !isNull(raw) {
 		switch string(raw) {
@@ -323,7 +326,7 @@ func textBytes(v any) int64 {
 }
 
 // Rewrite returns body (a JSON object) re-encoded with the top-level fields
-// in set replaced or added. Every other top-level field is kept byte for
+// in set replaced or added (removed, for a nil value). Every other top-level field is kept byte for
 // byte apart from white space, and the order of fields is not kept (a body
 // with duplicate keys, which ParseRequest refuses, keeps the last).
 func Rewrite(body []byte, set map[string]json.RawMessage) ([]byte, error) {
@@ -332,7 +335,11 @@ func Rewrite(body []byte, set map[string]json.RawMessage) ([]byte, error) {
 		return nil, fmt.Errorf("not a JSON object")
 	}
 	for k, v := range set {
-		top[k] = v
+		if v == nil {
+			delete(top, k)
+		} else {
+			top[k] = v
+		}
 	}
 	return marshal(top)
 }
