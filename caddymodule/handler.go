@@ -598,6 +598,7 @@ func writeUnmetered(w http.ResponseWriter, endpoint string) error {
 		quota.UnmeteredAssistants: "Assistants runs",
 		quota.UnmeteredRealtime:   "The Realtime API",
 		quota.UnmeteredFineTuning: "Fine-tuning jobs",
+		quota.UnmeteredEvals:      "Eval runs",
 	}[endpoint]
 	return writeError(w, http.StatusForbidden, fmt.Sprintf("%s (%s) spend tokens after the response, where this gateway cannot meter them, so they are not offered here; send the request without it, or ask the operator to allow it (allow_unmetered %s).", what, endpoint, endpoint), "permission_error", "endpoint_not_metered")
 }

@@ -20,13 +20,15 @@ const (
 	// (the Realtime API, its sessions and client secrets) and a
 	// WebSocket upgrade of an LLM API path.
 	UnmeteredRealtime = "realtime"
-	// UnmeteredFineTuning is POST .../fine_tuning/jobs (and the legacy
-	// .../fine-tunes).
+	// UnmeteredFineTuning is POST .../fine_tuning/jobs[/{id}/...] but
+	// cancel and pause (and the legacy .../fine-tunes).
 	UnmeteredFineTuning = "fine_tuning"
+	// UnmeteredEvals is POST .../evals/{id}/runs (OpenAI Evals).
+	UnmeteredEvals = "evals"
 )
 
 // UnmeteredEndpoints lists the names of the unmetered endpoints.
-var UnmeteredEndpoints = []string{UnmeteredBackground, UnmeteredBatches, UnmeteredAssistants, UnmeteredRealtime, UnmeteredFineTuning}
+var UnmeteredEndpoints = []string{UnmeteredBackground, UnmeteredBatches, UnmeteredAssistants, UnmeteredRealtime, UnmeteredFineTuning, UnmeteredEvals}
 
 // NormalizePath returns path the way a lenient backend may route it:
 // lower case, '\' read as '/', each segment cut at ';' (matrix
@@ -116,16 +118,20 @@ func UnmeteredEndpoint(method, path string, upgrade bool) string {
 	}
 	segs := strings.Split(strings.TrimPrefix(NormalizePath(path), "/"), "/")
 	last := segs[len(segs)-1]
-	threads := false
+	threads, evals := false, false
 	for i, s := range segs {
 		switch {
 		case s == "realtime":
 			return UnmeteredRealtime
 		case s == "threads":
 			threads = true
+		case s == "evals":
+			evals = true
 		case s == "runs" && threads:
 			return UnmeteredAssistants
-		case s == "fine-tunes" || (s == "fine_tuning" && i+1 < len(segs) && segs[i+1] == "jobs" && last == "jobs"):
+		case s == "runs" && evals && last == "runs":
+			return UnmeteredEvals
+		case s == "fine-tunes" || (s == "fine_tuning" && i+1 < len(segs) && segs[i+1] == "jobs" && last != "cancel" && last != "pause"):
 			return UnmeteredFineTuning
 		}
 	}

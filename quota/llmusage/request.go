@@ -33,6 +33,12 @@ const (
 
 var maxFields = []string{FieldMaxTokens, FieldMaxCompletionTokens, FieldMaxOutputTokens}
 
+// nativeMaxFields are output maxima that OpenAI-compatible servers also
+// read, in place of the API's own (llama.cpp's n_predict overrides
+// max_tokens): the gateway does not bound them, so a body naming one is
+// refused.
+var nativeMaxFields = []string{"n_predict", "num_predict", "max_new_tokens", "max_length", "max_gen_len"}
+
 // readFields are the fields whose values bound what a request costs.
 var readFields = append([]string{"model", "n", "best_of", "stream", "stream_options", "background"}, maxFields...)
 
@@ -121,6 +127,13 @@ func ParseRequestFor(body []byte, outputFields []string) (Request, error) {
 				// A backend that matches keys without regard to case (Go's
 				// encoding/json does) would read what the gateway did not.
 				return Request{}, &FieldError{Field: k, Detail: "is not a field of this API; did you mean " + f + "?"}
+			}
+		}
+	}
+	for k := range top {
+		for _, f := range nativeMaxFields {
+			if strings.EqualFold(k, f) {
+				return Request{}, &FieldError{Field: k, Detail: "is a server's own output maximum, which this gateway does not bound; set the API's own (max_tokens) instead"}
 			}
 		}
 	}

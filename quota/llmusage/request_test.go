@@ -176,6 +176,10 @@ func TestParseRequestRefuses(t *testing.T) {
 		{`{"model":null}`, "model"},
 		{`{"model":["gpt-4o"]}`, "model"},
 		{`{"background":"yes"}`, "background"},
+		// Servers' own maxima that override the API's.
+		{`{"max_tokens":1,"n_predict":-1}`, "n_predict"},
+		{`{"max_tokens":1,"NUM_PREDICT":100000}`, "NUM_PREDICT"},
+		{`{"max_new_tokens":100000}`, "max_new_tokens"},
 	} {
 		_, err := ParseRequest([]byte(tt.body))
 		var fe *FieldError
