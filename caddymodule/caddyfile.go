@@ -254,7 +254,7 @@ func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //		default_max_tokens <n>      # default 4096
 //		include_usage      on|off   # default on
 //		max_request_body   <bytes>  # default 4194304
-//		allow_unmetered    background|batches|assistants|realtime|fine_tuning|evals...
+//		allow_unmetered    background|batches|assistants|realtime|fine_tuning|evals|stored_state|server_tools...
 //		reservation_ttl    <duration> # default 10m
 //		meter <resource> [<matcher>] [<n> | +<n> | -<n>] [key <placeholder>]
 //		credits <resource> <n> [per <units>]   # price in prepaid credits

@@ -408,6 +408,10 @@ func (h *Handler) unmetered(r *http.Request, req *request) string {
 		e = quota.UnmeteredEndpoint(r.Method, r.URL.Path, upgrade)
 	case req.tokens.API == quota.APIResponses && req.tokens.Body.Background:
 		e = quota.UnmeteredBackground
+	case req.tokens.API != quota.APINone && req.tokens.Body.StoredState:
+		e = quota.UnmeteredStoredState
+	case req.tokens.API != quota.APINone && req.tokens.Body.ServerTools:
+		e = quota.UnmeteredServerTools
 	}
 	if e == "" || slices.Contains(h.AllowUnmetered, e) {
 		return ""
@@ -593,12 +597,14 @@ func writeUnauthorized(w http.ResponseWriter, msg string) error {
 // cannot bound (403 endpoint_not_metered).
 func writeUnmetered(w http.ResponseWriter, endpoint string) error {
 	what := map[string]string{
-		quota.UnmeteredBackground: "Background responses",
-		quota.UnmeteredBatches:    "Batches",
-		quota.UnmeteredAssistants: "Assistants runs",
-		quota.UnmeteredRealtime:   "The Realtime API",
-		quota.UnmeteredFineTuning: "Fine-tuning jobs",
-		quota.UnmeteredEvals:      "Eval runs",
+		quota.UnmeteredBackground:  "Background responses",
+		quota.UnmeteredBatches:     "Batches",
+		quota.UnmeteredAssistants:  "Assistants runs",
+		quota.UnmeteredRealtime:    "The Realtime API",
+		quota.UnmeteredFineTuning:  "Fine-tuning jobs",
+		quota.UnmeteredEvals:       "Eval runs",
+		quota.UnmeteredStoredState: "Requests on input the backend holds (previous_response_id, conversation, stored prompts)",
+		quota.UnmeteredServerTools: "Tools the backend runs itself (web search, file search, code interpreter, MCP)",
 	}[endpoint]
 	return writeError(w, http.StatusForbidden, fmt.Sprintf("%s (%s) spend tokens after the response, where this gateway cannot meter them, so they are not offered here; send the request without it, or ask the operator to allow it (allow_unmetered %s).", what, endpoint, endpoint), "permission_error", "endpoint_not_metered")
 }

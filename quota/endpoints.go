@@ -25,10 +25,19 @@ const (
 	UnmeteredFineTuning = "fine_tuning"
 	// UnmeteredEvals is POST .../evals/{id}/runs (OpenAI Evals).
 	UnmeteredEvals = "evals"
+	// UnmeteredStoredState is an LLM request whose input the backend
+	// holds (previous_response_id, conversation, a stored prompt): known
+	// from the body (llmusage.Request.StoredState). Concurrent requests
+	// on one long conversation would each go past the cap by it.
+	UnmeteredStoredState = "stored_state"
+	// UnmeteredServerTools is an LLM request with tools the backend runs
+	// itself (web search, file search, code interpreter, MCP): known from
+	// the body (llmusage.Request.ServerTools).
+	UnmeteredServerTools = "server_tools"
 )
 
 // UnmeteredEndpoints lists the names of the unmetered endpoints.
-var UnmeteredEndpoints = []string{UnmeteredBackground, UnmeteredBatches, UnmeteredAssistants, UnmeteredRealtime, UnmeteredFineTuning, UnmeteredEvals}
+var UnmeteredEndpoints = []string{UnmeteredBackground, UnmeteredBatches, UnmeteredAssistants, UnmeteredRealtime, UnmeteredFineTuning, UnmeteredEvals, UnmeteredStoredState, UnmeteredServerTools}
 
 // NormalizePath returns path the way a lenient backend may route it:
 // lower case, '\' read as '/', each segment cut at ';' (matrix

@@ -82,6 +82,30 @@ type Request struct {
 	// made after the response and fetched later, out of the gateway's
 	// sight.
 	Background bool
+	// StoredState is input the backend holds rather than the body
+	// carries, which the bound cannot see: a Responses
+	// previous_response_id or conversation, or a stored prompt ("prompt"
+	// as an object).
+	StoredState bool
+	// ServerTools is a tool the backend runs itself, whose input it adds
+	// out of the body: Responses web_search, file_search,
+	// code_interpreter, mcp, image_generation; Anthropic web_search_*,
+	// web_fetch_*, code_execution_*, mcp_servers; Chat web_search_options.
+	ServerTools bool
+}
+
+// serverTool reports whether a tool type is run by the backend.
+func serverTool(typ string) bool {
+	switch typ {
+	case "web_search", "web_search_preview", "file_search", "code_interpreter", "mcp", "image_generation":
+		return true
+	}
+	for _, p := range []string{"web_search_", "web_fetch_", "code_execution_"} {
+		if strings.HasPrefix(typ, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // FieldError is a request body field whose value a backend would not
@@ -189,6 +213,29 @@ func ParseRequestFor(body []byte, outputFields []string) (Request, error) {
 		case "false", "null":
 		default:
 			return Request{}, &FieldError{Field: "background", Detail: "must be true or false, got " + clip(raw)}
+		}
+	}
+	for _, k := range []string{"previous_response_id", "conversation"} {
+		if raw, ok := top[k]; ok && !isNull(raw) && string(raw) != `""` {
+			r.StoredState = true
+		}
+	}
+	if raw, ok := top["prompt"]; ok && bytes.HasPrefix(bytes.TrimSpace(raw), []byte("{")) {
+		r.StoredState = true
+	}
+	for _, k := range []string{"mcp_servers", "web_search_options"} {
+		if raw, ok := top[k]; ok && !isNull(raw) && string(raw) != "[]" {
+			r.ServerTools = true
+		}
+	}
+	if raw, ok := top["tools"]; ok {
+		var tools []struct {
+			Type string `json:"type"`
+		}
+		if json.Unmarshal(raw, &tools) == nil {
+			for _, tl := range tools {
+				r.ServerTools = r.ServerTools || serverTool(tl.Type)
+			}
 		}
 	}
 	if raw, ok := top["model"]; ok {

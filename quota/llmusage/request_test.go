@@ -248,3 +248,31 @@ func TestParseRequestBound(t *testing.T) {
 		t.Fatalf("bound %d bytes: a text document and the tools count, binary payloads do not", r.BoundBytes)
 	}
 }
+
+// TestParseRequestStateAndServerTools: input the backend holds or makes
+// itself is told apart from what the body carries.
+func TestParseRequestStateAndServerTools(t *testing.T) {
+	for _, tt := range []struct {
+		body          string
+		state, server bool
+	}{
+		{`{"input":"hi"}`, false, false},
+		{`{"input":"hi","previous_response_id":"resp_1"}`, true, false},
+		{`{"input":"hi","previous_response_id":null}`, false, false},
+		{`{"input":"hi","conversation":"conv_1"}`, true, false},
+		{`{"prompt":{"id":"pmpt_1"}}`, true, false},
+		{`{"prompt":"once upon a time"}`, false, false},
+		{`{"input":"hi","tools":[{"type":"function","name":"f"}]}`, false, false},
+		{`{"input":"hi","tools":[{"type":"web_search"}]}`, false, true},
+		{`{"input":"hi","tools":[{"type":"mcp","server_url":"https://x"}]}`, false, true},
+		{`{"messages":[],"tools":[{"type":"web_search_20250305","name":"web_search"}]}`, false, true},
+		{`{"messages":[],"tools":[{"name":"get_weather","input_schema":{}}]}`, false, false},
+		{`{"messages":[],"mcp_servers":[{"type":"url","url":"https://x"}]}`, false, true},
+		{`{"messages":[],"web_search_options":{}}`, false, true},
+	} {
+		r, err := ParseRequest([]byte(tt.body))
+		if err != nil || r.StoredState != tt.state || r.ServerTools != tt.server {
+			t.Errorf("%s: state %v server %v (%v), want %v %v", tt.body, r.StoredState, r.ServerTools, err, tt.state, tt.server)
+		}
+	}
+}
