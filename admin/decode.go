@@ -65,8 +65,9 @@ func (h *Handler) decodeBody(w http.ResponseWriter, r *http.Request, dst any, op
 	}
 	if json.Valid(data) {
 		// Go keeps the last of duplicate keys, other readers (a proxy, an
-		// audit tool) the first: a body that means two things is refused.
-		if d := strictjson.FindDuplicate(data); d != nil {
+		// audit tool) the first, and Go matches fields without regard to
+		// case: a body that means two things is refused.
+		if d := strictjson.FindDuplicateFold(data); d != nil {
 			return badRequest(d.Field(), d.Error())
 		}
 		// encoding/json would turn bytes that are not UTF-8 into U+FFFD,

@@ -48,8 +48,15 @@ func (d *Duplicate) Field() string {
 // duplicate found before the fault). Keys are compared after unescaping,
 // so "max\u005ftokens" is "max_tokens". It is linear in len(data) apart
 // from objects with more than 16 keys, which use a map.
-func FindDuplicate(data []byte) *Duplicate {
-	s := scanner{data: data}
+func FindDuplicate(data []byte) *Duplicate { return find(data, false) }
+
+// FindDuplicateFold is FindDuplicate with keys compared without regard to
+// case, as encoding/json matches them to struct fields: {"name": "a",
+// "NAME": "b"} decodes to "b" in Go and to "a" elsewhere.
+func FindDuplicateFold(data []byte) *Duplicate { return find(data, true) }
+
+func find(data []byte, fold bool) *Duplicate {
+	s := scanner{data: data, fold: fold}
 	d, _ := s.value(0)
 	if d != nil {
 		d.Path = "$" + d.Path
@@ -60,6 +67,7 @@ func FindDuplicate(data []byte) *Duplicate {
 type scanner struct {
 	data []byte
 	i    int
+	fold bool // keys equal without regard to case are duplicates
 }
 
 func (s *scanner) ws() {
@@ -150,13 +158,13 @@ func (s *scanner) object(depth int) (*Duplicate, bool) {
 		key := unquote(raw)
 		switch {
 		case many != nil:
-			if _, dup := many[string(key)]; dup {
+			if _, dup := many[s.mapKey(key)]; dup {
 				return &Duplicate{Key: string(key)}, true
 			}
-			many[string(key)] = struct{}{}
+			many[s.mapKey(key)] = struct{}{}
 		default:
 			for _, k := range keys {
-				if bytes.Equal(k, key) {
+				if bytes.Equal(k, key) || (s.fold && bytes.EqualFold(k, key)) {
 					return &Duplicate{Key: string(key)}, true
 				}
 			}
@@ -165,9 +173,9 @@ func (s *scanner) object(depth int) (*Duplicate, bool) {
 			} else {
 				many = make(map[string]struct{}, 2*len(keys))
 				for _, k := range keys {
-					many[string(k)] = struct{}{}
+					many[s.mapKey(k)] = struct{}{}
 				}
-				many[string(key)] = struct{}{}
+				many[s.mapKey(key)] = struct{}{}
 			}
 		}
 		s.ws()
@@ -189,6 +197,13 @@ func (s *scanner) object(depth int) (*Duplicate, bool) {
 			s.i++
 		}
 	}
+}
+
+func (s *scanner) mapKey(k []byte) string {
+	if s.fold {
+		return string(bytes.ToLower(k))
+	}
+	return string(k)
 }
 
 // str reads a string token and returns it with its quotes.

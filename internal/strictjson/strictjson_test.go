@@ -142,3 +142,15 @@ func BenchmarkFindDuplicate(b *testing.B) {
 		}
 	}
 }
+
+func TestFindDuplicateFold(t *testing.T) {
+	if d := FindDuplicateFold([]byte(`{"name":"a","NAME":"b"}`)); d == nil || d.Key != "NAME" {
+		t.Fatalf("case variants: %+v", d)
+	}
+	if d := FindDuplicate([]byte(`{"name":"a","NAME":"b"}`)); d != nil {
+		t.Fatalf("FindDuplicate folds: %+v", d)
+	}
+	if d := FindDuplicateFold([]byte(`{"limits":{"tokens":1,"Tokens":2}}`)); d == nil || d.Field() != "limits.Tokens" {
+		t.Fatalf("nested case variants: %+v", d)
+	}
+}
