@@ -171,7 +171,10 @@ func (w *Webhook) redact(err error) error {
 }
 
 // RedactURL returns rawURL as it may be shown in an error or a log line:
-// without its userinfo, query and fragment ("https://host/hook"). What
+// without its userinfo, query and fragment ("https://host/hook"), and
+// with every path segment of 16 characters or more shown as "…": the
+// tokens that Slack- and Discord-style hook URLs carry in their path
+// (/services/T0/B0/<token>, /api/webhooks/<id>/<token>). What
 // does not parse as an absolute URL is shown as it is if it has no '@',
 // '?' or '#' (a placeholder such as {env.TQ_WEBHOOK_URL}), else not at
 // all.
@@ -184,7 +187,14 @@ func RedactURL(rawURL string) string {
 		return rawURL
 	}
 	u.User, u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = nil, "", false, "", ""
-	return u.String()
+	segs := strings.Split(u.EscapedPath(), "/")
+	for i, s := range segs {
+		if len(s) >= 16 {
+			segs[i] = "…"
+		}
+	}
+	u.Path, u.RawPath = "", ""
+	return u.String() + strings.Join(segs, "/")
 }
 
 // Types selects event types: exact names and prefixes ending in ".*"
