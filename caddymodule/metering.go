@@ -2,13 +2,13 @@ package caddymodule
 
 import (
 	"bytes"
-	"slices"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
