@@ -79,10 +79,9 @@ type Handler struct {
 	// OpenAI-compatible server honours) or max_completion_tokens (which
 	// OpenAI's reasoning models require).
 	MaxTokensField string `json:"max_tokens_field,omitempty"`
-	// AllowUnmetered names the unmetered endpoints (quota.UnmeteredEndpoints:
-	// background, batches, assistants, realtime, fine_tuning) served under
-	// reserve strict; the others get 403 endpoint_not_metered, since the
-	// gateway cannot bound what they spend.
+	// AllowUnmetered names the unmetered endpoints (quota.UnmeteredEndpoints)
+	// served under reserve strict; the others get 403
+	// endpoint_not_metered, since the gateway cannot bound what they spend.
 	AllowUnmetered []string `json:"allow_unmetered,omitempty"`
 	// TokenRoutesRaw, if set, selects the requests whose tokens are
 	// metered instead of the default (POST requests whose path ends in
