@@ -233,7 +233,7 @@ func (h *Handler) Validate() error {
 		}
 	}
 	for _, c := range h.Credits {
-		if !quota.ValidResourceName(c.Resource) || c.Resource == quota.ResourceCredits {
+		if !quota.ValidResourceName(c.Resource) || c.Resource == quota.ResourceCredits || quota.InternalResource(c.Resource) {
 			return fmt.Errorf("credits: %q is not a resource to price", c.Resource)
 		}
 		if c.Credits < 1 || c.Credits > 1_000_000_000 || c.Per < 0 || c.Per > 1_000_000_000 {

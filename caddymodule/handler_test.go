@@ -231,3 +231,16 @@ func TestModelSpellings(t *testing.T) {
 		t.Fatalf("the backend served %d requests, want 1", hs.served)
 	}
 }
+
+// TestInternalResourcesRefused: meters and prices may not name the
+// gateway's own counters.
+func TestInternalResourcesRefused(t *testing.T) {
+	for _, h := range []*Handler{
+		{Meters: []Meter{{Resource: "reserved_slices", Mode: MeterRequest, Amount: 1}}},
+		{Credits: []quota.CreditRate{{Resource: "reserved_tokens", Credits: 1}}},
+	} {
+		if err := h.Validate(); err == nil {
+			t.Errorf("%+v validated", h)
+		}
+	}
+}

@@ -72,6 +72,8 @@ func (m *Meter) validate() error {
 	switch {
 	case !quota.ValidResourceName(m.Resource):
 		return fmt.Errorf("meter: resource %q must match %s", m.Resource, quota.ResourceNamePattern)
+	case quota.InternalResource(m.Resource):
+		return fmt.Errorf("meter: %q is one of the gateway's own counters (reserved_*, t.*)", m.Resource)
 	case m.Mode != MeterRequest && m.Mode != MeterCreate && m.Mode != MeterDelete:
 		return fmt.Errorf("meter %s: mode must be request, create or delete, got %q", m.Resource, m.Mode)
 	case m.Amount < 1 || m.Amount > quota.MaxLimit:
