@@ -34,7 +34,7 @@ type shard struct {
 
 // goneFor is how long a deleted user's id is remembered: longer than any
 // node serves a deleted user from its cache, or a request runs.
-const goneFor = 5 * time.Minute
+const goneFor = 24 * time.Hour
 
 // entry is one user's counters, keyed by quota.CounterKey.
 type entry struct {

@@ -11,10 +11,11 @@ if not u then return false end
 local out = redis.call("HVALS", KEYS[3])
 table.insert(out, 1, u)
 redis.call("DEL", KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[8])
--- A tombstone in the usage hash, for a while: a node that has not heard of
--- the delete yet refuses the user's admissions, and a settlement that
--- comes late writes nothing, so no key outlives the user.
+-- A tombstone in the usage hash, for a day (longer than any request or
+-- cache entry lives): a node that has not heard of the delete yet refuses
+-- the user's admissions, and a settlement that comes late writes nothing,
+-- so no key outlives the user.
 redis.call("HSET", KEYS[2], "~gone", "1")
-redis.call("EXPIRE", KEYS[2], 300)
+redis.call("EXPIRE", KEYS[2], 86400)
 outbox(KEYS[7], ARGV[1], 3, tonumber(ARGV[2]))
 return out

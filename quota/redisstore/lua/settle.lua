@@ -9,11 +9,9 @@
 -- KEYS[6] is the hash of threshold marks and KEYS[7] the outbox stream
 -- (usage.threshold events). The charges start at ARGV[6].
 
--- Every settled request was admitted, which made the usage hash; with
--- neither it nor the request's lease left, the user was deleted since (a
--- slice given back, a request that ended after the delete): writing would
--- bring back keys that nothing removes.
-if redis.call("EXISTS", KEYS[1]) == 0 and redis.call("HEXISTS", KEYS[4], ARGV[2]) == 0 then return 0 end
+-- A deleted user's tombstone (see delete_user.lua): a slice given back or
+-- a request that ended after the delete writes nothing, which would bring
+-- back keys that nothing removes.
 if redis.call("HEXISTS", KEYS[1], "~gone") == 1 then return 0 end
 local settled = ARGV[2] .. "/s"
 if record(settled, false) then return 0 end
