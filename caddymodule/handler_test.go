@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,9 +16,9 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/tenantquota/caddy-tenant-quota/internal/quotatest"
 	"github.com/tenantquota/caddy-tenant-quota/internal/strictjson"
 	"github.com/tenantquota/caddy-tenant-quota/quota"
-	"github.com/tenantquota/caddy-tenant-quota/quota/boltstore"
 )
 
 // harness is the tenant_quota handler over a real embedded store, in
@@ -44,16 +43,7 @@ const unboundedOutput = 100_000
 
 func newHarness(t *testing.T, limits quota.Limits, configure func(*Handler, *App)) *harness {
 	t.Helper()
-	store, err := boltstore.Open(boltstore.Options{Path: filepath.Join(t.TempDir(), "q.db")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	svc, err := quota.NewService(quota.Options{Store: store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { svc.Close() })
+	store, svc := quotatest.Embedded(t)
 	ctx := context.Background()
 	u, err := svc.CreateUser(ctx, quota.NewUser{Name: "T", Email: "t@example.com", Limits: limits})
 	if err != nil {

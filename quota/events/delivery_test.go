@@ -10,28 +10,11 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tenantquota/caddy-tenant-quota/internal/quotatest"
 	"github.com/tenantquota/caddy-tenant-quota/internal/redistest"
 	"github.com/tenantquota/caddy-tenant-quota/quota"
 	"github.com/tenantquota/caddy-tenant-quota/quota/events"
-	"github.com/tenantquota/caddy-tenant-quota/quota/redisstore"
 )
-
-// newRedisService returns a store on srv (a node's connection) and a
-// service over it, closed when t ends.
-func newRedisService(t *testing.T, srv *redistest.Server) (*redisstore.Store, *quota.Service) {
-	t.Helper()
-	store, err := redisstore.New(redisstore.Options{Client: srv.Client(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	svc, err := quota.NewService(quota.Options{Store: store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { svc.Close() })
-	return store, svc
-}
 
 // storeKinds are the stores a delivery test runs on: each returns an
 // event log, a service over it and, on Redis, a client of the server.
@@ -40,12 +23,12 @@ var storeKinds = []struct {
 	open func(t *testing.T) (quota.EventLog, *quota.Service, *redis.Client)
 }{
 	{"embedded", func(t *testing.T) (quota.EventLog, *quota.Service, *redis.Client) {
-		store, svc := newService(t)
+		store, svc := quotatest.Embedded(t)
 		return store, svc, nil
 	}},
 	{"redis", func(t *testing.T) (quota.EventLog, *quota.Service, *redis.Client) {
 		srv := redistest.Start(t)
-		store, svc := newRedisService(t, srv)
+		store, svc := quotatest.Redis(t, srv)
 		return store, svc, srv.Client(t)
 	}},
 }
@@ -232,8 +215,8 @@ func TestRenamedWebhookResumes(t *testing.T) {
 // trims old events; the node with a webhook delivers.
 func TestSinklessNodeNeverLeads(t *testing.T) {
 	srv := redistest.Start(t)
-	storeA, svc := newRedisService(t, srv)
-	storeB, _ := newRedisService(t, srv)
+	storeA, svc := quotatest.Redis(t, srv)
+	storeB, _ := quotatest.Redis(t, srv)
 	old := createUsers(t, svc, "old", 1)
 	time.Sleep(5 * time.Millisecond) // the event is older than A's retention
 

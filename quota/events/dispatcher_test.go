@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,8 +14,8 @@ import (
 
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 
+	"github.com/tenantquota/caddy-tenant-quota/internal/quotatest"
 	"github.com/tenantquota/caddy-tenant-quota/quota"
-	"github.com/tenantquota/caddy-tenant-quota/quota/boltstore"
 	"github.com/tenantquota/caddy-tenant-quota/quota/events"
 )
 
@@ -88,7 +87,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // user; an endpoint that fails for a while gets the same webhook-id again
 // and the event after it recovers.
 func TestWebhookDelivery(t *testing.T) {
-	store, svc := newService(t)
+	store, svc := quotatest.Embedded(t)
 	rc := newReceiver(t)
 	rc.failing.Store(3)
 	hook, err := events.NewWebhook(events.WebhookOptions{URL: rc.URL, Secrets: []string{secret}})
@@ -143,7 +142,7 @@ func TestWebhookDelivery(t *testing.T) {
 // TestWebhookGivesUp: an endpoint that never takes an event holds it back
 // for a bounded number of attempts, then the next events go through.
 func TestWebhookGivesUp(t *testing.T) {
-	store, svc := newService(t)
+	store, svc := quotatest.Embedded(t)
 	rc := newReceiver(t)
 	rc.failing.Store(4)
 	hook, _ := events.NewWebhook(events.WebhookOptions{URL: rc.URL, Secrets: []string{secret}, Types: events.Types{"user.created"}})
@@ -175,7 +174,7 @@ func TestParseSecret(t *testing.T) {
 // TestRetention: with no sink at all, the dispatcher trims events older
 // than the retention.
 func TestRetention(t *testing.T) {
-	store, svc := newService(t)
+	store, svc := quotatest.Embedded(t)
 	if _, err := svc.CreateUser(context.Background(), quota.NewUser{Name: "R", Email: "r@example.com"}); err != nil {
 		t.Fatal(err)
 	}
@@ -186,22 +185,6 @@ func TestRetention(t *testing.T) {
 		evs, _, err := store.ListEvents(context.Background(), quota.EventQuery{Take: 10})
 		return err == nil && len(evs) == 0
 	})
-}
-
-// newService opens an embedded store and a service over it for one test.
-func newService(t *testing.T) (*boltstore.Store, *quota.Service) {
-	t.Helper()
-	store, err := boltstore.Open(boltstore.Options{Path: filepath.Join(t.TempDir(), "q.db")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	svc, err := quota.NewService(quota.Options{Store: store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { svc.Close() })
-	return store, svc
 }
 
 // run runs d until the test ends, or until stop is called, once its sinks
@@ -224,7 +207,7 @@ func run(t *testing.T, d *events.Dispatcher) (stop func()) {
 // TestDeadSinkHoldsBackOnlyItself: a webhook that never answers does not
 // delay another sink, even with per-sink delivery locks in place.
 func TestDeadSinkHoldsBackOnlyItself(t *testing.T) {
-	store, svc := newService(t)
+	store, svc := quotatest.Embedded(t)
 	release := make(chan struct{})
 	dead := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {

@@ -10,6 +10,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/tenantquota/caddy-tenant-quota/internal/quotatest"
 	"github.com/tenantquota/caddy-tenant-quota/quota"
 	"github.com/tenantquota/caddy-tenant-quota/quota/events"
 )
@@ -23,7 +24,7 @@ func TestKafkaDelivery(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(cluster.Close)
-	store, svc := newService(t)
+	store, svc := quotatest.Embedded(t)
 	sink, err := events.NewKafka(events.KafkaOptions{Brokers: cluster.ListenAddrs(), Topic: "tenant-quota-events"})
 	if err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/tenantquota/caddy-tenant-quota/internal/quotatest"
 	"github.com/tenantquota/caddy-tenant-quota/quota"
 	"github.com/tenantquota/caddy-tenant-quota/quota/events"
 )
@@ -80,7 +81,7 @@ func TestWebhookURLSecretsNeverShown(t *testing.T) {
 			}
 
 			// Through the dispatcher: its log lines, on retry and on giving up.
-			store, svc := newService(t)
+			store, svc := quotatest.Embedded(t)
 			core, logs := observer.New(zap.DebugLevel)
 			d, err := events.New(events.Options{Log: store, Sinks: []events.Sink{hook}, Holder: "test", Poll: 10 * time.Millisecond,
 				Logger: zap.New(core), Retry: events.Retry{Min: time.Millisecond, Max: 2 * time.Millisecond, Attempts: 2}})
