@@ -180,8 +180,14 @@ func (s *Service) admitToken(ctx context.Context, u *User, tok *Token, p *Plan, 
 	if at.IsZero() {
 		at = s.clock.Now()
 	}
-	if le := s.refused.lookup(u, tok, p.Uses(), at); le != nil {
+	le, probe := s.refused.lookup(u, tok, p.Uses(), at)
+	if le != nil {
 		return nil, le
+	}
+	if probe != nil {
+		// Whatever ends this admission (an admission, a store error, a
+		// panic) ends the refusal, unless a new refusal was noted.
+		defer s.refused.probed(u.ID, probe)
 	}
 	for fits := 0; ; fits++ {
 		var t *Ticket

@@ -143,3 +143,44 @@ func TestTokenRefusalsAreCheap(t *testing.T) {
 		t.Fatalf("500 refusals at a full token cap cost %d store admissions", a)
 	}
 }
+
+// TestRefusalHerdAtExpiry: when a remembered refusal ends, one request
+// asks the store again while the others keep being refused from memory,
+// so a capped tenant on many connections costs the store about one
+// script per refusalTTL, not one per connection.
+func TestRefusalHerdAtExpiry(t *testing.T) {
+	n := newSliceNode(t, openRedis(t, redistest.Start(t)), nil, true)
+	p, _ := secretTenant(t, n.svc, 1)
+	if !n.admit(t, p) || n.admit(t, p) {
+		t.Fatal("the cap of 1 does not hold")
+	}
+	before := n.admits.Load() // the refusal is remembered now
+	const conns, per = 32, 400
+	start := time.Now()
+	done := make(chan bool, conns)
+	for range conns {
+		go func() {
+			admitted := false
+			for i := 0; i < per && time.Since(start) < 1200*time.Millisecond; i++ {
+				if n.admit(t, p) {
+					admitted = true
+				}
+				time.Sleep(time.Millisecond)
+			}
+			done <- admitted
+		}()
+	}
+	for range conns {
+		if <-done {
+			t.Error("admitted over the cap")
+		}
+	}
+	elapsed := time.Since(start)
+	calls := n.admits.Load() - before
+	// One probe per refusalTTL (250 ms), with room for a scheduler stall.
+	limit := 2*int64(elapsed/(250*time.Millisecond)) + 4
+	t.Logf("%d connections refused for %v cost %d store admissions", conns, elapsed.Round(time.Millisecond), calls)
+	if calls > limit {
+		t.Fatalf("%d store admissions in %v (want ≤ %d: one probe per expiry, the rest refused from memory)", calls, elapsed, limit)
+	}
+}
