@@ -125,8 +125,13 @@ func SortCounters(cs []Counter) {
 func (s *Service) ResetUsage(ctx context.Context, userID string, resources []string) (*Usage, error) {
 	var v validator
 	for i, r := range resources {
-		if !ValidResourceName(r) {
+		switch {
+		case !ValidResourceName(r):
 			v.add(fmt.Sprintf("resources[%d]", i), "resource name must match %s", ResourceNamePattern)
+		case InternalResource(r):
+			// What live reservations and slices hold: a reset keeps them
+			// (reset of every resource included).
+			v.add(fmt.Sprintf("resources[%d]", i), "%s", internalResourceDetail(r))
 		}
 	}
 	if err := v.err(); err != nil {
