@@ -111,6 +111,12 @@ const MaxLimit = 1 << 50
 // resource's counter can be read or written as one of them.
 func ValidResourceName(name string) bool { return resourceName.MatchString(name) }
 
+// KeptByFullReset reports whether a reset that names no resource (a
+// reset of every counter, say a monthly cron) keeps the resource's
+// counters: the credits spent, which are a prepaid balance and not a
+// usage window; a reset that names the resource resets it.
+func KeptByFullReset(resource string) bool { return resource == ResourceCredits }
+
 // InternalResource reports whether name is one of the gateway's own
 // counters, which share a user's counters but that no limit may name:
 // those under ReservedPrefix ("reserved_tokens", "reserved_slices": what

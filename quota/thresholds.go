@@ -79,7 +79,7 @@ func windowSeconds(start time.Time) int64 {
 func (m ThresholdMarks) ForgetMarks(resources []string) {
 	for k := range m {
 		resource, _, _ := strings.Cut(k, "|")
-		if len(resources) == 0 || slices.Contains(resources, resource) {
+		if (len(resources) == 0 && !KeptByFullReset(resource)) || slices.Contains(resources, resource) {
 			delete(m, k)
 		}
 	}

@@ -78,7 +78,7 @@ paths = {
    "get": op("A user's usage; with by=model, token usage by model group", "usage.read", resp(200, "usage", {"oneOf": [ref("Usage"), ref("UsageByModel")]}),
       params=[q("by", {"type": "string", "enum": ["model"]})])},
  "/users/{id}/usage/reset": {"parameters": [p_id],
-   "post": op("Reset counters (all, or the named resources)", "usage.reset", resp(200, "usage", ref("Usage")),
+   "post": op("Reset counters (all but the credits spent, or the named resources)", "usage.reset", resp(200, "usage", ref("Usage")),
       {"type": "object", "properties": {"resources": {"type": "array", "items": {"type": "string"}}}, "additionalProperties": False}, optional=True)},
  "/users/{id}/credits": {"parameters": [p_id],
    "post": op("Top up prepaid credits", "credits.add", resp(200, "the user", ref("User")),

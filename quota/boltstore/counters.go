@@ -489,6 +489,12 @@ func (s *Store) ResetUsage(ctx context.Context, userID string, resources []strin
 	for _, r := range resources {
 		names[r] = true
 	}
+	reset := func(resource string) bool {
+		if len(names) == 0 {
+			return !quota.KeptByFullReset(resource)
+		}
+		return names[resource]
+	}
 	err := s.withUser(ctx, userID, func(e *entry, now time.Time) bool {
 		changed := false
 		for k := range e.counters {
@@ -496,14 +502,14 @@ func (s *Store) ResetUsage(ctx context.Context, userID string, resources []strin
 			if _, r, ok := quota.SplitTokenResource(resource); ok {
 				resource = r // a token's own counter goes with its resource
 			}
-			if len(names) == 0 || names[resource] {
+			if reset(resource) {
 				delete(e.counters, k)
 				changed = true
 			}
 		}
 		for k := range e.keys {
 			resource, _, _ := strings.Cut(k, "|")
-			if len(names) == 0 || names[resource] {
+			if reset(resource) {
 				delete(e.keys, k)
 				changed = true
 			}
@@ -522,7 +528,7 @@ func (s *Store) ResetUsage(ctx context.Context, userID string, resources []strin
 					resource = r
 				}
 				start, _ := h.per.Window(now)
-				if (len(names) > 0 && !names[resource]) || (!h.start.IsZero() && !h.start.Equal(start)) {
+				if !reset(resource) || (!h.start.IsZero() && !h.start.Equal(start)) {
 					continue
 				}
 				key := quota.CounterKey(h.resource, h.per)

@@ -499,9 +499,10 @@ func testUsageReset(t *testing.T, s quota.Store) {
 	admit(t, s, u,
 		quota.Charge{Resource: "messages", Limit: 5, Amount: 2},
 		quota.Charge{Resource: "messages", Per: quota.Day, Limit: 5, Amount: 2},
-		quota.Charge{Resource: "tokens", Limit: quota.NoLimit, Amount: 50})
+		quota.Charge{Resource: "tokens", Limit: quota.NoLimit, Amount: 50},
+		quota.Charge{Resource: quota.ResourceCredits, Limit: 100, Amount: 30})
 	snap, err := s.Usage(ctx(t), u)
-	if err != nil || len(snap.Counters) != 3 {
+	if err != nil || len(snap.Counters) != 4 {
 		t.Fatalf("Usage: %+v %v", snap, err)
 	}
 	if err := s.ResetUsage(ctx(t), u, []string{"messages"}); err != nil {
@@ -518,8 +519,19 @@ func testUsageReset(t *testing.T, s quota.Store) {
 	if snap.Current("tokens", quota.Lifetime) != 0 {
 		t.Fatalf("after resetting all: %+v", snap)
 	}
+	// Credits spent are a prepaid balance, not a usage window: a reset of
+	// everything (a monthly cron) keeps them; naming them resets them.
+	if got := snap.Current(quota.ResourceCredits, quota.Lifetime); got != 30 {
+		t.Fatalf("credits spent after resetting all = %d, want 30 (kept)", got)
+	}
 	if adm := admit(t, s, u, quota.Charge{Resource: "messages", Limit: 5, Amount: 5}); !adm.Allowed {
 		t.Fatalf("admission after reset: %+v", adm)
+	}
+	if err := s.ResetUsage(ctx(t), u, []string{quota.ResourceCredits}); err != nil {
+		t.Fatal(err)
+	}
+	if snap, _ = s.Usage(ctx(t), u); snap.Current(quota.ResourceCredits, quota.Lifetime) != 0 {
+		t.Fatalf("credits spent after resetting them by name: %+v", snap)
 	}
 }
 

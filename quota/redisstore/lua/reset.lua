@@ -1,9 +1,10 @@
 -- resetScript zeroes counters in one step with their events: KEYS usage
 -- hash, distinct-keys hash, outbox stream, threshold marks, lease bodies;
 -- ARGV retention ms, event count, the events, then the resources (none:
--- all). A resource's counters are the usage fields "<resource>|<period>"
--- and their "|s" window starts; its marks go with them, so its thresholds
--- fire anew.
+-- all but the credits spent, a prepaid balance: quota.KeptByFullReset).
+-- A resource's counters are the usage fields "<resource>|<period>" and
+-- their "|s" window starts; its marks go with them, so its thresholds fire
+-- anew.
 --
 -- What requests in flight and headroom slices hold stays counted: their
 -- settlement takes it back from the window it was taken in, so a reset
@@ -18,17 +19,18 @@ for i = first, #ARGV do drop[ARGV[i]] = true end
 -- a token's own counter of a resource goes with it
 local function dropped(r)
   if not r then return false end
-  if all or drop[r] then return true end
   local tr = string.match(r, "^t%.[^.]+%.(.+)$")
+  if all then return r ~= "credits" and tr ~= "credits" end
+  if drop[r] then return true end
   return tr ~= nil and drop[tr] == true
 end
-if all then
-  redis.call("DEL", KEYS[1], KEYS[2], KEYS[4])
-else
-  for _, k in ipairs({KEYS[1], KEYS[2], KEYS[4]}) do
-    for _, f in ipairs(redis.call("HKEYS", k)) do
-      if dropped(string.match(f, "^([^|]*)|")) then redis.call("HDEL", k, f) end
-    end
+for _, k in ipairs({KEYS[1], KEYS[2], KEYS[4]}) do
+  local gone = {}
+  for _, f in ipairs(redis.call("HKEYS", k)) do
+    if dropped(string.match(f, "^([^|]*)|")) then gone[#gone + 1] = f end
+  end
+  for i = 1, #gone, 1000 do
+    redis.call("HDEL", k, unpack(gone, i, math.min(i + 999, #gone)))
   end
 end
 local now = tonumber(redis.call("TIME")[1])
