@@ -162,6 +162,8 @@ type tortureTenant struct {
 	id, token string
 	caps      map[string]int64 // tokens, messages, conversations
 	base      servedCount      // the backend's count at the last reset
+	granted   int64            // the most credits granted since creation or deactivation
+	spentBase servedCount      // the backend's count at the last deactivation
 	disabled  bool
 	secrets   []string
 }
@@ -260,7 +262,8 @@ func torture(t *testing.T, seed uint64, rounds int, onRedis bool) {
 	// The access log on stdout, filtered as the README says: Caddy itself
 	// redacts only Authorization.
 	site := "@chat path /v1/chat/completions\n\tlog {\n\t\toutput stdout\n\t\tformat filter {\n\t\t\trequest>headers>X-Api-Key delete\n\t\t\trequest>headers>Api-Key delete\n\t\t}\n\t}"
-	handler := "meter conversations @chat key {header.X-Conversation-ID}\n\t\t\tdefault_max_tokens 256\n\t\t\treservation_ttl 3s"
+	// Every request is priced too: 2 credits a message, 1 per 1,000 tokens.
+	handler := "meter conversations @chat key {header.X-Conversation-ID}\n\t\t\tdefault_max_tokens 256\n\t\t\treservation_ttl 3s\n\t\t\tcredits messages 2\n\t\t\tcredits tokens 1 per 1000"
 	gws := []*gateway{startGatewayWith(t, opts, site, handler, strings.TrimPrefix(be.URL, "http://"))}
 	if onRedis {
 		gws = append(gws, startGatewayWith(t, opts, site, handler, strings.TrimPrefix(be.URL, "http://")))
@@ -271,8 +274,12 @@ func torture(t *testing.T, seed uint64, rounds int, onRedis bool) {
 		if i == 0 {
 			caps["messages"] = 3000 // a busy tenant far from its cap: served from slices
 		}
-		created := admin.tenant(t, map[string]any{"name": "T", "email": fmt.Sprintf("t%d-%d@example.com", i, rng.Uint32()), "limits": limitsOf(caps)})
-		return &tortureTenant{id: created.User.ID, token: created.Token.Token, caps: caps, secrets: []string{created.Token.Token}}
+		credits := 100 + int64(rng.IntN(500))
+		if i == 0 {
+			credits = 1 << 40
+		}
+		created := admin.tenant(t, map[string]any{"name": "T", "email": fmt.Sprintf("t%d-%d@example.com", i, rng.Uint32()), "limits": limitsOf(caps), "credits": credits})
+		return &tortureTenant{id: created.User.ID, token: created.Token.Token, caps: caps, granted: credits, secrets: []string{created.Token.Token}}
 	}
 	tenants := []*tortureTenant{newTenant(0), newTenant(1), newTenant(2)}
 	var secrets []string
@@ -334,6 +341,9 @@ func torture(t *testing.T, seed uint64, rounds int, onRedis bool) {
 					status = "active"
 				}
 				tn.disabled = !tn.disabled
+				if tn.disabled { // a deactivated account keeps no balance
+					tn.granted, tn.spentBase = 0, be.snapshot()[tn.id]
+				}
 				wantStatus(t, call(t, "PATCH", admin.url+"/quota/users/"+tn.id, adminKey, map[string]any{"status": status}, nil), http.StatusOK)
 			case 3: // revoke the token, issue another
 				var toks struct {
@@ -347,6 +357,12 @@ func torture(t *testing.T, seed uint64, rounds int, onRedis bool) {
 				wantStatus(t, call(t, "POST", admin.url+"/quota/users/"+tn.id+"/tokens", adminKey, map[string]any{}, &issued), http.StatusCreated)
 				tn.token = issued.Token
 				tn.secrets = append(tn.secrets, issued.Token)
+			case 5: // a top-up
+				var topped struct {
+					Credits int64 `json:"credits"`
+				}
+				wantStatus(t, call(t, "POST", admin.url+"/quota/users/"+tn.id+"/credits", adminKey, map[string]any{"amount": 100 + rng.IntN(800)}, &topped), http.StatusOK)
+				tn.granted = max(tn.granted, topped.Credits)
 			case 4:
 				wantStatus(t, call(t, "DELETE", admin.url+"/quota/users/"+tn.id, adminKey, nil, nil), http.StatusNoContent)
 				secrets = append(secrets, tn.secrets...)
@@ -413,7 +429,19 @@ func checkTenant(t *testing.T, round int, g *gateway, tn *tortureTenant, before,
 			t.Errorf("round %d: tenant %s was served %d %s against %d left of its cap of %d (served %d since its reset before the round)", round, tn.id, inRound, res, allowed, tn.caps[res], s[0])
 		}
 	}
+	// Credits spent go down only when the account is deactivated (its
+	// balance goes; a reset keeps them) and every admission fits what is
+	// granted at its moment, so what the backend served since costs at
+	// most the most granted since (tokens rounded down: a lower bound).
+	msgs, toks := after.messages-tn.spentBase.messages, after.tokens-tn.spentBase.tokens
+	cost := 2*msgs + toks/1000
+	if cost > tn.granted {
+		t.Errorf("round %d: tenant %s was served %d messages and %d tokens, %d credits' worth, against %d granted", round, tn.id, msgs, toks, cost, tn.granted)
+	}
 	counted := g.lifetime(t, tn.id)
+	if c := counted["credits"].Used; c < cost {
+		t.Errorf("round %d: tenant %s: the backend served %d messages and %d tokens, %d credits' worth, the gateway counted %d spent", round, tn.id, msgs, toks, cost, c)
+	}
 	for _, res := range []string{"tokens", "messages"} {
 		if c := counted[res].Used; c < served[res][1] {
 			t.Errorf("round %d: tenant %s: the backend served %d %s since the reset, the gateway counted %d", round, tn.id, served[res][1], res, c)
