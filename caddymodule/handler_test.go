@@ -234,3 +234,36 @@ func TestInternalResourcesRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestModelInThePath: Azure-style routes name the model (the deployment)
+// in the path, and such a backend ignores the body's model: the path's is
+// the one charged, and a body naming another is refused.
+func TestModelInThePath(t *testing.T) {
+	groups := quota.ModelGroups{
+		{Name: "small", Patterns: []string{"gpt-4o-mini*"}},
+		{Name: "premium", Patterns: []string{"gpt-4o*"}},
+	}
+	hs := newHarness(t, quota.Limits{"tokens.premium": {{Limit: 0}}, "tokens": {{Limit: 1_000_000}}}, func(_ *Handler, a *App) { a.ModelGroups = groups })
+	for _, tc := range []struct{ path, body string }{
+		{"/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21", `{"model":"gpt-4o-mini","messages":[],"max_tokens":5}`},
+		{"/openai/deployments/gpt-4o/chat/completions", `{"messages":[],"max_tokens":5}`},
+		{"/openai/Deployments/GPT-4o/chat/completions", `{"messages":[],"max_tokens":5}`},
+		{"/openai/deployments/gpt-4o/completions", `{"prompt":"hi","max_tokens":5}`},
+		{"/openai/deployments/gpt-4o/embeddings", `{"model":"gpt-4o-mini","input":"hi"}`},
+	} {
+		if w := hs.do("POST", tc.path, tc.body); w.Code != 400 && w.Code != 403 {
+			t.Errorf("%s %s: %d %s", tc.path, tc.body, w.Code, w.Body)
+		}
+	}
+	for _, tc := range []struct{ path, body string }{
+		{"/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21", `{"messages":[],"max_tokens":5}`},
+		{"/openai/deployments/gpt-4o-mini/chat/completions", `{"model":"GPT-4o-mini","messages":[],"max_tokens":5}`},
+	} {
+		if w := hs.do("POST", tc.path, tc.body); w.Code != 200 {
+			t.Errorf("%s %s: %d %s", tc.path, tc.body, w.Code, w.Body)
+		}
+	}
+	if hs.served != 2 {
+		t.Fatalf("the backend served %d requests, want 2", hs.served)
+	}
+}

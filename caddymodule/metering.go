@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -128,8 +129,27 @@ func (h *Handler) readRequest(r *http.Request) (*request, error) {
 		if strict && !req.tokens.Body.Object {
 			return nil, errNotObject
 		}
+		if err := pathModel(r.URL.Path, &req.tokens.Body); err != nil {
+			return nil, err
+		}
 	}
 	return req, nil
+}
+
+// pathModel makes the model a route names in its path (an Azure-style
+// deployment) the request's: such a backend serves it whatever the body
+// says, so a body naming another model is refused rather than charged to
+// the other's group.
+func pathModel(path string, body *llmusage.Request) error {
+	m := quota.PathModel(path)
+	if m == "" {
+		return nil
+	}
+	if body.Model != "" && !strings.EqualFold(strings.TrimSpace(body.Model), m) {
+		return &llmusage.FieldError{Field: "model", Detail: fmt.Sprintf("names %q, but the path names the deployment %q, which is what the backend serves: leave model out or name the deployment", body.Model, m)}
+	}
+	body.Model = m
+	return nil
 }
 
 // forwardBody puts the body back for the backend, with the output maximum

@@ -117,6 +117,23 @@ func APIOf(path string) API {
 	return APINone
 }
 
+// PathModel returns the model an LLM route names in its path (Azure
+// OpenAI's /openai/deployments/{deployment}/chat/completions: such a
+// backend serves the deployment and ignores the body's model), or "". The
+// path is the decoded path, without its query.
+func PathModel(path string) string {
+	if APIOf(path) == APINone {
+		return ""
+	}
+	segs := strings.Split(strings.TrimPrefix(CleanPath(path), "/"), "/")
+	for i := 0; i+2 < len(segs); i++ {
+		if strings.EqualFold(segs[i], "deployments") {
+			return segs[i+1]
+		}
+	}
+	return ""
+}
+
 // UnmeteredEndpoint returns which of the UnmeteredEndpoints a request
 // calls (its method, decoded path, and whether it asks for a connection
 // upgrade), or "". Background responses are known from the body only:
