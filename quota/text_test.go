@@ -3,6 +3,7 @@ package quota_test
 import (
 	"context"
 	"errors"
+	"strconv"
 	"testing"
 
 	"github.com/tenantquota/caddy-tenant-quota/quota"
@@ -41,6 +42,10 @@ func TestFreeText(t *testing.T) {
 		{"BOM", "\ufeffa"},
 		{"LS", "a\u2028b"},
 		{"PS", "a\u2029b"},
+		{"leading ZWJ", "\u200da"},
+		{"trailing ZWNJ", "a\u200c"},
+		{"two joiners", "a\u200d\u200db"},
+		{"joiner and invalid UTF-8", "a\u200db\xff"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if _, err := svc.CreateUser(ctx, quota.NewUser{Name: tt.s, Email: "x@example.com"}); fieldOf(err) != "name" {
@@ -62,6 +67,16 @@ func TestFreeText(t *testing.T) {
 	}
 	if _, err := svc.CreateToken(ctx, u.ID, quota.NewToken{Name: "déploiement 🚀"}); err != nil {
 		t.Fatalf("an ordinary token name: %v", err)
+	}
+	// Joiners between two characters write real names: emoji sequences
+	// and Persian (ZWNJ).
+	for _, name := range []string{"👩\u200d💻 team", "می\u200cخواهم"} {
+		if _, err := svc.CreateUser(ctx, quota.NewUser{Name: name, Email: "j" + strconv.Itoa(len(name)) + "@example.com"}); err != nil {
+			t.Errorf("name %q: %v", name, err)
+		}
+		if _, err := svc.CreateToken(ctx, u.ID, quota.NewToken{Name: name}); err != nil {
+			t.Errorf("token name %q: %v", name, err)
+		}
 	}
 	if err := quota.ValidateResource("chatbots/café", false); err != nil {
 		t.Fatalf("an ordinary resource id: %v", err)

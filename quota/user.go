@@ -116,9 +116,32 @@ func validateName(v *validator, field, name string, maxLen int, required bool) {
 		v.add(field, "is required")
 		return
 	}
-	if msg := checkText(name, maxLen); msg != "" {
+	if msg := checkText(withoutJoiners(name), maxLen); msg != "" {
 		v.add(field, "%s", msg)
 	}
+}
+
+// withoutJoiners is s without the zero-width joiners (U+200D) and
+// non-joiners (U+200C) that stand between two visible characters, as in
+// emoji sequences and Persian words: names may hold those; any other
+// (leading, trailing, doubled, next to a space) is left for checkText to
+// refuse.
+func withoutJoiners(s string) string {
+	if !utf8.ValidString(s) || !strings.ContainsAny(s, "\u200c\u200d") {
+		return s // invalid UTF-8 stays so, for checkText to refuse
+	}
+	visible := func(r rune) bool {
+		return r != utf8.RuneError && !unicode.IsSpace(r) && !unicode.In(r, unicode.Cc, unicode.Cf, unicode.Zl, unicode.Zp)
+	}
+	rs := []rune(s)
+	out := make([]rune, 0, len(rs))
+	for i, r := range rs {
+		if (r == '\u200c' || r == '\u200d') && i > 0 && i+1 < len(rs) && visible(rs[i-1]) && visible(rs[i+1]) {
+			continue
+		}
+		out = append(out, r)
+	}
+	return string(out)
 }
 
 func validateExternalID(v *validator, ext string) {
