@@ -99,6 +99,7 @@ type Handler struct {
 	responseFields   []string
 	responseBodyKeys bool
 	absurdLogged     *atomic.Bool // the absurd-usage warning is logged once
+	headerWarned     *atomic.Bool // the warning of tokens in headers Caddy logs, once
 	requiresOn       bool         // a require names a resource: ambiguous paths are refused
 	app              *App
 	logger           *zap.Logger
@@ -116,6 +117,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.absurdLogged = new(atomic.Bool)
+	h.headerWarned = new(atomic.Bool)
 	app, err := ctx.App("tenant_quota")
 	if err != nil {
 		return fmt.Errorf("loading the tenant_quota app: %w", err)
@@ -329,11 +331,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // (answered is then true).
 func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request, now time.Time) (p *quota.Principal, answered bool, err error) {
 	m := h.app.metrics
-	secret, ok := tokenFrom(r, h.tokenHeaders)
+	secret, th, ok := tokenFromHeader(r, h.tokenHeaders)
 	if !ok {
 		m.outcome(outcomeUnauthenticated)
 		return nil, true, writeUnauthorized(w, missingToken(h.TokenHeaders))
 	}
+	h.warnLoggedHeader(th)
 	p, err = h.app.Service().AuthenticateAt(r.Context(), secret, now)
 	switch {
 	case errors.Is(err, quota.ErrUnauthenticated):
@@ -509,7 +512,15 @@ func tokenHeadersOf(names []string) []tokenHeader {
 // tokenFrom takes the tenant's token from the first of headers present:
 // Authorization holds "Bearer <token>", the others the token alone.
 func tokenFrom(r *http.Request, headers []tokenHeader) (string, bool) {
-	for _, th := range headers {
+	secret, _, ok := tokenFromHeader(r, headers)
+	return secret, ok
+}
+
+// tokenFromHeader is tokenFrom that also says which header the token
+// came in.
+func tokenFromHeader(r *http.Request, headers []tokenHeader) (string, *tokenHeader, bool) {
+	for i := range headers {
+		th := &headers[i]
 		var v string
 		if vs := r.Header[th.key]; len(vs) > 0 {
 			v = vs[0]
@@ -518,12 +529,29 @@ func tokenFrom(r *http.Request, headers []tokenHeader) (string, bool) {
 			continue
 		}
 		if th.bearer {
-			return bearerToken(v)
+			secret, ok := bearerToken(v)
+			return secret, th, ok
 		}
 		v = strings.TrimSpace(v)
-		return v, v != ""
+		return v, th, v != ""
 	}
-	return "", false
+	return "", nil, false
+}
+
+// warnLoggedHeader warns, once per handler (a config load), that a token
+// came in a header Caddy's access and error logs do not redact: they
+// record the request as it arrived, before any handler, and redact only
+// Authorization and cookies, and no plugin can change that. The warning
+// names the header and the filter; an operator whose log encoders filter
+// it can ignore it.
+func (h *Handler) warnLoggedHeader(th *tokenHeader) {
+	if th.bearer || th.key == "Proxy-Authorization" || h.headerWarned == nil || !h.headerWarned.CompareAndSwap(false, true) {
+		return
+	}
+	h.logger.Warn("a tenant token came in a header that Caddy's access and error logs write in clear (they redact only Authorization): "+
+		"unless the site's log and the default log filter it, tokens sent this way are in the logs; see the README, Security",
+		zap.String("header", th.key),
+		zap.String("filter", "log { format filter { request>headers>"+th.key+" delete } }, and the same in the global log default { ... }"))
 }
 
 // tenantMessage is an authentication error as a tenant reads it: the

@@ -15,6 +15,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/tenantquota/caddy-tenant-quota/internal/quotatest"
 	"github.com/tenantquota/caddy-tenant-quota/internal/strictjson"
@@ -56,7 +57,7 @@ func newHarness(t *testing.T, limits quota.Limits, configure func(*Handler, *App
 	app := &App{service: svc, shared: &sharedStore{store: store, service: svc}, logger: zap.NewNop(), OnStoreError: StoreErrorDeny}
 	on := true
 	h := &Handler{app: app, logger: zap.NewNop(), TokenHeaders: DefaultTokenHeaders, tokenHeaders: defaultTokenHeaders,
-		UsageHeader: DefaultUsageHeader, Tokens: &on, IncludeUsage: &on, absurdLogged: new(atomic.Bool),
+		UsageHeader: DefaultUsageHeader, Tokens: &on, IncludeUsage: &on, absurdLogged: new(atomic.Bool), headerWarned: new(atomic.Bool),
 		DefaultMaxTokens: DefaultMaxTokens, MaxRequestBody: DefaultMaxRequestBody, Reserve: string(quota.ReserveStrict)}
 	if configure != nil {
 		configure(h, app)
@@ -265,5 +266,35 @@ func TestModelInThePath(t *testing.T) {
 	}
 	if hs.served != 2 {
 		t.Fatalf("the backend served %d requests, want 2", hs.served)
+	}
+}
+
+// TestWarnsOfTokensCaddyLogs: Caddy's access and error logs redact only
+// Authorization, and no plugin can change that; the first token that
+// comes in another header makes the handler warn once, naming the header
+// and the filter that keeps it out of the logs, and never the token.
+func TestWarnsOfTokensCaddyLogs(t *testing.T) {
+	core, logs := observer.New(zap.WarnLevel)
+	hs := newHarness(t, quota.Limits{"messages": {{Limit: 100}}}, func(h *Handler, _ *App) { h.logger = zap.New(core) })
+	hs.do("POST", "/v1/x", `{}`) // Authorization: redacted by Caddy
+	if n := logs.Len(); n != 0 {
+		t.Fatalf("%d warnings for a token in Authorization", n)
+	}
+	for range 3 {
+		r := httptest.NewRequest("POST", "/v1/x", strings.NewReader(`{}`))
+		r.Header.Set("X-Api-Key", hs.secret)
+		r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
+		w := httptest.NewRecorder()
+		if err := hs.h.ServeHTTP(w, r, caddyhttp.HandlerFunc(hs.backend)); err != nil || w.Code != 200 {
+			t.Fatalf("%d %v", w.Code, err)
+		}
+	}
+	all := logs.All()
+	if len(all) != 1 {
+		t.Fatalf("%d warnings, want 1", len(all))
+	}
+	line := fmt.Sprint(all[0].Message, all[0].ContextMap())
+	if !strings.Contains(line, "X-Api-Key") || !strings.Contains(line, "request>headers>X-Api-Key delete") || strings.Contains(line, hs.secret) {
+		t.Fatalf("warning: %s", line)
 	}
 }
