@@ -61,8 +61,15 @@ func quotaCommand(cmd *cobra.Command) {
 
 	users := &cobra.Command{Use: "users", Short: "List, get, create, update, disable, enable or delete users"}
 	users.AddCommand(
-		c.run("list", "List users", cobra.NoArgs, func(args []string, f map[string]string) error {
-			return c.show(c.do("GET", "/users?take=1000", nil), "items", "id", "email", "name", "status", "externalId", "credits")
+		c.run("list", "List every user (all pages), then how many", cobra.NoArgs, func(args []string, f map[string]string) error {
+			r, n := c.allPages("/users", "take=1000")
+			if err := c.show(r, "items", "id", "email", "name", "status", "externalId", "credits"); err != nil {
+				return err
+			}
+			if !c.json {
+				fmt.Fprintf(c.out, "%d users\n", n)
+			}
+			return nil
 		}),
 		c.run("get <user>", "Show a user", cobra.ExactArgs(1), func(args []string, f map[string]string) error {
 			id, err := c.userID(args[0])
@@ -166,7 +173,11 @@ func quotaCommand(cmd *cobra.Command) {
 		if err != nil {
 			return err
 		}
-		return c.show(c.do("POST", "/users/"+id+"/usage/reset", map[string]any{"resources": args[1:]}), "items", "resource", "per", "used", "limit")
+		var body any // none: every counter
+		if len(args) > 1 {
+			body = map[string]any{"resources": args[1:]}
+		}
+		return c.show(c.do("POST", "/users/"+id+"/usage/reset", body), "items", "resource", "per", "used", "limit")
 	}))
 
 	credits := &cobra.Command{Use: "credits", Short: "Top up a user's prepaid credits"}
@@ -309,6 +320,40 @@ func (c *cli) do(method, path string, body any) response {
 		return response{err: fmt.Errorf("%s %s: %s", method, path, resp.Status)}
 	}
 	return response{body: data}
+}
+
+// allPages gets every page of a list (following nextCursor) as one
+// answer whose items are all of them, and how many there are.
+func (c *cli) allPages(path, query string) (response, int) {
+	var all []json.RawMessage
+	cursor := ""
+	for {
+		q := query
+		if cursor != "" {
+			q += "&cursor=" + url.QueryEscape(cursor)
+		}
+		r := c.do("GET", path+"?"+q, nil)
+		if r.err != nil {
+			return r, 0
+		}
+		var page struct {
+			Items      []json.RawMessage `json:"items"`
+			NextCursor string            `json:"nextCursor"`
+		}
+		if err := json.Unmarshal(r.body, &page); err != nil {
+			return response{err: fmt.Errorf("GET %s: %v", path, err)}, 0
+		}
+		all = append(all, page.Items...)
+		if page.NextCursor == "" || page.NextCursor == cursor {
+			break
+		}
+		cursor = page.NextCursor
+	}
+	if all == nil {
+		all = []json.RawMessage{}
+	}
+	body, err := json.Marshal(map[string]any{"items": all})
+	return response{body: body, err: err}, len(all)
 }
 
 // userID resolves a user named by id, email or external id.
