@@ -331,12 +331,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // (answered is then true).
 func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request, now time.Time) (p *quota.Principal, answered bool, err error) {
 	m := h.app.metrics
-	secret, th, ok := tokenFromHeader(r, h.tokenHeaders)
+	secret, ok := tokenFrom(r, h.tokenHeaders)
 	if !ok {
 		m.outcome(outcomeUnauthenticated)
 		return nil, true, writeUnauthorized(w, missingToken(h.TokenHeaders))
 	}
-	h.warnLoggedHeader(th)
+	h.warnLoggedHeader(r)
 	p, err = h.app.Service().AuthenticateAt(r.Context(), secret, now)
 	switch {
 	case errors.Is(err, quota.ErrUnauthenticated):
@@ -512,15 +512,7 @@ func tokenHeadersOf(names []string) []tokenHeader {
 // tokenFrom takes the tenant's token from the first of headers present:
 // Authorization holds "Bearer <token>", the others the token alone.
 func tokenFrom(r *http.Request, headers []tokenHeader) (string, bool) {
-	secret, _, ok := tokenFromHeader(r, headers)
-	return secret, ok
-}
-
-// tokenFromHeader is tokenFrom that also says which header the token
-// came in.
-func tokenFromHeader(r *http.Request, headers []tokenHeader) (string, *tokenHeader, bool) {
-	for i := range headers {
-		th := &headers[i]
+	for _, th := range headers {
 		var v string
 		if vs := r.Header[th.key]; len(vs) > 0 {
 			v = vs[0]
@@ -529,29 +521,36 @@ func tokenFromHeader(r *http.Request, headers []tokenHeader) (string, *tokenHead
 			continue
 		}
 		if th.bearer {
-			secret, ok := bearerToken(v)
-			return secret, th, ok
+			return bearerToken(v)
 		}
 		v = strings.TrimSpace(v)
-		return v, th, v != ""
+		return v, v != ""
 	}
-	return "", nil, false
+	return "", false
 }
 
 // warnLoggedHeader warns, once per handler (a config load), that a token
 // came in a header Caddy's access and error logs do not redact: they
 // record the request as it arrived, before any handler, and redact only
-// Authorization and cookies, and no plugin can change that. The warning
-// names the header and the filter; an operator whose log encoders filter
-// it can ignore it.
-func (h *Handler) warnLoggedHeader(th *tokenHeader) {
-	if th.bearer || th.key == "Proxy-Authorization" || h.headerWarned == nil || !h.headerWarned.CompareAndSwap(false, true) {
+// Authorization and cookies, and no plugin can change that. Any token
+// header but Authorization counts, whichever the token was taken from.
+// The warning names the header and the filter; an operator whose log
+// encoders filter it can ignore it. Once it is logged, it costs one
+// atomic load.
+func (h *Handler) warnLoggedHeader(r *http.Request) {
+	if h.headerWarned == nil || h.headerWarned.Load() {
 		return
 	}
-	h.logger.Warn("a tenant token came in a header that Caddy's access and error logs write in clear (they redact only Authorization): "+
-		"unless the site's log and the default log filter it, tokens sent this way are in the logs; see the README, Security",
-		zap.String("header", th.key),
-		zap.String("filter", "log { format filter { request>headers>"+th.key+" delete } }, and the same in the global log default { ... }"))
+	for _, th := range h.tokenHeaders {
+		if th.bearer || th.key == "Proxy-Authorization" || len(r.Header[th.key]) == 0 || !h.headerWarned.CompareAndSwap(false, true) {
+			continue
+		}
+		h.logger.Warn("a tenant token came in a header that Caddy's access and error logs write in clear (they redact only Authorization): "+
+			"unless the site's log and the default log filter it, tokens sent this way are in the logs; see the README, Security",
+			zap.String("header", th.key),
+			zap.String("filter", "log { format filter { request>headers>"+th.key+" delete } }, and the same in the global log default { ... }"))
+		return
+	}
 }
 
 // tenantMessage is an authentication error as a tenant reads it: the
@@ -652,6 +651,8 @@ func writeRequestError(w http.ResponseWriter, err error) error {
 		return writeError(w, http.StatusRequestEntityTooLarge, err.Error(), "invalid_request_error", "request_too_large")
 	case errors.Is(err, errNotObject):
 		return writeError(w, http.StatusBadRequest, err.Error(), "invalid_request_error", "invalid_json")
+	case errors.As(err, new(errInvalidPath)):
+		return writeError(w, http.StatusBadRequest, err.Error(), "invalid_request_error", "invalid_path")
 	}
 	return writeError(w, http.StatusBadRequest, err.Error(), "invalid_request_error", "invalid_request")
 }

@@ -251,6 +251,14 @@ func TestModelInThePath(t *testing.T) {
 		{"/openai/Deployments/GPT-4o/chat/completions", `{"messages":[],"max_tokens":5}`},
 		{"/openai/deployments/gpt-4o/completions", `{"prompt":"hi","max_tokens":5}`},
 		{"/openai/deployments/gpt-4o/embeddings", `{"model":"gpt-4o-mini","input":"hi"}`},
+		// Paths a backend could read as another deployment.
+		{"/openai/deployments//gpt-4o-mini/chat/completions", `{"messages":[],"max_tokens":5}`},
+		{"/openai/deployments/gpt-4o-mini//chat/completions", `{"messages":[],"max_tokens":5}`},
+		{"/x/deployments/gpt-4o-mini/openai/deployments/gpt-4o/chat/completions", `{"messages":[],"max_tokens":5}`},
+		{"/openai/deployments/gpt-4o/..;/gpt-4o-mini/chat/completions", `{"messages":[],"max_tokens":5}`},
+		{"/openai/deployments/%20gpt-4o-mini%20/chat/completions", `{"messages":[],"max_tokens":5}`},
+		{"/openai/deployments/gpt-4o-mini;x/chat/completions", `{"messages":[],"max_tokens":5}`},
+		{"/openai/deployments/gpt-4o-mini/x/chat/completions", `{"messages":[],"max_tokens":5}`},
 	} {
 		if w := hs.do("POST", tc.path, tc.body); w.Code != 400 && w.Code != 403 {
 			t.Errorf("%s %s: %d %s", tc.path, tc.body, w.Code, w.Body)
@@ -267,6 +275,21 @@ func TestModelInThePath(t *testing.T) {
 	if hs.served != 2 {
 		t.Fatalf("the backend served %d requests, want 2", hs.served)
 	}
+	// Under reserve estimate, a body too large to read (or none) still
+	// has the path's model.
+	est := newHarness(t, quota.Limits{"tokens.premium": {{Limit: 0}}, "tokens": {{Limit: 1_000_000}}}, func(h *Handler, a *App) {
+		a.ModelGroups, a.UnmatchedModels = groups, quota.UnmatchedAllow
+		h.Reserve, h.MaxRequestBody = string(quota.ReserveEstimate), 200
+	})
+	big := `{"messages":[{"role":"user","content":"` + strings.Repeat("x", 300) + `"}]}`
+	for _, body := range []string{big, ""} {
+		if w := est.do("POST", "/openai/deployments/gpt-4o/chat/completions", body); w.Code != 403 {
+			t.Errorf("estimate, body of %d bytes: %d %s", len(body), w.Code, w.Body)
+		}
+	}
+	if est.served != 0 {
+		t.Fatalf("the backend served %d premium requests against a premium limit of 0", est.served)
+	}
 }
 
 // TestWarnsOfTokensCaddyLogs: Caddy's access and error logs redact only
@@ -280,6 +303,13 @@ func TestWarnsOfTokensCaddyLogs(t *testing.T) {
 	if n := logs.Len(); n != 0 {
 		t.Fatalf("%d warnings for a token in Authorization", n)
 	}
+	// The token is taken from Authorization, but Caddy logs Api-Key too.
+	hs.do("POST", "/v1/x", `{}`, "Api-Key", "tq_other")
+	if n := logs.Len(); n != 1 {
+		t.Fatalf("%d warnings for a request with a token in Api-Key beside Authorization", n)
+	}
+	hs.h.headerWarned.Store(false)
+	logs.TakeAll()
 	for range 3 {
 		r := httptest.NewRequest("POST", "/v1/x", strings.NewReader(`{}`))
 		r.Header.Set("X-Api-Key", hs.secret)

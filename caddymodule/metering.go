@@ -66,6 +66,8 @@ type request struct {
 	tokens quota.TokenRequest
 	body   []byte // the body read, when it is to be forwarded from memory
 	rest   io.Reader
+	// pathModel is the model the path names (an Azure-style deployment).
+	pathModel string
 }
 
 // nothingToRead is the request of a route that reads no body (shared, never
@@ -87,7 +89,7 @@ var errNotObject = errors.New("the request body must be a JSON object")
 // readRequest reads the body of an LLM request (whatever its
 // Content-Type), or of a request whose meter keys name body fields, up to
 // max_request_body.
-func (h *Handler) readRequest(r *http.Request) (*request, error) {
+func (h *Handler) readRequest(r *http.Request) (req *request, err error) {
 	api, err := h.llmAPI(r)
 	if err != nil {
 		return nil, err
@@ -95,7 +97,21 @@ func (h *Handler) readRequest(r *http.Request) (*request, error) {
 	if api == quota.APINone && len(h.bodyFields) == 0 {
 		return &nothingToRead, nil
 	}
-	req := &request{tokens: quota.TokenRequest{API: api}}
+	req = &request{tokens: quota.TokenRequest{API: api}}
+	if api != quota.APINone {
+		// Whatever the body turns out to be (none, too large, not an
+		// object), a model the path names is the request's.
+		m, why := quota.PathModel(r.URL.Path)
+		if why != "" {
+			return nil, errInvalidPath(why)
+		}
+		req.pathModel = m
+		defer func() {
+			if err == nil && req != nil && req.pathModel != "" {
+				err = pathModel(req.pathModel, &req.tokens.Body)
+			}
+		}()
+	}
 	strict := h.route.Reserve == quota.ReserveStrict && api != quota.APINone
 	if r.Body == nil || r.Body == http.NoBody {
 		if strict {
@@ -129,28 +145,27 @@ func (h *Handler) readRequest(r *http.Request) (*request, error) {
 		if strict && !req.tokens.Body.Object {
 			return nil, errNotObject
 		}
-		if err := pathModel(r.URL.Path, &req.tokens.Body); err != nil {
-			return nil, err
-		}
 	}
 	return req, nil
 }
 
-// pathModel makes the model a route names in its path (an Azure-style
-// deployment) the request's: such a backend serves it whatever the body
-// says, so a body naming another model is refused rather than charged to
-// the other's group.
-func pathModel(path string, body *llmusage.Request) error {
-	m := quota.PathModel(path)
-	if m == "" {
-		return nil
-	}
+// pathModel makes m, the model a route names in its path (an
+// Azure-style deployment), the request's: such a backend serves it
+// whatever the body says, so a body naming another model is refused
+// rather than charged to the other's group.
+func pathModel(m string, body *llmusage.Request) error {
 	if body.Model != "" && !strings.EqualFold(strings.TrimSpace(body.Model), m) {
 		return &llmusage.FieldError{Field: "model", Detail: fmt.Sprintf("names %q, but the path names the deployment %q, which is what the backend serves: leave model out or name the deployment", body.Model, m)}
 	}
 	body.Model = m
 	return nil
 }
+
+// errInvalidPath is a path the gateway refuses to read one way when a
+// backend could read it another.
+type errInvalidPath string
+
+func (e errInvalidPath) Error() string { return "This path is ambiguous: " + string(e) + "; send it without." }
 
 // forwardBody puts the body back for the backend, with the output maximum
 // the plan set and, for a streamed chat completion, a request for usage.

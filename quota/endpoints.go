@@ -117,21 +117,43 @@ func APIOf(path string) API {
 	return APINone
 }
 
-// PathModel returns the model an LLM route names in its path (Azure
-// OpenAI's /openai/deployments/{deployment}/chat/completions: such a
-// backend serves the deployment and ignores the body's model), or "". The
-// path is the decoded path, without its query.
-func PathModel(path string) string {
-	if APIOf(path) == APINone {
-		return ""
-	}
-	segs := strings.Split(strings.TrimPrefix(CleanPath(path), "/"), "/")
-	for i := 0; i+2 < len(segs); i++ {
-		if strings.EqualFold(segs[i], "deployments") {
-			return segs[i+1]
+// PathModel returns the model an LLM route names in its path: Azure
+// OpenAI's /openai/deployments/{deployment}/chat/completions (or
+// .../extensions/chat/completions), whose backend serves the deployment
+// and ignores the body's model; "" when the path names none. The path is
+// the decoded path, without its query. Because the path then decides
+// what is charged, it must be plain: a path of that shape only once
+// cleaned (doubled slashes, ";params", dot segments, spaces, '\\'), or
+// naming deployments twice, is refused (why says why), so a backend that
+// reads it another way cannot serve a model other than the one charged.
+func PathModel(path string) (model, why string) {
+	clean := CleanPath(path)
+	segs := strings.Split(strings.TrimPrefix(clean, "/"), "/")
+	at := -1
+	for i, s := range segs {
+		if strings.EqualFold(s, "deployments") {
+			if at >= 0 {
+				return "", "the path names deployments twice"
+			}
+			at = i
 		}
 	}
-	return ""
+	if at < 1 || !strings.EqualFold(segs[at-1], "openai") || at+2 >= len(segs) || APIOf(clean) == APINone {
+		return "", ""
+	}
+	rest := strings.ToLower("/" + strings.Join(segs[at+2:], "/"))
+	rest = strings.TrimPrefix(rest, "/extensions")
+	known := false
+	for _, p := range llmPaths {
+		known = known || rest == p.suffix
+	}
+	switch {
+	case !known:
+		return "", "the path holds more than a deployment and an API"
+	case clean != path:
+		return "", "a deployment path must be sent plain (no doubled slashes, ';', '.' or '..' segments, spaces or backslashes)"
+	}
+	return segs[at+1], ""
 }
 
 // UnmeteredEndpoint returns which of the UnmeteredEndpoints a request
