@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/tenantquota/caddy-tenant-quota/quota"
@@ -46,6 +47,9 @@ func TestFreeText(t *testing.T) {
 		{"trailing ZWNJ", "a\u200c"},
 		{"two joiners", "a\u200d\u200db"},
 		{"joiner and invalid UTF-8", "a\u200db\xff"},
+		{"ZWJ between Latin letters", "ad\u200dmin"},
+		{"ZWNJ between Latin letters", "a\u200c-corp"},
+		{"ZWNJ before an emoji", "a\u200c👩"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if _, err := svc.CreateUser(ctx, quota.NewUser{Name: tt.s, Email: "x@example.com"}); fieldOf(err) != "name" {
@@ -70,13 +74,18 @@ func TestFreeText(t *testing.T) {
 	}
 	// Joiners between two characters write real names: emoji sequences
 	// and Persian (ZWNJ).
-	for _, name := range []string{"👩\u200d💻 team", "می\u200cخواهم"} {
+	for _, name := range []string{"👩\u200d💻 team", "می\u200cخواهم", "👩🏽\u200d💻", "❤\ufe0f\u200d🔥"} {
 		if _, err := svc.CreateUser(ctx, quota.NewUser{Name: name, Email: "j" + strconv.Itoa(len(name)) + "@example.com"}); err != nil {
 			t.Errorf("name %q: %v", name, err)
 		}
 		if _, err := svc.CreateToken(ctx, u.ID, quota.NewToken{Name: name}); err != nil {
 			t.Errorf("token name %q: %v", name, err)
 		}
+	}
+	// Joiners count towards the length.
+	long := strings.Repeat("👩\u200d", 100) + "💻"
+	if _, err := svc.CreateToken(ctx, u.ID, quota.NewToken{Name: long}); fieldOf(err) != "name" {
+		t.Errorf("a name of %d characters with joiners: %v", len([]rune(long)), err)
 	}
 	if err := quota.ValidateResource("chatbots/café", false); err != nil {
 		t.Fatalf("an ordinary resource id: %v", err)

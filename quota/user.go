@@ -116,32 +116,51 @@ func validateName(v *validator, field, name string, maxLen int, required bool) {
 		v.add(field, "is required")
 		return
 	}
-	if msg := checkText(withoutJoiners(name), maxLen); msg != "" {
+	msg := checkText(withoutJoiners(name), maxLen)
+	if n := utf8.RuneCountInString(name); n > maxLen && utf8.ValidString(name) {
+		msg = fmt.Sprintf("must be at most %d characters, got %d", maxLen, n) // joiners count
+	}
+	if msg != "" {
 		v.add(field, "%s", msg)
 	}
 }
 
-// withoutJoiners is s without the zero-width joiners (U+200D) and
-// non-joiners (U+200C) that stand between two visible characters, as in
-// emoji sequences and Persian words: names may hold those; any other
-// (leading, trailing, doubled, next to a space) is left for checkText to
-// refuse.
+// withoutJoiners is s without the joiners a name may hold: a zero-width
+// joiner (U+200D) inside an emoji sequence (after an emoji, a skin tone
+// or a variation selector, before an emoji: 👩‍💻) and a zero-width
+// non-joiner (U+200C) between two letters of a script that writes with it
+// (Arabic, Persian, the Indic scripts). Any other (between Latin letters,
+// leading, trailing, doubled) is left for checkText to refuse: "ad‍min"
+// would look like "admin".
 func withoutJoiners(s string) string {
 	if !utf8.ValidString(s) || !strings.ContainsAny(s, "\u200c\u200d") {
 		return s // invalid UTF-8 stays so, for checkText to refuse
 	}
-	visible := func(r rune) bool {
-		return r != utf8.RuneError && !unicode.IsSpace(r) && !unicode.In(r, unicode.Cc, unicode.Cf, unicode.Zl, unicode.Zp)
-	}
 	rs := []rune(s)
 	out := make([]rune, 0, len(rs))
 	for i, r := range rs {
-		if (r == '\u200c' || r == '\u200d') && i > 0 && i+1 < len(rs) && visible(rs[i-1]) && visible(rs[i+1]) {
-			continue
+		if i > 0 && i+1 < len(rs) {
+			prev, next := rs[i-1], rs[i+1]
+			switch {
+			case r == '\u200d' && (unicode.Is(unicode.So, prev) || unicode.Is(unicode.Sk, prev) || prev == '\ufe0f') && unicode.Is(unicode.So, next):
+				continue
+			case r == '\u200c' && joiningScript(prev) && joiningScript(next):
+				continue
+			}
 		}
 		out = append(out, r)
 	}
 	return string(out)
+}
+
+// joiningScript reports whether r is a letter or mark of a script written
+// with zero-width non-joiners.
+func joiningScript(r rune) bool {
+	if !unicode.IsLetter(r) && !unicode.IsMark(r) {
+		return false
+	}
+	return unicode.In(r, unicode.Arabic, unicode.Syriac, unicode.Devanagari, unicode.Bengali, unicode.Gurmukhi, unicode.Gujarati,
+		unicode.Oriya, unicode.Tamil, unicode.Telugu, unicode.Kannada, unicode.Malayalam, unicode.Sinhala, unicode.Inherited)
 }
 
 func validateExternalID(v *validator, ext string) {
