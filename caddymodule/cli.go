@@ -168,7 +168,7 @@ func quotaCommand(cmd *cobra.Command) {
 	})
 	usage.Use = "usage <user> | usage reset <user> [<resource>...]"
 	usage.Args = cobra.MinimumNArgs(1)
-	usage.AddCommand(c.run("reset <user> [<resource>...]", "Reset a user's counters (all, or the named resources)", cobra.MinimumNArgs(1), func(args []string, f map[string]string) error {
+	usage.AddCommand(c.run("reset <user> [<resource>...]", "Reset a user's counters (all but the credits spent, or the named resources)", cobra.MinimumNArgs(1), func(args []string, f map[string]string) error {
 		id, err := c.userID(args[0])
 		if err != nil {
 			return err

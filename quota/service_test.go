@@ -202,7 +202,7 @@ func TestServiceAdmitAndUsage(t *testing.T) {
 	}
 	// The gateway's own counters hold what live reservations and slices
 	// hold: zeroing one would let them be spent twice.
-	for _, name := range []string{"reserved_tokens", "reserved_slices", "t.x.messages"} {
+	for _, name := range []string{"reserved_tokens", "reserved_slices", "t.x"} {
 		if _, err := svc.ResetUsage(ctx, u.ID, []string{name}); !errors.Is(err, quota.ErrInvalid) {
 			t.Fatalf("reset of internal counter %s: %v", name, err)
 		}

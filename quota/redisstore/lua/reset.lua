@@ -24,7 +24,14 @@ local function dropped(r)
   if drop[r] then return true end
   return tr ~= nil and drop[tr] == true
 end
-for _, k in ipairs({KEYS[1], KEYS[2], KEYS[4]}) do
+local lists = {KEYS[1], KEYS[2], KEYS[4]}
+if all then
+  -- No distinct key counts credits: the hash goes in one step (it may
+  -- hold 100,000 keys).
+  redis.call("DEL", KEYS[2])
+  lists = {KEYS[1], KEYS[4]}
+end
+for _, k in ipairs(lists) do
   local gone = {}
   for _, f in ipairs(redis.call("HKEYS", k)) do
     if dropped(string.match(f, "^([^|]*)|")) then gone[#gone + 1] = f end
