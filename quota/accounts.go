@@ -194,9 +194,24 @@ func (s *Service) tryModifyUser(ctx context.Context, id string, change func(*Use
 		u.Limits = Limits{}
 	}
 	deactivated := old.Status != StatusDisabled && u.Status == StatusDisabled
+	var zeroed *Event
 	if deactivated {
-		// A deactivated account keeps no prepaid balance.
+		// A deactivated account keeps no prepaid balance; the event says
+		// how much went, for a top-up to give it back.
 		u.Credits = 0
+		if old.Credits > 0 {
+			snap, err := s.store.Usage(ctx, id)
+			if err != nil {
+				return nil, nil, err
+			}
+			spent := snap.Current(ResourceCredits, Lifetime)
+			ev := s.newEvent(ctx, EventCreditsZeroed, id, struct {
+				Amount  int64 `json:"amount"`
+				Granted int64 `json:"granted"`
+				Spent   int64 `json:"spent"`
+			}{max(old.Credits-spent, 0), old.Credits, spent})
+			zeroed = &ev
+		}
 	}
 	if err := validateUser(u); err != nil {
 		return nil, nil, err
@@ -204,12 +219,24 @@ func (s *Service) tryModifyUser(ctx context.Context, id string, change func(*Use
 	u.UpdatedAt = s.now()
 	u.Revision = old.Revision + 1
 	events = s.changeEvents(ctx, old, u)
+	if zeroed != nil {
+		events = append(events, *zeroed)
+	}
 	if err := s.store.UpdateUser(ctx, u, events...); err != nil {
 		return nil, nil, err
 	}
-	if deactivated {
+	// The spending goes with the balance. A disabled user with nothing
+	// granted has spent nothing since, so a change that leaves it so
+	// clears it again: a deactivation whose clearing failed is finished
+	// by sending it again.
+	if deactivated || (u.Status == StatusDisabled && old.Credits == 0 && u.Credits == 0) {
 		if err := s.store.ResetUsage(ctx, id, []string{ResourceCredits}); err != nil {
-			return nil, nil, err
+			if deactivated {
+				// The user is disabled all the same: every node must know.
+				s.invalidate(ctx, userKey(u.ID))
+				s.published(events...)
+			}
+			return nil, nil, fmt.Errorf("the user is disabled, but its credits spent were not cleared (send the change again): %w", err)
 		}
 	}
 	return u, events, nil

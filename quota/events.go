@@ -19,13 +19,14 @@ const (
 	EventLimitsUpdated  = "limits.updated"
 	EventUsageReset     = "usage.reset"
 	EventCreditsAdded   = "credits.added"
+	EventCreditsZeroed  = "credits.zeroed"
 	EventUsageThreshold = "usage.threshold"
 )
 
 // EventTypes lists every event type, for validation of type filters.
 var EventTypes = []string{
 	EventUserCreated, EventUserUpdated, EventUserDisabled, EventUserEnabled, EventUserDeleted,
-	EventTokenCreated, EventTokenRevoked, EventLimitsUpdated, EventUsageReset, EventCreditsAdded,
+	EventTokenCreated, EventTokenRevoked, EventLimitsUpdated, EventUsageReset, EventCreditsAdded, EventCreditsZeroed,
 	EventUsageThreshold, EventRolesGranted, EventRolesRevoked,
 }
 
