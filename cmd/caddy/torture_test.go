@@ -44,6 +44,7 @@ type tortureBackend struct {
 
 type servedCount struct {
 	messages, tokens int64
+	credits          int64 // the least the gateway's prices make it cost
 	convs            map[string]bool
 }
 
@@ -70,7 +71,7 @@ func (b *tortureBackend) snapshot() map[string]servedCount {
 	defer b.mu.Unlock()
 	out := map[string]servedCount{}
 	for k, v := range b.served {
-		out[k] = servedCount{messages: v.messages, tokens: v.tokens, convs: maps(v.convs)}
+		out[k] = servedCount{messages: v.messages, tokens: v.tokens, credits: v.credits, convs: maps(v.convs)}
 	}
 	return out
 }
@@ -119,6 +120,7 @@ func (b *tortureBackend) serve(w http.ResponseWriter, r *http.Request) {
 	b.mu.Lock()
 	c := b.count(tenant)
 	c.messages++
+	c.credits += 2 // credits messages 2
 	if conv := r.Header.Get("X-Conversation-ID"); conv != "" && path == "/v1/chat/completions" {
 		c.convs[conv] = true
 	}
@@ -135,7 +137,9 @@ func (b *tortureBackend) serve(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	b.mu.Lock()
-	b.count(tenant).tokens += in + out
+	c = b.count(tenant)
+	c.tokens += in + out
+	c.credits += (in + out + 999) / 1000 // credits tokens 1 per 1000, rounded up per request
 	b.mu.Unlock()
 	stream, _ := first(body, "stream")
 	if stream == "true" && api == "chat" {
@@ -432,9 +436,11 @@ func checkTenant(t *testing.T, round int, g *gateway, tn *tortureTenant, before,
 	// Credits spent go down only when the account is deactivated (its
 	// balance goes; a reset keeps them) and every admission fits what is
 	// granted at its moment, so what the backend served since costs at
-	// most the most granted since (tokens rounded down: a lower bound).
+	// most the most granted since (the backend prices each request it
+	// served as the gateway does: 2 a message, 1 per 1,000 tokens rounded
+	// up; a hang-up costs at least its message).
 	msgs, toks := after.messages-tn.spentBase.messages, after.tokens-tn.spentBase.tokens
-	cost := 2*msgs + toks/1000
+	cost := after.credits - tn.spentBase.credits
 	if cost > tn.granted {
 		t.Errorf("round %d: tenant %s was served %d messages and %d tokens, %d credits' worth, against %d granted", round, tn.id, msgs, toks, cost, tn.granted)
 	}
