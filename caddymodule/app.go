@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -125,6 +126,22 @@ func (App) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
+// emptyAdminKey is the error of admin key #n, written raw (placeholders
+// only, since it came out empty: no secret), which is empty once its
+// placeholders are replaced: it names the environment variables to set.
+func emptyAdminKey(n int, raw string) error {
+	var vars []string
+	for _, m := range envPlaceholder.FindAllStringSubmatch(raw, -1) {
+		vars = append(vars, m[1])
+	}
+	if len(vars) == 0 {
+		return fmt.Errorf("admin key #%d (%s) is empty after replacing placeholders", n, raw)
+	}
+	return fmt.Errorf("admin key #%d (%s) is empty: set the environment variable %s, or remove it from admin_key", n, raw, strings.Join(vars, " and "))
+}
+
+var envPlaceholder = regexp.MustCompile(`\{env\.([^{}]+)\}`)
+
 // Provision opens (or shares) the store and the quota service.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
@@ -137,7 +154,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	for i, k := range append(keys, a.NamedAdminKeys...) {
 		key := repl.ReplaceKnown(k.Key, "")
 		if key == "" {
-			return fmt.Errorf("admin key #%d is empty after replacing placeholders (is its environment variable set?)", i+1)
+			return emptyAdminKey(i+1, k.Key)
 		}
 		a.adminKeys = append(a.adminKeys, admin.Key{Name: k.Name, Secret: key, Permissions: k.Permissions})
 	}

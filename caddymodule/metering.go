@@ -165,7 +165,9 @@ func pathModel(m string, body *llmusage.Request) error {
 // backend could read it another.
 type errInvalidPath string
 
-func (e errInvalidPath) Error() string { return "This path is ambiguous: " + string(e) + "; send it without." }
+func (e errInvalidPath) Error() string {
+	return "This path is ambiguous: " + string(e) + "; send it without."
+}
 
 // forwardBody puts the body back for the backend, with the output maximum
 // the plan set and, for a streamed chat completion, a request for usage.

@@ -144,7 +144,7 @@ func TestReadmeCaddyfiles(t *testing.T) {
 			t.Fatal(err)
 		}
 		cmd := exec.Command(caddyBin, "adapt", "--config", path, "--adapter", "caddyfile", "--validate")
-		cmd.Env = append(os.Environ(), "TQ_ADMIN_KEY=k", "TQ_OLD_ADMIN_KEY=k2", "TQ_BILLING_KEY=k3", "TQ_SUPPORT_KEY=k4", "OPENAI_API_KEY=k",
+		cmd.Env = append(os.Environ(), "TQ_ADMIN_KEY=k", "TQ_BILLING_KEY=k3", "TQ_SUPPORT_KEY=k4", "OPENAI_API_KEY=k",
 			"TQ_WEBHOOK_SECRET=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "TQ_WEBHOOK_SECRET_OLD=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "REDIS_PASSWORD=p", "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Errorf("README caddyfile block %d does not validate: %v\n%s\n%s", i+1, err, cfg, out)
@@ -152,6 +152,23 @@ func TestReadmeCaddyfiles(t *testing.T) {
 		tested++
 	}
 	t.Logf("%d of %d blocks validated", tested, len(blocks))
+}
+
+// TestEmptyAdminKeyNamesTheVariable: an admin key whose environment
+// variable is unset is refused, naming the variable.
+func TestEmptyAdminKeyNamesTheVariable(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "Caddyfile")
+	cfg := "{\n\ttenant_quota {\n\t\tadmin_key {env.TQ_ADMIN_KEY} {env.TQ_UNSET_OLD_KEY}\n\t}\n}\n:8080 {\n\trespond ok\n}\n"
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(caddyBin, "validate", "--config", path, "--adapter", "caddyfile")
+	cmd.Env = append(os.Environ(), "TQ_ADMIN_KEY=k", "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "set the environment variable TQ_UNSET_OLD_KEY") {
+		t.Fatalf("caddy validate with an unset admin key variable: %v\n%s", err, out)
+	}
 }
 
 // TestValidateNextToRunningGateway: caddy validate and caddy adapt
