@@ -44,6 +44,9 @@ func (AdminHandler) CaddyModule() caddy.ModuleInfo {
 
 // Provision builds the admin API over the tenant_quota app's service.
 func (h *AdminHandler) Provision(ctx caddy.Context) error {
+	if err := checkAdminReachableEarly(ctx); err != nil {
+		return err
+	}
 	appVal, err := ctx.App("tenant_quota")
 	if err != nil {
 		return fmt.Errorf("loading the tenant_quota app: %w", err)

@@ -215,6 +215,15 @@ http://127.0.0.1:%d {
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// caddy validate refuses it too, so a CI validate step fails where
+	// the deploy would.
+	for _, args := range [][]string{{"validate"}, {"adapt", "--validate"}} {
+		v := exec.Command(caddyBin, append(args, "--config", path, "--adapter", "caddyfile")...)
+		v.Env = append(os.Environ(), "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+		if out, err := v.CombinedOutput(); err == nil || !strings.Contains(string(out), "runs before tenant_quota_admin") {
+			t.Fatalf("caddy %s: %v\n%s", args[0], err, out)
+		}
+	}
 	cmd := exec.Command(caddyBin, "run", "--config", path, "--adapter", "caddyfile")
 	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
 	done := make(chan struct{})
