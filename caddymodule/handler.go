@@ -444,6 +444,10 @@ func (h *Handler) authorize(r *http.Request, p *quota.Principal) string {
 			return fmt.Sprintf("This token's scopes do not allow %s.", rq.Permission)
 		}
 		if rq.On == "" {
+			// Without on: a role granting the permission on any resource.
+			if !roles.Permits(p.User, rq.Permission, "") {
+				return fmt.Sprintf("You do not have the permission %s.", rq.Permission)
+			}
 			continue
 		}
 		resource := rq.On

@@ -234,11 +234,16 @@ func TestRequireWithRegexpPlaceholder(t *testing.T) {
 	wantStatus(t, call(t, "GET", g.url+"/v1/chatbots/xyz/users", c.Token.Token, nil, nil), http.StatusForbidden)
 }
 
-// TestRequireScopeOnly: require without on checks the token's scopes
-// alone: a token scoped to usage.read cannot chat; an unscoped one can.
-func TestRequireScopeOnly(t *testing.T) {
-	g := startGatewayWith(t, "", "", "require chat", strings.TrimPrefix(newBackend(t).URL, "http://"))
+// TestRequireWithoutOn: require without on means what it means with
+// on, on any resource: the tenant must hold a role granting the
+// permission (anywhere) and its token's scopes must allow it. Before, it
+// checked the scopes alone, so a tenant with no role went through with an
+// unscoped token.
+func TestRequireWithoutOn(t *testing.T) {
+	g := startGatewayWith(t, "role Chatter chat", "", "require chat", strings.TrimPrefix(newBackend(t).URL, "http://"))
 	c := g.tenant(t, map[string]any{"name": "S", "email": "scope-only@example.com"})
+	wantStatus(t, call(t, "POST", g.url+"/v1/chat/completions", c.Token.Token, map[string]any{}, nil), http.StatusForbidden)
+	wantStatus(t, call(t, "POST", g.url+"/quota/users/"+c.User.ID+"/roles", adminKey, map[string]any{"role": "Chatter", "resource": "*"}, nil), http.StatusCreated)
 	var usageOnly struct {
 		Token string `json:"token"`
 	}
@@ -246,7 +251,7 @@ func TestRequireScopeOnly(t *testing.T) {
 	wantStatus(t, call(t, "POST", g.url+"/v1/chat/completions", usageOnly.Token, map[string]any{}, nil), http.StatusForbidden)
 	wantStatus(t, call(t, "POST", g.url+"/v1/chat/completions", c.Token.Token, map[string]any{}, nil), http.StatusOK)
 	if g.used(t, c.User.ID, "messages") != 1 {
-		t.Fatal("the refused request was charged")
+		t.Fatal("the refused requests were charged")
 	}
 }
 
