@@ -129,3 +129,24 @@ func walkthroughAnswers(script string) []string {
 	return out
 }
 
+
+// TestReadmeSaysWhatMigrateDoes: the README tells one story of moving
+// between stores: caddy quota migrate copies users and tokens (tested by
+// TestMigrateCommand), and no sentence says they cannot be moved.
+func TestReadmeSaysWhatMigrateDoes(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Join(strings.Fields(string(readme)), " ")
+	for _, wrong := range []string{"not migrated", "are not moved", "cannot be migrated"} {
+		if strings.Contains(text, wrong) {
+			t.Errorf("the README says %q, but caddy quota migrate moves them", wrong)
+		}
+	}
+	_, stores, _ := strings.Cut(text, "## Stores")
+	stores, _, _ = strings.Cut(stores, "## Running several nodes")
+	if !strings.Contains(stores, "caddy quota migrate") {
+		t.Error("the Stores section does not point at caddy quota migrate")
+	}
+}
