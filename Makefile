@@ -1,12 +1,13 @@
 # caddy-tenant-quota. `make run` starts the gateway on the embedded store;
-# `make test` runs vet, the race-enabled test suite and the end-to-end tests.
+# `make test` runs vet, the race-enabled test suite (the OpenAPI lint
+# included) and the end-to-end tests.
 
 GO          ?= go
 BIN         := bin/caddy
 TQ_ADMIN_KEY ?= dev-admin-key-change-me
 export TQ_ADMIN_KEY
 
-.PHONY: all build run test redis-check bench fuzz torture fmt vet clean
+.PHONY: all build run test redis-check openapi-lint-deps lint-openapi bench fuzz torture fmt vet clean
 
 all: build
 
@@ -30,8 +31,30 @@ redis-check:
 	    echo "the tests need redis-server on PATH: apt-get install redis-server redis-tools" >&2; exit 1; \
 	  fi; }
 
-test: redis-check vet
-	TQ_REQUIRE_REDIS=1 $(GO) test -race -timeout 20m ./...
+# The OpenAPI linter the tests run over admin/openapi.json (Redocly CLI,
+# pinned in tools/openapi-lint/package-lock.json) needs Node.js >= 20.19 and
+# npm; installed where we can, then `npm ci` once per lock file change.
+LINT_DIR := tools/openapi-lint
+openapi-lint-deps: $(LINT_DIR)/node_modules/.package-lock.json
+
+$(LINT_DIR)/node_modules/.package-lock.json: $(LINT_DIR)/package.json $(LINT_DIR)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing nodejs and npm (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null; \
+	    command -v npm >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; \
+	  else \
+	    echo "the OpenAPI lint test needs Node.js >= 20.19 and npm on PATH" >&2; exit 1; \
+	  fi; }
+	@node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)' || { \
+	  echo "the OpenAPI linter (Redocly CLI) needs Node.js >= 20.19; this is $$(node --version)" >&2; exit 1; }
+	cd $(LINT_DIR) && npm ci --no-audit --no-fund
+
+lint-openapi: openapi-lint-deps
+	cd $(LINT_DIR) && REDOCLY_TELEMETRY=off REDOCLY_SUPPRESS_UPDATE_NOTICE=true ./node_modules/.bin/redocly lint --config redocly.yaml ../../admin/openapi.json
+
+test: redis-check openapi-lint-deps vet
+	TQ_REQUIRE_REDIS=1 TQ_REQUIRE_LINT=1 $(GO) test -race -timeout 20m ./...
 
 bench: build redis-check
 	$(GO) test -run '^$$' -bench . -benchtime 1s ./quota/...

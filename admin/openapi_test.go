@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"sync"
 	"testing"
 
@@ -62,6 +63,67 @@ func TestOpenAPIDocument(t *testing.T) {
 		}
 		if perm := item.GetOperation(method).Extensions["x-permission"]; perm != route.Permission {
 			t.Fatalf("%s: x-permission %v, the handler requires %s", route.Pattern, perm, route.Permission)
+		}
+	}
+}
+
+// operationIDs pins each operation's operationId: client generators make
+// method names of them, so a rename breaks every generated client. A new
+// route gets a new line here (and in scripts/openapi.py).
+var operationIDs = map[string]string{
+	"POST /users":                            "createUser",
+	"GET /users":                             "listUsers",
+	"GET /users/{id}":                        "getUser",
+	"PATCH /users/{id}":                      "updateUser",
+	"DELETE /users/{id}":                     "deleteUser",
+	"POST /users/{id}/tokens":                "createToken",
+	"GET /users/{id}/tokens":                 "listTokens",
+	"DELETE /users/{id}/tokens/{tokenId}":    "revokeToken",
+	"GET /users/{id}/tokens/{tokenId}/usage": "getTokenUsage",
+	"GET /users/{id}/limits":                 "getLimits",
+	"PUT /users/{id}/limits":                 "replaceLimits",
+	"PATCH /users/{id}/limits":               "updateLimits",
+	"GET /users/{id}/usage":                  "getUsage",
+	"POST /users/{id}/usage/reset":           "resetUsage",
+	"POST /users/{id}/credits":               "addCredits",
+	"GET /users/{id}/roles":                  "listRoles",
+	"POST /users/{id}/roles":                 "grantRole",
+	"DELETE /users/{id}/roles/{role}":        "revokeRole",
+	"GET /events":                            "listEvents",
+	"GET /openapi.json":                      "getOpenAPI",
+}
+
+// TestOpenAPIOperationIDs: every operation of the document has the
+// operationId pinned above (camelCase, unique), and every route has one.
+func TestOpenAPIOperationIDs(t *testing.T) {
+	t.Parallel()
+	doc, err := openapi3.NewLoader().LoadFromData(OpenAPI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	camel := regexp.MustCompile(`^[a-z][a-zA-Z0-9]*$`)
+	seen := map[string]string{}
+	for path, item := range doc.Paths.Map() {
+		for method, o := range item.Operations() {
+			pattern := method + " " + path
+			want, ok := operationIDs[pattern]
+			switch {
+			case !ok:
+				t.Errorf("%s: no operationId pinned in operationIDs (the document has %q)", pattern, o.OperationID)
+			case o.OperationID != want:
+				t.Errorf("%s: operationId %q, want %q", pattern, o.OperationID, want)
+			case !camel.MatchString(o.OperationID):
+				t.Errorf("%s: operationId %q is not camelCase", pattern, o.OperationID)
+			}
+			if other, dup := seen[o.OperationID]; dup && o.OperationID != "" {
+				t.Errorf("operationId %q on both %s and %s", o.OperationID, other, pattern)
+			}
+			seen[o.OperationID] = pattern
+		}
+	}
+	for _, route := range Routes {
+		if _, ok := operationIDs[route.Pattern]; !ok {
+			t.Errorf("route %s has no pinned operationId", route.Pattern)
 		}
 	}
 }

@@ -1,4 +1,4 @@
-import json
+import json, os, sys
 def ref(n): return {"$ref": "#/components/schemas/"+n}
 def jr(schema): return {"content": {"application/json": {"schema": schema}}}
 problem = {"description": "a problem (RFC 9457)", "content": {"application/problem+json": {"schema": ref("Problem")}}}
@@ -93,10 +93,43 @@ paths = {
    params=[q("after", {"type": "string"}), q("type", {"type": "string"}), q("userId", {"type": "string"}), q("take", {"type": "integer", "minimum": 1, "maximum": 1000})])},
  "/openapi.json": {"get": {"summary": "This document (no key needed)", "security": [], "responses": {"200": {"description": "the document", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
 }
+# Each operation's operationId, by method and path (never by position):
+# client generators make method names of them, so renaming one breaks every
+# generated client. admin/openapi_test.go pins the same names.
+operation_ids = {
+ "POST /users": "createUser",
+ "GET /users": "listUsers",
+ "GET /users/{id}": "getUser",
+ "PATCH /users/{id}": "updateUser",
+ "DELETE /users/{id}": "deleteUser",
+ "POST /users/{id}/tokens": "createToken",
+ "GET /users/{id}/tokens": "listTokens",
+ "DELETE /users/{id}/tokens/{tokenId}": "revokeToken",
+ "GET /users/{id}/tokens/{tokenId}/usage": "getTokenUsage",
+ "GET /users/{id}/limits": "getLimits",
+ "PUT /users/{id}/limits": "replaceLimits",
+ "PATCH /users/{id}/limits": "updateLimits",
+ "GET /users/{id}/usage": "getUsage",
+ "POST /users/{id}/usage/reset": "resetUsage",
+ "POST /users/{id}/credits": "addCredits",
+ "GET /users/{id}/roles": "listRoles",
+ "POST /users/{id}/roles": "grantRole",
+ "DELETE /users/{id}/roles/{role}": "revokeRole",
+ "GET /events": "listEvents",
+ "GET /openapi.json": "getOpenAPI",
+}
+for path, item in paths.items():
+    for method in [m for m in item if m != "parameters"]:
+        key = method.upper() + " " + path
+        if key not in operation_ids:
+            sys.exit("scripts/openapi.py: no operationId for " + key)
+        item[method] = {"operationId": operation_ids.pop(key), **item[method]}
+if operation_ids:
+    sys.exit("scripts/openapi.py: operationIds of no operation: " + ", ".join(operation_ids))
 doc = {"openapi": "3.1.0",
  "info": {"title": "caddy-tenant-quota admin API", "version": "1", "description": "Users, tokens, limits, usage, credits, roles and events of caddy-tenant-quota, relative to the tenant_quota_admin mount (e.g. /quota). Each operation names its required permission in x-permission."},
  "servers": [{"url": "/quota"}],
  "security": [{"adminKey": []}],
  "paths": paths,
  "components": {"schemas": schemas, "securitySchemes": {"adminKey": {"type": "http", "scheme": "bearer", "description": "an admin key"}}}}
-open('/work/main/admin/openapi.json','w').write(json.dumps(doc, indent=1)+"\n")
+open(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'admin', 'openapi.json'), 'w').write(json.dumps(doc, indent=1)+"\n")
