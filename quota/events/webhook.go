@@ -36,7 +36,14 @@ func ParseSecret(s string) ([]byte, error) {
 	return key, nil
 }
 
-// Webhook posts events to a URL, signed per the Standard Webhooks
+// ContentType is the media type of a delivery, on a webhook's Content-Type
+// and a Kafka record's content-type header: a CloudEvent in the JSON event
+// format, structured mode. The CloudEvents SDKs read a body sent as
+// application/json as no event at all.
+const ContentType = "application/cloudevents+json; charset=utf-8"
+
+// Webhook posts events to a URL as CloudEvents in structured mode
+// (Content-Type: ContentType), signed per the Standard Webhooks
 // specification: webhook-id (the event id, the same on every attempt),
 // webhook-timestamp (Unix seconds of the attempt) and webhook-signature
 // ("v1,<base64 HMAC-SHA256 of id.timestamp.body>", one per secret, space
@@ -143,7 +150,7 @@ func (w *Webhook) Deliver(ctx context.Context, ev quota.CloudEvent, body []byte)
 		return w.redact(err)
 	}
 	ts := time.Now().Unix()
-	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Content-Type", ContentType)
 	req.Header.Set("User-Agent", "caddy-tenant-quota")
 	req.Header.Set("webhook-id", ev.ID)
 	req.Header.Set("webhook-timestamp", strconv.FormatInt(ts, 10))

@@ -1,0 +1,127 @@
+package events_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/binding"
+	"github.com/cloudevents/sdk-go/v2/event"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
+
+	"github.com/tenantquota/caddy-tenant-quota/internal/quotatest"
+	"github.com/tenantquota/caddy-tenant-quota/quota"
+	"github.com/tenantquota/caddy-tenant-quota/quota/events"
+)
+
+// checkCloudEvent fails the test unless got, as the CloudEvents SDK read
+// it, is a valid CloudEvents 1.0 event that says what want, from the
+// outbox, says.
+func checkCloudEvent(t *testing.T, got *event.Event, want quota.Event) {
+	t.Helper()
+	if err := got.Validate(); err != nil {
+		t.Fatalf("the SDK finds the event invalid: %v", err)
+	}
+	if got.SpecVersion() != event.CloudEventsVersionV1 || got.ID() != want.ID || got.Type() != want.Type ||
+		got.Source() != quota.DefaultEventSource || got.Subject() != want.Subject || !got.Time().Equal(want.Time) {
+		t.Fatalf("the SDK read %s, want %+v", got, want)
+	}
+	if got.DataContentType() != "application/json" {
+		t.Fatalf("datacontenttype %q, want application/json", got.DataContentType())
+	}
+	if actor, _ := got.Extensions()["actor"].(string); actor != want.Actor {
+		t.Fatalf("actor extension %q, want %q", actor, want.Actor)
+	}
+	var gotData, wantData any
+	if err := got.DataAs(&gotData); err != nil {
+		t.Fatalf("data: %v", err)
+	}
+	if err := json.Unmarshal(want.Data, &wantData); err != nil {
+		t.Fatal(err)
+	}
+	if g, w := mustJSON(t, gotData), mustJSON(t, wantData); g != w {
+		t.Fatalf("data %s, want %s", g, w)
+	}
+}
+
+func mustJSON(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// TestWebhookDeliveryIsStructuredCloudEvent: the CloudEvents SDK's HTTP
+// binding reads a webhook delivery as a structured-mode CloudEvent (before,
+// Content-Type application/json made it answer "no cloud event
+// detected"), with the attributes and data of the outbox's event; the
+// standard-webhooks signature over the same body still verifies.
+func TestWebhookDeliveryIsStructuredCloudEvent(t *testing.T) {
+	wh, err := standardwebhooks.NewWebhook(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type delivery struct {
+		encoding binding.Encoding
+		ev       *event.Event
+		err      error
+	}
+	var (
+		mu  sync.Mutex
+		got []delivery
+	)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if err := wh.Verify(body, r.Header); err != nil {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		msg := cehttp.NewMessageFromHttpRequest(r)
+		d := delivery{encoding: msg.ReadEncoding()}
+		d.ev, d.err = binding.ToEvent(r.Context(), msg)
+		mu.Lock()
+		got = append(got, d)
+		mu.Unlock()
+	}))
+	t.Cleanup(srv.Close)
+
+	store, svc := quotatest.Embedded(t)
+	hook, err := events.NewWebhook(events.WebhookOptions{URL: srv.URL, Secrets: []string{secret}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := events.New(events.Options{Log: store, Sinks: []events.Sink{hook}, Holder: "test", Poll: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, d)
+	if _, err := svc.CreateUser(quota.WithActor(context.Background(), "ops"), quota.NewUser{Name: "C", Email: "c@example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	d.Kick()
+	waitFor(t, "the event delivered", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 1 })
+
+	page, err := svc.ListEvents(context.Background(), quota.EventQuery{Take: 10})
+	if err != nil || len(page.Events) != 1 {
+		t.Fatalf("the outbox holds %d events, %v", len(page.Events), err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if got[0].err != nil {
+		t.Fatalf("the SDK reads no event: %v", got[0].err)
+	}
+	if got[0].encoding != binding.EncodingStructured {
+		t.Fatalf("the SDK reads the delivery in encoding %v, want structured", got[0].encoding)
+	}
+	checkCloudEvent(t, got[0].ev, page.Events[0])
+}
