@@ -8,14 +8,17 @@ import (
 	"github.com/tenantquota/caddy-tenant-quota/quota"
 )
 
-// eventPage is the body of GET /events.
+// eventPage is the body of GET /events. Cursor is on every page: polled
+// with after=<cursor> later, the log lists only newer events; NextCursor,
+// the same, only while more events are there to fetch at once.
 type eventPage struct {
 	Items      []quota.CloudEvent `json:"items"`
 	NextCursor string             `json:"nextCursor,omitempty"`
+	Cursor     string             `json:"cursor"`
 }
 
 // listEvents serves GET /events?after=&type=&userId=&take=: the outbox,
-// oldest first, as CloudEvents.
+// oldest first, as CloudEvents, after a cursor of an earlier page.
 func (h *Handler) listEvents(w http.ResponseWriter, r *http.Request) {
 	q, err := url.ParseQuery(r.URL.RawQuery)
 	if err != nil {
@@ -47,13 +50,16 @@ func (h *Handler) listEvents(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	events, next, err := h.service().ListEvents(r.Context(), query)
+	events, err := h.service().ListEvents(r.Context(), query)
 	if err != nil {
 		h.writeError(w, r, err)
 		return
 	}
-	page := eventPage{Items: make([]quota.CloudEvent, len(events)), NextCursor: next}
-	for i, e := range events {
+	page := eventPage{Items: make([]quota.CloudEvent, len(events.Events)), Cursor: events.Cursor}
+	if events.More {
+		page.NextCursor = events.Cursor
+	}
+	for i, e := range events.Events {
 		page.Items[i] = e.CloudEvent(h.source)
 	}
 	h.writeJSON(w, r, http.StatusOK, page)

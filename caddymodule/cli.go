@@ -446,23 +446,24 @@ func cell(v any) string {
 	return fmt.Sprint(v)
 }
 
-// tail prints events oldest first, and with --follow keeps polling.
+// tail prints events oldest first, and with --follow keeps polling from
+// the cursor of the last page, so that each event is printed once.
 func (c *cli) tail(f map[string]string) error {
+	q := url.Values{"take": {"1000"}}
+	if f["type"] != "" {
+		q.Set("type", f["type"])
+	}
+	if f["user"] != "" {
+		id, err := c.userID(f["user"])
+		if err != nil {
+			return err
+		}
+		q.Set("userId", id)
+	}
 	after := ""
 	for {
-		q := url.Values{"take": {"1000"}}
 		if after != "" {
 			q.Set("after", after)
-		}
-		if f["type"] != "" {
-			q.Set("type", f["type"])
-		}
-		if f["user"] != "" {
-			id, err := c.userID(f["user"])
-			if err != nil {
-				return err
-			}
-			q.Set("userId", id)
 		}
 		r := c.do("GET", "/events?"+q.Encode(), nil)
 		if r.err != nil {
@@ -471,9 +472,13 @@ func (c *cli) tail(f map[string]string) error {
 		var page struct {
 			Items      []json.RawMessage `json:"items"`
 			NextCursor string            `json:"nextCursor"`
+			Cursor     string            `json:"cursor"`
 		}
 		if err := json.Unmarshal(r.body, &page); err != nil {
 			return err
+		}
+		if page.Cursor == "" {
+			return errors.New("GET /events: the answer has no cursor to poll from (a gateway older than this CLI?)")
 		}
 		for _, e := range page.Items {
 			if c.json {
@@ -489,8 +494,8 @@ func (c *cli) tail(f map[string]string) error {
 			_ = json.Unmarshal(e, &ev)
 			fmt.Fprintf(c.out, "%s  %-16s %s  %s\n", ev.Time.Format(time.RFC3339), ev.Type, ev.Subject, ev.Actor)
 		}
+		after = page.Cursor
 		if page.NextCursor != "" {
-			after = page.NextCursor
 			continue
 		}
 		if f["follow"] != "true" {

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"strings"
 	"time"
+
+	"github.com/google/uuid"
 )
 
 // Event types.
@@ -88,8 +90,8 @@ func (s *Service) newEvent(ctx context.Context, typ, userID string, data any) Ev
 
 // EventQuery selects events from an outbox, oldest first.
 type EventQuery struct {
-	// After is a cursor a previous page returned ("" for the first page):
-	// only events written after it.
+	// After is the Cursor of a previous page ("" for the start of the
+	// log): only events written after it. It is not an event id.
 	After string
 	// TypePrefix keeps events whose type starts with it ("user." or
 	// "usage.threshold").
@@ -105,14 +107,29 @@ func (q EventQuery) Match(e Event) bool {
 	return strings.HasPrefix(e.Type, q.TypePrefix) && (q.UserID == "" || e.Subject == q.UserID)
 }
 
+// EventPage is a page of the event log.
+type EventPage struct {
+	Events []Event
+	// Cursor is where the page ends, on every page: the last one too,
+	// and one with no events. A query After it lists only the events
+	// written after the ones this page saw (matching its filters or not),
+	// so a client at the end of the log polls with it to see each new
+	// event once.
+	Cursor string
+	// More reports that more events match already: ask for the next page
+	// now rather than poll later.
+	More bool
+}
+
 // EventLog is a store's outbox as the events API and the delivery loop
 // read it. An outbox has one or more partitions (Redis: one stream per
 // hash slot in use); events of one user are in one partition, in order.
 type EventLog interface {
 	// ListEvents returns up to q.Take events matching q, oldest first (in
-	// the order they were written), and the cursor of the next page ("" on
-	// the last). A cursor the store did not make is ErrInvalid.
-	ListEvents(ctx context.Context, q EventQuery) (events []Event, next string, err error)
+	// the order they were written), and the page's cursor (see EventPage:
+	// an event written after a page was read is never listed before its
+	// cursor). A cursor the store did not make is ErrInvalid.
+	ListEvents(ctx context.Context, q EventQuery) (EventPage, error)
 	// EventPartitions lists the outbox's partitions.
 	EventPartitions(ctx context.Context) ([]string, error)
 	// ReadEvents returns up to n events of partition after sink's cursor,
@@ -168,23 +185,38 @@ func (e Event) CloudEvent(source string) CloudEvent {
 	}
 }
 
-// ListEvents returns a page of the outbox, oldest first, and the cursor of
-// the next page ("" on the last). typePrefix may end in ".*" or ".".
-func (s *Service) ListEvents(ctx context.Context, q EventQuery) ([]Event, string, error) {
+// ListEvents returns a page of the outbox, oldest first, with its cursor
+// (see EventPage). typePrefix may end in ".*" or ".".
+func (s *Service) ListEvents(ctx context.Context, q EventQuery) (EventPage, error) {
 	if q.Take < 1 || q.Take > MaxPageSize {
-		return nil, "", Invalid("take", "must be between 1 and %d", MaxPageSize)
+		return EventPage{}, Invalid("take", "must be between 1 and %d", MaxPageSize)
 	}
 	q.TypePrefix = strings.TrimSuffix(q.TypePrefix, "*")
 	if q.TypePrefix != "" && !knownTypePrefix(q.TypePrefix) {
-		return nil, "", Invalid("type", "%q is no event type or prefix of one (%s)", q.TypePrefix, strings.Join(EventTypes, ", "))
+		return EventPage{}, Invalid("type", "%q is no event type or prefix of one (%s)", q.TypePrefix, strings.Join(EventTypes, ", "))
 	}
 	if q.UserID != "" && !validID(q.UserID) {
-		return nil, "", Invalid("userId", "is not a user id")
+		return EventPage{}, Invalid("userId", "is not a user id")
 	}
 	if len(q.After) > 512 {
-		return nil, "", Invalid("after", "is not a cursor this API returned")
+		return EventPage{}, Invalid("after", "is not a cursor this API returned")
+	}
+	if looksLikeEventID(q.After) {
+		// Event ids sort by the clock of the node that made them, not in
+		// the order events were written, so one cannot say what came after.
+		return EventPage{}, Invalid("after", "is an event id, not a cursor: pass the cursor of the page that listed the event")
 	}
 	return s.store.ListEvents(ctx, q)
+}
+
+// looksLikeEventID reports whether s is an event id (a UUID, maybe with a
+// suffix), which no store's cursor is.
+func looksLikeEventID(s string) bool {
+	if len(s) < 36 {
+		return false
+	}
+	_, err := uuid.Parse(s[:36])
+	return err == nil
 }
 
 func knownTypePrefix(p string) bool {

@@ -55,6 +55,10 @@ user_patch = {"type": "object", "properties": {"name": {"type": "string"}, "emai
     "status": {"type": "string", "enum": ["active", "disabled"]}}, "additionalProperties": False}
 token_in = {"type": "object", "properties": {"name": {"type": "string"}, "expiresAt": {"type": "string", "format": "date-time"}, "scopes": {"type": "array", "items": {"type": "string"}}, "limits": ref("Limits")}, "additionalProperties": False}
 items = lambda s: {"type": "object", "properties": {"items": {"type": "array", "items": s}, "nextCursor": {"type": "string"}}, "required": ["items"]}
+event_page = {"type": "object", "properties": {"items": {"type": "array", "items": ref("CloudEvent")},
+    "nextCursor": {"type": "string", "description": "present while more events are there: fetch the next page at once with after=<nextCursor>"},
+    "cursor": {"type": "string", "description": "on every page, the last and an empty one too: poll with after=<cursor> later to see only newer events"}},
+    "required": ["items", "cursor"]}
 paths = {
  "/users": {
    "post": op("Create a user", "users.create", resp(201, "created", {"type": "object", "properties": {"user": ref("User"), "token": ref("IssuedToken")}, "required": ["user"]}), user_in),
@@ -89,8 +93,9 @@ paths = {
       {"type": "object", "properties": {"role": {"type": "string"}, "resource": {"type": "string"}}, "required": ["role", "resource"], "additionalProperties": False})},
  "/users/{id}/roles/{role}": {"parameters": [p_id, p_role, {"name": "resource", "in": "query", "required": True, "schema": {"type": "string"}}],
    "delete": op("Revoke a grant", "roles.revoke", resp(204, "revoked"))},
- "/events": {"get": op("The event log, oldest first", "events.read", resp(200, "a page", items(ref("CloudEvent"))),
-   params=[q("after", {"type": "string"}), q("type", {"type": "string"}), q("userId", {"type": "string"}), q("take", {"type": "integer", "minimum": 1, "maximum": 1000})])},
+ "/events": {"get": op("The event log, oldest first", "events.read", resp(200, "a page", event_page),
+   params=[q("after", {"type": "string"}, "the cursor (or nextCursor) of an earlier page: only events written after it; not an event id"),
+      q("type", {"type": "string"}), q("userId", {"type": "string"}), q("take", {"type": "integer", "minimum": 1, "maximum": 1000})])},
  "/openapi.json": {"get": {"summary": "This document (no key needed)", "security": [], "responses": {"200": {"description": "the document", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
 }
 # Each operation's operationId, by method and path (never by position):

@@ -2,12 +2,14 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tenantquota/caddy-tenant-quota/internal/redistest"
 )
@@ -126,6 +128,67 @@ func TestMigrateCommand(t *testing.T) {
 			wantStatus(t, call(t, "POST", r.url+"/v1/chat", c.Token.Token, map[string]any{}, nil), http.StatusOK)
 			if got := r.used(t, c.User.ID, "messages"); got != 3 {
 				t.Fatalf("messages on Redis after the move: %d, want 3", got)
+			}
+		})
+	}
+}
+
+// TestCLIEventsTailFollow: `caddy quota events tail --follow` prints the
+// kept events, then each new one as it is written, every event once
+// (before, it printed the last page again every second). On both stores.
+func TestCLIEventsTailFollow(t *testing.T) {
+	for _, st := range allStores() {
+		t.Run(st.name, func(t *testing.T) {
+			g := startGateway(t, st.opts(t), strings.TrimPrefix(newBackend(t).URL, "http://"))
+			var ids []string
+			create := func(i int) {
+				t.Helper()
+				ids = append(ids, g.tenant(t, map[string]any{"name": "T", "email": fmt.Sprintf("tail%d@example.com", i)}).User.ID)
+			}
+			create(0)
+			create(1)
+			out := &syncBuffer{}
+			cmd := exec.Command(caddyBin, "quota", "events", "tail", "--follow", "--json", "--type", "user.created")
+			cmd.Env = append(os.Environ(), "TQ_URL="+g.url+"/quota", "TQ_ADMIN_KEY="+adminKey)
+			cmd.Stdout, cmd.Stderr = out, out
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+			printed := func() map[string]int {
+				n := map[string]int{}
+				for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+					var e struct{ Subject string }
+					if json.Unmarshal([]byte(line), &e) == nil && e.Subject != "" {
+						n[e.Subject]++
+					}
+				}
+				return n
+			}
+			waitPrinted := func(id string) {
+				t.Helper()
+				deadline := time.Now().Add(15 * time.Second)
+				for printed()[id] == 0 {
+					if time.Now().After(deadline) {
+						t.Fatalf("tail --follow did not print %s's user.created:\n%s", id, out.String())
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+			waitPrinted(ids[1])
+			// Each new event shows that the CLI polled again since.
+			for i := 2; i < 5; i++ {
+				create(i)
+				waitPrinted(ids[i])
+			}
+			n := printed()
+			for _, id := range ids {
+				if n[id] != 1 {
+					t.Errorf("%s's user.created printed %d times", id, n[id])
+				}
+			}
+			if len(n) != len(ids) {
+				t.Errorf("printed events of %d users, want %d:\n%s", len(n), len(ids), out.String())
 			}
 		})
 	}

@@ -60,18 +60,21 @@ func decodeEvent(k, v []byte) (quota.Event, error) {
 	return e, nil
 }
 
-// ListEvents returns a page of events matching q, oldest first.
-func (s *Store) ListEvents(ctx context.Context, q quota.EventQuery) ([]quota.Event, string, error) {
+// ListEvents returns a page of events matching q, oldest first. The
+// cursor is a sequence number: the last event returned on a full page,
+// else the last event in the log (one transaction reads the page, and
+// later events get later numbers, so polling from it misses none).
+func (s *Store) ListEvents(ctx context.Context, q quota.EventQuery) (quota.EventPage, error) {
 	var after uint64
 	if q.After != "" {
 		n, err := strconv.ParseUint(q.After, 10, 64)
 		if err != nil {
-			return nil, "", quota.Invalid("after", "is not a cursor this API returned")
+			return quota.EventPage{}, quota.Invalid("after", "is not a cursor this API returned")
 		}
 		after = n
 	}
-	var out []quota.Event
-	next := ""
+	page := quota.EventPage{}
+	end := after
 	err := s.view(ctx, func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketEvents).Cursor()
 		for k, v := c.Seek(seqKey(after + 1)); k != nil; k, v = c.Next() {
@@ -80,17 +83,23 @@ func (s *Store) ListEvents(ctx context.Context, q quota.EventQuery) ([]quota.Eve
 				return err
 			}
 			if !q.Match(e) {
+				end = binary.BigEndian.Uint64(k)
 				continue
 			}
-			if len(out) == q.Take {
-				next = out[len(out)-1].Pos
+			if len(page.Events) == q.Take {
+				page.More = true
 				return nil
 			}
-			out = append(out, e)
+			page.Events = append(page.Events, e)
+			end = binary.BigEndian.Uint64(k)
 		}
 		return nil
 	})
-	return out, next, err
+	if err != nil {
+		return quota.EventPage{}, err
+	}
+	page.Cursor = strconv.FormatUint(end, 10)
+	return page, nil
 }
 
 // EventPartitions returns the one partition.

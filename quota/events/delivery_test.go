@@ -227,8 +227,8 @@ func TestSinklessNodeNeverLeads(t *testing.T) {
 	}
 	run(t, a)
 	waitFor(t, "the sink-less node trimming "+old[0]+"'s event", func() bool {
-		evs, _, err := storeA.ListEvents(context.Background(), quota.EventQuery{Take: 10})
-		return err == nil && len(evs) == 0
+		page, err := storeA.ListEvents(context.Background(), quota.EventQuery{Take: 10})
+		return err == nil && len(page.Events) == 0
 	})
 
 	rc := newReceiver(t)

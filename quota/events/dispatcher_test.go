@@ -182,8 +182,8 @@ func TestRetention(t *testing.T) {
 	d, _ := events.New(events.Options{Log: store, Holder: "test", Retention: time.Millisecond})
 	run(t, d)
 	waitFor(t, "the old event trimmed", func() bool {
-		evs, _, err := store.ListEvents(context.Background(), quota.EventQuery{Take: 10})
-		return err == nil && len(evs) == 0
+		page, err := store.ListEvents(context.Background(), quota.EventQuery{Take: 10})
+		return err == nil && len(page.Events) == 0
 	})
 }
 

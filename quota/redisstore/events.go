@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -283,30 +284,60 @@ func (s *Store) TrimEvents(ctx context.Context, before time.Time) error {
 
 // ListEvents merges the streams in the order their entries were written
 // (stream ids come from the Redis clock; ties go by stream). The cursor is
-// "<stream id>/<stream key>".
-func (s *Store) ListEvents(ctx context.Context, q quota.EventQuery) ([]quota.Event, string, error) {
+// "<stream id>/<stream key>": the last event of a full page, else
+// "<ms>-0/", every entry from that millisecond on, in every stream.
+//
+// The streams are read one after another, not at once, so a page lists
+// only the entries older than a cutoff that every master's clock had
+// passed before the reading began (listCutoff): an entry written later,
+// in any stream, has a later id, and a client polling with the cursor
+// sees it on its next page instead of never. Entries newer than the
+// cutoff wait for the next page; the listing waits a millisecond or two
+// for them, so that a change is listed once it is made. This holds while
+// the masters' clocks do not step back (a failover to a master whose
+// clock is behind may skip entries of the moments in between).
+func (s *Store) ListEvents(ctx context.Context, q quota.EventQuery) (quota.EventPage, error) {
 	afterID, afterPart := "0-0", ""
 	if q.After != "" {
 		id, part, ok := strings.Cut(q.After, "/")
 		if !ok || !validStreamID(id) {
-			return nil, "", quota.Invalid("after", "is not a cursor this API returned")
+			return quota.EventPage{}, quota.Invalid("after", "is not a cursor this API returned")
 		}
 		afterID, afterPart = id, part
 	}
-	var parts []string
-	if q.UserID != "" {
-		if !validID(q.UserID) {
-			return nil, "", nil
-		}
-		parts = []string{s.eventsKey(q.UserID)}
-	} else {
-		var err error
-		if parts, err = s.EventPartitions(ctx); err != nil {
-			return nil, "", err
-		}
+	if q.UserID != "" && !validID(q.UserID) {
+		return quota.EventPage{Cursor: afterID + "/" + afterPart}, nil
 	}
 	ctx, cancel := s.withDeadline(ctx)
 	defer cancel()
+	for attempt := 0; ; attempt++ {
+		page, waiting, err := s.listEvents(ctx, q, afterID, afterPart)
+		if err != nil || !waiting || page.More || attempt == 2 {
+			return page, err
+		}
+		select {
+		case <-ctx.Done():
+			return page, nil
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
+// listEvents reads one page after (afterID, afterPart) up to the cutoff;
+// waiting reports entries newer than the cutoff.
+func (s *Store) listEvents(ctx context.Context, q quota.EventQuery, afterID, afterPart string) (page quota.EventPage, waiting bool, err error) {
+	// The cutoff first, the partitions next: a stream made after the
+	// cutoff holds only entries after it.
+	cutoff, err := s.listCutoff(ctx)
+	if err != nil {
+		return page, false, err
+	}
+	var parts []string
+	if q.UserID != "" {
+		parts = []string{s.eventsKey(q.UserID)}
+	} else if parts, err = s.EventPartitions(ctx); err != nil {
+		return page, false, err
+	}
 	type item struct {
 		e    quota.Event
 		part string
@@ -317,16 +348,21 @@ func (s *Store) ListEvents(ctx context.Context, q quota.EventQuery) ([]quota.Eve
 		if p > afterPart {
 			start = afterID // the same id in a later stream comes after the cursor
 		}
-		// Read until q.Take matching events or the stream's end.
+		// Read until q.Take matching events, the cutoff or the stream's end.
+	stream:
 		for found := 0; found <= q.Take; {
 			msgs, err := s.rdb.XRangeN(ctx, p, start, "+", int64(q.Take+1)).Result()
 			if err != nil {
-				return nil, "", fmt.Errorf("list events: %w", err)
+				return page, false, fmt.Errorf("list events: %w", err)
 			}
 			for _, m := range msgs {
+				if ms, _, _ := parseStreamID(m.ID); ms >= cutoff {
+					waiting = true
+					break stream
+				}
 				e, err := decodeEntry(m)
 				if err != nil {
-					return nil, "", err
+					return page, false, err
 				}
 				if q.Match(e) {
 					all = append(all, item{e, p})
@@ -346,17 +382,49 @@ func (s *Store) ListEvents(ctx context.Context, q quota.EventQuery) ([]quota.Eve
 		}
 		return a.part < b.part
 	})
-	next := ""
 	if len(all) > q.Take {
 		all = all[:q.Take]
 		last := all[len(all)-1]
-		next = last.e.Pos + "/" + last.part
+		page.More, page.Cursor = true, last.e.Pos+"/"+last.part
+	} else if end := strconv.FormatUint(cutoff, 10) + "-0"; compareStreamIDs(end, afterID) > 0 {
+		page.Cursor = end + "/"
+	} else {
+		page.Cursor = afterID + "/" + afterPart // clocks behind the cursor: it stays
 	}
-	out := make([]quota.Event, len(all))
+	page.Events = make([]quota.Event, len(all))
 	for i, it := range all {
-		out[i] = it.e
+		page.Events[i] = it.e
 	}
-	return out, next, nil
+	return page, waiting, nil
+}
+
+// listCutoff is the lowest of the masters' clocks, in Unix ms: an entry
+// written from now on, in any stream, has an id at or after it.
+func (s *Store) listCutoff(ctx context.Context) (uint64, error) {
+	var mu sync.Mutex
+	cutoff := uint64(math.MaxUint64)
+	clock := func(ctx context.Context, c *redis.Client) error {
+		now, err := c.Time(ctx).Result()
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		cutoff = min(cutoff, uint64(now.UnixMilli()))
+		mu.Unlock()
+		return nil
+	}
+	var err error
+	if cc, ok := s.rdb.(*redis.ClusterClient); ok {
+		err = cc.ForEachMaster(ctx, clock)
+	} else if c, ok := s.rdb.(*redis.Client); ok {
+		err = clock(ctx, c)
+	} else {
+		return 0, fmt.Errorf("list events: unsupported client %T", s.rdb)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("list events: the masters' clocks: %w", err)
+	}
+	return cutoff, nil
 }
 
 func parseStreamID(id string) (ms, seq uint64, ok bool) {

@@ -50,6 +50,7 @@ func Run(t *testing.T, newStore func(t *testing.T) quota.Store) {
 		{"ConcurrentAdminWrites", testConcurrentAdminWrites},
 		{"CountersSaturate", testCountersSaturate},
 		{"Outbox", testOutbox},
+		{"EventPolling", testEventPolling},
 		{"StartSink", testStartSink},
 		{"ThresholdsFireOnce", testThresholds},
 		{"ResetTokenCounters", testResetTokenCounters},
@@ -999,14 +1000,14 @@ func testOutbox(t *testing.T, s quota.Store) {
 	want := []string{
 		quota.EventTokenCreated, quota.EventUserUpdated, quota.EventLimitsUpdated,
 		quota.EventUserUpdated, quota.EventCreditsAdded, quota.EventUserUpdated, quota.EventUserDisabled,
-		quota.EventUsageReset, quota.EventTokenRevoked,
+		quota.EventCreditsZeroed, quota.EventUsageReset, quota.EventTokenRevoked,
 	}
-	got, next, err := s.ListEvents(ctx(t), quota.EventQuery{UserID: u.ID, Take: 100})
-	if err != nil || next != "" {
-		t.Fatalf("ListEvents: %v, next %q", err, next)
+	page, err := s.ListEvents(ctx(t), quota.EventQuery{UserID: u.ID, Take: 100})
+	if err != nil || page.More {
+		t.Fatalf("ListEvents: %v, more %v", err, page.More)
 	}
 	var types []string
-	for _, e := range got {
+	for _, e := range page.Events {
 		if e.Subject != u.ID || e.Actor != "ops" || e.ID == "" || e.Time.IsZero() || len(e.Data) == 0 {
 			t.Fatalf("event %+v", e)
 		}
@@ -1022,17 +1023,17 @@ func testOutbox(t *testing.T, s quota.Store) {
 	// All users, paged two at a time, in the order written per user.
 	var all []quota.Event
 	after := ""
-	for page := 0; ; page++ {
-		evs, next, err := s.ListEvents(ctx(t), quota.EventQuery{After: after, Take: 2})
+	for n := 0; ; n++ {
+		page, err := s.ListEvents(ctx(t), quota.EventQuery{After: after, Take: 2})
 		if err != nil {
 			t.Fatal(err)
 		}
-		all = append(all, evs...)
-		if next == "" {
+		all = append(all, page.Events...)
+		if !page.More {
 			break
 		}
-		after = next
-		if page > 50 {
+		after = page.Cursor
+		if n > 50 {
 			t.Fatal("paging does not end")
 		}
 	}
@@ -1046,10 +1047,10 @@ func testOutbox(t *testing.T, s quota.Store) {
 		}
 		seen[e.ID] = true
 	}
-	if evs, _, err := s.ListEvents(ctx(t), quota.EventQuery{TypePrefix: "user.created", Take: 10}); err != nil || len(evs) != 3 {
-		t.Fatalf("type filter: %d, %v", len(evs), err)
+	if page, err := s.ListEvents(ctx(t), quota.EventQuery{TypePrefix: "user.created", Take: 10}); err != nil || len(page.Events) != 3 {
+		t.Fatalf("type filter: %d, %v", len(page.Events), err)
 	}
-	if _, _, err := s.ListEvents(ctx(t), quota.EventQuery{After: "garbage", Take: 10}); !errors.Is(err, quota.ErrInvalid) {
+	if _, err := s.ListEvents(ctx(t), quota.EventQuery{After: "garbage", Take: 10}); !errors.Is(err, quota.ErrInvalid) {
 		t.Fatalf("a bad cursor: %v", err)
 	}
 
@@ -1088,8 +1089,8 @@ func testOutbox(t *testing.T, s quota.Store) {
 	if err := s.TrimEvents(ctx(t), time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	if evs, _, err := s.ListEvents(ctx(t), quota.EventQuery{Take: 10}); err != nil || len(evs) != 0 {
-		t.Fatalf("after trimming everything: %d events, %v", len(evs), err)
+	if page, err := s.ListEvents(ctx(t), quota.EventQuery{Take: 10}); err != nil || len(page.Events) != 0 {
+		t.Fatalf("after trimming everything: %d events, %v", len(page.Events), err)
 	}
 }
 
@@ -1208,12 +1209,12 @@ func testThresholds(t *testing.T, s quota.Store) {
 	}
 	wg.Wait()
 	thresholds := func() []quota.ThresholdData {
-		evs, _, err := s.ListEvents(ctx(t), quota.EventQuery{UserID: u.ID, TypePrefix: quota.EventUsageThreshold, Take: 100})
+		page, err := s.ListEvents(ctx(t), quota.EventQuery{UserID: u.ID, TypePrefix: quota.EventUsageThreshold, Take: 100})
 		if err != nil {
 			t.Fatal(err)
 		}
 		var out []quota.ThresholdData
-		for _, e := range evs {
+		for _, e := range page.Events {
 			var d quota.ThresholdData
 			if err := json.Unmarshal(e.Data, &d); err != nil || e.Subject != u.ID || e.ID == "" || e.Time.IsZero() {
 				t.Fatalf("event %+v: %v", e, err)
@@ -1289,3 +1290,148 @@ func testResetTokenCounters(t *testing.T, s quota.Store) {
 		t.Fatalf("after a reset of messages: %+v", snap.Counters)
 	}
 }
+
+// pollEvents lists the events after cursor until the log's end, page by
+// page of take, and returns them with the cursor to poll from next.
+func pollEvents(t *testing.T, s quota.Store, q quota.EventQuery, cursor string) ([]quota.Event, string) {
+	t.Helper()
+	var out []quota.Event
+	for range 1000 {
+		q.After = cursor
+		page, err := s.ListEvents(ctx(t), q)
+		if err != nil {
+			t.Fatalf("ListEvents(after %q): %v", cursor, err)
+		}
+		if page.Cursor == "" {
+			t.Fatalf("ListEvents(after %q): no cursor", cursor)
+		}
+		out = append(out, page.Events...)
+		cursor = page.Cursor
+		if !page.More {
+			return out, cursor
+		}
+	}
+	t.Fatal("paging does not end")
+	return nil, ""
+}
+
+// testEventPolling: every page of the event log, the last and an empty
+// one too, has a cursor; polling with it later lists only the events
+// written since, each once, whatever the filters, and none is skipped by
+// events written while the log is being read, in any partition.
+func testEventPolling(t *testing.T, s quota.Store) {
+	svc, err := quota.NewService(quota.Options{Store: s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Close() })
+	all := quota.EventQuery{Take: 5}
+
+	evs, cursor := pollEvents(t, s, all, "")
+	if len(evs) != 0 {
+		t.Fatalf("an empty log lists %d events", len(evs))
+	}
+	// Polling an empty log again keeps giving a cursor.
+	if evs, cursor = pollEvents(t, s, all, cursor); len(evs) != 0 {
+		t.Fatalf("an empty log lists %d events", len(evs))
+	}
+
+	// waitFor polls from cursor until it has listed n events (a store may
+	// list an event a moment after it was written, never twice or never).
+	waitFor := func(q quota.EventQuery, cursor string, n int) ([]quota.Event, string) {
+		t.Helper()
+		var got []quota.Event
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			evs, next := pollEvents(t, s, q, cursor)
+			got, cursor = append(got, evs...), next
+			if len(got) >= n || time.Now().After(deadline) {
+				return got, cursor
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	c := context.Background()
+	a, err := svc.CreateUser(c, quota.NewUser{Name: "A", Email: "poll-a@example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs, cursor = waitFor(all, cursor, 1)
+	if len(evs) != 1 || evs[0].Type != quota.EventUserCreated || evs[0].Subject != a.ID {
+		t.Fatalf("after the cursor of the end: %+v, want A's user.created", evs)
+	}
+	if evs, _ = pollEvents(t, s, all, cursor); len(evs) != 0 {
+		t.Fatalf("polling again lists %d events again", len(evs))
+	}
+
+	// A filter that matches nothing yet still gives a cursor that moves
+	// past what it skipped.
+	tokens := quota.EventQuery{TypePrefix: "token.", Take: 5}
+	evs, tcursor := pollEvents(t, s, tokens, "")
+	if len(evs) != 0 {
+		t.Fatalf("token events: %+v", evs)
+	}
+	if _, err := svc.UpdateUser(c, a.ID, quota.UserPatch{Name: ptr("A2")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.CreateToken(c, a.ID, quota.NewToken{Name: "t"}); err != nil {
+		t.Fatal(err)
+	}
+	if evs, _ = waitFor(tokens, tcursor, 1); len(evs) != 1 || evs[0].Type != quota.EventTokenCreated {
+		t.Fatalf("token events after the filter's cursor: %+v, want one token.created", evs)
+	}
+	user := quota.EventQuery{UserID: a.ID, Take: 1}
+	if evs, _ = pollEvents(t, s, user, ""); len(evs) != 3 {
+		t.Fatalf("A's events, one a page: %d, want 3", len(evs))
+	}
+
+	// Writers on many users (many partitions on a sharded outbox) while a
+	// reader polls: every event is listed exactly once.
+	evs, cursor = pollEvents(t, s, all, cursor)
+	if len(evs) != 2 {
+		t.Fatalf("user.updated and token.created: %d events", len(evs))
+	}
+	const writers, each = 4, 15
+	var wg sync.WaitGroup
+	var done atomic.Bool
+	want := map[string]bool{}
+	var mu sync.Mutex
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				u, err := svc.CreateUser(c, quota.NewUser{Name: "P", Email: fmt.Sprintf("poll-%d-%d@example.com", w, i)})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				want[u.ID] = true
+				mu.Unlock()
+			}
+		}()
+	}
+	go func() { wg.Wait(); done.Store(true) }()
+	seen := map[string]int{}
+	for !done.Load() {
+		evs, cursor = pollEvents(t, s, quota.EventQuery{Take: 3}, cursor)
+		for _, e := range evs {
+			seen[e.Subject]++
+		}
+	}
+	evs, _ = waitFor(quota.EventQuery{Take: 3}, cursor, writers*each-len(seen))
+	for _, e := range evs {
+		seen[e.Subject]++
+	}
+	for id := range want {
+		if seen[id] != 1 {
+			t.Errorf("user %s: its user.created listed %d times while polling", id, seen[id])
+		}
+	}
+	if len(seen) != len(want) {
+		t.Fatalf("polling listed events of %d users, %d were created", len(seen), len(want))
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
