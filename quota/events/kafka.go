@@ -16,9 +16,12 @@ import (
 )
 
 // Kafka produces events to a topic with franz-go's idempotent producer
-// (acks from all in-sync replicas): the record key is the user id, so a
-// tenant's events keep their order in one partition; the value is the
-// CloudEvent JSON, with ce_id and ce_type headers.
+// (acks from all in-sync replicas), in the structured mode of the
+// CloudEvents Kafka protocol binding: the value is the CloudEvent JSON,
+// with a content-type header of ContentType. The record key is the user
+// id (the event's subject), so a tenant's events keep their order in one
+// partition. The ce_id and ce_type headers, which the binding allows in
+// structured mode, let a consumer route without parsing the value.
 type Kafka struct {
 	name   string
 	types  Types
@@ -98,7 +101,10 @@ func (k *Kafka) Accepts(typ string) bool { return k.types.Match(typ) }
 func (k *Kafka) Deliver(ctx context.Context, ev quota.CloudEvent, body []byte) error {
 	rec := &kgo.Record{
 		Key: []byte(ev.Subject), Value: body,
-		Headers: []kgo.RecordHeader{{Key: "ce_id", Value: []byte(ev.ID)}, {Key: "ce_type", Value: []byte(ev.Type)}},
+		Headers: []kgo.RecordHeader{
+			{Key: "content-type", Value: []byte(ContentType)},
+			{Key: "ce_id", Value: []byte(ev.ID)}, {Key: "ce_type", Value: []byte(ev.Type)},
+		},
 	}
 	if err := k.client.ProduceSync(ctx, rec).FirstErr(); err != nil {
 		return fmt.Errorf("kafka: %w", err)

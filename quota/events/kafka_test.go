@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -17,7 +18,10 @@ import (
 
 // TestKafkaDelivery: against franz-go's in-process Kafka-protocol cluster,
 // with the real franz-go client on both ends, every event is produced once
-// it is acknowledged, keyed by user id, in order per user.
+// it is acknowledged, keyed by user id, in order per user, as the
+// CloudEvents Kafka binding's structured mode has it: a content-type
+// header of the JSON event format, and a value the CloudEvents SDK reads
+// as a valid event.
 func TestKafkaDelivery(t *testing.T) {
 	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, "tenant-quota-events"))
 	if err != nil {
@@ -68,6 +72,20 @@ func TestKafkaDelivery(t *testing.T) {
 			t.Fatalf("consumed %d of 12 events", n)
 		}
 		fetches.EachRecord(func(r *kgo.Record) {
+			var ct []string
+			for _, h := range r.Headers {
+				if h.Key == "content-type" {
+					ct = append(ct, string(h.Value))
+				}
+			}
+			if len(ct) != 1 || ct[0] != events.ContentType {
+				t.Fatalf("record content-type headers %q, want one %q", ct, events.ContentType)
+			}
+			var sdk event.Event
+			if err := json.Unmarshal(r.Value, &sdk); err != nil {
+				t.Fatalf("the SDK reads no event from the record value: %v", err)
+			}
+			checkCloudEvent(t, &sdk, r.Value)
 			var ce quota.CloudEvent
 			if err := json.Unmarshal(r.Value, &ce); err != nil {
 				t.Fatalf("record value: %v", err)
