@@ -119,7 +119,7 @@ func TestEventsWebhook(t *testing.T) {
 			wantStatus(t, call(t, "DELETE", user, ops, nil, nil), http.StatusNoContent)
 			want := []string{"user.created", "token.created", "user.updated", "user.updated", "limits.updated",
 				"user.updated", "credits.added", "usage.threshold", "usage.threshold", "usage.reset",
-				"user.updated", "user.disabled", "user.updated", "user.enabled", "token.revoked", "user.deleted"}
+				"user.updated", "user.disabled", "credits.zeroed", "user.updated", "user.enabled", "token.revoked", "user.deleted"}
 			within(t, 5*time.Second, "every event delivered", func() bool { return len(h.ofUser(uid)) >= len(want) })
 			if got := h.ofUser(uid); fmt.Sprint(got) != fmt.Sprint(want) {
 				t.Fatalf("events in the order delivered:\n got %v\nwant %v", got, want)
