@@ -32,7 +32,8 @@ type cloudEvent struct {
 }
 
 // hookReceiver is a webhook endpoint on loopback that verifies every
-// delivery with the standard-webhooks library, and can be told to fail.
+// delivery with the standard-webhooks library and takes only CloudEvents
+// in structured mode, and can be told to fail.
 type hookReceiver struct {
 	*httptest.Server
 	mu       sync.Mutex
@@ -50,7 +51,7 @@ func newHookReceiver(t *testing.T) *hookReceiver {
 	h := &hookReceiver{attempts: map[string]int{}}
 	h.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
-		if err := wh.Verify(body, r.Header); err != nil {
+		if err := wh.Verify(body, r.Header); err != nil || r.Header.Get("Content-Type") != "application/cloudevents+json; charset=utf-8" {
 			h.bad.Add(1)
 			w.WriteHeader(http.StatusUnauthorized)
 			return
@@ -152,7 +153,7 @@ func TestEventsWebhook(t *testing.T) {
 				t.Fatalf("the bare admin key's actor: %v", enabled)
 			}
 			if h.bad.Load() != 0 {
-				t.Fatalf("%d deliveries failed signature verification", h.bad.Load())
+				t.Fatalf("%d deliveries failed signature verification or were not structured-mode CloudEvents", h.bad.Load())
 			}
 			var page struct {
 				Items []cloudEvent `json:"items"`
