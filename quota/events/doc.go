@@ -1,5 +1,6 @@
-// Package events delivers the quota outbox to sinks: webhooks signed per
-// the Standard Webhooks specification, and Kafka (franz-go).
+// Package events delivers the quota outbox to sinks, as CloudEvents in
+// structured mode (ContentType): webhooks signed per the Standard Webhooks
+// specification, and Kafka (franz-go) per the CloudEvents Kafka binding.
 //
 // A Dispatcher reads each sink's events from the store's outbox
 // (quota.EventLog) with a cursor of its own, in the order they were
