@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -162,22 +163,33 @@ const maxModifyAttempts = 64
 // a fresh read otherwise, so concurrent changes (on any node) are never
 // lost.
 func (s *Service) modifyUser(ctx context.Context, id string, change func(*User) error) (*User, error) {
+	var u *User
+	var events []Event
+	err := retryStale("user "+strconv.Quote(id), func() (err error) {
+		u, events, err = s.tryModifyUser(ctx, id, change)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.invalidate(ctx, userKey(u.ID))
+	s.published(events...)
+	return u, nil
+}
+
+// retryStale runs try, a read and a compare-and-swap of what, again on
+// ErrStale (a concurrent change won), at most maxModifyAttempts times.
+func retryStale(what string, try func() error) error {
 	for attempt := 0; ; attempt++ {
-		u, events, err := s.tryModifyUser(ctx, id, change)
-		if errors.Is(err, ErrStale) && attempt < maxModifyAttempts {
-			// Back off a little, with jitter, so that racing writers spread.
-			time.Sleep(time.Duration(rand.Int64N(int64(time.Millisecond) << min(attempt, 4))))
-			continue
+		err := try()
+		if !errors.Is(err, ErrStale) {
+			return err
 		}
-		if errors.Is(err, ErrStale) {
-			return nil, fmt.Errorf("user %q changed concurrently %d times; try again: %w", id, attempt+1, ErrConflict)
+		if attempt >= maxModifyAttempts {
+			return fmt.Errorf("%s changed concurrently %d times; try again: %w", what, attempt+1, ErrConflict)
 		}
-		if err != nil {
-			return nil, err
-		}
-		s.invalidate(ctx, userKey(u.ID))
-		s.published(events...)
-		return u, nil
+		// Back off a little, with jitter, so that racing writers spread.
+		time.Sleep(time.Duration(rand.Int64N(int64(time.Millisecond) << min(attempt, 4))))
 	}
 }
 
@@ -353,25 +365,43 @@ type IssuedToken struct {
 // MaxTokenNameLength caps token names.
 const MaxTokenNameLength = 200
 
-// CreateToken issues a new token for a user.
-func (s *Service) CreateToken(ctx context.Context, userID string, in NewToken) (*IssuedToken, error) {
+// tokenFields are what a token is made or changed with: one set of rules
+// for CreateToken and UpdateToken. A nil name or expiry is not checked (a
+// change leaves it as it is).
+type tokenFields struct {
+	name      *string
+	expiresAt *time.Time
+	scopes    []string
+	limits    Limits
+}
+
+// validate checks f at now: a name of at most MaxTokenNameLength, an
+// expiry in the future, valid scopes and limits of the token's own.
+func (f tokenFields) validate(now time.Time) error {
 	var v validator
-	name := strings.TrimSpace(in.Name)
-	validateName(&v, "name", name, MaxTokenNameLength, false)
-	now := s.now()
-	if in.ExpiresAt != nil && !in.ExpiresAt.After(now) {
+	if f.name != nil {
+		validateName(&v, "name", *f.name, MaxTokenNameLength, false)
+	}
+	if f.expiresAt != nil && !f.expiresAt.After(now) {
 		v.add("expiresAt", "must be in the future")
 	}
-	if len(in.Scopes) > MaxScopes {
+	if len(f.scopes) > MaxScopes {
 		v.add("scopes", "at most %d", MaxScopes)
 	}
-	for i, sc := range in.Scopes {
+	for i, sc := range f.scopes {
 		if err := ValidatePermission(sc, true); err != nil {
 			v.add(fmt.Sprintf("scopes[%d]", i), "%s", err.Error())
 		}
 	}
-	validateTokenLimits(&v, in.Limits)
-	if err := v.err(); err != nil {
+	validateTokenLimits(&v, f.limits)
+	return v.err()
+}
+
+// CreateToken issues a new token for a user.
+func (s *Service) CreateToken(ctx context.Context, userID string, in NewToken) (*IssuedToken, error) {
+	name := strings.TrimSpace(in.Name)
+	now := s.now()
+	if err := (tokenFields{name: &name, expiresAt: in.ExpiresAt, scopes: in.Scopes, limits: in.Limits}).validate(now); err != nil {
 		return nil, err
 	}
 	if _, err := s.GetUser(ctx, userID); err != nil {
@@ -412,6 +442,88 @@ func (s *Service) ListTokens(ctx context.Context, userID string) ([]Token, error
 		out[i] = t.Public()
 	}
 	return out, nil
+}
+
+// GetToken returns one token of a user, without its hash.
+func (s *Service) GetToken(ctx context.Context, userID, tokenID string) (*Token, error) {
+	if !validID(userID) || !validID(tokenID) {
+		return nil, fmt.Errorf("token %q: %w", tokenID, ErrNotFound)
+	}
+	t, err := s.store.GetToken(ctx, userID, tokenID)
+	if err != nil {
+		return nil, err
+	}
+	pub := t.Public()
+	return &pub, nil
+}
+
+// TokenPatch is the input of UpdateToken; nil fields are left unchanged.
+type TokenPatch struct {
+	Name *string
+	// ExpiresAt replaces the expiry: a time in the future, or the zero
+	// time for none.
+	ExpiresAt *time.Time
+	// Limits are merged into the token's own limits as UserPatch.Limits
+	// into a user's: named resources are replaced, a nil entry removes one.
+	Limits Limits
+}
+
+// UpdateToken changes a token's name, expiry or limits, by the rules of
+// CreateToken, as a compare-and-swap on the token's revision (retried on
+// a fresh read), with a token.updated event. Every node's cache drops the
+// token, as for a revocation: a lowered limit or a shorter expiry holds
+// from the next request on this node, and on the others once the
+// invalidation reaches them.
+func (s *Service) UpdateToken(ctx context.Context, userID, tokenID string, p TokenPatch) (*Token, error) {
+	if !validID(userID) || !validID(tokenID) {
+		return nil, fmt.Errorf("token %q: %w", tokenID, ErrNotFound)
+	}
+	if p.Name != nil {
+		name := strings.TrimSpace(*p.Name)
+		p.Name = &name
+	}
+	if p.ExpiresAt != nil && !p.ExpiresAt.IsZero() {
+		exp := p.ExpiresAt.UTC().Truncate(time.Millisecond)
+		p.ExpiresAt = &exp
+	}
+	var t *Token
+	var ev Event
+	err := retryStale("token "+strconv.Quote(tokenID), func() error {
+		old, err := s.store.GetToken(ctx, userID, tokenID)
+		if err != nil {
+			return err
+		}
+		t = old.Clone()
+		f := tokenFields{name: p.Name}
+		if p.Name != nil {
+			t.Name = *p.Name
+		}
+		if p.ExpiresAt != nil {
+			t.ExpiresAt = nil
+			if !p.ExpiresAt.IsZero() {
+				f.expiresAt, t.ExpiresAt = p.ExpiresAt, p.ExpiresAt
+			}
+		}
+		if p.Limits != nil {
+			if t.Limits = t.Limits.Merge(p.Limits); len(t.Limits) == 0 {
+				t.Limits = nil
+			}
+			f.limits = t.Limits
+		}
+		if err := f.validate(s.now()); err != nil {
+			return err
+		}
+		t.Revision = old.Revision + 1
+		ev = s.newEvent(ctx, EventTokenUpdated, userID, tokenData{Token: t.Public()})
+		return s.store.UpdateToken(ctx, t, ev)
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.invalidate(ctx, hashKey(t.Hash))
+	s.published(ev)
+	pub := t.Public()
+	return &pub, nil
 }
 
 // RevokeToken deletes a user's token; it is refused from the next request

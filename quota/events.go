@@ -17,6 +17,7 @@ const (
 	EventUserEnabled    = "user.enabled"
 	EventUserDeleted    = "user.deleted"
 	EventTokenCreated   = "token.created"
+	EventTokenUpdated   = "token.updated"
 	EventTokenRevoked   = "token.revoked"
 	EventLimitsUpdated  = "limits.updated"
 	EventUsageReset     = "usage.reset"
@@ -28,7 +29,7 @@ const (
 // EventTypes lists every event type, for validation of type filters.
 var EventTypes = []string{
 	EventUserCreated, EventUserUpdated, EventUserDisabled, EventUserEnabled, EventUserDeleted,
-	EventTokenCreated, EventTokenRevoked, EventLimitsUpdated, EventUsageReset, EventCreditsAdded, EventCreditsZeroed,
+	EventTokenCreated, EventTokenUpdated, EventTokenRevoked, EventLimitsUpdated, EventUsageReset, EventCreditsAdded, EventCreditsZeroed,
 	EventUsageThreshold, EventRolesGranted, EventRolesRevoked,
 }
 

@@ -13,6 +13,7 @@ const (
 	PermUsersDelete  = "users.delete"
 	PermTokensRead   = "tokens.read"
 	PermTokensCreate = "tokens.create"
+	PermTokensUpdate = "tokens.update"
 	PermTokensRevoke = "tokens.revoke"
 	PermLimitsRead   = "limits.read"
 	PermLimitsWrite  = "limits.write"
@@ -28,7 +29,7 @@ const (
 // AdminPermissions lists every admin API permission.
 var AdminPermissions = []string{
 	PermUsersRead, PermUsersCreate, PermUsersUpdate, PermUsersDelete,
-	PermTokensRead, PermTokensCreate, PermTokensRevoke, PermLimitsRead, PermLimitsWrite,
+	PermTokensRead, PermTokensCreate, PermTokensUpdate, PermTokensRevoke, PermLimitsRead, PermLimitsWrite,
 	PermUsageRead, PermUsageReset, PermCreditsAdd, PermRolesRead, PermRolesGrant, PermRolesRevoke,
 	PermEventsRead,
 }

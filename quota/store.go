@@ -44,8 +44,17 @@ type Store interface {
 	CreateToken(ctx context.Context, t *Token, events ...Event) error
 	// GetTokenByHash returns the token whose secret hashes to hash.
 	GetTokenByHash(ctx context.Context, hash string) (*Token, error)
+	// GetToken returns one token of a user by its id.
+	GetToken(ctx context.Context, userID, tokenID string) (*Token, error)
 	// ListTokens returns a user's tokens in creation order.
 	ListTokens(ctx context.Context, userID string) ([]*Token, error)
+	// UpdateToken replaces the stored token that has t.UserID and t.ID (its
+	// hash and creation time stay), for lookups by hash too, only if the
+	// stored token's Revision is t.Revision-1 (else ErrStale; a store may
+	// also report a touch since the token was read as ErrStale). It keeps
+	// the later of the two LastUsedAt and never brings back a token
+	// revoked meanwhile (ErrNotFound).
+	UpdateToken(ctx context.Context, t *Token, events ...Event) error
 	// DeleteToken revokes one token of a user and returns it.
 	DeleteToken(ctx context.Context, userID, tokenID string, events ...Event) (*Token, error)
 	// TouchTokens records last-used times (best effort, batched).

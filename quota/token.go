@@ -26,6 +26,9 @@ type Token struct {
 	// Limits, if any, are the token's own limits, charged together with
 	// its user's.
 	Limits Limits `json:"limits,omitempty"`
+	// Revision counts the changes made to the token (a touch is none);
+	// Store.UpdateToken writes over the revision it was read at only.
+	Revision int64 `json:"revision,omitempty"`
 }
 
 // MaxScopes caps a token's scopes.
@@ -34,6 +37,20 @@ const MaxScopes = 64
 // Allows reports whether the token's scopes allow perm.
 func (t *Token) Allows(perm string) bool {
 	return len(t.Scopes) == 0 || AnyPermits(t.Scopes, perm)
+}
+
+// Clone returns a deep copy of t.
+func (t *Token) Clone() *Token {
+	c := *t
+	c.Scopes = append([]string(nil), t.Scopes...)
+	c.Limits = t.Limits.Clone()
+	for _, p := range []**time.Time{&c.ExpiresAt, &c.LastUsedAt} {
+		if *p != nil {
+			v := **p
+			*p = &v
+		}
+	}
+	return &c
 }
 
 // Public returns a copy of t without its hash, for API responses.

@@ -502,6 +502,52 @@ func getToken(tx *bolt.Tx, hash []byte) (*quota.Token, error) {
 	return t, nil
 }
 
+// GetToken returns one token of a user by its id.
+func (s *Store) GetToken(ctx context.Context, userID, tokenID string) (*quota.Token, error) {
+	var t *quota.Token
+	err := s.view(ctx, func(tx *bolt.Tx) error {
+		var err error
+		t, err = getUserToken(tx, userID, tokenID)
+		return err
+	})
+	return t, err
+}
+
+func getUserToken(tx *bolt.Tx, userID, tokenID string) (*quota.Token, error) {
+	hash := tx.Bucket(bucketUserTokens).Get(userTokenKey(userID, tokenID))
+	if hash == nil {
+		return nil, fmt.Errorf("token %q of user %q: %w", tokenID, userID, quota.ErrNotFound)
+	}
+	return getToken(tx, hash)
+}
+
+// UpdateToken replaces a token over the revision it was read at, in one
+// transaction with its events, keeping the later last-used time.
+func (s *Store) UpdateToken(ctx context.Context, t *quota.Token, events ...quota.Event) error {
+	return s.update(ctx, func(tx *bolt.Tx) error {
+		old, err := getUserToken(tx, t.UserID, t.ID)
+		if err != nil {
+			return err
+		}
+		if old.Revision != t.Revision-1 {
+			return fmt.Errorf("token %q is at revision %d, not %d: %w", t.ID, old.Revision, t.Revision-1, quota.ErrStale)
+		}
+		c := *t
+		c.Hash, c.CreatedAt, c.LastUsedAt = old.Hash, old.CreatedAt, old.LastUsedAt
+		if t.LastUsedAt != nil {
+			c.Touch(*t.LastUsedAt)
+		}
+		data, err := json.Marshal(&c)
+		if err != nil {
+			return fmt.Errorf("boltstore: encode token: %w", err)
+		}
+		if err := putEvents(tx, events); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketTokens).Put([]byte(old.Hash), data)
+	})
+}
+
 // ListTokens returns a user's tokens in creation order (token ids are
 // UUIDv7). It fails with ErrNotFound if the user does not exist.
 func (s *Store) ListTokens(ctx context.Context, userID string) ([]*quota.Token, error) {

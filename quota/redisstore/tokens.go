@@ -23,9 +23,21 @@ var addTokenScript = redis.NewScript(luaOutbox + lua("add_token.lua"))
 // ARGV[4...]) to the outbox stream KEYS[2]; it returns how many it removed.
 var dropTokenScript = redis.NewScript(luaOutbox + lua("drop_token.lua"))
 
-// hsetIfExistsScript sets hash field ARGV[1] of KEYS[1] to ARGV[2] only if
-// the field exists, so that a touch never brings back a revoked token.
-var hsetIfExistsScript = redis.NewScript(lua("hset_if_exists.lua"))
+// swapTokenScript sets field ARGV[1] of the tokens hash KEYS[1] to ARGV[3]
+// only if it holds ARGV[2], and then appends the events (ARGV[4]
+// retention ms, ARGV[5] count, ARGV[6...]) to the outbox stream KEYS[2]:
+// it returns 1 when set, 0 when the field holds something else, -1 when
+// it is gone.
+var swapTokenScript = redis.NewScript(luaOutbox + lua("swap_token.lua"))
+
+// putTokenScript writes the token JSON ARGV[2] to KEYS[1], a token's
+// lookup key (ARGV[1] "") or field ARGV[1] of a user's tokens hash, only
+// if a token is there whose revision is between ARGV[3] and ARGV[4]: an
+// update (0 to its revision - 1) never goes back over a later one, a
+// touch (its revision alone) never over an update, and neither brings
+// back a revoked token. It returns 1 when written, 0 when the stored
+// revision is outside, -1 when no token is there.
+var putTokenScript = redis.NewScript(lua("put_token.lua"))
 
 // CreateToken stores a token of an existing user: first in the user's
 // tokens hash (atomically with the check that the user exists), then under
@@ -103,6 +115,77 @@ func decodeToken(data []byte) (*quota.Token, error) {
 		return nil, fmt.Errorf("decode token: %w", err)
 	}
 	return &t, nil
+}
+
+// GetToken returns one token of a user by its id, from the user's
+// tokens hash.
+func (s *Store) GetToken(ctx context.Context, userID, tokenID string) (*quota.Token, error) {
+	ctx, cancel := s.withDeadline(ctx)
+	defer cancel()
+	if !validID(userID) {
+		return nil, fmt.Errorf("token %q: %w", tokenID, quota.ErrNotFound)
+	}
+	data, err := s.rdb.HGet(ctx, s.tokensKey(userID), tokenID).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("token %q: %w", tokenID, quota.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get token: %w", err)
+	}
+	return decodeToken(data)
+}
+
+// UpdateToken replaces a token: first in the user's tokens hash, over the
+// JSON it read (so a touch since makes it stale too), with its events in
+// the same script; then its lookup key, which authentication reads and
+// which lives in another slot, unless a later revision is there already
+// or the token was revoked meanwhile.
+func (s *Store) UpdateToken(ctx context.Context, t *quota.Token, events ...quota.Event) error {
+	ctx, cancel := s.withDeadline(ctx)
+	defer cancel()
+	if !validID(t.UserID) {
+		return fmt.Errorf("token %q: %w", t.ID, quota.ErrNotFound)
+	}
+	oldData, err := s.rdb.HGet(ctx, s.tokensKey(t.UserID), t.ID).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return fmt.Errorf("token %q: %w", t.ID, quota.ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("update token: %w", err)
+	}
+	old, err := decodeToken(oldData)
+	if err != nil {
+		return err
+	}
+	if old.Revision != t.Revision-1 {
+		return fmt.Errorf("token %q is at revision %d, not %d: %w", t.ID, old.Revision, t.Revision-1, quota.ErrStale)
+	}
+	c := *t
+	c.Hash, c.CreatedAt, c.LastUsedAt = old.Hash, old.CreatedAt, old.LastUsedAt
+	if t.LastUsedAt != nil {
+		c.Touch(*t.LastUsedAt)
+	}
+	data, err := json.Marshal(&c)
+	if err != nil {
+		return fmt.Errorf("encode token: %w", err)
+	}
+	evArgs, err := s.eventArgs(events)
+	if err != nil {
+		return err
+	}
+	res, err := swapTokenScript.Run(ctx, s.rdb, []string{s.tokensKey(t.UserID), s.eventsKey(t.UserID)}, append([]any{t.ID, oldData, data}, evArgs...)...).Int()
+	switch {
+	case err != nil:
+		return fmt.Errorf("update token: %w", err)
+	case res == 0:
+		return fmt.Errorf("token %q: %w", t.ID, quota.ErrStale)
+	case res == -1:
+		return fmt.Errorf("token %q: %w", t.ID, quota.ErrNotFound)
+	}
+	if err := putTokenScript.Run(ctx, s.rdb, []string{s.tokKey(old.Hash)}, "", data, 0, c.Revision-1).Err(); err != nil {
+		return fmt.Errorf("update token: the change is stored, but authentication may not see it yet (send it again): %w", err)
+	}
+	return nil
 }
 
 // ListTokens returns a user's tokens in creation order.
@@ -199,10 +282,12 @@ func (s *Store) deleteTokenKeys(ctx context.Context, tokens []string) error {
 }
 
 // TouchTokens records last-used times, best effort: one pipeline reads the
-// tokens, a second writes them back to the lookup key (SET XX) and to the
-// user's hash (only if the field exists), so a token revoked meanwhile stays
-// revoked. Unknown hashes and times not after the stored one are skipped.
-// Concurrent touches of one token may leave either time; both are recent.
+// tokens, a second writes them back to the lookup key and to the user's
+// hash, each only if the token there is at the revision read, so a token
+// revoked meanwhile stays revoked and an update made meanwhile stays
+// (the touch is dropped). Unknown hashes and times not after the stored
+// one are skipped. Concurrent touches of one token may leave either time;
+// both are recent.
 func (s *Store) TouchTokens(ctx context.Context, used map[string]time.Time) error {
 	if len(used) == 0 {
 		return nil
@@ -237,9 +322,9 @@ func (s *Store) TouchTokens(ctx context.Context, used map[string]time.Time) erro
 		if err != nil {
 			return fmt.Errorf("encode token: %w", err)
 		}
-		pipe.SetArgs(ctx, s.tokKey(hashes[i]), out, redis.SetArgs{Mode: "XX"})
 		// EVAL, not EVALSHA: a pipeline cannot fall back on NOSCRIPT.
-		hsetIfExistsScript.Eval(ctx, pipe, []string{s.tokensKey(t.UserID)}, t.ID, out)
+		putTokenScript.Eval(ctx, pipe, []string{s.tokKey(hashes[i])}, "", out, t.Revision, t.Revision)
+		putTokenScript.Eval(ctx, pipe, []string{s.tokensKey(t.UserID)}, t.ID, out, t.Revision, t.Revision)
 		writes++
 	}
 	if writes == 0 {

@@ -34,6 +34,8 @@ func Run(t *testing.T, newStore func(t *testing.T) quota.Store) {
 		{"UpdateMovesIndexes", testUpdateIndexes},
 		{"ListUsersPagination", testList},
 		{"Tokens", testTokens},
+		{"UpdateToken", testUpdateToken},
+		{"ConcurrentTokenUpdates", testConcurrentTokenUpdates},
 		{"DeleteUserRemovesEverything", testDeleteUser},
 		{"AdmitLifetimeCap", testAdmitCap},
 		{"AdmitIsAllOrNothing", testAdmitAllOrNothing},
@@ -1435,3 +1437,146 @@ func testEventPolling(t *testing.T, s quota.Store) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// testUpdateToken: GetToken finds a user's token by id; UpdateToken
+// replaces it, for lookups by hash and in the user's list, with its
+// events, only over the revision it was read at; a touch keeps what an
+// update wrote, and an update never brings back a revoked token.
+func testUpdateToken(t *testing.T, s quota.Store) {
+	u := newUser(t, s, "a@example.com", "")
+	tok := newToken(t, s, u, "one")
+	got, err := s.GetToken(ctx(t), u.ID, tok.ID)
+	if err != nil || got.ID != tok.ID || got.Hash != tok.Hash || got.Name != "one" || got.Revision != 0 {
+		t.Fatalf("GetToken: %+v %v", got, err)
+	}
+	other := newUser(t, s, "b@example.com", "")
+	_, err = s.GetToken(ctx(t), other.ID, tok.ID)
+	mustNotFound(t, "another user's token", err)
+	_, err = s.GetToken(ctx(t), u.ID, quota.NewID())
+	mustNotFound(t, "an unknown token", err)
+
+	exp := time.Now().UTC().Add(time.Minute).Truncate(time.Millisecond)
+	changed := *got
+	changed.Name, changed.ExpiresAt, changed.Revision = "renamed", &exp, 1
+	changed.Limits = quota.Limits{"messages": {{Limit: 3}}}
+	ev := quota.Event{ID: quota.NewID(), Type: quota.EventTokenUpdated, Time: time.Now().UTC(), Subject: u.ID, Data: []byte(`{}`)}
+	if err := s.UpdateToken(ctx(t), &changed, ev); err != nil {
+		t.Fatalf("UpdateToken: %v", err)
+	}
+	check := func(what string, want *quota.Token) {
+		t.Helper()
+		byHash, err := s.GetTokenByHash(ctx(t), want.Hash)
+		if err != nil {
+			t.Fatalf("%s: by hash: %v", what, err)
+		}
+		byID, err := s.GetToken(ctx(t), want.UserID, want.ID)
+		if err != nil {
+			t.Fatalf("%s: by id: %v", what, err)
+		}
+		list, err := s.ListTokens(ctx(t), want.UserID)
+		if err != nil || len(list) != 1 {
+			t.Fatalf("%s: listed %v %v", what, list, err)
+		}
+		for _, g := range []*quota.Token{byHash, byID, list[0]} {
+			gl, _ := g.Limits.MarshalJSON()
+			wl, _ := want.Limits.MarshalJSON()
+			if g.Name != want.Name || g.Revision != want.Revision || g.ExpiresAt == nil || !g.ExpiresAt.Equal(*want.ExpiresAt) ||
+				string(gl) != string(wl) || g.Hash != want.Hash || !g.CreatedAt.Equal(want.CreatedAt) {
+				t.Fatalf("%s: %+v, want %+v", what, g, want)
+			}
+		}
+	}
+	check("after the update", &changed)
+	page, err := s.ListEvents(ctx(t), quota.EventQuery{UserID: u.ID, Take: 10})
+	if err != nil || len(page.Events) != 1 || page.Events[0].ID != ev.ID {
+		t.Fatalf("the update's event: %+v %v", page.Events, err)
+	}
+
+	stale := changed
+	stale.Name, stale.Revision = "stale", 1
+	if err := s.UpdateToken(ctx(t), &stale); !errors.Is(err, quota.ErrStale) {
+		t.Fatalf("an update over an older revision: %v, want ErrStale", err)
+	}
+	check("after a stale update", &changed)
+
+	// A touch keeps the update; the next update keeps the touch.
+	used := time.Now().UTC().Truncate(time.Millisecond)
+	if err := s.TouchTokens(ctx(t), map[string]time.Time{tok.Hash: used}); err != nil {
+		t.Fatal(err)
+	}
+	check("after a touch", &changed)
+	touched, err := s.GetToken(ctx(t), u.ID, tok.ID)
+	if err != nil || touched.LastUsedAt == nil || !touched.LastUsedAt.Equal(used) {
+		t.Fatalf("touched: %+v %v", touched, err)
+	}
+	next := *touched
+	next.Name, next.Revision = "twice", 2
+	if err := s.UpdateToken(ctx(t), &next); err != nil {
+		t.Fatalf("the second update: %v", err)
+	}
+	check("after the second update", &next)
+	if got, _ := s.GetTokenByHash(ctx(t), tok.Hash); got.LastUsedAt == nil || !got.LastUsedAt.Equal(used) {
+		t.Fatalf("lastUsedAt after an update: %v, want %v", got.LastUsedAt, used)
+	}
+
+	if _, err := s.DeleteToken(ctx(t), u.ID, tok.ID); err != nil {
+		t.Fatal(err)
+	}
+	gone := next
+	gone.Revision = 3
+	mustNotFound(t, "updating a revoked token", s.UpdateToken(ctx(t), &gone))
+	_, err = s.GetTokenByHash(ctx(t), tok.Hash)
+	mustNotFound(t, "an update must not bring back a revoked token", err)
+	_, err = s.GetToken(ctx(t), u.ID, tok.ID)
+	mustNotFound(t, "a revoked token by id", err)
+}
+
+// testConcurrentTokenUpdates: concurrent changes of one token, with
+// touches in between, through the service on this store: none is lost.
+func testConcurrentTokenUpdates(t *testing.T, s quota.Store) {
+	svc, err := quota.NewService(quota.Options{Store: s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Close() })
+	u, err := svc.CreateUser(ctx(t), quota.NewUser{Name: "Race", Email: "race@example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := svc.CreateToken(ctx(t), u.ID, quota.NewToken{Name: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 20
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			l := quota.Limits{fmt.Sprintf("r%d", i): {{Limit: int64(i)}}}
+			if _, err := svc.UpdateToken(context.Background(), u.ID, tok.ID, quota.TokenPatch{Limits: l}); err != nil {
+				t.Error(err)
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			_ = s.TouchTokens(context.Background(), map[string]time.Time{quota.HashTokenSecret(tok.Secret): time.Now()})
+		}()
+	}
+	wg.Wait()
+	got, err := svc.GetToken(ctx(t), u.ID, tok.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Limits) != n || got.Revision != n {
+		t.Fatalf("after %d concurrent updates: %d limits, revision %d", n, len(got.Limits), got.Revision)
+	}
+	p, err := svc.Authenticate(ctx(t), tok.Secret)
+	if err != nil || len(p.Token.Limits) != n {
+		t.Fatalf("authenticated after the updates: %v limits, %v", p.Token.Limits, err)
+	}
+	page, err := s.ListEvents(ctx(t), quota.EventQuery{UserID: u.ID, TypePrefix: quota.EventTokenUpdated, Take: 100})
+	if err != nil || len(page.Events) != n {
+		t.Fatalf("token.updated events: %d, %v", len(page.Events), err)
+	}
+}
