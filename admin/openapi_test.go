@@ -78,6 +78,8 @@ var operationIDs = map[string]string{
 	"DELETE /users/{id}":                     "deleteUser",
 	"POST /users/{id}/tokens":                "createToken",
 	"GET /users/{id}/tokens":                 "listTokens",
+	"GET /users/{id}/tokens/{tokenId}":       "getToken",
+	"PATCH /users/{id}/tokens/{tokenId}":     "updateToken",
 	"DELETE /users/{id}/tokens/{tokenId}":    "revokeToken",
 	"GET /users/{id}/tokens/{tokenId}/usage": "getTokenUsage",
 	"GET /users/{id}/limits":                 "getLimits",

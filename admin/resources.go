@@ -63,6 +63,80 @@ func (h *Handler) listTokens(w http.ResponseWriter, r *http.Request) {
 	h.writeJSON(w, r, http.StatusOK, resp)
 }
 
+func (h *Handler) getToken(w http.ResponseWriter, r *http.Request) {
+	t, err := h.service().GetToken(r.Context(), r.PathValue("id"), r.PathValue("tokenId"))
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	h.writeJSON(w, r, http.StatusOK, t.Public())
+}
+
+type updateTokenRequest struct {
+	Name *string `json:"name"`
+	// ExpiresAt is an RFC 3339 time, or null for no expiry.
+	ExpiresAt json.RawMessage `json:"expiresAt"`
+	Limits    json.RawMessage `json:"limits"`
+	// Scopes are named only to refuse them with a reason.
+	Scopes json.RawMessage `json:"scopes"`
+}
+
+// updateToken changes a token's name, expiry or limits (merged as in
+// PATCH /users/{id}: a null entry removes a resource's limits).
+func (h *Handler) updateToken(w http.ResponseWriter, r *http.Request) {
+	var req updateTokenRequest
+	if err := h.decodeBody(w, r, &req, false); err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	if req.Scopes != nil {
+		// Widening a token's reach in place would change what every copy
+		// of its secret can do; a new token is a deliberate act.
+		h.writeError(w, r, badRequest("scopes", "a token's scopes cannot be changed: create a token with the scopes wanted and revoke this one"))
+		return
+	}
+	p := quota.TokenPatch{Name: req.Name}
+	if req.ExpiresAt != nil {
+		var s *string
+		if err := json.Unmarshal(req.ExpiresAt, &s); err != nil {
+			h.writeError(w, r, quota.Invalid("expiresAt", "must be an RFC 3339 time like 2030-01-02T15:04:05Z, or null for no expiry"))
+			return
+		}
+		exp := time.Time{}
+		if s != nil {
+			t, err := parseTime("expiresAt", *s)
+			if err != nil {
+				h.writeError(w, r, err)
+				return
+			}
+			if t.IsZero() {
+				h.writeError(w, r, quota.Invalid("expiresAt", "must be in the future; null removes the expiry"))
+				return
+			}
+			exp = t
+		}
+		p.ExpiresAt = &exp
+	}
+	if req.Limits != nil {
+		l, err := parseLimits(req.Limits)
+		if err == nil {
+			err = h.checkGroups(l)
+		}
+		warnUnknownResources(w, l)
+		if err != nil {
+			h.writeError(w, r, err)
+			return
+		}
+		p.Limits = l
+	}
+	t, err := h.service().UpdateToken(r.Context(), r.PathValue("id"), r.PathValue("tokenId"), p)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	h.writeJSON(w, r, http.StatusOK, t.Public())
+}
+
 func (h *Handler) revokeToken(w http.ResponseWriter, r *http.Request) {
 	if err := h.service().RevokeToken(r.Context(), r.PathValue("id"), r.PathValue("tokenId")); err != nil {
 		h.writeError(w, r, err)

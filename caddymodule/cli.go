@@ -115,7 +115,7 @@ func quotaCommand(cmd *cobra.Command) {
 		}),
 	)
 
-	tokens := &cobra.Command{Use: "tokens", Short: "Create, list or revoke a user's tokens"}
+	tokens := &cobra.Command{Use: "tokens", Short: "Create, list, get, update or revoke a user's tokens"}
 	tokens.AddCommand(
 		c.run("create <user>", "Create a token (--name, --expires RFC 3339, --scopes a,b); the secret is shown once", cobra.ExactArgs(1), func(args []string, f map[string]string) error {
 			id, err := c.userID(args[0])
@@ -138,6 +138,41 @@ func quotaCommand(cmd *cobra.Command) {
 			}
 			return c.show(c.do("GET", "/users/"+id+"/tokens", nil), "items", "id", "name", "prefix", "createdAt", "lastUsedAt", "expiresAt")
 		}),
+		c.run("get <user> <token id>", "Show a token (never its secret)", cobra.ExactArgs(2), func(args []string, f map[string]string) error {
+			id, err := c.userID(args[0])
+			if err != nil {
+				return err
+			}
+			return c.show(c.do("GET", "/users/"+id+"/tokens/"+url.PathEscape(args[1]), nil), "", "id", "name", "prefix", "scopes", "limits", "createdAt", "lastUsedAt", "expiresAt")
+		}),
+		c.run("update <user> <token id>", "Change a token (--name, --expires RFC 3339 or never, --limits JSON merged)", cobra.ExactArgs(2), func(args []string, f map[string]string) error {
+			id, err := c.userID(args[0])
+			if err != nil {
+				return err
+			}
+			body := map[string]any{}
+			if f["name"] != "" {
+				body["name"] = f["name"]
+			}
+			switch f["expires"] {
+			case "":
+			case "never":
+				body["expiresAt"] = nil
+			default:
+				body["expiresAt"] = f["expires"]
+			}
+			if f["limits"] != "" {
+				var l json.RawMessage
+				if err := json.Unmarshal([]byte(f["limits"]), &l); err != nil {
+					return fmt.Errorf("--limits must be JSON: %v", err)
+				}
+				body["limits"] = l
+			}
+			if len(body) == 0 {
+				return fmt.Errorf("nothing to change: give --name, --expires or --limits")
+			}
+			return c.show(c.do("PATCH", "/users/"+id+"/tokens/"+url.PathEscape(args[1]), body), "", "id", "name", "limits", "expiresAt")
+		}, "name", "expires", "limits"),
 		c.run("revoke <user> <token id>", "Revoke a token", cobra.ExactArgs(2), func(args []string, f map[string]string) error {
 			id, err := c.userID(args[0])
 			if err != nil {

@@ -35,7 +35,7 @@ schemas = {
     "required": ["id", "name", "email", "status", "limits", "credits", "createdAt", "updatedAt", "revision"]},
  "Token": {"type": "object", "properties": {"id": {"type": "string"}, "userId": {"type": "string"}, "name": {"type": "string"}, "prefix": {"type": "string"},
     "createdAt": {"type": "string", "format": "date-time"}, "expiresAt": {"type": "string", "format": "date-time"}, "lastUsedAt": {"type": "string", "format": "date-time"},
-    "scopes": {"type": "array", "items": {"type": "string"}}, "limits": ref("Limits")}, "required": ["id", "userId", "name", "prefix", "createdAt"]},
+    "scopes": {"type": "array", "items": {"type": "string"}}, "limits": ref("Limits"), "revision": {"type": "integer", "description": "counts the changes made to the token (a use is none)"}}, "required": ["id", "userId", "name", "prefix", "createdAt"]},
  "IssuedToken": {"allOf": [ref("Token"), {"type": "object", "properties": {"token": {"type": "string", "description": "the secret, shown only once"}}, "required": ["token"]}]},
  "UsageItem": {"type": "object", "properties": {"resource": {"type": "string"}, "per": {"type": "string"}, "used": {"type": "integer"}, "reserved": {"type": "integer"},
     "limit": {"type": ["integer", "null"]}, "remaining": {"type": ["integer", "null"]}, "resetsAt": {"type": ["string", "null"], "format": "date-time"}}, "required": ["resource", "per", "used", "limit", "remaining", "resetsAt"]},
@@ -54,6 +54,8 @@ user_in = {"type": "object", "properties": {"name": {"type": "string"}, "email":
 user_patch = {"type": "object", "properties": {"name": {"type": "string"}, "email": {"type": "string"}, "externalId": {"type": "string"}, "limits": ref("LimitsPatch"),
     "status": {"type": "string", "enum": ["active", "disabled"]}}, "additionalProperties": False}
 token_in = {"type": "object", "properties": {"name": {"type": "string"}, "expiresAt": {"type": "string", "format": "date-time"}, "scopes": {"type": "array", "items": {"type": "string"}}, "limits": ref("Limits")}, "additionalProperties": False}
+token_patch = {"type": "object", "properties": {"name": {"type": "string"}, "expiresAt": {"type": ["string", "null"], "format": "date-time", "description": "a time in the future, or null for no expiry"},
+    "limits": ref("LimitsPatch")}, "additionalProperties": False, "description": "fields left out stay as they are; limits are merged (null removes a resource's); scopes cannot change"}
 items = lambda s: {"type": "object", "properties": {"items": {"type": "array", "items": s}, "nextCursor": {"type": "string"}}, "required": ["items"]}
 event_page = {"type": "object", "properties": {"items": {"type": "array", "items": ref("CloudEvent")},
     "nextCursor": {"type": "string", "description": "present while more events are there: fetch the next page at once with after=<nextCursor>"},
@@ -71,6 +73,8 @@ paths = {
    "post": op("Create a token", "tokens.create", resp(201, "created; the secret is shown once", ref("IssuedToken")), token_in, optional=True),
    "get": op("List a user's tokens", "tokens.read", resp(200, "the tokens", items(ref("Token"))))},
  "/users/{id}/tokens/{tokenId}": {"parameters": [p_id, p_tok],
+   "get": op("Get a token (never its secret)", "tokens.read", resp(200, "the token", ref("Token"))),
+   "patch": op("Change a token's name, expiry or limits", "tokens.update", resp(200, "the token", ref("Token")), token_patch),
    "delete": op("Revoke a token", "tokens.revoke", resp(204, "revoked"))},
  "/users/{id}/tokens/{tokenId}/usage": {"parameters": [p_id, p_tok],
    "get": op("A token's own limits and usage", "usage.read", resp(200, "usage", ref("TokenUsage")))},
@@ -109,6 +113,8 @@ operation_ids = {
  "DELETE /users/{id}": "deleteUser",
  "POST /users/{id}/tokens": "createToken",
  "GET /users/{id}/tokens": "listTokens",
+ "GET /users/{id}/tokens/{tokenId}": "getToken",
+ "PATCH /users/{id}/tokens/{tokenId}": "updateToken",
  "DELETE /users/{id}/tokens/{tokenId}": "revokeToken",
  "GET /users/{id}/tokens/{tokenId}/usage": "getTokenUsage",
  "GET /users/{id}/limits": "getLimits",

@@ -65,16 +65,28 @@ func TestCLI(t *testing.T) {
 			}
 			quotaCLI(t, g, false, "usage", "reset", "crm-1", "messages")
 			tok := quotaCLI(t, g, false, "tokens", "create", "crm-1", "--name", "ci", "--scopes", "chat", "--json")
-			var created struct{ ID string }
+			var created struct{ ID, Token string }
 			json.Unmarshal([]byte(tok), &created)
 			if out := quotaCLI(t, g, false, "tokens", "list", "crm-1"); !strings.Contains(out, created.ID) {
 				t.Fatalf("tokens list:\n%s", out)
+			}
+			wantStatus(t, call(t, "POST", g.url+"/v1/chat", created.Token, map[string]any{}, nil), http.StatusOK)
+			quotaCLI(t, g, false, "tokens", "update", "crm-1", created.ID, "--name", "ci-2", "--limits", `{"messages": 1}`, "--expires", "never")
+			wantStatus(t, call(t, "POST", g.url+"/v1/chat", created.Token, map[string]any{}, nil), http.StatusTooManyRequests)
+			if out := quotaCLI(t, g, false, "tokens", "get", "crm-1", created.ID, "--json"); !strings.Contains(out, "ci-2") || !strings.Contains(out, `"messages": 1`) || strings.Contains(out, created.Token) {
+				t.Fatalf("tokens get:\n%s", out)
+			}
+			if out := quotaCLI(t, g, true, "tokens", "update", "crm-1", created.ID, "--expires", "yesterday"); !strings.Contains(out, "expiresAt") {
+				t.Fatalf("a bad expiry:\n%s", out)
+			}
+			if out := quotaCLI(t, g, true, "tokens", "update", "crm-1", created.ID); !strings.Contains(out, "nothing to change") {
+				t.Fatalf("no change:\n%s", out)
 			}
 			quotaCLI(t, g, false, "tokens", "revoke", "crm-1", created.ID)
 			quotaCLI(t, g, false, "users", "disable", "crm-1")
 			wantStatus(t, call(t, "POST", g.url+"/v1/chat", token, map[string]any{}, nil), http.StatusForbidden)
 			quotaCLI(t, g, false, "users", "enable", "crm-1")
-			if out := quotaCLI(t, g, false, "events", "tail", "--user", "crm-1"); !strings.Contains(out, "user.created") || !strings.Contains(out, "token.revoked") {
+			if out := quotaCLI(t, g, false, "events", "tail", "--user", "crm-1"); !strings.Contains(out, "user.created") || !strings.Contains(out, "token.revoked") || !strings.Contains(out, "token.updated") {
 				t.Fatalf("events tail:\n%s", out)
 			}
 			// Errors: the problem's detail, and a non-zero exit.

@@ -30,8 +30,8 @@ func TestReadmeWalkthroughAsWritten(t *testing.T) {
 	port, backend, adminPort := freePort(t), freePort(t), freePort(t)
 	cfg := string(example)
 	for old, repl := range map[string]string{
-		"\n:8080 {":        fmt.Sprintf("\n:%d {", port),
-		":9090":            fmt.Sprintf(":%d", backend),
+		"\n:8080 {":         fmt.Sprintf("\n:%d {", port),
+		":9090":             fmt.Sprintf(":%d", backend),
 		"{\n\ttenant_quota": fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\ttenant_quota", adminPort),
 	} {
 		if !strings.Contains(cfg, old) {
@@ -128,7 +128,6 @@ func walkthroughAnswers(script string) []string {
 	}
 	return out
 }
-
 
 // TestReadmeSaysWhatMigrateDoes: the README tells one story of moving
 // between stores: caddy quota migrate copies users and tokens (tested by

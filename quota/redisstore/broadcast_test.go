@@ -96,6 +96,18 @@ func TestCrossNodeInvalidation(t *testing.T) {
 	})
 	warm(t, b, tok.Secret)
 
+	// A token's own limit lowered, and its expiry brought forward.
+	soon := time.Now().Add(time.Hour).UTC().Truncate(time.Millisecond)
+	if _, err := a.UpdateToken(ctx, u.ID, tok.ID, quota.TokenPatch{ExpiresAt: &soon, Limits: quota.Limits{"messages": {{Limit: 1}}}}); err != nil {
+		t.Fatal(err)
+	}
+	within(t, "changed token", func() bool {
+		p, err := b.Authenticate(ctx, tok.Secret)
+		return err == nil && len(p.Token.Limits["messages"]) == 1 && p.Token.Limits["messages"][0].Limit == 1 &&
+			p.Token.ExpiresAt != nil && p.Token.ExpiresAt.Equal(soon)
+	})
+	warm(t, b, tok.Secret)
+
 	// A revoked token.
 	if err := a.RevokeToken(ctx, u.ID, tok.ID); err != nil {
 		t.Fatal(err)
