@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -44,16 +45,32 @@ func ValidChargeResource(name string) bool {
 	return ValidResourceName(name)
 }
 
-// tokenCharges are the charges of use against tok's own limits.
+// tokenCharges are the charges of use against tok's counters: like a
+// user's, its lifetime counter of every resource it uses, limited or not,
+// and its windowed limits. A lifetime limit set on the token later (PATCH)
+// then counts everything the token used before; a window limit counts from
+// its window on, as a user's does.
 func tokenCharges(tok *Token, use Use, charges []Charge, limits []*Limit) ([]Charge, []*Limit) {
-	if tok == nil || len(tok.Limits) == 0 || strings.HasPrefix(use.Resource, ReservedPrefix) {
+	if tok == nil || strings.HasPrefix(use.Resource, ReservedPrefix) {
 		return charges, limits
 	}
+	resource := TokenResource(tok.ID, use.Resource)
 	ls := tok.Limits[use.Resource]
+	life := Charge{Resource: resource, Limit: NoLimit, Amount: use.Amount, Key: use.Key, Hold: use.Hold, Keep: use.Keep}
+	var lifeLimit *Limit
 	for i := range ls {
-		charges = append(charges, Charge{Resource: TokenResource(tok.ID, use.Resource), Per: ls[i].Per, Limit: ls[i].Limit,
-			Amount: use.Amount, Key: use.Key, Hold: use.Hold, Keep: use.Keep})
-		limits = append(limits, &ls[i])
+		if ls[i].Per == Lifetime {
+			life.Limit, lifeLimit = ls[i].Limit, &ls[i]
+		}
+	}
+	charges = append(charges, life)
+	limits = append(limits, lifeLimit)
+	for i := range ls {
+		if ls[i].Per != Lifetime {
+			charges = append(charges, Charge{Resource: resource, Per: ls[i].Per, Limit: ls[i].Limit,
+				Amount: use.Amount, Key: use.Key, Hold: use.Hold, Keep: use.Keep})
+			limits = append(limits, &ls[i])
+		}
 	}
 	return charges, limits
 }
@@ -109,9 +126,17 @@ func (s *Service) TokenUsage(ctx context.Context, userID, tokenID string) (*Toke
 	return out, nil
 }
 
-// tokenUsageItems lists a token's limited counters in snap.
+// tokenUsageItems lists a token's limited counters in snap, and the
+// lifetime use of every other resource it used (no limit).
 func tokenUsageItems(tok *Token, snap *UsageSnapshot) []UsageItem {
 	items := []UsageItem{}
+	for _, c := range snap.Counters {
+		id, name, ok := SplitTokenResource(c.Resource)
+		if !ok || id != tok.ID || c.Per != Lifetime || slices.ContainsFunc(tok.Limits[name], func(l Limit) bool { return l.Per == Lifetime }) {
+			continue
+		}
+		items = append(items, UsageItem{Resource: name, Per: Lifetime.String(), Used: c.Used})
+	}
 	for name, ls := range tok.Limits {
 		for _, l := range ls {
 			lim := l.Limit

@@ -31,17 +31,18 @@ func BenchmarkAdmitRedis(b *testing.B) {
 	held := append(plain,
 		quota.Charge{Resource: "tokens", Limit: quota.MaxLimit, Amount: 4096, Hold: 10 * time.Minute},
 		quota.Charge{Resource: "reserved_tokens", Limit: quota.NoLimit, Amount: 4096, Hold: 10 * time.Minute})
+	// A request made with a token also counts the token's lifetime use.
+	withToken := append(append([]quota.Charge(nil), plain...),
+		quota.Charge{Resource: quota.TokenResource(quota.NewID(), "messages"), Limit: quota.NoLimit, Amount: 1})
 	actual := []quota.Charge{{Resource: "tokens", Limit: quota.NoLimit, Amount: 300}}
 	for _, bc := range []struct {
-		name   string
-		settle bool
-	}{{"plain", false}, {"held+settle", true}} {
+		name    string
+		charges []quota.Charge
+		settle  bool
+	}{{"plain", plain, false}, {"plain+token", withToken, false}, {"held+settle", held, true}} {
 		b.Run(bc.name, func(b *testing.B) {
 			id := quota.NewID()
-			charges := plain
-			if bc.settle {
-				charges = held
-			}
+			charges := bc.charges
 			rdb.ConfigResetStat(ctx)
 			for b.Loop() {
 				rid := quota.NewID()
