@@ -346,8 +346,7 @@ func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request, now time.
 		m.outcome(outcomeForbidden)
 		return nil, true, writeError(w, http.StatusForbidden, "this account is disabled", "permission_error", "account_disabled")
 	case err != nil:
-		m.outcome(outcomeStoreDown)
-		return nil, true, h.storeFailure(w, err)
+		return nil, true, h.storeFailure(w, r, err)
 	}
 	return p, false, nil
 }
@@ -359,7 +358,7 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request, p *quota.Princip
 	t, err = h.app.Service().AdmitPrincipal(r.Context(), p, plan, now)
 	if err == nil {
 		m.outcome(outcomeAdmitted)
-	} else if t, answered, err = h.notAdmitted(w, p, t, err); answered {
+	} else if t, answered, err = h.notAdmitted(w, r, p, t, err); answered {
 		return nil, true, err
 	}
 	if t.Tightest != nil {
@@ -370,7 +369,7 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request, p *quota.Princip
 
 // notAdmitted answers a refused admission (429, 402 or 503), or lets
 // on_store_error allow admit it.
-func (h *Handler) notAdmitted(w http.ResponseWriter, p *quota.Principal, t *quota.Ticket, err error) (*quota.Ticket, bool, error) {
+func (h *Handler) notAdmitted(w http.ResponseWriter, r *http.Request, p *quota.Principal, t *quota.Ticket, err error) (*quota.Ticket, bool, error) {
 	m := h.app.metrics
 	var le *quota.LimitError
 	switch {
@@ -381,7 +380,7 @@ func (h *Handler) notAdmitted(w http.ResponseWriter, p *quota.Principal, t *quot
 		// The user was deleted on another node an instant ago.
 		m.outcome(outcomeUnauthenticated)
 		return nil, true, writeUnauthorized(w, "this token is no longer valid")
-	case errors.Is(err, quota.ErrUnavailable) && h.app.admitOnStoreError(p.User.ID):
+	case errors.Is(err, quota.ErrUnavailable) && r.Context().Err() == nil && h.app.admitOnStoreError(p.User.ID):
 		m.outcome(outcomeAllowedOnError)
 		t.Force() // served: counted once when the store is back
 		storeLog.write(h.logger, zapcore.WarnLevel, "quota store unavailable; admitted by on_store_error allow", zap.Error(err))
@@ -390,8 +389,7 @@ func (h *Handler) notAdmitted(w http.ResponseWriter, p *quota.Principal, t *quot
 	if t != nil {
 		t.Abandon() // refused: the admission, if it still lands, must not count
 	}
-	m.outcome(outcomeStoreDown)
-	return nil, true, h.storeFailure(w, err)
+	return nil, true, h.storeFailure(w, r, err)
 }
 
 // unmetered returns the unmetered endpoint a request calls, when the route
@@ -487,7 +485,18 @@ func (h *Handler) setPlaceholders(r *http.Request, p *quota.Principal) {
 	})
 }
 
-func (h *Handler) storeFailure(w http.ResponseWriter, err error) error {
+// storeFailure answers a store call that failed: 503, or, when the client
+// hung up while the gateway waited for the store (the call ends with the
+// request's context), 499 with nothing forwarded, logged at debug level:
+// the store did nothing wrong.
+func (h *Handler) storeFailure(w http.ResponseWriter, r *http.Request, err error) error {
+	if r.Context().Err() != nil {
+		h.app.metrics.outcome(outcomeClientGone)
+		h.logger.Debug("the client went away while the quota store answered", zap.Error(err))
+		w.WriteHeader(statusClientClosedRequest)
+		return nil
+	}
+	h.app.metrics.outcome(outcomeStoreDown)
 	storeLog.write(h.logger, zapcore.ErrorLevel, "quota store unavailable", zap.Error(err))
 	w.Header().Set("Retry-After", "1")
 	return writeError(w, http.StatusServiceUnavailable, "the quota service is temporarily unavailable; try again shortly", "server_error", "quota_unavailable")

@@ -45,6 +45,12 @@ const unboundedOutput = 100_000
 func newHarness(t *testing.T, limits quota.Limits, configure func(*Handler, *App)) *harness {
 	t.Helper()
 	store, svc := quotatest.Embedded(t)
+	return newHarnessOn(t, store, svc, limits, configure)
+}
+
+// newHarnessOn is newHarness over a given store and its service.
+func newHarnessOn(t *testing.T, store quota.Store, svc *quota.Service, limits quota.Limits, configure func(*Handler, *App)) *harness {
+	t.Helper()
 	ctx := context.Background()
 	u, err := svc.CreateUser(ctx, quota.NewUser{Name: "T", Email: "t@example.com", Limits: limits})
 	if err != nil {

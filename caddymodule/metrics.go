@@ -21,7 +21,13 @@ const (
 	outcomeBadRequest      = "bad_request"
 	outcomeStoreDown       = "store_unavailable"
 	outcomeAllowedOnError  = "allowed_on_store_error"
+	outcomeClientGone      = "client_gone"
 )
+
+// statusClientClosedRequest is the status logged for a request whose
+// client hung up before it was answered (nginx's 499, as Caddy's proxy
+// logs it).
+const statusClientClosedRequest = 499
 
 // metrics are the plugin's Prometheus metrics in Caddy's registry, served
 // by Caddy's admin /metrics. Labels are bounded: never a user id, token,
