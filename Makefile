@@ -18,8 +18,13 @@ run: build
 	@echo "admin key: $$TQ_ADMIN_KEY (set TQ_ADMIN_KEY to change it)"
 	./$(BIN) run --config Caddyfile.example --adapter caddyfile
 
+# staticcheck and deadcode, pinned by version (go run fetches them once).
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+DEADCODE ?= golang.org/x/tools/cmd/deadcode@v0.52.0
 vet:
 	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+	@dead="$$($(GO) run $(DEADCODE) -test ./...)"; if [ -n "$$dead" ]; then echo "$$dead"; echo "deadcode: unreachable code (delete it)"; exit 1; fi
 
 # The tests need a real redis-server; install it where we can.
 redis-check:

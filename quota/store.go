@@ -292,18 +292,9 @@ type SystemClock struct{}
 // Now returns time.Now().
 func (SystemClock) Now() time.Time { return time.Now() }
 
-// ValidateCharges checks charges as every store must before applying them:
-// a resource name a charge may have, a known period, a limit of NoLimit or
-// within [0, MaxLimit], an amount within ±MaxLimit, a key of at most
-// MaxKeyLength bytes and a hold of at most a day. The stores call it; it is
-// the one place these rules live.
-func ValidateCharges(charges []Charge) error {
-	return validateCharges(charges)
-}
-
 // ValidateAdmission checks what a store's Admit is given: a request id, if
 // any, is a valid id, a charge that holds a reservation has one (the
-// reservation is released under it), and the charges pass ValidateCharges.
+// reservation is released under it), and the charges pass validateCharges.
 func ValidateAdmission(requestID string, charges []Charge) error {
 	if requestID == "" {
 		for _, c := range charges {
@@ -318,7 +309,7 @@ func ValidateAdmission(requestID string, charges []Charge) error {
 }
 
 // ValidateSettlement checks what a store's Resolve and Settle are given:
-// a valid request id (required) and charges that pass ValidateCharges.
+// a valid request id (required) and charges that pass validateCharges.
 func ValidateSettlement(requestID string, charges []Charge) error {
 	if requestID == "" {
 		return Invalid("requestId", "is required")
@@ -326,6 +317,12 @@ func ValidateSettlement(requestID string, charges []Charge) error {
 	return ValidateAdmission(requestID, charges)
 }
 
+// validateCharges checks charges as every store must before applying
+// them: a resource name a charge may have, a known period, a limit of
+// NoLimit or within [0, MaxLimit], an amount within ±MaxLimit, a key of at
+// most MaxKeyLength bytes and a hold of at most a day. The stores call it
+// (through ValidateAdmission and ValidateSettlement); it is the one place
+// these rules live.
 func validateCharges(charges []Charge) error {
 	for i, c := range charges {
 		field := fmt.Sprintf("charges[%d]", i)

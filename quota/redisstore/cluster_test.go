@@ -243,7 +243,7 @@ func nodeOf(t *testing.T, c *redistest.Cluster) func(key string) string {
 	t.Helper()
 	rdb := c.Client(t)
 	ctx := testContext(t)
-	slots, err := rdb.ClusterSlots(ctx).Result()
+	shards, err := rdb.ClusterShards(ctx).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,9 +253,15 @@ func nodeOf(t *testing.T, c *redistest.Cluster) func(key string) string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, r := range slots {
-			if int64(r.Start) <= slot && slot <= int64(r.End) {
-				return r.Nodes[0].Addr
+		for _, sh := range shards {
+			for _, r := range sh.Slots {
+				if r.Start <= slot && slot <= r.End {
+					for _, n := range sh.Nodes {
+						if n.Role == "master" {
+							return fmt.Sprintf("%s:%d", n.IP, n.Port)
+						}
+					}
+				}
 			}
 		}
 		t.Fatalf("no node serves slot %d", slot)

@@ -44,10 +44,6 @@ var settleScript = redis.NewScript("local first = 6\n" + luaCharges + luaThresho
 // the HGETALL of the usage hash KEYS[1], all as strings.
 var usageScript = redis.NewScript("local first = 2\n" + luaCharges + lua("usage.lua"))
 
-// forgetKeysScript removes from the distinct-key hash KEYS[1] the keys of
-// the resources in ARGV.
-var forgetKeysScript = redis.NewScript(lua("forget_keys.lua"))
-
 // startSuffix marks the window-start field of a counter.
 const startSuffix = "|s"
 
