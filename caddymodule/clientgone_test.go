@@ -54,6 +54,15 @@ func TestClientGoneWhileTheStoreAnswers(t *testing.T) {
 			if w := gone(); w.Code != statusClientClosedRequest {
 				t.Fatalf("hang-up during admission: %d %s", w.Code, w.Body)
 			}
+			// The self-service usage handler answers the same way.
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			r := httptest.NewRequest("GET", "/usage", nil).WithContext(ctx)
+			r.Header.Set("Authorization", "Bearer "+hs.secret)
+			w := httptest.NewRecorder()
+			if err := (&UsageHandler{app: hs.h.app}).ServeHTTP(w, r, nil); err != nil || w.Code != statusClientClosedRequest {
+				t.Fatalf("hang-up during a usage read: %d %v", w.Code, err)
+			}
 			if hs.served != 0 {
 				t.Fatalf("%d requests of clients gone reached the backend", hs.served)
 			}

@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 
@@ -70,21 +69,15 @@ func (h *UsageHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddy
 	}
 	svc := h.app.Service()
 	p, err := svc.Authenticate(r.Context(), secret)
-	switch {
-	case err == nil:
-	case errors.Is(err, quota.ErrUnauthenticated):
-		return writeUnauthorized(w, tenantMessage(err))
-	case errors.Is(err, quota.ErrDisabled):
-		return writeError(w, http.StatusForbidden, "this account is disabled", "permission_error", "account_disabled")
-	default:
-		return writeError(w, http.StatusServiceUnavailable, "the quota service is temporarily unavailable; try again shortly", "server_error", "quota_unavailable")
+	if err != nil {
+		return answerFailure(w, r, h.app.logger, nil, err)
 	}
 	if !p.Token.Allows(quota.PermUsageRead) {
 		return writeError(w, http.StatusForbidden, "This token's scopes do not allow usage.read.", "permission_error", "permission_denied")
 	}
 	u, err := svc.Usage(r.Context(), p.User.ID)
 	if err != nil {
-		return writeError(w, http.StatusServiceUnavailable, "the quota service is temporarily unavailable; try again shortly", "server_error", "quota_unavailable")
+		return answerFailure(w, r, h.app.logger, nil, err)
 	}
 	out := selfUsage{Usage: u, Token: tokenUsage{ID: p.Token.ID, Scopes: p.Token.Scopes, Items: []quota.UsageItem{}}}
 	if len(p.Token.Limits) > 0 {
