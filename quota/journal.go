@@ -20,12 +20,20 @@ type journal struct {
 	store Store
 	log   *zap.Logger
 	size  int
+	clock Clock
 
 	mu      sync.Mutex
 	entries []resolution
 	dropped int
-	wake    chan struct{}
+	// loggedAt and unlogged rate-limit the drop line: an outage that
+	// outlasts the journal drops one entry per request.
+	loggedAt time.Time
+	unlogged int
+	wake     chan struct{}
 }
+
+// dropLogEvery is the least time between two lines about dropped entries.
+const dropLogEvery = time.Second
 
 // Pending is an admission or settlement whose outcome is unknown.
 type Pending struct {
@@ -39,11 +47,11 @@ type resolution struct {
 	settle bool // a Settle, not a Resolve
 }
 
-func newJournal(store Store, log *zap.Logger, size int) *journal {
+func newJournal(store Store, log *zap.Logger, size int, clock Clock) *journal {
 	if size <= 0 {
 		size = DefaultJournalSize
 	}
-	return &journal{store: store, log: log, size: size, wake: make(chan struct{}, 1)}
+	return &journal{store: store, log: log, size: size, clock: clock, wake: make(chan struct{}, 1)}
 }
 
 func (j *journal) add(r resolution) {
@@ -52,8 +60,12 @@ func (j *journal) add(r resolution) {
 		// Bounded: the oldest settlement is lost, and said so.
 		j.entries = j.entries[1:]
 		j.dropped++
-		j.log.Error("settlement journal full; dropped the oldest unsettled admission",
-			zap.Int("size", j.size), zap.Int("dropped_total", j.dropped))
+		j.unlogged++
+		if now := j.clock.Now(); now.Sub(j.loggedAt) >= dropLogEvery {
+			j.log.Error("settlement journal full; dropped the oldest unsettled admissions",
+				zap.Int("size", j.size), zap.Int("dropped", j.unlogged), zap.Int("dropped_total", j.dropped))
+			j.loggedAt, j.unlogged = now, 0
+		}
 	}
 	j.entries = append(j.entries, r)
 	j.mu.Unlock()

@@ -134,7 +134,7 @@ func NewService(opts Options) (*Service, error) {
 		touchPending: map[string]time.Time{}, touchLast: map[string]time.Time{}, touchEvery: opts.TouchInterval,
 		stop: make(chan struct{}), done: make(chan struct{}),
 		breaker: opts.Breaker, onStoreCall: opts.OnStoreCall,
-		journal: newJournal(opts.Store, opts.Logger, opts.JournalSize), journalDone: make(chan struct{}),
+		journal: newJournal(opts.Store, opts.Logger, opts.JournalSize, opts.Clock), journalDone: make(chan struct{}),
 	}
 	s.hotTimeout.Store(int64(opts.HotPathTimeout))
 	s.cacheEntries = opts.CacheEntries
