@@ -95,7 +95,11 @@ func (s *Store) CreateToken(ctx context.Context, t *quota.Token, events ...quota
 	return nil
 }
 
-// GetTokenByHash returns the token whose secret hashes to hash.
+// GetTokenByHash returns the token whose secret hashes to hash. The
+// lookup key names the token (its user and id); the token itself is read
+// from its user's tokens hash, the one copy that changes (UpdateToken) and
+// that a revocation removes first: a lookup key that an interrupted write
+// left behind can neither keep old limits nor bring back a revoked token.
 func (s *Store) GetTokenByHash(ctx context.Context, hash string) (*quota.Token, error) {
 	ctx, cancel := s.withDeadline(ctx)
 	defer cancel()
@@ -106,7 +110,28 @@ func (s *Store) GetTokenByHash(ctx context.Context, hash string) (*quota.Token, 
 	if err != nil {
 		return nil, fmt.Errorf("get token: %w", err)
 	}
-	return decodeToken(data)
+	ref, err := decodeToken(data)
+	if err != nil {
+		return nil, err
+	}
+	if !validID(ref.UserID) {
+		return nil, fmt.Errorf("token: %w", quota.ErrNotFound)
+	}
+	data, err = s.rdb.HGet(ctx, s.tokensKey(ref.UserID), ref.ID).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("token: %w", quota.ErrNotFound) // revoked
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get token: %w", err)
+	}
+	t, err := decodeToken(data)
+	if err != nil {
+		return nil, err
+	}
+	if t.Hash != hash {
+		return nil, fmt.Errorf("token: %w", quota.ErrNotFound)
+	}
+	return t, nil
 }
 
 func decodeToken(data []byte) (*quota.Token, error) {
@@ -135,11 +160,10 @@ func (s *Store) GetToken(ctx context.Context, userID, tokenID string) (*quota.To
 	return decodeToken(data)
 }
 
-// UpdateToken replaces a token: first in the user's tokens hash, over the
-// JSON it read (so a touch since makes it stale too), with its events in
-// the same script; then its lookup key, which authentication reads and
-// which lives in another slot, unless a later revision is there already
-// or the token was revoked meanwhile.
+// UpdateToken replaces a token in the user's tokens hash, over the JSON it
+// read (so a touch since makes it stale too), with its events in the same
+// script. Authentication reads tokens from that hash (GetTokenByHash), so
+// the change holds from this write on.
 func (s *Store) UpdateToken(ctx context.Context, t *quota.Token, events ...quota.Event) error {
 	ctx, cancel := s.withDeadline(ctx)
 	defer cancel()
@@ -182,9 +206,10 @@ func (s *Store) UpdateToken(ctx context.Context, t *quota.Token, events ...quota
 	case res == -1:
 		return fmt.Errorf("token %q: %w", t.ID, quota.ErrNotFound)
 	}
-	if err := putTokenScript.Run(ctx, s.rdb, []string{s.tokKey(old.Hash)}, "", data, 0, c.Revision-1).Err(); err != nil {
-		return fmt.Errorf("update token: the change is stored, but authentication may not see it yet (send it again): %w", err)
-	}
+	// Authentication reads the token from the hash just written. The
+	// lookup key's copy is for nodes of an older version during a rolling
+	// upgrade: best effort (TouchTokens repairs it too).
+	_ = putTokenScript.Run(ctx, s.rdb, []string{s.tokKey(old.Hash)}, "", data, 0, c.Revision-1).Err()
 	return nil
 }
 
@@ -281,13 +306,15 @@ func (s *Store) deleteTokenKeys(ctx context.Context, tokens []string) error {
 	return execPipe(ctx, pipe)
 }
 
-// TouchTokens records last-used times, best effort: one pipeline reads the
-// tokens, a second writes them back to the lookup key and to the user's
-// hash, each only if the token there is at the revision read, so a token
-// revoked meanwhile stays revoked and an update made meanwhile stays
-// (the touch is dropped). Unknown hashes and times not after the stored
-// one are skipped. Concurrent touches of one token may leave either time;
-// both are recent.
+// TouchTokens records last-used times, best effort, in three pipelines:
+// the lookup keys name the tokens, their users' tokens hashes hold them,
+// and each is written back to the hash only if it is still at the
+// revision read (an update or a revocation made meanwhile stays; the
+// touch is dropped) and to the lookup key only if that holds no later
+// revision (which also brings a lookup key that an interrupted update
+// left behind up to date, for older nodes that read it). Unknown hashes
+// and times not after the stored one are skipped. Concurrent touches of
+// one token may leave either time; both are recent.
 func (s *Store) TouchTokens(ctx context.Context, used map[string]time.Time) error {
 	if len(used) == 0 {
 		return nil
@@ -296,10 +323,31 @@ func (s *Store) TouchTokens(ctx context.Context, used map[string]time.Time) erro
 	defer cancel()
 	hashes := make([]string, 0, len(used))
 	pipe := s.rdb.Pipeline()
-	gets := make([]*redis.StringCmd, 0, len(used))
+	refs := make([]*redis.StringCmd, 0, len(used))
 	for h := range used {
 		hashes = append(hashes, h)
-		gets = append(gets, pipe.Get(ctx, s.tokKey(h)))
+		refs = append(refs, pipe.Get(ctx, s.tokKey(h)))
+	}
+	if err := execPipe(ctx, pipe); err != nil {
+		return fmt.Errorf("touch tokens: %w", err)
+	}
+	pipe = s.rdb.Pipeline()
+	gets := make([]*redis.StringCmd, len(refs))
+	reads := 0
+	for i, ref := range refs {
+		data, err := ref.Bytes()
+		if err != nil {
+			continue
+		}
+		t, err := decodeToken(data)
+		if err != nil || !validID(t.UserID) {
+			continue
+		}
+		gets[i] = pipe.HGet(ctx, s.tokensKey(t.UserID), t.ID)
+		reads++
+	}
+	if reads == 0 {
+		return nil
 	}
 	if err := execPipe(ctx, pipe); err != nil {
 		return fmt.Errorf("touch tokens: %w", err)
@@ -307,12 +355,15 @@ func (s *Store) TouchTokens(ctx context.Context, used map[string]time.Time) erro
 	pipe = s.rdb.Pipeline()
 	writes := 0
 	for i, get := range gets {
+		if get == nil {
+			continue
+		}
 		data, err := get.Bytes()
 		if err != nil {
 			continue
 		}
 		t, err := decodeToken(data)
-		if err != nil || !validID(t.UserID) {
+		if err != nil || t.Hash != hashes[i] || !validID(t.UserID) {
 			continue
 		}
 		if !t.Touch(used[hashes[i]]) {
@@ -323,8 +374,8 @@ func (s *Store) TouchTokens(ctx context.Context, used map[string]time.Time) erro
 			return fmt.Errorf("encode token: %w", err)
 		}
 		// EVAL, not EVALSHA: a pipeline cannot fall back on NOSCRIPT.
-		putTokenScript.Eval(ctx, pipe, []string{s.tokKey(hashes[i])}, "", out, t.Revision, t.Revision)
 		putTokenScript.Eval(ctx, pipe, []string{s.tokensKey(t.UserID)}, t.ID, out, t.Revision, t.Revision)
+		putTokenScript.Eval(ctx, pipe, []string{s.tokKey(hashes[i])}, "", out, 0, t.Revision)
 		writes++
 	}
 	if writes == 0 {
