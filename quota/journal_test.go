@@ -22,8 +22,8 @@ func TestJournalDropsLogOncePerSecond(t *testing.T) {
 		wantLines   int   // lines so far
 		wantDropped int64 // "dropped" of the last line
 	}{
-		{0, 10, 0, 0},                  // fills the journal: nothing dropped
-		{0, 1000, 1, 1},                // the first drop is logged at once, the rest held
+		{0, 10, 0, 0},   // fills the journal: nothing dropped
+		{0, 1000, 1, 1}, // the first drop is logged at once, the rest held
 		{500 * time.Millisecond, 5, 1, 1},
 		{500 * time.Millisecond, 1, 2, 1005}, // a second later: one line for all held
 		{999 * time.Millisecond, 3, 2, 1005},
