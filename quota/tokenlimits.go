@@ -49,13 +49,20 @@ func ValidChargeResource(name string) bool {
 // user's, its lifetime counter of every resource it uses, limited or not,
 // and its windowed limits. A lifetime limit set on the token later (PATCH)
 // then counts everything the token used before; a window limit counts from
-// its window on, as a user's does.
+// its window on, as a user's does. Distinct-key resources (conversations)
+// are the exception: they count for a token from its first limit on them.
 func tokenCharges(tok *Token, use Use, charges []Charge, limits []*Limit) ([]Charge, []*Limit) {
 	if tok == nil || strings.HasPrefix(use.Resource, ReservedPrefix) {
 		return charges, limits
 	}
 	resource := TokenResource(tok.ID, use.Resource)
 	ls := tok.Limits[use.Resource]
+	if use.Key != "" && len(ls) == 0 {
+		// A distinct-key use (a conversation) would take a second slot of
+		// the user's distinct-key cap for a count no limit reads: keyed
+		// resources count for a token from its first limit on them.
+		return charges, limits
+	}
 	life := Charge{Resource: resource, Limit: NoLimit, Amount: use.Amount, Key: use.Key, Hold: use.Hold, Keep: use.Keep}
 	var lifeLimit *Limit
 	for i := range ls {

@@ -509,6 +509,9 @@ func (s *Store) ResetUsage(ctx context.Context, userID string, resources []strin
 		}
 		for k := range e.keys {
 			resource, _, _ := strings.Cut(k, "|")
+			if _, r, ok := quota.SplitTokenResource(resource); ok {
+				resource = r // as for the counters (Redis does the same)
+			}
 			if reset(resource) {
 				delete(e.keys, k)
 				changed = true

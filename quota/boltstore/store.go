@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -598,6 +599,26 @@ func (s *Store) DeleteToken(ctx context.Context, userID, tokenID string, events 
 	if err != nil {
 		return nil, err
 	}
+	// The token's own counters go too (best effort: the token is revoked
+	// whatever happens here, and what is left goes with its user). A
+	// settlement still in flight for it may write one again.
+	prefix := quota.TokenResource(tokenID, "")
+	_ = s.withUser(ctx, userID, func(e *entry, _ time.Time) bool {
+		changed := false
+		for k := range e.counters {
+			if strings.HasPrefix(k, prefix) {
+				delete(e.counters, k)
+				changed = true
+			}
+		}
+		for k := range e.keys {
+			if strings.HasPrefix(k, prefix) {
+				delete(e.keys, k)
+				changed = true
+			}
+		}
+		return changed
+	})
 	return t, nil
 }
 

@@ -19,7 +19,8 @@ import (
 var addTokenScript = redis.NewScript(luaOutbox + lua("add_token.lua"))
 
 // dropTokenScript removes field ARGV[1] of the tokens hash KEYS[1] and, if
-// it was there, appends the events (ARGV[2] retention ms, ARGV[3] count,
+// it was there, the token's own counters in the usage hash KEYS[3] and the
+// distinct-key hash KEYS[4], and appends the events (ARGV[2] retention ms, ARGV[3] count,
 // ARGV[4...]) to the outbox stream KEYS[2]; it returns how many it removed.
 var dropTokenScript = redis.NewScript(luaOutbox + lua("drop_token.lua"))
 
@@ -278,7 +279,7 @@ func (s *Store) DeleteToken(ctx context.Context, userID, tokenID string, events 
 	if err != nil {
 		return nil, err
 	}
-	n, err := dropTokenScript.Run(ctx, s.rdb, []string{s.tokensKey(userID), s.eventsKey(userID)}, append([]any{tokenID}, evArgs...)...).Int64()
+	n, err := dropTokenScript.Run(ctx, s.rdb, []string{s.tokensKey(userID), s.eventsKey(userID), s.usageKey(userID), s.keysKey(userID)}, append([]any{tokenID}, evArgs...)...).Int64()
 	if err != nil {
 		return nil, fmt.Errorf("delete token: %w", err)
 	}

@@ -36,6 +36,7 @@ func Run(t *testing.T, newStore func(t *testing.T) quota.Store) {
 		{"Tokens", testTokens},
 		{"UpdateToken", testUpdateToken},
 		{"ConcurrentTokenUpdates", testConcurrentTokenUpdates},
+		{"RevokedTokenCountersGo", testRevokedTokenCounters},
 		{"DeleteUserRemovesEverything", testDeleteUser},
 		{"AdmitLifetimeCap", testAdmitCap},
 		{"AdmitIsAllOrNothing", testAdmitAllOrNothing},
@@ -1578,5 +1579,64 @@ func testConcurrentTokenUpdates(t *testing.T, s quota.Store) {
 	page, err := s.ListEvents(ctx(t), quota.EventQuery{UserID: u.ID, TypePrefix: quota.EventTokenUpdated, Take: 100})
 	if err != nil || len(page.Events) != n {
 		t.Fatalf("token.updated events: %d, %v", len(page.Events), err)
+	}
+}
+
+// testRevokedTokenCounters: revoking a token removes its own counters and
+// distinct keys (a token counts its lifetime use, so every used token has
+// some: rotated tokens must not pile up in their user's usage), and
+// leaves the user's and other tokens' counters alone.
+func testRevokedTokenCounters(t *testing.T, s quota.Store) {
+	u := newUser(t, s, "a@example.com", "")
+	gone, kept := newToken(t, s, u, "gone"), newToken(t, s, u, "kept")
+	charges := func(tok *quota.Token) []quota.Charge {
+		return []quota.Charge{
+			{Resource: "messages", Limit: quota.NoLimit, Amount: 1},
+			{Resource: quota.TokenResource(tok.ID, "messages"), Limit: quota.NoLimit, Amount: 1},
+			{Resource: quota.TokenResource(tok.ID, "messages"), Per: quota.Day, Limit: 100, Amount: 1},
+			{Resource: quota.TokenResource(tok.ID, "conversations"), Limit: 10, Amount: 1, Key: "c1"},
+		}
+	}
+	for _, tok := range []*quota.Token{gone, kept} {
+		if adm, err := s.Admit(ctx(t), u.ID, "", charges(tok)); err != nil || !adm.Allowed {
+			t.Fatalf("admit: %+v %v", adm, err)
+		}
+	}
+	if _, err := s.DeleteToken(ctx(t), u.ID, gone.ID); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := s.Usage(ctx(t), u.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range snap.Counters {
+		if id, _, ok := quota.SplitTokenResource(c.Resource); ok && id == gone.ID {
+			t.Fatalf("a revoked token's counter is left: %+v", c)
+		}
+	}
+	if snap.Current("messages", quota.Lifetime) != 2 || snap.Current(quota.TokenResource(kept.ID, "messages"), quota.Lifetime) != 1 ||
+		snap.Current(quota.TokenResource(kept.ID, "conversations"), quota.Lifetime) != 1 {
+		t.Fatalf("the user's and the other token's counters changed: %+v", snap.Counters)
+	}
+	// The other token's distinct key is still known: the same key again
+	// is not counted again.
+	again := []quota.Charge{{Resource: quota.TokenResource(kept.ID, "conversations"), Limit: 10, Amount: 1, Key: "c1"}}
+	if adm, err := s.Admit(ctx(t), u.ID, "", again); err != nil || !adm.Allowed || adm.Used[0] != 1 {
+		t.Fatalf("the kept token's known conversation: %+v %v", adm, err)
+	}
+	// A reset of the resource forgets the token's keys with its counters
+	// (bbolt kept them: the same conversation then counted for the user
+	// and not for the token).
+	if err := s.ResetUsage(ctx(t), u.ID, []string{"conversations"}); err != nil {
+		t.Fatal(err)
+	}
+	if adm, err := s.Admit(ctx(t), u.ID, "", again); err != nil || !adm.Allowed || adm.Used[0] != 1 {
+		t.Fatalf("a token's conversation after a reset of conversations: %+v %v, want counted again", adm, err)
+	}
+	// The revoked token's keys went with its counters (a settlement in
+	// flight writing its counter again would start from nothing known).
+	late := []quota.Charge{{Resource: quota.TokenResource(gone.ID, "conversations"), Limit: 10, Amount: 1, Key: "c1"}}
+	if adm, err := s.Admit(ctx(t), u.ID, "", late); err != nil || !adm.Allowed || adm.Used[0] != 1 {
+		t.Fatalf("the revoked token's conversation key was left: %+v %v", adm, err)
 	}
 }
