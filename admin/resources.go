@@ -73,7 +73,7 @@ func (h *Handler) getToken(w http.ResponseWriter, r *http.Request) {
 }
 
 type updateTokenRequest struct {
-	Name *string `json:"name"`
+	Name json.RawMessage `json:"name"`
 	// ExpiresAt is an RFC 3339 time, or null for no expiry.
 	ExpiresAt json.RawMessage `json:"expiresAt"`
 	Limits    json.RawMessage `json:"limits"`
@@ -95,7 +95,13 @@ func (h *Handler) updateToken(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, r, badRequest("scopes", "a token's scopes cannot be changed: create a token with the scopes wanted and revoke this one"))
 		return
 	}
-	p := quota.TokenPatch{Name: req.Name}
+	var p quota.TokenPatch
+	if req.Name != nil {
+		if err := json.Unmarshal(req.Name, &p.Name); err != nil || p.Name == nil {
+			h.writeError(w, r, quota.Invalid("name", "must be a string; leave it out to keep the name"))
+			return
+		}
+	}
 	if req.ExpiresAt != nil {
 		var s *string
 		if err := json.Unmarshal(req.ExpiresAt, &s); err != nil {

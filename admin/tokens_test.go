@@ -3,6 +3,7 @@ package admin
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -109,6 +110,9 @@ func testUpdateToken(t *testing.T, e *env) {
 		{"unknown model group", `{"limits": {"tokens.premum": 5}}`, "limits.tokens.premum"},
 		{"unknown field", `{"owner": "x"}`, "owner"},
 		{"duplicate keys", `{"name": "a", "Name": "b"}`, ""},
+		{"null name", `{"name": null}`, "name"},
+		{"expiry past year 9999 in UTC", `{"expiresAt": "9999-12-31T23:00:00-01:00"}`, "expiresAt"},
+		{"too many resources", `{"limits": {` + manyLimits(quota.MaxLimitedResources+1) + `}}`, "limits"},
 	}
 	for _, b := range bad {
 		t.Run(b.name, func(t *testing.T) {
@@ -121,6 +125,15 @@ func testUpdateToken(t *testing.T, e *env) {
 		})
 	}
 	problem(t, e.do(t, req{method: "PATCH", path: path}), http.StatusBadRequest, "")
+	// Nothing to change: the token as it is, no revision, no event.
+	e.call(t, "PATCH", path, `{}`, http.StatusOK).decode(t, zeroed(&tok))
+	if tok.Revision != 2 {
+		t.Fatalf("an empty PATCH changed the revision: %+v", tok)
+	}
+	e.call(t, "GET", "/events?type=token.updated&userId="+u.ID, "", http.StatusOK).decode(t, &events)
+	if len(events.Items) != 2 {
+		t.Fatalf("token.updated events after an empty PATCH: %d, want 2", len(events.Items))
+	}
 
 	other := e.createUser(t, `{"name": "B", "email": "b@example.com"}`)
 	for _, p := range []string{
@@ -156,4 +169,13 @@ func zeroed[T any](v *T) *T {
 	var zero T
 	*v = zero
 	return v
+}
+
+// manyLimits is n limits as the members of a JSON object.
+func manyLimits(n int) string {
+	parts := make([]string, n)
+	for i := range parts {
+		parts[i] = fmt.Sprintf(`"r%d": 1`, i)
+	}
+	return strings.Join(parts, ", ")
 }

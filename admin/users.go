@@ -283,5 +283,10 @@ func parseTime(field, s string) (time.Time, error) {
 	if err != nil {
 		return time.Time{}, quota.Invalid(field, "must be an RFC 3339 time like 2030-01-02T15:04:05Z, got %q", s)
 	}
+	if y := t.UTC().Year(); y < 1 || y > 9999 {
+		// 9999-12-31T23:00:00-01:00 is in year 10000 in UTC, which no
+		// RFC 3339 time (and so no stored token or event) can hold.
+		return time.Time{}, quota.Invalid(field, "must be in the years 1 to 9999 in UTC, got %q", s)
+	}
 	return t, nil
 }

@@ -478,6 +478,9 @@ func (s *Service) UpdateToken(ctx context.Context, userID, tokenID string, p Tok
 	if !validID(userID) || !validID(tokenID) {
 		return nil, fmt.Errorf("token %q: %w", tokenID, ErrNotFound)
 	}
+	if p.Name == nil && p.ExpiresAt == nil && p.Limits == nil {
+		return s.GetToken(ctx, userID, tokenID) // nothing to change: no revision, no event
+	}
 	if p.Name != nil {
 		name := strings.TrimSpace(*p.Name)
 		p.Name = &name

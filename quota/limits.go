@@ -327,6 +327,9 @@ func writeLimit(buf *bytes.Buffer, l Limit) {
 // removed; every entry point that sets limits calls Validate.
 func (l Limits) Validate() error {
 	var v validator
+	if n := l.count(); n > MaxLimitedResources {
+		v.add("limits", "at most %d resources may be limited, got %d", MaxLimitedResources, n)
+	}
 	for name, ls := range l {
 		field := "limits." + name
 		if !ValidResourceName(name) {
@@ -350,6 +353,23 @@ func (l Limits) Validate() error {
 		}
 	}
 	return v.err()
+}
+
+// MaxLimitedResources caps the resources one set of limits names: a user's
+// or a token's limits are read on every cache miss, and a merge (PATCH)
+// must not grow them without end.
+const MaxLimitedResources = 256
+
+// count is how many resources l limits (nil entries, which a patch uses to
+// remove one, are none).
+func (l Limits) count() int {
+	n := 0
+	for _, ls := range l {
+		if ls != nil {
+			n++
+		}
+	}
+	return n
 }
 
 // Merge returns a copy of l with the resources of patch replaced; a nil
