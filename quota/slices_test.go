@@ -220,16 +220,20 @@ func TestSliceHeldElsewhere(t *testing.T) {
 		}
 		// B, one request at a time (its own slices it returns before any
 		// refusal), until refused.
+		heldSince := time.Now()
 		var byB int64
 		for b.admit(t, p) {
 			byB++
 		}
+		// On a loaded machine B may be slower than A's slice is kept (idle
+		// 200 ms): then A gave it back and B rightly reached the cap.
+		aged := time.Since(heldSince) >= 200*time.Millisecond
 		switch {
 		case byA+byB > limit:
 			t.Fatalf("recall=%v: %d + %d admitted over a cap of %d", recall, byA, byB, limit)
 		case recall && byA+byB != limit:
 			t.Fatalf("recall: B refused at %d + %d of %d", byA, byB, limit)
-		case !recall && byA+byB == limit:
+		case !recall && byA+byB == limit && !aged:
 			t.Fatalf("no recall: expected B to be refused while A held a slice (%d + %d)", byA, byB)
 		}
 		refusedAt := byA + byB
