@@ -544,22 +544,3 @@ func (s *Service) RevokeToken(ctx context.Context, userID, tokenID string) error
 	s.published(ev)
 	return nil
 }
-
-// ValidID reports whether id may name a user, token or request: 1 to
-// MaxIDLength letters, digits, '-' or '_'. Every store checks ids with it
-// before they reach a key.
-func ValidID(id string) bool { return validID(id) }
-
-// validID filters ids before they reach a store key.
-func validID(id string) bool {
-	if id == "" || len(id) > MaxIDLength {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-			return false
-		}
-	}
-	return true
-}

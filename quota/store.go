@@ -283,15 +283,6 @@ func ParseCounterKey(key string) (resource string, per Period, ok bool) {
 	return "", "", false
 }
 
-// Clock tells the time. Tests inject a fake one.
-type Clock interface{ Now() time.Time }
-
-// SystemClock is the real clock.
-type SystemClock struct{}
-
-// Now returns time.Now().
-func (SystemClock) Now() time.Time { return time.Now() }
-
 // ValidateAdmission checks what a store's Admit is given: a request id, if
 // any, is a valid id, a charge that holds a reservation has one (the
 // reservation is released under it), and the charges pass validateCharges.

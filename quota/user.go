@@ -9,8 +9,6 @@ import (
 	"unicode/utf8"
 
 	"golang.org/x/text/unicode/norm"
-
-	"github.com/google/uuid"
 )
 
 // Status is a user's account status.
@@ -55,12 +53,6 @@ const (
 	MaxExternalIDLength = 255
 	MaxIDLength         = 64
 )
-
-// NewID returns a new time-sortable identifier (UUIDv7): ids sort in
-// creation order, which cursor pagination relies on.
-func NewID() string {
-	return uuid.Must(uuid.NewV7()).String()
-}
 
 // NormalizeEmail puts an email address in Unicode normal form C, trims it
 // and lower-cases it, so that one address has one spelling.
