@@ -138,58 +138,43 @@ func New(opts Options) (*Handler, error) {
 	return h, nil
 }
 
-// Routes lists every admin route with the permission it requires.
-var Routes = []struct{ Pattern, Permission string }{
-	{"POST /users", quota.PermUsersCreate},
-	{"GET /users", quota.PermUsersRead},
-	{"GET /users/{id}", quota.PermUsersRead},
-	{"PATCH /users/{id}", quota.PermUsersUpdate},
-	{"DELETE /users/{id}", quota.PermUsersDelete},
-	{"POST /users/{id}/tokens", quota.PermTokensCreate},
-	{"GET /users/{id}/tokens", quota.PermTokensRead},
-	{"GET /users/{id}/tokens/{tokenId}", quota.PermTokensRead},
-	{"PATCH /users/{id}/tokens/{tokenId}", quota.PermTokensUpdate},
-	{"DELETE /users/{id}/tokens/{tokenId}", quota.PermTokensRevoke},
-	{"GET /users/{id}/limits", quota.PermLimitsRead},
-	{"PUT /users/{id}/limits", quota.PermLimitsWrite},
-	{"PATCH /users/{id}/limits", quota.PermLimitsWrite},
-	{"GET /users/{id}/usage", quota.PermUsageRead},
-	{"POST /users/{id}/usage/reset", quota.PermUsageReset},
-	{"POST /users/{id}/credits", quota.PermCreditsAdd},
-	{"GET /users/{id}/tokens/{tokenId}/usage", quota.PermUsageRead},
-	{"GET /users/{id}/roles", quota.PermRolesRead},
-	{"POST /users/{id}/roles", quota.PermRolesGrant},
-	{"DELETE /users/{id}/roles/{role}", quota.PermRolesRevoke},
-	{"GET /events", quota.PermEventsRead},
+// Routes lists every admin route with the permission it requires and its
+// handler: the one table the mux, the permission check, the OpenAPI test
+// and the permission test read.
+var Routes = []Route{
+	{"POST /users", quota.PermUsersCreate, (*Handler).createUser},
+	{"GET /users", quota.PermUsersRead, (*Handler).listUsers},
+	{"GET /users/{id}", quota.PermUsersRead, (*Handler).getUser},
+	{"PATCH /users/{id}", quota.PermUsersUpdate, (*Handler).updateUser},
+	{"DELETE /users/{id}", quota.PermUsersDelete, (*Handler).deleteUser},
+	{"POST /users/{id}/tokens", quota.PermTokensCreate, (*Handler).createToken},
+	{"GET /users/{id}/tokens", quota.PermTokensRead, (*Handler).listTokens},
+	{"GET /users/{id}/tokens/{tokenId}", quota.PermTokensRead, (*Handler).getToken},
+	{"PATCH /users/{id}/tokens/{tokenId}", quota.PermTokensUpdate, (*Handler).updateToken},
+	{"DELETE /users/{id}/tokens/{tokenId}", quota.PermTokensRevoke, (*Handler).revokeToken},
+	{"GET /users/{id}/limits", quota.PermLimitsRead, (*Handler).getLimits},
+	{"PUT /users/{id}/limits", quota.PermLimitsWrite, (*Handler).putLimits},
+	{"PATCH /users/{id}/limits", quota.PermLimitsWrite, (*Handler).patchLimits},
+	{"GET /users/{id}/usage", quota.PermUsageRead, (*Handler).getUsage},
+	{"POST /users/{id}/usage/reset", quota.PermUsageReset, (*Handler).resetUsage},
+	{"POST /users/{id}/credits", quota.PermCreditsAdd, (*Handler).addCredits},
+	{"GET /users/{id}/tokens/{tokenId}/usage", quota.PermUsageRead, (*Handler).tokenUsage},
+	{"GET /users/{id}/roles", quota.PermRolesRead, (*Handler).listRoles},
+	{"POST /users/{id}/roles", quota.PermRolesGrant, (*Handler).grantRole},
+	{"DELETE /users/{id}/roles/{role}", quota.PermRolesRevoke, (*Handler).revokeRole},
+	{"GET /events", quota.PermEventsRead, (*Handler).listEvents},
+}
+
+// Route is one admin route.
+type Route struct {
+	Pattern, Permission string
+	serve               func(*Handler, http.ResponseWriter, *http.Request)
 }
 
 func (h *Handler) routes() {
-	handlers := map[string]http.HandlerFunc{
-		"POST /users":                            h.createUser,
-		"GET /users":                             h.listUsers,
-		"GET /users/{id}":                        h.getUser,
-		"PATCH /users/{id}":                      h.updateUser,
-		"DELETE /users/{id}":                     h.deleteUser,
-		"POST /users/{id}/tokens":                h.createToken,
-		"GET /users/{id}/tokens":                 h.listTokens,
-		"GET /users/{id}/tokens/{tokenId}":       h.getToken,
-		"PATCH /users/{id}/tokens/{tokenId}":     h.updateToken,
-		"DELETE /users/{id}/tokens/{tokenId}":    h.revokeToken,
-		"GET /users/{id}/limits":                 h.getLimits,
-		"PUT /users/{id}/limits":                 h.putLimits,
-		"PATCH /users/{id}/limits":               h.patchLimits,
-		"GET /users/{id}/usage":                  h.getUsage,
-		"POST /users/{id}/usage/reset":           h.resetUsage,
-		"POST /users/{id}/credits":               h.addCredits,
-		"GET /events":                            h.listEvents,
-		"GET /users/{id}/tokens/{tokenId}/usage": h.tokenUsage,
-		"GET /users/{id}/roles":                  h.listRoles,
-		"POST /users/{id}/roles":                 h.grantRole,
-		"DELETE /users/{id}/roles/{role}":        h.revokeRole,
-	}
 	h.perms = map[string]string{}
 	for _, r := range Routes {
-		h.mux.HandleFunc(r.Pattern, handlers[r.Pattern])
+		h.mux.HandleFunc(r.Pattern, func(w http.ResponseWriter, req *http.Request) { r.serve(h, w, req) })
 		h.perms[r.Pattern] = r.Permission
 	}
 }
