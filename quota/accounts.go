@@ -35,7 +35,7 @@ func (s *Service) CreateUser(ctx context.Context, in NewUser) (*User, error) {
 	if u.Limits == nil {
 		u.Limits = Limits{}
 	}
-	if err := validateUser(u); err != nil {
+	if err := validateUser(u, nil); err != nil {
 		return nil, err
 	}
 	ev := s.newEvent(ctx, EventUserCreated, u.ID, userData{User: u})
@@ -225,7 +225,7 @@ func (s *Service) tryModifyUser(ctx context.Context, id string, change func(*Use
 			zeroed = &ev
 		}
 	}
-	if err := validateUser(u); err != nil {
+	if err := validateUser(u, old.Limits); err != nil {
 		return nil, nil, err
 	}
 	u.UpdatedAt = s.now()
@@ -373,6 +373,7 @@ type tokenFields struct {
 	expiresAt *time.Time
 	scopes    []string
 	limits    Limits
+	oldLimits Limits // before the change (nil for a new token)
 }
 
 // validate checks f at now: a name of at most MaxTokenNameLength, an
@@ -394,6 +395,7 @@ func (f tokenFields) validate(now time.Time) error {
 		}
 	}
 	validateTokenLimits(&v, f.limits)
+	checkGrowth(&v, f.oldLimits, f.limits)
 	return v.err()
 }
 
@@ -497,7 +499,7 @@ func (s *Service) UpdateToken(ctx context.Context, userID, tokenID string, p Tok
 			return err
 		}
 		t = old.Clone()
-		f := tokenFields{name: p.Name}
+		f := tokenFields{name: p.Name, oldLimits: old.Limits}
 		if p.Name != nil {
 			t.Name = *p.Name
 		}
@@ -535,9 +537,16 @@ func (s *Service) RevokeToken(ctx context.Context, userID, tokenID string) error
 	if !validID(userID) || !validID(tokenID) {
 		return fmt.Errorf("token %q: %w", tokenID, ErrNotFound)
 	}
+	// Read first, for its hash: a delete that times out may still land,
+	// and a retry then finds nothing to delete (404), so the caches are
+	// cleared whatever the outcome.
+	known, _ := s.store.GetToken(ctx, userID, tokenID)
 	ev := s.newEvent(ctx, EventTokenRevoked, userID, tokenData{Token: Token{ID: tokenID, UserID: userID}})
 	t, err := s.store.DeleteToken(ctx, userID, tokenID, ev)
 	if err != nil {
+		if known != nil {
+			s.invalidate(context.WithoutCancel(ctx), hashKey(known.Hash))
+		}
 		return err
 	}
 	s.invalidate(ctx, hashKey(t.Hash))

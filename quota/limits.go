@@ -327,9 +327,6 @@ func writeLimit(buf *bytes.Buffer, l Limit) {
 // removed; every entry point that sets limits calls Validate.
 func (l Limits) Validate() error {
 	var v validator
-	if n := l.count(); n > MaxLimitedResources {
-		v.add("limits", "at most %d resources may be limited, got %d", MaxLimitedResources, n)
-	}
 	for name, ls := range l {
 		field := "limits." + name
 		if !ValidResourceName(name) {
@@ -359,6 +356,15 @@ func (l Limits) Validate() error {
 // or a token's limits are read on every cache miss, and a merge (PATCH)
 // must not grow them without end.
 const MaxLimitedResources = 256
+
+// checkGrowth refuses limits that name more than MaxLimitedResources
+// resources and more than before (old): limits stored before the cap
+// still read, change and shrink.
+func checkGrowth(v *validator, old, l Limits) {
+	if n := l.count(); n > MaxLimitedResources && n > old.count() {
+		v.add("limits", "at most %d resources may be limited, got %d", MaxLimitedResources, n)
+	}
+}
 
 // count is how many resources l limits (nil entries, which a patch uses to
 // remove one, are none).

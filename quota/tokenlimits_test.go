@@ -3,8 +3,10 @@ package quota_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/tenantquota/caddy-tenant-quota/quota"
 )
@@ -101,5 +103,88 @@ func TestTokenKeyedUseNeedsALimit(t *testing.T) {
 	}
 	if use, err := svc.TokenUsage(ctx, u.ID, limited.ID); err != nil || !slices.ContainsFunc(use.Items, func(it quota.UsageItem) bool { return it.Resource == "conversations" && it.Used == 1 }) {
 		t.Fatalf("a token with a conversations limit: %+v %v", use, err)
+	}
+}
+
+// TestLimitCapKeepsOlderUsersChangeable: the cap on limited resources
+// refuses only a change that grows limits past it; a user stored with more
+// (before the cap) can still be disabled, topped up and trimmed (found by
+// review: every change to such a user was a 400).
+func TestLimitCapKeepsOlderUsersChangeable(t *testing.T) {
+	svc, cs, _, _ := newService(t)
+	ctx := context.Background()
+	u, err := svc.CreateUser(ctx, quota.NewUser{Name: "Old", Email: "old@example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	many := quota.Limits{}
+	for i := range quota.MaxLimitedResources + 44 {
+		many[fmt.Sprintf("r%d", i)] = []quota.Limit{{Limit: 1}}
+	}
+	if _, err := svc.PatchLimits(ctx, u.ID, many); !errors.Is(err, quota.ErrInvalid) {
+		t.Fatalf("growing limits past the cap: %v, want invalid", err)
+	}
+	stored := u.Clone()
+	stored.Limits, stored.Revision = many, u.Revision+1
+	if err := cs.Store.UpdateUser(ctx, stored); err != nil { // as an older version stored it
+		t.Fatal(err)
+	}
+	disabled := quota.StatusDisabled
+	if _, err := svc.UpdateUser(ctx, u.ID, quota.UserPatch{Status: &disabled}); err != nil {
+		t.Fatalf("disabling a user stored with %d limits: %v", len(many), err)
+	}
+	if _, err := svc.PatchLimits(ctx, u.ID, quota.Limits{"r0": nil}); err != nil {
+		t.Fatalf("trimming: %v", err)
+	}
+	if _, err := svc.PatchLimits(ctx, u.ID, quota.Limits{"another": {{Limit: 1}}}); !errors.Is(err, quota.ErrInvalid) {
+		t.Fatalf("adding one more: %v, want invalid", err)
+	}
+}
+
+// lateDelete is a real store whose DeleteToken lands but answers as if it
+// timed out (Redis finished the script after the client's deadline).
+type lateDelete struct{ quota.Store }
+
+func (s lateDelete) DeleteToken(ctx context.Context, userID, tokenID string, events ...quota.Event) (*quota.Token, error) {
+	if _, err := s.Store.DeleteToken(ctx, userID, tokenID, events...); err != nil {
+		return nil, err
+	}
+	return nil, fmt.Errorf("delete token: %w", context.DeadlineExceeded)
+}
+
+// TestRevokeThatTimesOutStillClearsTheCache: a revocation that lands but
+// answers with an error clears the caches all the same; the retry finds
+// nothing (404) and the token no longer authenticates (found by review:
+// it stayed cached, admitted, for the cache TTL).
+func TestRevokeThatTimesOutStillClearsTheCache(t *testing.T) {
+	_, cs, _, _ := newService(t)
+	svc, err := quota.NewService(quota.Options{Store: lateDelete{cs.Store}, CacheTTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
+	ctx := context.Background()
+	u, err := svc.CreateUser(ctx, quota.NewUser{Name: "R", Email: "r@example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := svc.CreateToken(ctx, u.ID, quota.NewToken{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 20 { // ristretto admits sets asynchronously
+		if _, err := svc.Authenticate(ctx, tok.Secret); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if err := svc.RevokeToken(ctx, u.ID, tok.ID); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("the revocation: %v", err)
+	}
+	if err := svc.RevokeToken(ctx, u.ID, tok.ID); !errors.Is(err, quota.ErrNotFound) {
+		t.Fatalf("its retry: %v, want not found", err)
+	}
+	if _, err := svc.Authenticate(ctx, tok.Secret); !errors.Is(err, quota.ErrUnauthenticated) {
+		t.Fatalf("a revoked token after a revocation that timed out: %v, want unauthenticated", err)
 	}
 }

@@ -170,7 +170,9 @@ func validateStatus(v *validator, s Status) {
 }
 
 // validateUser checks every field of a complete user record.
-func validateUser(u *User) error {
+// validateUser checks u, whose limits were old before the change (nil for
+// a new user).
+func validateUser(u *User, old Limits) error {
 	var v validator
 	validateName(&v, "name", u.Name, MaxNameLength, true)
 	validateEmail(&v, u.Email)
@@ -180,6 +182,7 @@ func validateUser(u *User) error {
 		v.add("credits", "must be between 0 and %d", int64(MaxLimit))
 	}
 	v.addErr(u.Limits.Validate())
+	checkGrowth(&v, old, u.Limits)
 	if _, ok := u.Limits[ResourceCredits]; ok {
 		v.add("limits.credits", "credits are not a limit: set the credits field, or top up with POST /users/{id}/credits")
 	}

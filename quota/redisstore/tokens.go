@@ -19,8 +19,7 @@ import (
 var addTokenScript = redis.NewScript(luaOutbox + lua("add_token.lua"))
 
 // dropTokenScript removes field ARGV[1] of the tokens hash KEYS[1] and, if
-// it was there, the token's own counters in the usage hash KEYS[3] and the
-// distinct-key hash KEYS[4], and appends the events (ARGV[2] retention ms, ARGV[3] count,
+// it was there, appends the events (ARGV[2] retention ms, ARGV[3] count,
 // ARGV[4...]) to the outbox stream KEYS[2]; it returns how many it removed.
 var dropTokenScript = redis.NewScript(luaOutbox + lua("drop_token.lua"))
 
@@ -91,6 +90,7 @@ func (s *Store) CreateToken(ctx context.Context, t *quota.Token, events ...quota
 		cctx, ccancel := s.cleanupContext(ctx)
 		defer ccancel()
 		_ = deleteIfScript.Run(cctx, s.rdb, []string{s.tokKey(t.Hash)}, data).Err()
+		_ = s.rdb.HDel(cctx, s.tokensKey(t.UserID), t.ID).Err() // not listed, never usable
 		return fmt.Errorf("create token: %w", err)
 	}
 	return nil
@@ -279,7 +279,7 @@ func (s *Store) DeleteToken(ctx context.Context, userID, tokenID string, events 
 	if err != nil {
 		return nil, err
 	}
-	n, err := dropTokenScript.Run(ctx, s.rdb, []string{s.tokensKey(userID), s.eventsKey(userID), s.usageKey(userID), s.keysKey(userID)}, append([]any{tokenID}, evArgs...)...).Int64()
+	n, err := dropTokenScript.Run(ctx, s.rdb, []string{s.tokensKey(userID), s.eventsKey(userID)}, append([]any{tokenID}, evArgs...)...).Int64()
 	if err != nil {
 		return nil, fmt.Errorf("delete token: %w", err)
 	}
@@ -287,7 +287,44 @@ func (s *Store) DeleteToken(ctx context.Context, userID, tokenID string, events 
 		// A concurrent DeleteToken won.
 		return nil, fmt.Errorf("token %q: %w", tokenID, quota.ErrNotFound)
 	}
+	s.dropTokenCounters(ctx, userID, tokenID)
 	return t, nil
+}
+
+// tokenCounterScan is how many fields one HSCAN step of dropTokenCounters
+// asks for.
+const tokenCounterScan = 500
+
+// dropTokenCounters removes a revoked token's own counters (fields
+// "t.<id>." of its user's usage hash) and distinct keys, best effort: in
+// HSCAN steps, never one long script (a user's distinct-key hash holds up
+// to DistinctKeys fields), under a deadline of its own. What is left goes
+// with the user.
+func (s *Store) dropTokenCounters(ctx context.Context, userID, tokenID string) {
+	ctx, cancel := s.cleanupContext(ctx)
+	defer cancel()
+	match := quota.TokenResource(tokenID, "") + "*" // ids hold no glob characters
+	for _, key := range []string{s.usageKey(userID), s.keysKey(userID)} {
+		var cursor uint64
+		for {
+			fields, next, err := s.rdb.HScan(ctx, key, cursor, match, tokenCounterScan).Result()
+			if err != nil {
+				return
+			}
+			names := make([]string, 0, len(fields)/2)
+			for i := 0; i+1 < len(fields); i += 2 {
+				names = append(names, fields[i])
+			}
+			if len(names) > 0 {
+				if err := s.rdb.HDel(ctx, key, names...).Err(); err != nil {
+					return
+				}
+			}
+			if cursor = next; cursor == 0 {
+				break
+			}
+		}
+	}
 }
 
 // deleteTokenKeys removes the lookup keys of the given token JSONs in one
