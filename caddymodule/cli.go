@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -20,6 +19,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
+	"github.com/tenantquota/caddy-tenant-quota/admin"
 	"github.com/tenantquota/caddy-tenant-quota/quota"
 	"github.com/tenantquota/caddy-tenant-quota/quota/boltstore"
 	"github.com/tenantquota/caddy-tenant-quota/quota/redisstore"
@@ -50,7 +50,7 @@ type cli struct {
 }
 
 func quotaCommand(cmd *cobra.Command) {
-	c := &cli{out: os.Stdout}
+	c := &cli{out: cmd.OutOrStdout()}
 	def := os.Getenv("TQ_URL")
 	if def == "" {
 		def = "http://localhost:8080/quota"
@@ -309,83 +309,22 @@ type response struct {
 }
 
 // do calls the admin API; a problem answer becomes an error with its
-// detail.
+// detail and field errors.
 func (c *cli) do(method, path string, body any) response {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return response{err: err}
-		}
-		rd = bytes.NewReader(b)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.url, "/")+path, rd)
-	if err != nil {
-		return response{err: err}
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if c.key == "" {
-		return response{err: errors.New("no admin key: set TQ_ADMIN_KEY or --key")}
-	}
-	req.Header.Set("Authorization", "Bearer "+c.key)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return response{err: err}
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if resp.StatusCode >= 300 {
-		var p struct {
-			Detail string `json:"detail"`
-			Errors []struct {
-				Field, Detail string
-			} `json:"errors"`
-		}
-		if json.Unmarshal(data, &p) == nil && p.Detail != "" {
-			msg := p.Detail
-			for _, e := range p.Errors {
-				msg += "\n  " + e.Field + ": " + e.Detail
-			}
-			return response{err: errors.New(msg)}
-		}
-		return response{err: fmt.Errorf("%s %s: %s", method, path, resp.Status)}
-	}
-	return response{body: data}
+	data, err := c.client().Do(ctx, method, path, body)
+	return response{body: data, err: err}
 }
+
+func (c *cli) client() *admin.Client { return &admin.Client{URL: c.url, Key: c.key} }
 
 // allPages gets every page of a list (following nextCursor) as one
 // answer whose items are all of them, and how many there are.
 func (c *cli) allPages(path, query string) (response, int) {
-	var all []json.RawMessage
-	cursor := ""
-	for {
-		q := query
-		if cursor != "" {
-			q += "&cursor=" + url.QueryEscape(cursor)
-		}
-		r := c.do("GET", path+"?"+q, nil)
-		if r.err != nil {
-			return r, 0
-		}
-		var page struct {
-			Items      []json.RawMessage `json:"items"`
-			NextCursor string            `json:"nextCursor"`
-		}
-		if err := json.Unmarshal(r.body, &page); err != nil {
-			return response{err: fmt.Errorf("GET %s: %v", path, err)}, 0
-		}
-		all = append(all, page.Items...)
-		if page.NextCursor == "" || page.NextCursor == cursor {
-			break
-		}
-		cursor = page.NextCursor
-	}
-	if all == nil {
-		all = []json.RawMessage{}
+	all, err := c.client().AllPages(context.Background(), path, query)
+	if err != nil {
+		return response{err: err}, 0
 	}
 	body, err := json.Marshal(map[string]any{"items": all})
 	return response{body: body, err: err}, len(all)
@@ -393,26 +332,9 @@ func (c *cli) allPages(path, query string) (response, int) {
 
 // userID resolves a user named by id, email or external id.
 func (c *cli) userID(name string) (string, error) {
-	query := "externalId=" + url.QueryEscape(name)
-	if strings.Contains(name, "@") {
-		query = "email=" + url.QueryEscape(name)
-	}
-	r := c.do("GET", "/users?"+query, nil)
-	if r.err != nil {
-		return "", r.err
-	}
-	var list struct {
-		Items []struct {
-			ID string `json:"id"`
-		} `json:"items"`
-	}
-	if json.Unmarshal(r.body, &list) == nil && len(list.Items) == 1 {
-		return list.Items[0].ID, nil
-	}
-	if strings.Contains(name, "@") {
-		return "", fmt.Errorf("no user with email %s", name)
-	}
-	return url.PathEscape(name), nil // an id
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return c.client().UserID(ctx, name)
 }
 
 // show prints an answer: its JSON with --json, else a table of the columns
@@ -497,23 +419,11 @@ func (c *cli) tail(f map[string]string) error {
 	}
 	after := ""
 	for {
-		if after != "" {
-			q.Set("after", after)
-		}
-		r := c.do("GET", "/events?"+q.Encode(), nil)
-		if r.err != nil {
-			return r.err
-		}
-		var page struct {
-			Items      []json.RawMessage `json:"items"`
-			NextCursor string            `json:"nextCursor"`
-			Cursor     string            `json:"cursor"`
-		}
-		if err := json.Unmarshal(r.body, &page); err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		page, err := c.client().Events(ctx, q, after)
+		cancel()
+		if err != nil {
 			return err
-		}
-		if page.Cursor == "" {
-			return errors.New("GET /events: the answer has no cursor to poll from (a gateway older than this CLI?)")
 		}
 		for _, e := range page.Items {
 			if c.json {
@@ -568,13 +478,13 @@ runs). It is idempotent: run it again after an interruption.`,
 			}
 			defer dst.Close()
 			sum, err := quota.Migrate(context.Background(), src, dst, func(s quota.MigrateSummary) {
-				fmt.Fprintf(os.Stderr, "\r%d users…", s.Users+s.UsersPresent)
+				fmt.Fprintf(cmd.ErrOrStderr(), "\r%d users…", s.Users+s.UsersPresent)
 			})
-			fmt.Fprintln(os.Stderr)
+			fmt.Fprintln(cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
-			fmt.Println(sum)
+			fmt.Fprintln(cmd.OutOrStdout(), sum)
 			return nil
 		},
 	}
