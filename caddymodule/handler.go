@@ -296,7 +296,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if req != &nothingToRead {
 		// A body was read, which may have taken a while: the admission
 		// reads the clock again (a slice must not admit past its end).
-		now = time.Time{}
+		now = h.app.Service().Now()
 	}
 	ticket, answered, err := h.admit(w, r, p, plan, now)
 	if answered {

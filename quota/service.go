@@ -183,7 +183,7 @@ func (s *Service) Close() error {
 		if s.allow != nil {
 			<-s.allowDone
 			s.allow.closed.Store(true)
-			s.allow.sweep(time.Now(), true) // return every slice
+			s.allow.sweep(s.clock.Now(), true) // return every slice
 		}
 		<-s.journalDone
 		if !s.journal.replay(time.Second) {
