@@ -26,16 +26,31 @@ type logState struct {
 
 var storeLog = &rateLimitedLog{last: map[string]*logState{}}
 
+// maxLogStates bounds the messages rateLimitedLog remembers: messages are
+// constants, but a bound keeps a caller that formats one from growing the
+// map without end.
+const maxLogStates = 256
+
 // write logs msg at level on logger unless it was logged less than a
 // second ago.
 func (l *rateLimitedLog) write(logger *zap.Logger, level zapcore.Level, msg string, fields ...zap.Field) {
 	l.mu.Lock()
+	now := time.Now()
 	st := l.last[msg]
 	if st == nil {
+		if len(l.last) >= maxLogStates {
+			for k, old := range l.last {
+				if now.Sub(old.at) >= time.Second {
+					delete(l.last, k)
+				}
+			}
+			if len(l.last) >= maxLogStates {
+				clear(l.last) // all within the second: lose their counts, not memory
+			}
+		}
 		st = &logState{}
 		l.last[msg] = st
 	}
-	now := time.Now()
 	if now.Sub(st.at) < time.Second {
 		st.suppressed++
 		l.mu.Unlock()
@@ -56,8 +71,10 @@ func (l *rateLimitedLog) write(logger *zap.Logger, level zapcore.Level, msg stri
 // through Caddy's logger, rate-limited, instead of stderr.
 type redisLogger struct{ logger *zap.Logger }
 
+// Printf logs one go-redis line, rate-limited as one message whatever
+// its text (which names addresses and errors).
 func (r redisLogger) Printf(_ context.Context, format string, v ...any) {
-	storeLog.write(r.logger, zapcore.WarnLevel, "redis client: "+fmt.Sprintf(format, v...))
+	storeLog.write(r.logger, zapcore.WarnLevel, "redis client", zap.String("detail", fmt.Sprintf(format, v...)))
 }
 
 var setRedisLogger sync.Once
