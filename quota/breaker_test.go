@@ -6,14 +6,12 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/tenantquota/caddy-tenant-quota/internal/testclock"
 )
 
-type stepClock struct{ now time.Time }
-
-func (c *stepClock) Now() time.Time { return c.now }
-
 func TestBreaker(t *testing.T) {
-	clock := &stepClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	clock := testclock.At(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	b := NewBreaker(BreakerOptions{Failures: 3, Cooldown: time.Second, Clock: clock})
 	down := errors.New("connection refused")
 	calls := 0
@@ -42,7 +40,7 @@ func TestBreaker(t *testing.T) {
 		{"closed", ok, 0, nil, 8, false},
 	}
 	for _, st := range steps {
-		clock.now = clock.now.Add(st.advance)
+		clock.Add(st.advance)
 		err := b.Do(st.call)
 		if st.wantErr == nil && err != nil || st.wantErr != nil && !errors.Is(err, st.wantErr) {
 			t.Fatalf("%s: err %v, want %v", st.name, err, st.wantErr)

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tenantquota/caddy-tenant-quota/internal/testclock"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -14,7 +15,7 @@ import (
 // with how many it stands for, not one line per request.
 func TestJournalDropsLogOncePerSecond(t *testing.T) {
 	core, logs := observer.New(zapcore.ErrorLevel)
-	clock := &stepClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	clock := testclock.At(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	j := newJournal(nil, zap.New(core), 10, clock)
 	steps := []struct {
 		advance     time.Duration
@@ -30,7 +31,7 @@ func TestJournalDropsLogOncePerSecond(t *testing.T) {
 		{time.Millisecond, 1, 3, 4},
 	}
 	for i, st := range steps {
-		clock.now = clock.now.Add(st.advance)
+		clock.Add(st.advance)
 		for range st.adds {
 			j.add(resolution{})
 		}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tenantquota/caddy-tenant-quota/internal/testclock"
 	"github.com/tenantquota/caddy-tenant-quota/quota"
 	"github.com/tenantquota/caddy-tenant-quota/quota/boltstore"
 )
@@ -29,13 +30,7 @@ func (c *countingStore) GetUser(ctx context.Context, id string) (*quota.User, er
 	return c.Store.GetUser(ctx, id)
 }
 
-type fakeClock struct{ now atomic.Pointer[time.Time] }
-
-func (f *fakeClock) Now() time.Time      { return *f.now.Load() }
-func (f *fakeClock) set(t time.Time)     { f.now.Store(&t) }
-func (f *fakeClock) add(d time.Duration) { f.set(f.Now().Add(d)) }
-
-func newService(t testing.TB) (*quota.Service, *countingStore, *fakeClock, *[]quota.Event) {
+func newService(t testing.TB) (*quota.Service, *countingStore, *testclock.Clock, *[]quota.Event) {
 	t.Helper()
 	bs, err := boltstore.Open(boltstore.Options{Path: filepath.Join(t.TempDir(), "q.db")})
 	if err != nil {
@@ -43,8 +38,7 @@ func newService(t testing.TB) (*quota.Service, *countingStore, *fakeClock, *[]qu
 	}
 	t.Cleanup(func() { bs.Close() })
 	cs := &countingStore{Store: bs}
-	clock := &fakeClock{}
-	clock.set(time.Now())
+	clock := testclock.At(time.Now())
 	var events []quota.Event
 	svc, err := quota.NewService(quota.Options{Store: cs, Clock: clock, OnEvent: func(e quota.Event) { events = append(events, e) }})
 	if err != nil {
@@ -111,11 +105,11 @@ func TestServiceAuthenticateAndCache(t *testing.T) {
 	}
 
 	// Expiry, then revocation.
-	clock.add(2 * time.Hour)
+	clock.Add(2 * time.Hour)
 	if _, err := svc.Authenticate(ctx, issued.Secret); !errors.Is(err, quota.ErrUnauthenticated) {
 		t.Fatalf("expired token: %v", err)
 	}
-	clock.add(-2 * time.Hour)
+	clock.Add(-2 * time.Hour)
 	if err := svc.RevokeToken(ctx, u.ID, issued.ID); err != nil {
 		t.Fatal(err)
 	}
@@ -285,7 +279,7 @@ func TestTune(t *testing.T) {
 	before := cs.tokenLookups.Load()
 	// The service's clock (the principals) and ristretto's own (the
 	// entries under them) both move on.
-	clock.add(150 * time.Millisecond)
+	clock.Add(150 * time.Millisecond)
 	time.Sleep(150 * time.Millisecond)
 	if _, err := svc.Authenticate(ctx, issued.Secret); err != nil {
 		t.Fatal(err)

@@ -15,27 +15,10 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/tenantquota/caddy-tenant-quota/internal/testclock"
 	"github.com/tenantquota/caddy-tenant-quota/quota"
 	"github.com/tenantquota/caddy-tenant-quota/quota/boltstore"
 )
-
-// fakeClock is a quota.Clock that tests move by hand.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = t
-}
 
 func open(t *testing.T, opts boltstore.Options) *boltstore.Store {
 	t.Helper()
@@ -196,7 +179,7 @@ func TestSecondOpenFailsWithLockedError(t *testing.T) {
 
 func TestDataSurvivesReopen(t *testing.T) {
 	path := dbPath(t)
-	clock := &fakeClock{t: time.Date(2025, 3, 10, 12, 0, 0, 0, time.UTC)}
+	clock := testclock.At(time.Date(2025, 3, 10, 12, 0, 0, 0, time.UTC))
 	s := open(t, boltstore.Options{Path: path, Clock: clock})
 	ctx := context.Background()
 	u := createUser(t, s, "a@example.com", "ext-a")
@@ -330,7 +313,7 @@ func TestConcurrentAdmissionSurvivesReopen(t *testing.T) {
 
 func TestWindowRollover(t *testing.T) {
 	path := dbPath(t)
-	clock := &fakeClock{}
+	clock := &testclock.Clock{}
 	s := open(t, boltstore.Options{Path: path, Clock: clock})
 	u := createUser(t, s, "a@example.com", "")
 	perMinute := quota.Charge{Resource: "messages", Per: quota.Minute, Limit: 2, Amount: 1}
@@ -532,7 +515,7 @@ func TestLeaseReleasesOnlyItsWindow(t *testing.T) {
 
 func testLeaseWindow(t *testing.T, reopen bool) {
 	path := dbPath(t)
-	clock := &fakeClock{t: time.Date(2025, 3, 10, 12, 0, 50, 0, time.UTC)}
+	clock := testclock.At(time.Date(2025, 3, 10, 12, 0, 50, 0, time.UTC))
 	s := open(t, boltstore.Options{Path: path, Clock: clock})
 	ctx := context.Background()
 	id := quota.NewID()
