@@ -116,13 +116,8 @@ func New(opts Options) (*Handler, error) {
 		if strings.TrimSpace(k) != k || strings.ContainsAny(k, "\r\n") {
 			return nil, fmt.Errorf("admin: admin key %d has surrounding white space or a line break", i)
 		}
-		if key.Name == "" || len(key.Name) > 64 || strings.ContainsAny(key.Name, " \t\r\n") {
-			return nil, fmt.Errorf("admin: admin key %d needs a name of 1 to 64 characters without white space", i)
-		}
-		for _, p := range key.Permissions {
-			if err := quota.ValidatePermission(p, true); err != nil {
-				return nil, fmt.Errorf("admin: admin key %q: %w", key.Name, err)
-			}
+		if err := ValidateKey(key.Name, key.Permissions); err != nil {
+			return nil, fmt.Errorf("admin: admin key %d: %w", i, err)
 		}
 		h.keys = append(h.keys, sha256.Sum256([]byte(k)))
 		h.names = append(h.names, key.Name)

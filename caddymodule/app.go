@@ -315,13 +315,8 @@ func (a *App) Validate() error {
 		}
 	}
 	for _, k := range a.NamedAdminKeys {
-		if k.Name == "" || len(k.Name) > 64 || strings.ContainsAny(k.Name, " \t\r\n") {
-			return fmt.Errorf("admin key name %q: 1 to 64 characters without white space", k.Name)
-		}
-		for _, p := range k.Permissions {
-			if err := quota.ValidatePermission(p, true); err != nil {
-				return fmt.Errorf("admin key %s: %w", k.Name, err)
-			}
+		if err := admin.ValidateKey(k.Name, k.Permissions); err != nil {
+			return err
 		}
 	}
 	if a.FallbackLimit > 0 {

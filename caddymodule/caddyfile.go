@@ -102,11 +102,6 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 					if len(perms) == 0 {
 						return d.Errf("permissions needs at least one, e.g. permissions users.read usage.read")
 					}
-					for _, p := range perms {
-						if err := quota.ValidatePermission(p, true); err != nil {
-							return d.Errf("admin_key permissions: %v", err)
-						}
-					}
 					named.Permissions = append(named.Permissions, perms...)
 				default:
 					return d.Errf("unrecognized admin_key option %q (known: name, permissions)", d.Val())

@@ -144,3 +144,26 @@ func TestHandlerValidate(t *testing.T) {
 		})
 	}
 }
+
+// TestAdminKeyRulesInValidate: the Caddyfile parser checks an admin_key
+// block's syntax, and Validate its meaning with admin.ValidateKey (the
+// rule the admin handler applies too): a permission that does not exist
+// or a bad name is refused by caddy validate, whether the config came
+// from a Caddyfile or from JSON.
+func TestAdminKeyRulesInValidate(t *testing.T) {
+	for _, k := range []NamedAdminKey{
+		{Key: "k", Name: "support", Permissions: []string{"users.raed"}},
+		{Key: "k", Name: "two words", Permissions: []string{"users.read"}},
+		{Key: "k", Name: strings.Repeat("n", 65)},
+	} {
+		a := &App{NamedAdminKeys: []NamedAdminKey{k}, OnStoreError: StoreErrorDeny}
+		err := a.Validate()
+		if err == nil || !strings.Contains(err.Error(), "admin key") {
+			t.Fatalf("%+v: %v", k, err)
+		}
+	}
+	ok := &App{NamedAdminKeys: []NamedAdminKey{{Key: "k", Name: "support", Permissions: []string{"users.read", "tokens.*"}}}, OnStoreError: StoreErrorDeny}
+	if err := ok.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
