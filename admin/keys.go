@@ -2,6 +2,7 @@ package admin
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/tenantquota/caddy-tenant-quota/quota"
@@ -12,7 +13,8 @@ const MaxKeyNameLength = 64
 
 // ValidateKey checks a named admin key's name (1 to MaxKeyNameLength
 // characters without white space: it names the key in events and logs)
-// and its permissions: the one place these rules live, for the JSON
+// and its permissions, each of which must grant one of the admin API's
+// (quota.AdminPermissions): the one place these rules live, for the JSON
 // config's Validate and for New.
 func ValidateKey(name string, permissions []string) error {
 	if name == "" || len(name) > MaxKeyNameLength || strings.ContainsAny(name, " \t\r\n") {
@@ -21,6 +23,10 @@ func ValidateKey(name string, permissions []string) error {
 	for _, p := range permissions {
 		if err := quota.ValidatePermission(p, true); err != nil {
 			return fmt.Errorf("admin key %s: %w", name, err)
+		}
+		if !slices.ContainsFunc(quota.AdminPermissions, func(ap string) bool { return quota.AnyPermits([]string{p}, ap) }) {
+			// A typo (users.raed) would grant nothing, silently.
+			return fmt.Errorf("admin key %s: %q grants no admin API permission (they are %s)", name, p, strings.Join(quota.AdminPermissions, ", "))
 		}
 	}
 	return nil
