@@ -198,8 +198,10 @@ func ApplyCharges(counters map[string]CounterState, charges []Charge, now time.T
 func ApplyKeyedCharges(counters map[string]CounterState, keys map[string]struct{}, charges []Charge, now time.Time) *Admission {
 	adm := &Admission{Allowed: true, Denied: -1, Now: now, Used: make([]int64, len(charges))}
 	running := make(map[string]CounterState, len(charges))
+	effective := make([]int64, len(charges))
 	for i, c := range charges {
 		amount := keyedAmount(keys, c)
+		effective[i] = amount
 		key := CounterKey(c.Resource, c.Per)
 		cur, seen := running[key]
 		if !seen {
@@ -223,10 +225,13 @@ func ApplyKeyedCharges(counters map[string]CounterState, keys map[string]struct{
 		counters[key] = cur
 	}
 	if keys != nil {
-		for _, c := range charges {
+		// In charge order, as the script writes them: a key is remembered
+		// when a charge counted it (one of a key counted already adds
+		// nothing and remembers nothing), forgotten by a negative charge.
+		for i, c := range charges {
 			switch {
 			case c.Key == "":
-			case c.Amount > 0:
+			case effective[i] > 0:
 				keys[DistinctKey(c.Resource, c.Key)] = struct{}{}
 			case c.Amount < 0:
 				delete(keys, DistinctKey(c.Resource, c.Key))
