@@ -333,10 +333,10 @@ func (h *Handler) settle(t *quota.Ticket, mw *meterWriter, r *http.Request, crea
 	// The client may be gone; the settlement must still be made.
 	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
 	defer cancel()
-	uses := t.Plan().Settlement(o)
+	uses, serr := t.End(ctx, o)
 	h.app.metrics.settled(uses)
-	if err := t.SettleUses(ctx, uses); err != nil {
-		storeLog.write(h.logger, zapcore.WarnLevel, "settling usage; journaled for replay", zap.Error(err))
+	if serr != nil {
+		storeLog.write(h.logger, zapcore.WarnLevel, "settling usage; journaled for replay", zap.Error(serr))
 	}
 	if rec != nil {
 		panic(rec)

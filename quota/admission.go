@@ -76,13 +76,16 @@ func (t *Ticket) Holds() bool { return t.holds }
 // Plan returns the plan the ticket was admitted under (nil for AdmitUses).
 func (t *Ticket) Plan() *Plan { return t.plan }
 
-// Settle ends a request admitted with Admit: what its response shows it
-// used (Plan.Settlement) replaces what the admission held.
-func (t *Ticket) Settle(ctx context.Context, o Outcome) error {
-	if t.plan == nil {
-		return t.SettleUses(ctx, nil)
+// End ends a request admitted with Admit, once its outcome is known: what
+// its response shows it used (Plan.Settlement) replaces what the admission
+// held. It returns what was settled (for metrics); an error means the
+// settlement is journaled for replay.
+func (t *Ticket) End(ctx context.Context, o Outcome) ([]Use, error) {
+	var uses []Use
+	if t.plan != nil {
+		uses = t.plan.Settlement(o)
 	}
-	return t.SettleUses(ctx, t.plan.Settlement(o))
+	return uses, t.SettleUses(ctx, uses)
 }
 
 // SettleUses ends a served request exactly once: it counts what the

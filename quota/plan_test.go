@@ -166,7 +166,7 @@ func TestAdmitFitsTheOutput(t *testing.T) {
 	if !ok || in+n != 1000 {
 		t.Fatalf("output maximum %d with a prompt bound of %d: want them to fill the 1000 left", n, in)
 	}
-	if err := ticket.Settle(ctx, quota.Outcome{Status: 200, Reported: llmusage.Usage{InputTokens: 5, OutputTokens: 10, Found: true}}); err != nil {
+	if _, err := ticket.End(ctx, quota.Outcome{Status: 200, Reported: llmusage.Usage{InputTokens: 5, OutputTokens: 10, Found: true}}); err != nil {
 		t.Fatal(err)
 	}
 	_, err = svc.Admit(ctx, u, plan(t, quota.Route{}, quota.APIChat, strings.TrimSuffix(body, "}")+`,"max_tokens":2000}`))
@@ -289,7 +289,7 @@ func TestForcedTicketSettles(t *testing.T) {
 		t.Fatalf("admission: %v", err)
 	}
 	ticket.Force()
-	ticket.Settle(ctx, quota.Outcome{Status: 200, Reported: llmusage.Usage{InputTokens: 3, OutputTokens: 4, Found: true}})
+	ticket.End(ctx, quota.Outcome{Status: 200, Reported: llmusage.Usage{InputTokens: 3, OutputTokens: 4, Found: true}})
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		usage, err := svc.Usage(ctx, u.ID)
