@@ -406,49 +406,19 @@ func (h *Handler) unmetered(r *http.Request, req *request) string {
 
 // Requirement is a permission a request needs (require <permission> [on
 // <resource>]).
-type Requirement struct {
-	Permission string `json:"permission"`
-	// On is the resource, a template such as chatbots/{re.cbu.1}; empty:
-	// the token's scopes alone decide.
-	On string `json:"on,omitempty"`
-}
+type Requirement = quota.Requirement
 
-// authorize checks the route's requirements against the token's scopes
-// and the tenant's roles (both cached: no store round trip), and returns
-// why the request is refused, or "".
+// authorize checks the route's requirements (quota.Roles.Authorize), with
+// their resources resolved by the request's placeholders.
 func (h *Handler) authorize(r *http.Request, p *quota.Principal) string {
 	if len(h.Requires) == 0 {
 		return ""
 	}
-	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	roles := quota.Roles(h.app.Roles)
-	for _, rq := range h.Requires {
-		if !p.Token.Allows(rq.Permission) {
-			return fmt.Sprintf("This token's scopes do not allow %s.", rq.Permission)
-		}
-		if rq.On == "" {
-			// Without on: a role granting the permission on any resource.
-			if !roles.Permits(p.User, rq.Permission, "") {
-				return fmt.Sprintf("You do not have the permission %s.", rq.Permission)
-			}
-			continue
-		}
-		resource := rq.On
-		if repl != nil {
-			resource = repl.ReplaceAll(rq.On, "")
-		}
-		if quota.ValidateResource(resource, false) != nil || !roles.Permits(p.User, rq.Permission, resource) {
-			return fmt.Sprintf("You do not have the permission %s on %s.", rq.Permission, clipped(resource))
-		}
+	var resolve func(string) string
+	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		resolve = func(s string) string { return repl.ReplaceAll(s, "") }
 	}
-	return ""
-}
-
-func clipped(s string) string {
-	if len(s) > 100 {
-		return s[:100] + "…"
-	}
-	return s
+	return quota.Roles(h.app.Roles).Authorize(p, h.Requires, resolve)
 }
 
 func (h *Handler) setPlaceholders(r *http.Request, p *quota.Principal) {

@@ -111,6 +111,45 @@ func (r Roles) Permits(u *User, perm, resource string) bool {
 	return false
 }
 
+// Requirement is a permission a request needs (the Caddyfile's require
+// <permission> [on <resource>]).
+type Requirement struct {
+	Permission string `json:"permission"`
+	// On is the resource, a template such as chatbots/{re.cbu.1} that the
+	// caller resolves per request; empty: a role granting the permission
+	// on any resource.
+	On string `json:"on,omitempty"`
+}
+
+// Authorize checks reqs for p: each needs the token's scope and a role of
+// the user granting the permission (on the requirement's resource, which
+// resolve turns from a template into a resource name; nil: as written).
+// It returns "" or the reason of the refusal, as the tenant reads it.
+func (r Roles) Authorize(p *Principal, reqs []Requirement, resolve func(string) string) string {
+	for _, rq := range reqs {
+		if !p.Token.Allows(rq.Permission) {
+			return fmt.Sprintf("This token's scopes do not allow %s.", rq.Permission)
+		}
+		if rq.On == "" {
+			if !r.Permits(p.User, rq.Permission, "") {
+				return fmt.Sprintf("You do not have the permission %s.", rq.Permission)
+			}
+			continue
+		}
+		resource := rq.On
+		if resolve != nil {
+			resource = resolve(rq.On)
+		}
+		if ValidateResource(resource, false) != nil || !r.Permits(p.User, rq.Permission, resource) {
+			if len(resource) > 100 {
+				resource = resource[:100] + "…"
+			}
+			return fmt.Sprintf("You do not have the permission %s on %s.", rq.Permission, resource)
+		}
+	}
+	return ""
+}
+
 // GrantRole gives the user role on resource; granting a grant it has is a
 // no-op. roles are the defined roles (an unknown one is ErrInvalid).
 func (s *Service) GrantRole(ctx context.Context, userID string, roles Roles, role, resource string) (*RoleGrant, error) {
