@@ -283,6 +283,21 @@ func parseLimits(raw json.RawMessage) (quota.Limits, error) {
 	return l, nil
 }
 
+// limitsField reads the limits of a body (raw), as a user's and a
+// token's PATCH take them: an object of resources, on defined model
+// groups, with a Warning for a resource no meter counts.
+func (h *Handler) limitsField(w http.ResponseWriter, raw json.RawMessage) (quota.Limits, error) {
+	l, err := parseLimits(raw)
+	if err == nil {
+		err = h.checkGroups(l)
+	}
+	warnUnknownResources(w, l)
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
 // checkGroups refuses limits on the resources of a model group that is
 // not defined ("tokens.premum").
 func (h *Handler) checkGroups(l quota.Limits) error {

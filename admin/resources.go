@@ -124,11 +124,7 @@ func (h *Handler) updateToken(w http.ResponseWriter, r *http.Request) {
 		p.ExpiresAt = &exp
 	}
 	if req.Limits != nil {
-		l, err := parseLimits(req.Limits)
-		if err == nil {
-			err = h.checkGroups(l)
-		}
-		warnUnknownResources(w, l)
+		l, err := h.limitsField(w, req.Limits)
 		if err != nil {
 			h.writeError(w, r, err)
 			return
@@ -177,11 +173,7 @@ func (h *Handler) changeLimits(w http.ResponseWriter, r *http.Request, change fu
 		h.writeError(w, r, underField("limits", err))
 		return
 	}
-	l, err := parseLimits(raw)
-	if err == nil {
-		err = h.checkGroups(l)
-	}
-	warnUnknownResources(w, l)
+	l, err := h.limitsField(w, raw)
 	if err != nil {
 		h.writeError(w, r, err)
 		return

@@ -250,11 +250,7 @@ func (h *Handler) updateUser(w http.ResponseWriter, r *http.Request) {
 	}
 	p := quota.UserPatch{Name: req.Name, Email: req.Email, ExternalID: req.ExternalID, Status: req.Status}
 	if req.Limits != nil {
-		l, err := parseLimits(req.Limits)
-		if err == nil {
-			err = h.checkGroups(l)
-		}
-		warnUnknownResources(w, l)
+		l, err := h.limitsField(w, req.Limits)
 		if err != nil {
 			h.writeError(w, r, err)
 			return

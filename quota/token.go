@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"hash/crc32"
 	"math/big"
 	"strings"
@@ -51,6 +52,22 @@ func (t *Token) Clone() *Token {
 		}
 	}
 	return &c
+}
+
+// Replacing is what a store writes for UpdateToken: t over old, the
+// stored token, if old is at the revision t was read at (else ErrStale),
+// keeping old's hash and creation time and the later of the two
+// last-used times. The one rule both stores apply.
+func (t *Token) Replacing(old *Token) (*Token, error) {
+	if old.Revision != t.Revision-1 {
+		return nil, fmt.Errorf("token %q is at revision %d, not %d: %w", t.ID, old.Revision, t.Revision-1, ErrStale)
+	}
+	c := *t
+	c.Hash, c.CreatedAt, c.LastUsedAt = old.Hash, old.CreatedAt, old.LastUsedAt
+	if t.LastUsedAt != nil {
+		c.Touch(*t.LastUsedAt)
+	}
+	return &c, nil
 }
 
 // Public returns a copy of t without its hash, for API responses.

@@ -103,15 +103,11 @@ func (s *Store) UpdateToken(ctx context.Context, t *quota.Token, events ...quota
 		if err != nil {
 			return err
 		}
-		if old.Revision != t.Revision-1 {
-			return fmt.Errorf("token %q is at revision %d, not %d: %w", t.ID, old.Revision, t.Revision-1, quota.ErrStale)
+		c, err := t.Replacing(old)
+		if err != nil {
+			return err
 		}
-		c := *t
-		c.Hash, c.CreatedAt, c.LastUsedAt = old.Hash, old.CreatedAt, old.LastUsedAt
-		if t.LastUsedAt != nil {
-			c.Touch(*t.LastUsedAt)
-		}
-		data, err := json.Marshal(&c)
+		data, err := json.Marshal(c)
 		if err != nil {
 			return fmt.Errorf("boltstore: encode token: %w", err)
 		}

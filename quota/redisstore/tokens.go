@@ -148,6 +148,16 @@ func decodeToken(data []byte) (*quota.Token, error) {
 func (s *Store) GetToken(ctx context.Context, userID, tokenID string) (*quota.Token, error) {
 	ctx, cancel := s.withDeadline(ctx)
 	defer cancel()
+	data, err := s.userToken(ctx, userID, tokenID, "get token")
+	if err != nil {
+		return nil, err
+	}
+	return decodeToken(data)
+}
+
+// userToken reads the JSON of one token of a user from its tokens hash;
+// op names the caller in an error.
+func (s *Store) userToken(ctx context.Context, userID, tokenID, op string) ([]byte, error) {
 	if !validID(userID) {
 		return nil, fmt.Errorf("token %q: %w", tokenID, quota.ErrNotFound)
 	}
@@ -156,9 +166,9 @@ func (s *Store) GetToken(ctx context.Context, userID, tokenID string) (*quota.To
 		return nil, fmt.Errorf("token %q: %w", tokenID, quota.ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("get token: %w", err)
+		return nil, fmt.Errorf("%s: %w", op, err)
 	}
-	return decodeToken(data)
+	return data, nil
 }
 
 // UpdateToken replaces a token in the user's tokens hash, over the JSON it
@@ -168,29 +178,19 @@ func (s *Store) GetToken(ctx context.Context, userID, tokenID string) (*quota.To
 func (s *Store) UpdateToken(ctx context.Context, t *quota.Token, events ...quota.Event) error {
 	ctx, cancel := s.withDeadline(ctx)
 	defer cancel()
-	if !validID(t.UserID) {
-		return fmt.Errorf("token %q: %w", t.ID, quota.ErrNotFound)
-	}
-	oldData, err := s.rdb.HGet(ctx, s.tokensKey(t.UserID), t.ID).Bytes()
-	if errors.Is(err, redis.Nil) {
-		return fmt.Errorf("token %q: %w", t.ID, quota.ErrNotFound)
-	}
+	oldData, err := s.userToken(ctx, t.UserID, t.ID, "update token")
 	if err != nil {
-		return fmt.Errorf("update token: %w", err)
+		return err
 	}
 	old, err := decodeToken(oldData)
 	if err != nil {
 		return err
 	}
-	if old.Revision != t.Revision-1 {
-		return fmt.Errorf("token %q is at revision %d, not %d: %w", t.ID, old.Revision, t.Revision-1, quota.ErrStale)
+	c, err := t.Replacing(old)
+	if err != nil {
+		return err
 	}
-	c := *t
-	c.Hash, c.CreatedAt, c.LastUsedAt = old.Hash, old.CreatedAt, old.LastUsedAt
-	if t.LastUsedAt != nil {
-		c.Touch(*t.LastUsedAt)
-	}
-	data, err := json.Marshal(&c)
+	data, err := json.Marshal(c)
 	if err != nil {
 		return fmt.Errorf("encode token: %w", err)
 	}
@@ -258,15 +258,9 @@ func (s *Store) ListTokens(ctx context.Context, userID string) ([]*quota.Token, 
 func (s *Store) DeleteToken(ctx context.Context, userID, tokenID string, events ...quota.Event) (*quota.Token, error) {
 	ctx, cancel := s.withDeadline(ctx)
 	defer cancel()
-	if !validID(userID) {
-		return nil, fmt.Errorf("token %q: %w", tokenID, quota.ErrNotFound)
-	}
-	data, err := s.rdb.HGet(ctx, s.tokensKey(userID), tokenID).Bytes()
-	if errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("token %q: %w", tokenID, quota.ErrNotFound)
-	}
+	data, err := s.userToken(ctx, userID, tokenID, "delete token")
 	if err != nil {
-		return nil, fmt.Errorf("delete token: %w", err)
+		return nil, err
 	}
 	t, err := decodeToken(data)
 	if err != nil {

@@ -879,11 +879,7 @@ func testUpdateCAS(t *testing.T, s quota.Store) {
 // testConcurrentAdminWrites: through the Service, concurrent top-ups all
 // count, and a disable racing top-ups and limit changes sticks.
 func testConcurrentAdminWrites(t *testing.T, s quota.Store) {
-	svc, err := quota.NewService(quota.Options{Store: s})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = svc.Close() })
+	svc := serviceOn(t, s)
 	u, err := svc.CreateUser(ctx(t), quota.NewUser{Name: "Race", Email: "race@example.com"})
 	if err != nil {
 		t.Fatal(err)
@@ -1535,11 +1531,7 @@ func testUpdateToken(t *testing.T, s quota.Store) {
 // testConcurrentTokenUpdates: concurrent changes of one token, with
 // touches in between, through the service on this store: none is lost.
 func testConcurrentTokenUpdates(t *testing.T, s quota.Store) {
-	svc, err := quota.NewService(quota.Options{Store: s})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = svc.Close() })
+	svc := serviceOn(t, s)
 	u, err := svc.CreateUser(ctx(t), quota.NewUser{Name: "Race", Email: "race@example.com"})
 	if err != nil {
 		t.Fatal(err)
@@ -1639,4 +1631,15 @@ func testRevokedTokenCounters(t *testing.T, s quota.Store) {
 	if adm, err := s.Admit(ctx(t), u.ID, "", late); err != nil || !adm.Allowed || adm.Used[0] != 1 {
 		t.Fatalf("the revoked token's conversation key was left: %+v %v", adm, err)
 	}
+}
+
+// serviceOn is a quota.Service over s, closed when the test ends.
+func serviceOn(t *testing.T, s quota.Store) *quota.Service {
+	t.Helper()
+	svc, err := quota.NewService(quota.Options{Store: s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Close() })
+	return svc
 }
