@@ -254,11 +254,10 @@ const (
 // admit, proxy, and settle in a deferred call that also runs when the
 // proxy aborts the handler (a client that hung up mid-stream).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) (err error) {
-	m := h.app.metrics
 	if why := quota.AmbiguousPath(r.URL.EscapedPath(), r.URL.Path, h.requiresOn); why != "" {
 		// Matchers and the backend could read it as different paths: a
 		// require could check one chatbot and the backend serve another.
-		m.outcome(outcomeBadRequest)
+		h.app.metrics.outcome(outcomeBadRequest)
 		return writeError(w, http.StatusBadRequest, "This path is ambiguous: "+why+"; send it without.", "invalid_request_error", "invalid_path")
 	}
 	now := h.app.Service().Now() // read once for the request
@@ -266,43 +265,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if answered {
 		return err
 	}
-	if denied := h.authorize(r, p); denied != "" {
-		m.outcome(outcomeForbidden)
-		return writeError(w, http.StatusForbidden, denied, "permission_error", "permission_denied")
+	rp, answered, err := h.plan(w, r, p)
+	if answered {
+		return err
 	}
-	if e := h.unmetered(r, nil); e != "" {
-		m.outcome(outcomeForbidden)
-		return writeUnmetered(w, e)
-	}
-	req, err := h.readRequest(r)
-	if err != nil {
-		m.outcome(outcomeBadRequest)
-		return writeRequestError(w, err)
-	}
-	if e := h.unmetered(r, req); e != "" {
-		m.outcome(outcomeForbidden)
-		return writeUnmetered(w, e)
-	}
-	meters, created, err := h.planMeters(r)
-	if err != nil {
-		m.outcome(outcomeBadRequest)
-		return writeRequestError(w, err)
-	}
-	plan := h.route.Plan(meters, req.tokens)
-	if refusal := plan.ModelRefusal(p.User); refusal != "" {
-		m.outcome(outcomeForbidden)
-		return writeError(w, http.StatusForbidden, refusal, "permission_error", "model_not_allowed")
-	}
-	if req != &nothingToRead {
+	if rp.req != &nothingToRead {
 		// A body was read, which may have taken a while: the admission
 		// reads the clock again (a slice must not admit past its end).
 		now = h.app.Service().Now()
 	}
-	ticket, answered, err := h.admit(w, r, p, plan, now)
+	ticket, answered, err := h.admit(w, r, p, rp.plan, now)
 	if answered {
 		return err
 	}
-	if err := h.forwardBody(r, req, plan); err != nil {
+	if err := h.forwardBody(r, rp.req, rp.plan); err != nil {
 		ticket.Abandon()
 		return writeRequestError(w, err)
 	}
@@ -310,18 +286,60 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	for _, th := range h.tokenHeaders {
 		delete(r.Header, th.key) // the tenant's token is for this gateway only
 	}
-	if !plan.Settles() {
+	if !rp.plan.Settles() {
 		err = next.ServeHTTP(w, r)
-		plan.Release() // nothing holds it or its ticket now (not on a panic: left to the GC)
+		rp.plan.Release() // nothing holds it or its ticket now (not on a panic: left to the GC)
 		return err
 	}
-	if m != nil && ticket.Holds() { // known from the admission: no second look at the plan
+	if m := h.app.metrics; m != nil && ticket.Holds() { // known from the admission: no second look at the plan
 		m.reservations.Inc()
 		defer m.reservations.Dec()
 	}
-	mw := &meterWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, usageHeader: h.UsageHeader, keepBody: h.responseBodyKeys && len(created) > 0}
-	defer func() { h.settle(ticket, mw, r, created, recover(), err) }()
+	mw := &meterWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, usageHeader: h.UsageHeader, keepBody: h.responseBodyKeys && len(rp.created) > 0}
+	defer func() { h.settle(ticket, mw, r, rp.created, recover(), err) }()
 	return next.ServeHTTP(mw, r)
+}
+
+// requestPlan is what the handler plans for an authorized request: its
+// body as read, its plan, and the meters that count created objects.
+type requestPlan struct {
+	req     *request
+	plan    *quota.Plan
+	created []int
+}
+
+// plan checks what the request may do and plans what it costs, or answers
+// 403 (a permission, an endpoint that cannot be metered, a model) or 400
+// (answered is then true).
+func (h *Handler) plan(w http.ResponseWriter, r *http.Request, p *quota.Principal) (rp requestPlan, answered bool, err error) {
+	m := h.app.metrics
+	if denied := h.authorize(r, p); denied != "" {
+		m.outcome(outcomeForbidden)
+		return rp, true, writeError(w, http.StatusForbidden, denied, "permission_error", "permission_denied")
+	}
+	if e := h.unmetered(r, nil); e != "" {
+		m.outcome(outcomeForbidden)
+		return rp, true, writeUnmetered(w, e)
+	}
+	if rp.req, err = h.readRequest(r); err != nil {
+		m.outcome(outcomeBadRequest)
+		return rp, true, writeRequestError(w, err)
+	}
+	if e := h.unmetered(r, rp.req); e != "" {
+		m.outcome(outcomeForbidden)
+		return rp, true, writeUnmetered(w, e)
+	}
+	meters, created, err := h.planMeters(r)
+	if err != nil {
+		m.outcome(outcomeBadRequest)
+		return rp, true, writeRequestError(w, err)
+	}
+	rp.plan, rp.created = h.route.Plan(meters, rp.req.tokens), created
+	if refusal := rp.plan.ModelRefusal(p.User); refusal != "" {
+		m.outcome(outcomeForbidden)
+		return rp, true, writeError(w, http.StatusForbidden, refusal, "permission_error", "model_not_allowed")
+	}
+	return rp, false, nil
 }
 
 // authenticate finds the request's tenant, or answers 401, 403 or 503
