@@ -31,6 +31,8 @@ const MaxAnswerBytes = 64 << 20
 type ClientError struct {
 	Method, Path string
 	Status       int
+	// StatusText is the answer's status line ("502 Bad Gateway").
+	StatusText string
 	// Detail and Errors are the problem's (RFC 9457), when the answer is
 	// one.
 	Detail string
@@ -47,7 +49,7 @@ type FieldError struct {
 // when the answer is no problem.
 func (e *ClientError) Error() string {
 	if e.Detail == "" {
-		return fmt.Sprintf("%s %s: %d %s", e.Method, e.Path, e.Status, http.StatusText(e.Status))
+		return fmt.Sprintf("%s %s: %s", e.Method, e.Path, e.StatusText)
 	}
 	msg := e.Detail
 	for _, f := range e.Errors {
@@ -92,7 +94,7 @@ func (c *Client) Do(ctx context.Context, method, path string, body any) ([]byte,
 		return nil, fmt.Errorf("%s %s: reading the answer: %w", method, path, err)
 	}
 	if resp.StatusCode >= 300 {
-		ce := &ClientError{Method: method, Path: path, Status: resp.StatusCode}
+		ce := &ClientError{Method: method, Path: path, Status: resp.StatusCode, StatusText: resp.Status}
 		var p struct {
 			Detail string       `json:"detail"`
 			Errors []FieldError `json:"errors"`
@@ -186,7 +188,7 @@ func (c *Client) Events(ctx context.Context, q url.Values, after string) (*Event
 		return nil, fmt.Errorf("GET /events: %v", err)
 	}
 	if page.Cursor == "" {
-		return nil, errors.New("GET /events: the answer has no cursor to poll from (a gateway older than this client?)")
+		return nil, errors.New("GET /events: the answer has no cursor to poll from (a gateway older than this CLI?)")
 	}
 	return &page, nil
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -317,7 +318,11 @@ func (c *cli) do(method, path string, body any) response {
 	return response{body: data, err: err}
 }
 
-func (c *cli) client() *admin.Client { return &admin.Client{URL: c.url, Key: c.key} }
+// client is the admin API's client; each call (a page of a list too) has
+// 30 seconds.
+func (c *cli) client() *admin.Client {
+	return &admin.Client{URL: c.url, Key: c.key, HTTP: &http.Client{Timeout: 30 * time.Second}}
+}
 
 // allPages gets every page of a list (following nextCursor) as one
 // answer whose items are all of them, and how many there are.

@@ -39,7 +39,10 @@ func (s *Service) AuthenticateAt(ctx context.Context, secret string, now time.Ti
 	if !shapedLikeToken(secret) {
 		return nil, fmt.Errorf("malformed token: %w", ErrUnauthenticated)
 	}
-	wall := now
+	wall := now // the cache's TTL runs on the system clock
+	if _, system := s.clock.(SystemClock); !system {
+		wall = time.Now()
+	}
 	// The principals in front of the cache, keyed by the secret itself: a
 	// map read, no hash and no lock, for a token seen within the TTL when
 	// nothing was invalidated since. The secrets stay in this process's

@@ -16,7 +16,11 @@ import (
 type Options struct {
 	Store Store
 	// Clock defaults to the system clock. The store keeps its own clock for
-	// windows; this one judges token expiry and stamps records.
+	// windows; this one judges token expiry and stamps records. Headroom
+	// slices and the principal cache measure time on the system clock
+	// whatever Clock is: a slice's window end is the store's clock plus
+	// the time since the store answered, which only a clock that moves
+	// with the store's can tell.
 	Clock Clock
 	// Logger defaults to a no-op logger.
 	Logger *zap.Logger
@@ -183,7 +187,7 @@ func (s *Service) Close() error {
 		if s.allow != nil {
 			<-s.allowDone
 			s.allow.closed.Store(true)
-			s.allow.sweep(s.clock.Now(), true) // return every slice
+			s.allow.sweep(time.Now(), true) // return every slice
 		}
 		<-s.journalDone
 		if !s.journal.replay(time.Second) {

@@ -214,7 +214,7 @@ func (a *allowances) admit(ctx context.Context, u *User, tok *Token, uses []Use,
 	if us != nil {
 		if live := us.live.Load(); live != nil {
 			if now.IsZero() {
-				now = a.s.clock.Now()
+				now = time.Now()
 			}
 			for _, sl := range *live {
 				if sl.matches(u, tok, uses) {
@@ -242,7 +242,7 @@ func (a *allowances) admit(ctx context.Context, u *User, tok *Token, uses []Use,
 }
 
 func (a *allowances) admitLocked(ctx context.Context, us *userSlices, u *User, tok *Token, uses []Use, p *Plan) (*Ticket, error) {
-	now := a.s.clock.Now()
+	now := time.Now()
 	us.touched = now
 	if !us.last.IsZero() {
 		us.gap = (3*us.gap + now.Sub(us.last)) / 4
@@ -318,7 +318,7 @@ func (a *allowances) grant(ctx context.Context, us *userSlices, u *User, tok *To
 	case err != nil:
 		return nil, nil, false
 	}
-	local := a.s.clock.Now()
+	local := time.Now()
 	unit, limits := expand(u, tok, uses)
 	sl := &slice{signature: signature{u, tok, slices.Clone(uses)}, owner: us, charges: unit, limits: limits, rid: lt.requestID,
 		units: k, granted: adm.Now, local: local, offset: adm.Now.Sub(local)}
@@ -368,7 +368,7 @@ func (a *allowances) admitOne(ctx context.Context, us *userSlices, u *User, tok 
 			us.remaining = unitsLeft(t.charges[1:], adm.Used[1:])
 			return t, nil
 		}
-		us.remaining, us.calm = -1, a.s.clock.Now().Add(sliceCalm)
+		us.remaining, us.calm = -1, time.Now().Add(sliceCalm)
 		switch {
 		case len(us.slices) > 0:
 			for len(us.slices) > 0 {
@@ -456,7 +456,7 @@ func (a *allowances) giveBack(ctx context.Context, us *userSlices, i int) {
 	charges, _ := expand(sl.user, sl.tok, actual)
 	// A window that has ended keeps the whole slice (the store releases a
 	// slice only from the window it was taken in): count nothing more.
-	now := sl.owner.of.s.clock.Now().Add(sl.offset)
+	now := time.Now().Add(sl.offset)
 	kept := charges[:0]
 	for _, c := range charges {
 		if c.Per != Lifetime {
@@ -486,7 +486,7 @@ func (a *allowances) returnUser(ctx context.Context, userID string, calm bool) {
 	us.mu.Lock()
 	defer us.mu.Unlock()
 	if calm {
-		us.calm = a.s.clock.Now().Add(sliceCalm)
+		us.calm = time.Now().Add(sliceCalm)
 	}
 	for len(us.slices) > 0 {
 		a.giveBack(ctx, us, len(us.slices)-1)
@@ -556,8 +556,8 @@ func (a *allowances) run(stop <-chan struct{}) {
 		select {
 		case <-stop:
 			return
-		case <-tick.C:
-			a.sweep(a.s.clock.Now(), false)
+		case now := <-tick.C:
+			a.sweep(now, false)
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tenantquota/caddy-tenant-quota/internal/redistest"
+	"github.com/tenantquota/caddy-tenant-quota/internal/testclock"
 	"github.com/tenantquota/caddy-tenant-quota/quota"
 	"github.com/tenantquota/caddy-tenant-quota/quota/boltstore"
 	"github.com/tenantquota/caddy-tenant-quota/quota/redisstore"
@@ -303,5 +304,42 @@ func TestNoSlices(t *testing.T) {
 	}
 	if r := snap.Current(quota.ReservedPrefix+"messages", quota.Lifetime); r != 0 {
 		t.Fatalf("%d reserved with slices off", r)
+	}
+}
+
+// TestSlicesKeepWindowsWhenTheServiceClockMoves: slices measure time on
+// the system clock, which moves with the store's: a service clock moved a
+// day ahead (a test's, or one that judges expiry differently) must not
+// make a slice given back drop its daily charges (found by review of a
+// change that ran slices on the service clock: 300 messages admitted, 20
+// left in the day's counter).
+func TestSlicesKeepWindowsWhenTheServiceClockMoves(t *testing.T) {
+	s, err := boltstore.Open(boltstore.Options{Path: filepath.Join(t.TempDir(), "q.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	clock := testclock.At(time.Now())
+	svc, err := quota.NewService(quota.Options{Store: s, Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
+	p := sliceTenant(t, svc, 100_000)
+	plan := func() *quota.Plan { return (&quota.Route{}).Plan(quota.MeterUses{}, quota.TokenRequest{}) }
+	for range 300 {
+		if _, err := svc.AdmitPrincipal(context.Background(), p, plan(), svc.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clock.Add(25 * time.Hour)
+	u, err := svc.Usage(context.Background(), p.User.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, it := range u.Items {
+		if it.Resource == "messages" && it.Used != 300 {
+			t.Fatalf("messages per %s: %d used, want 300", it.Per, it.Used)
+		}
 	}
 }
