@@ -189,13 +189,23 @@ type CounterState struct {
 // place only when every charge is allowed. Charges are taken in order, each
 // against the counter as the earlier charges of the call left it.
 func ApplyCharges(counters map[string]CounterState, charges []Charge, now time.Time) *Admission {
-	return ApplyKeyedCharges(counters, nil, charges, now)
+	return ApplyKeyedCharges(counters, nil, 0, charges, now)
 }
+
+// DefaultDistinctKeys is the distinct keys (of meters with a key) a user
+// keeps by default, in either store: past it, a new key counts but is not
+// remembered (it counts again if it comes again: more, never less), so a
+// tenant sending new keys without end cannot grow its user's data without
+// end. About 10 MB of keys at most.
+const DefaultDistinctKeys = 100000
 
 // ApplyKeyedCharges is ApplyCharges with the set of distinct keys already
 // counted (DistinctKey of resource and key), which it updates with the
-// counters. With a nil set, every key is new and none is remembered.
-func ApplyKeyedCharges(counters map[string]CounterState, keys map[string]struct{}, charges []Charge, now time.Time) *Admission {
+// counters. With a nil set, every key is new and none is remembered. A
+// new key is remembered only while the set holds fewer than keyCap keys
+// (judged once, at the first key to remember, as the script does; 0: no
+// cap).
+func ApplyKeyedCharges(counters map[string]CounterState, keys map[string]struct{}, keyCap int, charges []Charge, now time.Time) *Admission {
 	adm := &Admission{Allowed: true, Denied: -1, Now: now, Used: make([]int64, len(charges))}
 	running := make(map[string]CounterState, len(charges))
 	effective := make([]int64, len(charges))
@@ -228,11 +238,18 @@ func ApplyKeyedCharges(counters map[string]CounterState, keys map[string]struct{
 		// In charge order, as the script writes them: a key is remembered
 		// when a charge counted it (one of a key counted already adds
 		// nothing and remembers nothing), forgotten by a negative charge.
+		var room *bool
 		for i, c := range charges {
 			switch {
 			case c.Key == "":
 			case effective[i] > 0:
-				keys[DistinctKey(c.Resource, c.Key)] = struct{}{}
+				if room == nil {
+					r := keyCap <= 0 || len(keys) < keyCap
+					room = &r
+				}
+				if *room {
+					keys[DistinctKey(c.Resource, c.Key)] = struct{}{}
+				}
 			case c.Amount < 0:
 				delete(keys, DistinctKey(c.Resource, c.Key))
 			}

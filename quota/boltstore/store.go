@@ -54,6 +54,10 @@ type Options struct {
 	// Thresholds are the percentages of a limit at which usage.threshold
 	// events fire (none: no threshold events).
 	Thresholds []int64
+	// DistinctKeys caps the distinct keys (of meters with a key) a user
+	// keeps, as redisstore's option does; quota.DefaultDistinctKeys when
+	// zero.
+	DistinctKeys int
 	// OnFlushError, if set, is called from the background flusher when
 	// writing counters fails; the counters stay dirty and are retried on the
 	// next tick.
@@ -63,8 +67,9 @@ type Options struct {
 // Store is a quota.Store on a bbolt database file. It is safe for concurrent
 // use. Create it with Open and release it with Close.
 type Store struct {
-	db    *bolt.DB
-	clock quota.Clock
+	db     *bolt.DB
+	clock  quota.Clock
+	keyCap int
 
 	onFlushError func(error)
 	percents     []int64
@@ -104,6 +109,12 @@ func Open(opts Options) (*Store, error) {
 	if opts.Clock == nil {
 		opts.Clock = quota.SystemClock{}
 	}
+	if opts.DistinctKeys < 0 {
+		return nil, fmt.Errorf("boltstore: distinct keys must not be negative, got %d", opts.DistinctKeys)
+	}
+	if opts.DistinctKeys == 0 {
+		opts.DistinctKeys = quota.DefaultDistinctKeys
+	}
 	if err := os.MkdirAll(filepath.Dir(opts.Path), 0o700); err != nil {
 		return nil, fmt.Errorf("boltstore: create directory of %s: %w", opts.Path, err)
 	}
@@ -121,6 +132,7 @@ func Open(opts Options) (*Store, error) {
 	s := &Store{
 		db:           db,
 		clock:        opts.Clock,
+		keyCap:       opts.DistinctKeys,
 		onFlushError: opts.OnFlushError,
 		percents:     opts.Thresholds,
 		stop:         make(chan struct{}),

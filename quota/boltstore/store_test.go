@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -541,5 +542,42 @@ func testLeaseWindow(t *testing.T, reopen bool) {
 	// last minute stay there.
 	if got := snap.Current("tokens", quota.Minute); got != 35 {
 		t.Fatalf("this minute's counter = %d, want 35", got)
+	}
+}
+
+// TestDistinctKeysBounded: a user keeps at most DistinctKeys keys, as on
+// Redis: a tenant sending new conversation ids without end cannot grow
+// its data (in memory and on disk) without end; a remembered key counts
+// once, one past the cap each time.
+func TestDistinctKeysBounded(t *testing.T) {
+	const capKeys = 40
+	s := open(t, boltstore.Options{Path: filepath.Join(t.TempDir(), "q.db"), DistinctKeys: capKeys})
+	ctx := context.Background()
+	id := quota.NewID()
+	conv := func(key string) []quota.Charge {
+		return []quota.Charge{
+			{Resource: "conversations", Limit: quota.NoLimit, Amount: 1, Key: key},
+			{Resource: "conversations", Per: quota.Day, Limit: quota.NoLimit, Amount: 1, Key: key},
+		}
+	}
+	for i := range 100 {
+		if _, err := s.Admit(ctx, id, "", conv(strconv.Itoa(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, key := range []string{"0", "0", "99", "99"} {
+		if _, err := s.Admit(ctx, id, "", conv(key)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	snap, err := s.Usage(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := snap.Current("conversations", quota.Lifetime); got != 102 {
+		t.Fatalf("conversations %d, want 102 (key 0 remembered, 99 past the cap)", got)
+	}
+	if _, err := boltstore.Open(boltstore.Options{Path: filepath.Join(t.TempDir(), "x.db"), DistinctKeys: -1}); err == nil {
+		t.Fatal("a negative DistinctKeys was accepted")
 	}
 }

@@ -365,11 +365,11 @@ func (s *Store) Admit(ctx context.Context, userID, requestID string, charges []q
 					return false
 				}
 				// A repeat: report the counters, charge nothing.
-				adm = quota.ApplyKeyedCharges(e.counters, nil, quota.Unlimited(charges, 0), now)
+				adm = quota.ApplyKeyedCharges(e.counters, nil, 0, quota.Unlimited(charges, 0), now)
 				return false
 			}
 		}
-		adm = quota.ApplyKeyedCharges(e.counters, e.keys, charges, now)
+		adm = quota.ApplyKeyedCharges(e.counters, e.keys, s.keyCap, charges, now)
 		if adm.Allowed && requestID != "" {
 			e.remember(requestID, true, now)
 			e.hold(requestID, charges, now)
@@ -409,11 +409,11 @@ func (s *Store) Resolve(ctx context.Context, userID, requestID string, charges [
 		changed := false
 		switch {
 		case apply:
-			quota.ApplyKeyedCharges(e.counters, e.keys, quota.Unlimited(charges, 1), now)
+			quota.ApplyKeyedCharges(e.counters, e.keys, s.keyCap, quota.Unlimited(charges, 1), now)
 			e.hold(requestID, charges, now)
 			changed = true
 		case ok && r.applied:
-			quota.ApplyKeyedCharges(e.counters, e.keys, quota.Unlimited(charges, -1), now)
+			quota.ApplyKeyedCharges(e.counters, e.keys, s.keyCap, quota.Unlimited(charges, -1), now)
 			delete(e.leases, requestID)
 			changed = true
 		}
@@ -436,7 +436,7 @@ func (s *Store) Settle(ctx context.Context, userID, requestID string, actual []q
 		if _, done := e.request(settleID, now); done {
 			return false
 		}
-		quota.ApplyKeyedCharges(e.counters, e.keys, quota.Unlimited(actual, 1), now)
+		quota.ApplyKeyedCharges(e.counters, e.keys, s.keyCap, quota.Unlimited(actual, 1), now)
 		if l, ok := e.leases[requestID]; ok {
 			e.release(l, now, false)
 			delete(e.leases, requestID)

@@ -54,7 +54,7 @@ type Options struct {
 
 // DefaultDistinctKeys is the default Options.DistinctKeys (about 10 MB of
 // keys per user at most).
-const DefaultDistinctKeys = 100000
+const DefaultDistinctKeys = quota.DefaultDistinctKeys
 
 // DefaultRecordsPerHash is the default Options.RecordsPerHash: a user
 // keeps at most 30,000 request records (about 3 MB), which hold a request

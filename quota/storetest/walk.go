@@ -21,10 +21,12 @@ var walkResources = []string{"messages", "tokens", "conversations", "t.0190a1b2-
 // usage reads, for a few users, on every store in stores and on the Go
 // reference (quota.ApplyKeyedCharges over counters kept in memory). It
 // fails at the first step where a store's answer or a user's counters
-// differ from the reference, naming the seed and the step. Holds and
+// differ from the reference, naming the seed and the step. The stores
+// must keep at most keyCap distinct keys a user (their DistinctKeys
+// option), as the reference does. Holds and
 // settlements are left to the conformance tests (their expiry runs on
 // each store's clock).
-func Walk(t *testing.T, seed uint64, steps int, stores map[string]quota.Store) {
+func Walk(t *testing.T, seed uint64, steps, keyCap int, stores map[string]quota.Store) {
 	t.Helper()
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	names := make([]string, 0, len(stores))
@@ -80,7 +82,7 @@ func Walk(t *testing.T, seed uint64, steps int, stores map[string]quota.Store) {
 				}
 				charges[i] = c
 			}
-			want := quota.ApplyKeyedCharges(m.counters, m.keys, charges, time.Now().UTC())
+			want := quota.ApplyKeyedCharges(m.counters, m.keys, keyCap, charges, time.Now().UTC())
 			for _, name := range names {
 				got, err := stores[name].Admit(ctx(t), uid, "", charges)
 				if err != nil {
