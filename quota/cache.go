@@ -83,7 +83,10 @@ const tokenKeyPrefix = "t:"
 
 // hashKey is the cache key of a token by its stored hash.
 func hashKey(hash string) string { return tokenKeyPrefix + hash }
-func userKey(id string) string   { return "u:" + id }
+func userKey(id string) string   { return userKeyPrefix + id }
+
+// userKeyPrefix starts a user's cache key (and its invalidation).
+const userKeyPrefix = "u:"
 
 // begin returns the generation to record on a value loaded from now on.
 func (h *hotCache) begin() uint64 { return h.gen.Load() }

@@ -142,6 +142,9 @@ func NewService(opts Options) (*Service, error) {
 	}
 	s.hotTimeout.Store(int64(opts.HotPathTimeout))
 	s.cacheEntries = opts.CacheEntries
+	if opts.Broadcaster != nil {
+		s.broadcaster = opts.Broadcaster
+	}
 	if !opts.NoSlices {
 		s.allow, s.allowDone = newAllowances(s), make(chan struct{})
 		go func() {
@@ -156,7 +159,7 @@ func NewService(opts Options) (*Service, error) {
 	}()
 	if opts.Broadcaster != nil {
 		ctx, cancel := context.WithCancel(context.Background())
-		s.broadcaster, s.stopListening, s.listenerExited = opts.Broadcaster, cancel, make(chan struct{})
+		s.stopListening, s.listenerExited = cancel, make(chan struct{})
 		go func() {
 			defer close(s.listenerExited)
 			opts.Broadcaster.Listen(ctx, func(keys []string) {

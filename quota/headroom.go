@@ -11,7 +11,8 @@ import (
 	"time"
 )
 
-// Headroom slices. Far from every cap, a node takes a slice of a user's
+// Headroom slices (this file is the whole of them: allowances, with
+// headroomDeps for what they need of the service). Far from every cap, a node takes a slice of a user's
 // headroom from the store in one admission: k requests' worth of the
 // request's charges, held like an LLM request's reservation (so the store
 // counts it against every cap at once, and releases it by itself if the
@@ -35,6 +36,16 @@ import (
 // outstanding recalls them (other nodes return theirs at once through the
 // Broadcaster) and retries for up to about 60 ms. A node returns its own
 // slices before a store admission can refuse, so one node alone is exact.
+//
+// What ends a slice: it is used up; idle for sliceIdle; sliceMaxAge old;
+// within sliceMargin of the end of a window of its charges (the sweeper,
+// every sliceSweep); a usage read or reset of its user on this node (so
+// the store answers exactly); a change of the user (a new object, and the
+// cache invalidation that announces it on every node); a recall from
+// another node that was refused while slices were out; the service
+// closing. Each ends in one settlement of what the slice admitted; a node
+// that dies leaves its slices to the store, which keeps them counted
+// (Charge.Keep) when their hold of sliceHold ends.
 //
 // Slices are for busy tenants: one needs at least minSliceUnits requests
 // in sliceTarget on one node (about 20 a second), which the slice is
@@ -75,15 +86,47 @@ const resourceSlices = ReservedPrefix + "slices"
 const recallPrefix = "r:"
 
 type allowances struct {
-	s     *Service
+	headroomDeps
 	users sync.Map // user id → *userSlices; read without a lock on every request
 	// closed is set when the service closes: no slice is taken from then
 	// on (none would be given back).
 	closed atomic.Bool
 }
 
+// headroomDeps is what headroom needs from the service, and nothing more.
+type headroomDeps struct {
+	// owner stamps the tickets admitted from slices (they settle through
+	// it like any other).
+	owner *Service
+	// admitStore is one store admission of uses for u (and tok), all or
+	// nothing.
+	admitStore func(ctx context.Context, u *User, tok *Token, uses []Use, p *Plan) (*Ticket, *Admission, error)
+	// publish asks every node to return a user's slices; nil when there
+	// is no Broadcaster (a single node).
+	publish func(ctx context.Context, keys []string) error
+	// settle settles a slice given back, or journals it for replay.
+	settle func(ctx context.Context, p Pending)
+	// clock measures slices' ages and idleness. It must move with the
+	// store's clock (a slice's window end is the store's time plus the
+	// time since it answered): the system clock.
+	clock Clock
+}
+
+// newAllowances is the headroom of s, whose broadcaster (if any) is set.
 func newAllowances(s *Service) *allowances {
-	return &allowances{s: s}
+	deps := headroomDeps{owner: s, admitStore: s.admitRaw, clock: SystemClock{},
+		settle: func(ctx context.Context, p Pending) {
+			err := s.hot(context.WithoutCancel(ctx), OpSettle, func(ctx context.Context) error {
+				return s.store.Settle(ctx, p.userID, p.requestID, p.charges)
+			})
+			if err != nil {
+				s.journal.add(resolution{p: p, settle: true})
+			}
+		}}
+	if b := s.broadcaster; b != nil {
+		deps.publish = b.Publish
+	}
+	return &allowances{headroomDeps: deps}
 }
 
 // lookup returns the user's slices, nil if this node has none.
@@ -214,12 +257,12 @@ func (a *allowances) admit(ctx context.Context, u *User, tok *Token, uses []Use,
 	if us != nil {
 		if live := us.live.Load(); live != nil {
 			if now.IsZero() {
-				now = time.Now()
+				now = a.clock.Now()
 			}
 			for _, sl := range *live {
 				if sl.matches(u, tok, uses) {
 					if n, ok := sl.take(now); ok {
-						return sl.ticket(a.s, p, now, n), nil
+						return sl.ticket(a.owner, p, now, n), nil
 					}
 				}
 			}
@@ -242,7 +285,7 @@ func (a *allowances) admit(ctx context.Context, u *User, tok *Token, uses []Use,
 }
 
 func (a *allowances) admitLocked(ctx context.Context, us *userSlices, u *User, tok *Token, uses []Use, p *Plan) (*Ticket, error) {
-	now := time.Now()
+	now := a.clock.Now()
 	us.touched = now
 	if !us.last.IsZero() {
 		us.gap = (3*us.gap + now.Sub(us.last)) / 4
@@ -253,7 +296,7 @@ func (a *allowances) admitLocked(ctx context.Context, us *userSlices, u *User, t
 			continue
 		}
 		if n, ok := sl.take(now); ok {
-			return sl.ticket(a.s, p, now, n), nil
+			return sl.ticket(a.owner, p, now, n), nil
 		}
 		if sl.used.Load() >= sl.units && sl.units > 0 {
 			// Used up: its pace is the user's rate (the requests it served
@@ -307,18 +350,18 @@ func (a *allowances) grant(ctx context.Context, us *userSlices, u *User, tok *To
 		held = append(held, Use{Resource: use.Resource, Amount: n, Hold: sliceHold, Keep: true},
 			Use{Resource: ReservedPrefix + use.Resource, Amount: n, Hold: sliceHold})
 	}
-	lt, adm, err := a.s.admitRaw(ctx, u, tok, held, nil)
+	lt, adm, err := a.admitStore(ctx, u, tok, held, nil)
 	switch {
 	case errors.Is(err, ErrUnavailable):
 		// The slice may yet land: it is taken back when the store is back.
 		// This request's own outcome is unknown as well.
 		lt.Abandon()
 		unit, _ := expand(u, tok, uses)
-		return &Ticket{s: a.s, user: u, token: tok, requestID: NewID(), plan: p, charges: unit}, err, true
+		return &Ticket{s: a.owner, user: u, token: tok, requestID: NewID(), plan: p, charges: unit}, err, true
 	case err != nil:
 		return nil, nil, false
 	}
-	local := time.Now()
+	local := a.clock.Now()
 	unit, limits := expand(u, tok, uses)
 	sl := &slice{signature: signature{u, tok, slices.Clone(uses)}, owner: us, charges: unit, limits: limits, rid: lt.requestID,
 		units: k, granted: adm.Now, local: local, offset: adm.Now.Sub(local)}
@@ -347,7 +390,7 @@ func (a *allowances) grant(ctx context.Context, us *userSlices, u *User, tok *To
 		a.giveBack(ctx, us, 0)
 	}
 	us.publish()
-	return sl.ticket(a.s, p, local, 1), nil, true
+	return sl.ticket(a.owner, p, local, 1), nil, true
 }
 
 // admitOne admits the request alone at the store. Refused, it first
@@ -359,7 +402,7 @@ func (a *allowances) admitOne(ctx context.Context, us *userSlices, u *User, tok 
 	marked = append(append(marked, Use{Resource: resourceSlices}), uses...)
 	recalled, gap := false, recallFirstGap
 	for attempt := 0; ; attempt++ {
-		t, adm, err := a.s.admitRaw(ctx, u, tok, marked, p)
+		t, adm, err := a.admitStore(ctx, u, tok, marked, p)
 		if adm == nil {
 			return t, err
 		}
@@ -368,18 +411,18 @@ func (a *allowances) admitOne(ctx context.Context, us *userSlices, u *User, tok 
 			us.remaining = unitsLeft(t.charges[1:], adm.Used[1:])
 			return t, nil
 		}
-		us.remaining, us.calm = -1, time.Now().Add(sliceCalm)
+		us.remaining, us.calm = -1, a.clock.Now().Add(sliceCalm)
 		switch {
 		case len(us.slices) > 0:
 			for len(us.slices) > 0 {
 				a.giveBack(ctx, us, len(us.slices)-1)
 			}
 			continue
-		case adm.Used[0] == 0 || a.s.broadcaster == nil || attempt >= recallAttempts:
+		case adm.Used[0] == 0 || a.publish == nil || attempt >= recallAttempts:
 			return t, err
 		case !recalled:
 			recalled = true
-			if perr := a.s.broadcaster.Publish(ctx, []string{recallPrefix + u.ID}); perr != nil {
+			if perr := a.publish(ctx, []string{recallPrefix + u.ID}); perr != nil {
 				return t, err
 			}
 		}
@@ -456,7 +499,7 @@ func (a *allowances) giveBack(ctx context.Context, us *userSlices, i int) {
 	charges, _ := expand(sl.user, sl.tok, actual)
 	// A window that has ended keeps the whole slice (the store releases a
 	// slice only from the window it was taken in): count nothing more.
-	now := time.Now().Add(sl.offset)
+	now := a.clock.Now().Add(sl.offset)
 	kept := charges[:0]
 	for _, c := range charges {
 		if c.Per != Lifetime {
@@ -467,12 +510,7 @@ func (a *allowances) giveBack(ctx context.Context, us *userSlices, i int) {
 		kept = append(kept, c)
 	}
 	p := Pending{userID: sl.user.ID, requestID: sl.rid, charges: kept}
-	err := a.s.hot(context.WithoutCancel(ctx), OpSettle, func(ctx context.Context) error {
-		return a.s.store.Settle(ctx, p.userID, p.requestID, p.charges)
-	})
-	if err != nil {
-		a.s.journal.add(resolution{p: p, settle: true})
-	}
+	a.settle(ctx, p)
 }
 
 // returnUser returns this node's slices of a user (before its usage is
@@ -486,7 +524,7 @@ func (a *allowances) returnUser(ctx context.Context, userID string, calm bool) {
 	us.mu.Lock()
 	defer us.mu.Unlock()
 	if calm {
-		us.calm = time.Now().Add(sliceCalm)
+		us.calm = a.clock.Now().Add(sliceCalm)
 	}
 	for len(us.slices) > 0 {
 		a.giveBack(ctx, us, len(us.slices)-1)
@@ -510,7 +548,7 @@ func (a *allowances) recalled(keys []string) {
 	for _, k := range keys {
 		if id, ok := strings.CutPrefix(k, recallPrefix); ok {
 			go a.returnUser(context.Background(), id, true)
-		} else if id, ok := strings.CutPrefix(k, "u:"); ok {
+		} else if id, ok := strings.CutPrefix(k, userKeyPrefix); ok {
 			go a.returnUser(context.Background(), id, false)
 		}
 	}
