@@ -52,7 +52,7 @@ type Options struct {
 	// block.
 	OnStoreCall func(op string, took time.Duration, err error)
 	// NoSlices turns headroom slices off: every request is admitted by
-	// the store (see slices.go). Usage read on another node is then never
+	// the store (see headroom.go). Usage read on another node is then never
 	// behind, at the cost of a store round trip per request.
 	NoSlices bool
 }
