@@ -293,6 +293,29 @@ func (s *Service) admitRaw(ctx context.Context, u *User, tok *Token, uses []Use,
 	return t, adm, nil
 }
 
+// periodCharges appends the charges of use on the counters of resource
+// under ls: its lifetime counter (limited by a lifetime limit in ls, if
+// any) and one per windowed limit; limits gets each charge's limit (nil
+// for an unlimited lifetime counter).
+func periodCharges(resource string, ls []Limit, use Use, charges []Charge, limits []*Limit) ([]Charge, []*Limit) {
+	life := Charge{Resource: resource, Limit: NoLimit, Amount: use.Amount, Key: use.Key, Hold: use.Hold, Keep: use.Keep}
+	var lifeLimit *Limit
+	for i := range ls {
+		if ls[i].Per == Lifetime {
+			life.Limit, lifeLimit = ls[i].Limit, &ls[i]
+		}
+	}
+	charges = append(charges, life)
+	limits = append(limits, lifeLimit)
+	for i := range ls {
+		if ls[i].Per != Lifetime {
+			charges = append(charges, Charge{Resource: resource, Per: ls[i].Per, Limit: ls[i].Limit, Amount: use.Amount, Key: use.Key, Hold: use.Hold, Keep: use.Keep})
+			limits = append(limits, &ls[i])
+		}
+	}
+	return charges, limits
+}
+
 // expand turns uses into charges: each use counts against its resource's
 // lifetime counter and each of the user's windowed limits on it. limits[i]
 // is the limit of charges[i], nil for an unlimited lifetime counter.
@@ -305,22 +328,7 @@ func expand(u *User, tok *Token, uses []Use) (charges []Charge, limits []*Limit)
 			// Spent credits count against what the user was granted.
 			ls = []Limit{{Limit: u.Credits}}
 		}
-		life := Charge{Resource: use.Resource, Limit: NoLimit, Amount: use.Amount, Key: use.Key, Hold: use.Hold, Keep: use.Keep}
-		var lifeLimit *Limit
-		for i := range ls {
-			if ls[i].Per == Lifetime {
-				life.Limit = ls[i].Limit
-				lifeLimit = &ls[i]
-			}
-		}
-		charges = append(charges, life)
-		limits = append(limits, lifeLimit)
-		for i := range ls {
-			if ls[i].Per != Lifetime {
-				charges = append(charges, Charge{Resource: use.Resource, Per: ls[i].Per, Limit: ls[i].Limit, Amount: use.Amount, Key: use.Key, Hold: use.Hold, Keep: use.Keep})
-				limits = append(limits, &ls[i])
-			}
-		}
+		charges, limits = periodCharges(use.Resource, ls, use, charges, limits)
 		charges, limits = tokenCharges(tok, use, charges, limits)
 	}
 	return charges, limits

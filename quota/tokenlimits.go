@@ -63,23 +63,7 @@ func tokenCharges(tok *Token, use Use, charges []Charge, limits []*Limit) ([]Cha
 		// resources count for a token from its first limit on them.
 		return charges, limits
 	}
-	life := Charge{Resource: resource, Limit: NoLimit, Amount: use.Amount, Key: use.Key, Hold: use.Hold, Keep: use.Keep}
-	var lifeLimit *Limit
-	for i := range ls {
-		if ls[i].Per == Lifetime {
-			life.Limit, lifeLimit = ls[i].Limit, &ls[i]
-		}
-	}
-	charges = append(charges, life)
-	limits = append(limits, lifeLimit)
-	for i := range ls {
-		if ls[i].Per != Lifetime {
-			charges = append(charges, Charge{Resource: resource, Per: ls[i].Per, Limit: ls[i].Limit,
-				Amount: use.Amount, Key: use.Key, Hold: use.Hold, Keep: use.Keep})
-			limits = append(limits, &ls[i])
-		}
-	}
-	return charges, limits
+	return periodCharges(resource, ls, use, charges, limits)
 }
 
 // validateTokenLimits checks a token's limits.
