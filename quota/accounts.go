@@ -170,6 +170,11 @@ func (s *Service) modifyUser(ctx context.Context, id string, change func(*User) 
 		return err
 	})
 	if err != nil {
+		if !errors.Is(err, ErrInvalid) && !errors.Is(err, ErrNotFound) {
+			// A write that timed out may have landed (a disable, a lowered
+			// limit): no cache keeps the user as it was.
+			s.invalidate(context.WithoutCancel(ctx), userKey(id))
+		}
 		return nil, err
 	}
 	s.invalidate(ctx, userKey(u.ID))
@@ -523,6 +528,11 @@ func (s *Service) UpdateToken(ctx context.Context, userID, tokenID string, p Tok
 		return s.store.UpdateToken(ctx, t, ev)
 	})
 	if err != nil {
+		if t != nil && !errors.Is(err, ErrInvalid) {
+			// A write that timed out may have landed: no cache keeps the
+			// token as it was (a refetch costs one read).
+			s.invalidate(context.WithoutCancel(ctx), hashKey(t.Hash))
+		}
 		return nil, err
 	}
 	s.invalidate(ctx, hashKey(t.Hash))

@@ -188,3 +188,70 @@ func TestRevokeThatTimesOutStillClearsTheCache(t *testing.T) {
 		t.Fatalf("a revoked token after a revocation that timed out: %v, want unauthenticated", err)
 	}
 }
+
+// lateUpdate is a real store whose UpdateToken and UpdateUser land but
+// answer as if they timed out.
+type lateUpdate struct{ quota.Store }
+
+func (s lateUpdate) UpdateToken(ctx context.Context, t *quota.Token, events ...quota.Event) error {
+	if err := s.Store.UpdateToken(ctx, t, events...); err != nil {
+		return err
+	}
+	return fmt.Errorf("update token: %w", context.DeadlineExceeded)
+}
+
+func (s lateUpdate) UpdateUser(ctx context.Context, u *quota.User, events ...quota.Event) error {
+	if err := s.Store.UpdateUser(ctx, u, events...); err != nil {
+		return err
+	}
+	return fmt.Errorf("update user: %w", context.DeadlineExceeded)
+}
+
+// TestChangeThatTimesOutStillClearsTheCache: a token change or a disable
+// that lands but answers with an error leaves no cache serving the token
+// or the user as they were.
+func TestChangeThatTimesOutStillClearsTheCache(t *testing.T) {
+	_, cs, _, _ := newService(t)
+	plain, err := quota.NewService(quota.Options{Store: cs.Store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { plain.Close() })
+	svc, err := quota.NewService(quota.Options{Store: lateUpdate{cs.Store}, CacheTTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
+	ctx := context.Background()
+	u, err := plain.CreateUser(ctx, quota.NewUser{Name: "C", Email: "c@example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := plain.CreateToken(ctx, u.ID, quota.NewToken{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	warm := func() {
+		for range 20 { // ristretto admits sets asynchronously
+			if _, err := svc.Authenticate(ctx, tok.Secret); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+	warm()
+	if _, err := svc.UpdateToken(ctx, u.ID, tok.ID, quota.TokenPatch{Limits: quota.Limits{"messages": {{Limit: 0}}}}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("the change: %v", err)
+	}
+	if p, err := svc.Authenticate(ctx, tok.Secret); err != nil || len(p.Token.Limits["messages"]) != 1 {
+		t.Fatalf("after a token change that timed out: %+v %v, want its new limit", p, err)
+	}
+	warm()
+	disabled := quota.StatusDisabled
+	if _, err := svc.UpdateUser(ctx, u.ID, quota.UserPatch{Status: &disabled}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("the disable: %v", err)
+	}
+	if _, err := svc.Authenticate(ctx, tok.Secret); !errors.Is(err, quota.ErrDisabled) {
+		t.Fatalf("after a disable that timed out: %v, want disabled", err)
+	}
+}
