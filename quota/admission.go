@@ -14,7 +14,7 @@ import (
 // exactly once. Its methods are safe to call from any goroutine. An
 // admission whose outcome is unknown is resolved once, by Force (served:
 // it is then settled like any other) or Abandon (refused: nothing to
-// settle); only the first Settle or SettleUses does anything.
+// settle); only the first End or SettleUses does anything.
 type Ticket struct {
 	// Now is the store's clock at admission.
 	Now time.Time

@@ -16,7 +16,7 @@ import (
 	"github.com/tenantquota/caddy-tenant-quota/quota/redisstore"
 )
 
-// Headroom slices (slices.go): a busy tenant is admitted from slices of
+// Headroom slices (headroom.go): a busy tenant is admitted from slices of
 // its headroom, without a store call per request, and caps still hold
 // exactly.
 
