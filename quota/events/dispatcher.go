@@ -344,23 +344,43 @@ func (d *Dispatcher) drain(ctx context.Context, s Sink, p string, heads map[stri
 			return 0
 		}
 		for _, e := range evs {
+			if ctx.Err() != nil {
+				return 0
+			}
 			if h := heads[p]; h != nil && h.id == e.ID && time.Now().Before(h.next) {
 				return time.Until(h.next)
 			}
-			if s.Accepts(e.Type) {
-				if wait, ok := d.deliver(ctx, s, p, e, heads); !ok {
-					return wait
-				}
-			}
-			if err := d.opts.Log.AckEvent(ctx, p, s.Name(), e.Pos); err != nil {
-				if ctx.Err() == nil {
+			if wait, ok, err := d.deliverAndAck(ctx, s, p, e, heads); !ok || err != nil {
+				if err != nil && ctx.Err() == nil {
 					d.log.Warn("moving an event cursor", zap.String("sink", label(s)), zap.Error(err))
 				}
-				return 0
+				return wait
 			}
 		}
 	}
 	return 0
+}
+
+// stopGrace is how long a delivery under way when the dispatcher stops
+// (a reload, a clean shutdown) may go on and its cursor move. Cut at once,
+// the event the sink has just taken would be sent again by the next
+// dispatcher; the grace bounds how long a stop can wait on a slow sink.
+const stopGrace = 2 * time.Second
+
+// deliverAndAck delivers e to s (unless s does not take its type) and
+// moves s's cursor past it, on a context that outlives ctx by stopGrace.
+// ok false: e is to be retried after wait; err: the cursor did not move.
+func (d *Dispatcher) deliverAndAck(ctx context.Context, s Sink, p string, e quota.Event, heads map[string]*failing) (wait time.Duration, ok bool, err error) {
+	ectx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(stopGrace, cancel) })
+	defer stop()
+	if s.Accepts(e.Type) {
+		if wait, ok := d.deliver(ectx, s, p, e, heads); !ok {
+			return wait, false, nil
+		}
+	}
+	return 0, true, d.opts.Log.AckEvent(ectx, p, s.Name(), e.Pos)
 }
 
 // deliver makes one attempt; ok is false when the event is to be retried

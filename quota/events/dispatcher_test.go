@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -87,6 +88,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // user; an endpoint that fails for a while gets the same webhook-id again
 // and the event after it recovers.
 func TestWebhookDelivery(t *testing.T) {
+	t.Parallel()
 	store, svc := quotatest.Embedded(t)
 	rc := newReceiver(t)
 	rc.failing.Store(3)
@@ -114,7 +116,7 @@ func TestWebhookDelivery(t *testing.T) {
 		}
 	}
 	d.Kick()
-	waitFor(t, "9 events delivered", func() bool { return len(rc.events()) == 9 })
+	waitFor(t, "9 events delivered", func() bool { return len(rc.events()) == 9 && d.Stats().Sent == 9 })
 	perUser := map[string][]string{}
 	for _, ce := range rc.events() {
 		if ce.Actor != "ops" || ce.Source != quota.DefaultEventSource {
@@ -142,6 +144,7 @@ func TestWebhookDelivery(t *testing.T) {
 // TestWebhookGivesUp: an endpoint that never takes an event holds it back
 // for a bounded number of attempts, then the next events go through.
 func TestWebhookGivesUp(t *testing.T) {
+	t.Parallel()
 	store, svc := quotatest.Embedded(t)
 	rc := newReceiver(t)
 	rc.failing.Store(4)
@@ -154,13 +157,16 @@ func TestWebhookGivesUp(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "the second event after the first was given up", func() bool { return len(rc.events()) == 1 })
+	// The receiver holds the event before the dispatcher has its answer
+	// and counts it sent.
+	waitFor(t, "the second event after the first was given up", func() bool { return len(rc.events()) == 1 && d.Stats().Sent == 1 })
 	if st := d.Stats(); st.GaveUp != 1 || st.Sent != 1 {
 		t.Fatalf("stats %+v", st)
 	}
 }
 
 func TestParseSecret(t *testing.T) {
+	t.Parallel()
 	for _, bad := range []string{"", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_!!", "whsec_c2hvcnQ="} {
 		if _, err := events.ParseSecret(bad); err == nil {
 			t.Errorf("%q accepted", bad)
@@ -174,6 +180,7 @@ func TestParseSecret(t *testing.T) {
 // TestRetention: with no sink at all, the dispatcher trims events older
 // than the retention.
 func TestRetention(t *testing.T) {
+	t.Parallel()
 	store, svc := quotatest.Embedded(t)
 	if _, err := svc.CreateUser(context.Background(), quota.NewUser{Name: "R", Email: "r@example.com"}); err != nil {
 		t.Fatal(err)
@@ -207,6 +214,7 @@ func run(t *testing.T, d *events.Dispatcher) (stop func()) {
 // TestDeadSinkHoldsBackOnlyItself: a webhook that never answers does not
 // delay another sink, even with per-sink delivery locks in place.
 func TestDeadSinkHoldsBackOnlyItself(t *testing.T) {
+	t.Parallel()
 	store, svc := quotatest.Embedded(t)
 	release := make(chan struct{})
 	dead := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -236,4 +244,82 @@ func TestDeadSinkHoldsBackOnlyItself(t *testing.T) {
 	}
 	d.Kick()
 	waitFor(t, "the live sink's delivery while the dead one hangs", func() bool { return len(rc.events()) == 1 })
+}
+
+// stoppingSink takes every event, and the first time it does, stops the
+// dispatcher it serves before answering: a reload or a clean stop that
+// comes the moment a delivery succeeded.
+type stoppingSink struct {
+	mu   sync.Mutex
+	got  []string
+	stop func()
+}
+
+func (s *stoppingSink) Name() string        { return "stopping" }
+func (s *stoppingSink) Accepts(string) bool { return true }
+func (s *stoppingSink) Deliver(_ context.Context, ev quota.CloudEvent, _ []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.got = append(s.got, ev.ID)
+	if s.stop != nil {
+		s.stop()
+		s.stop = nil
+	}
+	return nil
+}
+
+func (s *stoppingSink) ids() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.got)
+}
+
+// TestStopRightAfterADeliveryMovesTheCursor: an event delivered just as the
+// dispatcher stops is not delivered again by the next one (the cursor
+// moves even though the dispatcher's context has ended).
+func TestStopRightAfterADeliveryMovesTheCursor(t *testing.T) {
+	t.Parallel()
+	store, svc := quotatest.Embedded(t)
+	sink := &stoppingSink{}
+	start := func() (*events.Dispatcher, context.CancelFunc, chan struct{}) {
+		d, err := events.New(events.Options{Log: store, Sinks: []events.Sink{sink}, Holder: "test", Poll: 20 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); d.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-done })
+		select { // the sink's cursor is placed: the events from here on are its
+		case <-d.Ready():
+		case <-time.After(10 * time.Second):
+			t.Fatal("the dispatcher's sink not ready within 10s")
+		}
+		return d, cancel, done
+	}
+	_, cancel, done := start()
+	sink.mu.Lock()
+	sink.stop = cancel
+	sink.mu.Unlock()
+	if _, err := svc.CreateUser(context.Background(), quota.NewUser{Name: "S", Email: "s@example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the dispatcher did not stop")
+	}
+	first := sink.ids()
+	if len(first) != 1 {
+		t.Fatalf("delivered before the stop: %v", first)
+	}
+	start()
+	if _, err := svc.CreateUser(context.Background(), quota.NewUser{Name: "T", Email: "t@example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the second event", func() bool { return len(sink.ids()) >= 2 })
+	time.Sleep(100 * time.Millisecond) // a repeat of the first would come first
+	if got := sink.ids(); len(got) != 2 || got[0] != first[0] || got[1] == first[0] {
+		t.Fatalf("deliveries %v: the event delivered as the dispatcher stopped came again", got)
+	}
 }
