@@ -20,6 +20,7 @@ import (
 )
 
 func TestNew(t *testing.T) {
+	t.Parallel()
 	svc := newEnv(t).svc
 	tests := []struct {
 		name string
@@ -50,6 +51,7 @@ func TestNew(t *testing.T) {
 }
 
 func TestAuth(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	tests := []struct {
 		name   string
@@ -86,6 +88,7 @@ func TestAuth(t *testing.T) {
 }
 
 func TestKeysAndSecretsAreNeverLogged(t *testing.T) {
+	t.Parallel()
 	core, logs := observer.New(zapcore.DebugLevel)
 	e := newEnv(t, func(o *Options) { o.Logger = zap.New(core) })
 	e.do(t, req{method: "GET", path: "/users", key: "Bearer wrong-" + testKey})
@@ -113,6 +116,7 @@ func TestKeysAndSecretsAreNeverLogged(t *testing.T) {
 }
 
 func TestUserCRUD(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	var created createUserResponse
 	r := e.call(t, "POST", "/users", `{
@@ -191,6 +195,7 @@ func TestUserCRUD(t *testing.T) {
 }
 
 func TestCreateUserWithToken(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	exp := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
 	var out struct {
@@ -228,6 +233,7 @@ func TestCreateUserWithToken(t *testing.T) {
 }
 
 func TestPagination(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	var want []string
 	for i := range 7 {
@@ -283,6 +289,7 @@ func TestPagination(t *testing.T) {
 }
 
 func TestLookup(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	a := e.createUser(t, `{"name": "A", "email": "alice@example.com", "externalId": "ext-a"}`)
 	e.createUser(t, `{"name": "B", "email": "bob@example.com", "externalId": "ext-b"}`)
@@ -317,6 +324,7 @@ func TestLookup(t *testing.T) {
 }
 
 func TestConflicts(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	a := e.createUser(t, `{"name": "A", "email": "alice@example.com", "externalId": "ext-a"}`)
 	b := e.createUser(t, `{"name": "B", "email": "bob@example.com"}`)
@@ -341,6 +349,7 @@ func TestConflicts(t *testing.T) {
 }
 
 func TestNotFound(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	u := e.createUser(t, `{"name": "A", "email": "a@example.com"}`)
 	missing := quota.NewID()
@@ -388,6 +397,7 @@ func TestNotFound(t *testing.T) {
 }
 
 func TestBadRequests(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, func(o *Options) { o.MaxBodyBytes = 1024 })
 	u := e.createUser(t, `{"name": "A", "email": "a@example.com"}`)
 	users, limits, tokens := "/users", "/users/"+u.ID+"/limits", "/users/"+u.ID+"/tokens"
@@ -488,6 +498,7 @@ func TestBadRequests(t *testing.T) {
 }
 
 func TestTokens(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	u := e.createUser(t, `{"name": "A", "email": "a@example.com"}`)
 	base := "/users/" + u.ID + "/tokens"
@@ -557,6 +568,7 @@ func TestTokens(t *testing.T) {
 }
 
 func TestLimits(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	u := e.createUser(t, `{"name": "A", "email": "a@example.com", "limits": {"tokens": 1000}}`)
 	path := "/users/" + u.ID + "/limits"
@@ -584,6 +596,7 @@ func TestLimits(t *testing.T) {
 }
 
 func TestUsage(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	u := e.createUser(t, `{"name": "A", "email": "a@example.com", "limits": {"messages": 10, "tokens": {"limit": 1000, "per": "day"}}}`)
 	path := "/users/" + u.ID + "/usage"
@@ -646,6 +659,7 @@ func TestUsage(t *testing.T) {
 // TestOverHTTP runs a short walk through a real server and client, where
 // body limits and headers behave as they do in production.
 func TestOverHTTP(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, func(o *Options) { o.MaxBodyBytes = 256 })
 	srv := httptest.NewServer(e.h)
 	defer srv.Close()

@@ -15,6 +15,7 @@ import (
 // to the last page, users are found by email, external id or id, and the
 // event log is polled from its cursor.
 func TestClient(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	srv := httptest.NewServer(e.h)
 	t.Cleanup(srv.Close)

@@ -9,6 +9,7 @@ import (
 )
 
 func TestCredits(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	u := e.createUser(t, `{"name":"C","email":"c@example.com","credits":10}`)
 	path := "/users/" + u.ID + "/credits"

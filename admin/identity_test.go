@@ -16,6 +16,7 @@ import (
 // case), invisible and control characters are refused, lengths count
 // characters, and an external id can never break a header.
 func TestEmailsAndExternalIDs(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	// "é" precomposed and decomposed (e + U+0301) are one address.
 	composed := e.createUser(t, `{"name": "R", "email": "ren\u00e9@example.com"}`)
@@ -48,6 +49,7 @@ func TestEmailsAndExternalIDs(t *testing.T) {
 // top-ups, a top-up past it is refused without changing the balance, and
 // concurrent top-ups all count.
 func TestCreditBounds(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	for _, bad := range []string{"9223372036854775807", "1125899906842625", "-1"} {
 		problem(t, e.do(t, req{method: "POST", path: "/users", body: `{"name": "C", "email": "c@example.com", "credits": ` + bad + `}`}), http.StatusBadRequest, "credits")
@@ -90,6 +92,7 @@ func jsonString(s string) string {
 // TestLookupAndWarnings: a '+' in ?email= may come unencoded; a limit on a
 // resource that is not built in is accepted with a Warning header.
 func TestLookupAndWarnings(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	u := e.createUser(t, `{"name": "P", "email": "ada+test@example.com"}`)
 	var list struct{ Items []quota.User }

@@ -17,6 +17,7 @@ import (
 // given a limit, by any route that sets limits; a stored limit on one
 // (from before the rule) can still be removed.
 func TestInternalResources(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, func(o *Options) { o.ModelGroups = []string{"premium"} })
 	u := e.createUser(t, `{"name": "A", "email": "a@example.com", "limits": {"tokens": 5}}`)
 	user := "/users/" + u.ID

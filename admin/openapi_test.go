@@ -46,6 +46,7 @@ func openAPIRouter() (routers.Router, error) {
 // without a key, and names every route of the handler with the permission
 // the handler requires.
 func TestOpenAPIDocument(t *testing.T) {
+	t.Parallel()
 	if _, err := openAPIRouter(); err != nil {
 		t.Fatalf("the OpenAPI document: %v", err)
 	}

@@ -15,6 +15,7 @@ import (
 // the permission, nothing changed); wildcards grant their prefix. On both
 // stores.
 func TestAdminPermissions(t *testing.T) {
+	t.Parallel()
 	t.Run("embedded", func(t *testing.T) { testAdminPermissions(t, nil) })
 	t.Run("redis", func(t *testing.T) {
 		srv := redistest.Start(t)

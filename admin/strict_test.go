@@ -14,6 +14,7 @@ import (
 // changes nothing; the same key in two objects, or inside a string, is
 // fine.
 func TestDuplicateKeys(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, func(o *Options) { o.Roles = quota.Roles{"viewer": {"chatbots.read"}} })
 	u := e.createUser(t, `{"name": "A", "email": "a@example.com", "limits": {"tokens": 5}}`)
 	user := "/users/" + u.ID

@@ -13,6 +13,7 @@ import (
 // separators and invalid UTF-8, naming the field, as emails and external
 // ids do; ordinary text in any script is kept.
 func TestFreeTextFields(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, func(o *Options) { o.Roles = quota.Roles{"viewer": {"chatbots.read"}} })
 	u := e.createUser(t, `{"name": "Zoë 李 O'Brien-Smith", "email": "a@example.com"}`)
 	if u.Name != "Zoë 李 O'Brien-Smith" {

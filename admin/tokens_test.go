@@ -19,6 +19,7 @@ import (
 // holds for authentication at once, a token.updated event records it,
 // and every bad input is a 400 naming its field that changes nothing.
 func TestUpdateToken(t *testing.T) {
+	t.Parallel()
 	t.Run("embedded", func(t *testing.T) { testUpdateToken(t, newEnv(t)) })
 	t.Run("redis", func(t *testing.T) {
 		srv := redistest.Start(t)

@@ -13,6 +13,7 @@ import (
 // resource; with on, on the resolved resource (a resource that does not
 // resolve to a valid name is refused).
 func TestAuthorize(t *testing.T) {
+	t.Parallel()
 	roles := quota.Roles{"Chatter": {"chat"}, "Editor": {"chatbots.*"}}
 	user := func(grants ...quota.RoleGrant) *quota.User { return &quota.User{Roles: grants} }
 	on := func(role, resource string) quota.RoleGrant { return quota.RoleGrant{Role: role, Resource: resource} }

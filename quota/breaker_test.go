@@ -11,6 +11,7 @@ import (
 )
 
 func TestBreaker(t *testing.T) {
+	t.Parallel()
 	clock := testclock.At(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	b := NewBreaker(BreakerOptions{Failures: 3, Cooldown: time.Second, Clock: clock})
 	down := errors.New("connection refused")
@@ -55,6 +56,7 @@ func TestBreaker(t *testing.T) {
 }
 
 func TestLocalAllowance(t *testing.T) {
+	t.Parallel()
 	a := NewLocalAllowance(2, Minute)
 	now := time.Date(2026, 1, 1, 0, 0, 10, 0, time.UTC)
 	for i, want := range []bool{true, true, false} {

@@ -3,6 +3,7 @@ package quota
 import "testing"
 
 func TestCreditCost(t *testing.T) {
+	t.Parallel()
 	rates := []CreditRate{{Resource: "tokens", Credits: 1, Per: 1000}, {Resource: "messages", Credits: 2}}
 	tests := []struct {
 		name string

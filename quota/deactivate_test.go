@@ -17,6 +17,7 @@ import (
 // change) carries the amount, so that an operator can give it back with
 // a top-up once the user is enabled again.
 func TestDeactivationZeroesCreditsWithAnEvent(t *testing.T) {
+	t.Parallel()
 	svc, _, _, events := newService(t)
 	ctx := context.Background()
 	u, err := svc.CreateUser(ctx, quota.NewUser{Name: "C", Email: "c@example.com", Credits: 100})
@@ -75,6 +76,7 @@ func (f *failingReset) ResetUsage(ctx context.Context, userID string, resources 
 // the change again finishes it (before, the retry changed nothing and the
 // old spending was counted once the user was enabled and topped up).
 func TestDeactivationFinishedBySendingItAgain(t *testing.T) {
+	t.Parallel()
 	bs, err := boltstore.Open(boltstore.Options{Path: filepath.Join(t.TempDir(), "q.db")})
 	if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 )
 
 func TestNormalizePathAndAPIOf(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct {
 		path, norm string
 		api        API
@@ -42,6 +43,7 @@ func TestNormalizePathAndAPIOf(t *testing.T) {
 }
 
 func TestUnmeteredEndpoint(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct {
 		method, path string
 		upgrade      bool
@@ -96,6 +98,7 @@ func FuzzNormalizePath(f *testing.F) {
 }
 
 func TestAmbiguousPath(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct {
 		path      string
 		ambiguous bool

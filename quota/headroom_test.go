@@ -128,6 +128,7 @@ func openRedis(t *testing.T, srv *redistest.Server) *redisstore.Store {
 // node admits exactly min(N, L), mostly without a store call, on both
 // stores; the usage read afterwards is exact and holds no reservation.
 func TestSlicesOneNodeExact(t *testing.T) {
+	t.Parallel()
 	stores := map[string]func(t *testing.T) quota.Store{
 		"bolt": func(t *testing.T) quota.Store {
 			s, err := boltstore.Open(boltstore.Options{Path: filepath.Join(t.TempDir(), "q.db")})
@@ -163,6 +164,7 @@ func TestSlicesOneNodeExact(t *testing.T) {
 // same tenant, admit exactly the cap between them: a refusal while the
 // other node holds a slice recalls it.
 func TestSlicesTwoNodesExact(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	open := func() *redisstore.Store { return openRedis(t, srv) }
 	sa, sb := open(), open()
@@ -197,6 +199,7 @@ func TestSlicesTwoNodesExact(t *testing.T) {
 // slice goes back (idle, 200 ms); never is more than the cap admitted.
 // With a Broadcaster the refusal recalls the slice at once.
 func TestSliceHeldElsewhere(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	open := func() *redisstore.Store { return openRedis(t, srv) }
 	for _, recall := range []bool{false, true} {
@@ -255,6 +258,7 @@ func TestSliceHeldElsewhere(t *testing.T) {
 // holds a slice of the tenant gets the slice back first: one node is a
 // single counter whatever the mix of requests.
 func TestSliceGivenBackForAHeldRequest(t *testing.T) {
+	t.Parallel()
 	s, err := boltstore.Open(boltstore.Options{Path: filepath.Join(t.TempDir(), "q.db")})
 	if err != nil {
 		t.Fatal(err)
@@ -285,6 +289,7 @@ func TestSliceGivenBackForAHeldRequest(t *testing.T) {
 // TestNoSlices: with slices off (Caddyfile `slices off`) every request is
 // admitted by the store, however busy the tenant.
 func TestNoSlices(t *testing.T) {
+	t.Parallel()
 	s, err := boltstore.Open(boltstore.Options{Path: filepath.Join(t.TempDir(), "q.db")})
 	if err != nil {
 		t.Fatal(err)
@@ -314,6 +319,7 @@ func TestNoSlices(t *testing.T) {
 // change that ran slices on the service clock: 300 messages admitted, 20
 // left in the day's counter).
 func TestSlicesKeepWindowsWhenTheServiceClockMoves(t *testing.T) {
+	t.Parallel()
 	s, err := boltstore.Open(boltstore.Options{Path: filepath.Join(t.TempDir(), "q.db")})
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 // for itself, however it is set; a nil entry (removal) may. No resource
 // name can be one of the stores' own fields.
 func TestInternalResources(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct {
 		name     string
 		internal bool

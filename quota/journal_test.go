@@ -14,6 +14,7 @@ import (
 // drops an entry per request; the drops are one ERROR line a second, each
 // with how many it stands for, not one line per request.
 func TestJournalDropsLogOncePerSecond(t *testing.T) {
+	t.Parallel()
 	core, logs := observer.New(zapcore.ErrorLevel)
 	clock := testclock.At(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	j := newJournal(nil, zap.New(core), 10, clock)

@@ -9,6 +9,7 @@ import (
 )
 
 func TestLimitsJSON(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		in, out, errField string
 	}{
@@ -60,6 +61,7 @@ func TestLimitsJSON(t *testing.T) {
 }
 
 func TestLimitsMerge(t *testing.T) {
+	t.Parallel()
 	base := Limits{"a": {{Limit: 1}}, "b": {{Limit: 2}}}
 	got := base.Merge(Limits{"b": nil, "c": {{Limit: 3, Per: Day}}})
 	out, _ := json.Marshal(got)
@@ -72,6 +74,7 @@ func TestLimitsMerge(t *testing.T) {
 }
 
 func TestWindows(t *testing.T) {
+	t.Parallel()
 	at := func(s string) time.Time {
 		v, err := time.Parse(time.RFC3339, s)
 		if err != nil {
@@ -106,6 +109,7 @@ func TestWindows(t *testing.T) {
 }
 
 func TestApplyCharges(t *testing.T) {
+	t.Parallel()
 	now := time.Date(2026, 3, 1, 12, 0, 30, 0, time.UTC)
 	counters := map[string]CounterState{}
 	step := func(amount, limit int64, per Period, at time.Time, allowed bool, used int64) {
@@ -122,6 +126,7 @@ func TestApplyCharges(t *testing.T) {
 }
 
 func TestTokenSecret(t *testing.T) {
+	t.Parallel()
 	seen := map[string]bool{}
 	for i := 0; i < 100; i++ {
 		s, err := NewTokenSecret()

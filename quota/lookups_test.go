@@ -14,6 +14,7 @@ import (
 // cursor and an unknown type; roles granted and revoked by name; the
 // service's stats count cache hits.
 func TestServiceLookupsAndRoles(t *testing.T) {
+	t.Parallel()
 	svc, _, _, _ := newService(t)
 	ctx := context.Background()
 	var ids []string

@@ -19,6 +19,7 @@ var readmeGroups = quota.ModelGroups{
 // refused unless the operator allows unmatched models, and a route priced
 // per group refuses it whatever the policy (it would be free).
 func TestModelRefusal(t *testing.T) {
+	t.Parallel()
 	noPremium := &quota.User{Limits: quota.Limits{"tokens.premium": {{Limit: 0}}}}
 	open := &quota.User{}
 	groupPriced := []quota.CreditRate{{Resource: "tokens.premium", Credits: 10, Per: 1000}, {Resource: "tokens.small", Credits: 1, Per: 1000}}

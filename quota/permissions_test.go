@@ -6,6 +6,7 @@ import (
 )
 
 func TestPermissionMatches(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct {
 		pattern, perm string
 		want          bool
@@ -87,6 +88,7 @@ func FuzzResource(f *testing.F) {
 }
 
 func TestGlobMatch(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct {
 		pattern, name string
 		want          bool

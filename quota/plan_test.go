@@ -37,6 +37,7 @@ func amountOf(uses []quota.Use, resource string) int64 {
 }
 
 func TestPlanReservations(t *testing.T) {
+	t.Parallel()
 	strict, estimate := quota.Route{}, quota.Route{Reserve: quota.ReserveEstimate}
 	hello := `{"model":"m","messages":[{"role":"user","content":"hello"}]`
 	tests := []struct {
@@ -91,6 +92,7 @@ func TestPlanReservations(t *testing.T) {
 }
 
 func TestPlanOpaqueBody(t *testing.T) {
+	t.Parallel()
 	p := (&quota.Route{}).Plan(quota.MeterUses{}, quota.TokenRequest{API: quota.APIChat, Size: 1 << 20})
 	if in := amountOf(p.Uses(), quota.ResourceInputTokens); in != 1<<20 {
 		t.Fatalf("a body the gateway cannot read reserves its size: %d", in)
@@ -110,6 +112,7 @@ func TestPlanOpaqueBody(t *testing.T) {
 }
 
 func TestPlanTokensClampAndHangUp(t *testing.T) {
+	t.Parallel()
 	p := plan(t, quota.Route{Reserve: quota.ReserveEstimate}, quota.APIChat, `{"messages":[{"role":"user","content":"`+strings.Repeat("w", 28)+`"}],"max_tokens":100}`)
 	got := p.Tokens(quota.Outcome{Status: 200, Reported: llmusage.Usage{InputTokens: math.MaxInt64, OutputTokens: math.MaxInt64, Found: true}})
 	if got.Input != quota.MaxLimit || got.Output != quota.MaxLimit {
@@ -131,6 +134,7 @@ func TestPlanTokensClampAndHangUp(t *testing.T) {
 }
 
 func TestPlanCreatedKeys(t *testing.T) {
+	t.Parallel()
 	route := quota.Route{}
 	p := route.Plan(quota.MeterUses{Created: []quota.Use{{Resource: "files", Amount: 1}}}, quota.TokenRequest{})
 	if held := p.Uses()[1]; held.Resource != "files" || held.Hold <= 0 && route.Hold > 0 {
@@ -149,6 +153,7 @@ func TestPlanCreatedKeys(t *testing.T) {
 // less left than the default, is served with the largest maximum that
 // fits; one with its own maximum is refused, saying what it asked for.
 func TestAdmitFitsTheOutput(t *testing.T) {
+	t.Parallel()
 	svc, _, _, _ := newService(t)
 	ctx := context.Background()
 	u, err := svc.CreateUser(ctx, quota.NewUser{Name: "S", Email: "s@example.com", Limits: quota.Limits{"tokens": {{Limit: 1000}}}})
@@ -271,6 +276,7 @@ func (d *downOnce) Admit(ctx context.Context, userID, requestID string, charges 
 // outcome was unknown (on_store_error allow) is counted once, and its
 // settlement still replaces its reservation with what it used.
 func TestForcedTicketSettles(t *testing.T) {
+	t.Parallel()
 	svc, cs, _, _ := newService(t)
 	d := &downOnce{Store: cs.Store}
 	svc2, err := quota.NewService(quota.Options{Store: d})
@@ -314,6 +320,7 @@ func TestForcedTicketSettles(t *testing.T) {
 
 // TestPlanChoices: n (or best_of) completions may each use the maximum.
 func TestPlanChoices(t *testing.T) {
+	t.Parallel()
 	p := plan(t, quota.Route{}, quota.APIChat, `{"messages":[{"role":"user","content":"hi"}],"max_tokens":100,"n":5}`)
 	if out := amountOf(p.Uses(), quota.ResourceOutputTokens); out != 500 {
 		t.Fatalf("n 5 × max_tokens 100 reserved %d output tokens", out)
@@ -333,6 +340,7 @@ func TestPlanChoices(t *testing.T) {
 // TestPlanChatOutputField: the maximum can be written as
 // max_completion_tokens, which OpenAI's reasoning models require.
 func TestPlanChatOutputField(t *testing.T) {
+	t.Parallel()
 	route := quota.Route{ChatOutputField: llmusage.FieldMaxCompletionTokens}
 	if field, _, _ := plan(t, route, quota.APIChat, `{"messages":[]}`).OutputMax(); field != "max_completion_tokens" {
 		t.Fatalf("chat field %q", field)

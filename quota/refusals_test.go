@@ -15,6 +15,7 @@ import (
 // refused from memory, costing the store next to nothing; a change of its
 // limits (a new user object) or a reset lets it through again at once.
 func TestRefusalsAreCheap(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	store := openRedis(t, srv)
 	n := newSliceNode(t, store, nil, true)
@@ -59,6 +60,7 @@ func TestRefusalsAreCheap(t *testing.T) {
 // cap: what is served after the reset, on both nodes, stays within the new
 // cap (before, B's give-back subtracted its slice from the zeroed counter).
 func TestResetRecallsOtherNodesSlices(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	sa, sb := openRedis(t, srv), openRedis(t, srv)
 	a, b := newSliceNode(t, sa, sa.Broadcaster(), false), newSliceNode(t, sb, sb.Broadcaster(), false)
@@ -118,6 +120,7 @@ func waitFor(t *testing.T, cond func() bool) {
 // TestTokenRefusalsAreCheap: an LLM tenant at a full token cap is refused
 // from memory too, in general terms (not the first request's).
 func TestTokenRefusalsAreCheap(t *testing.T) {
+	t.Parallel()
 	n := newSliceNode(t, openRedis(t, redistest.Start(t)), nil, true)
 	ctx := context.Background()
 	u, err := n.svc.CreateUser(ctx, quota.NewUser{Name: "L", Email: "l@example.com", Limits: quota.Limits{"tokens": {{Limit: 0}}}})
@@ -130,12 +133,16 @@ func TestTokenRefusalsAreCheap(t *testing.T) {
 	}
 	p := authenticate(t, n.svc, tok.Secret)
 	for i := range 500 {
+		before := n.admits.Load()
 		_, err := n.svc.AdmitPrincipal(ctx, p, plan(t, quota.Route{}, quota.APIChat, `{"messages":[{"role":"user","content":"hi"}],"max_tokens":`+strconv.Itoa(10+i)+`}`), n.svc.Now())
 		var le *quota.LimitError
 		if !errors.As(err, &le) || le.State.Resource != "tokens" {
 			t.Fatalf("request %d: %v", i, err)
 		}
-		if i > 0 && le.Request != "" {
+		// A refusal from memory is in general terms; one the store gave
+		// (the first, or one after the remembered refusal lapsed on a busy
+		// machine: at most 5, below) speaks of its own request.
+		if fromMemory := n.admits.Load() == before; fromMemory && le.Request != "" {
 			t.Fatalf("a remembered refusal speaks of another request: %q", le.Request)
 		}
 	}
@@ -149,6 +156,7 @@ func TestTokenRefusalsAreCheap(t *testing.T) {
 // so a capped tenant on many connections costs the store about one
 // script per refusalTTL, not one per connection.
 func TestRefusalHerdAtExpiry(t *testing.T) {
+	t.Parallel()
 	n := newSliceNode(t, openRedis(t, redistest.Start(t)), nil, true)
 	p, _ := secretTenant(t, n.svc, 1)
 	if !n.admit(t, p) || n.admit(t, p) {

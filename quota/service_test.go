@@ -49,6 +49,7 @@ func newService(t testing.TB) (*quota.Service, *countingStore, *testclock.Clock,
 }
 
 func TestServiceAuthenticateAndCache(t *testing.T) {
+	t.Parallel()
 	svc, cs, clock, _ := newService(t)
 	ctx := context.Background()
 	u, err := svc.CreateUser(ctx, quota.NewUser{Name: "Ada", Email: " Ada@Example.COM "})
@@ -128,6 +129,7 @@ func TestServiceAuthenticateAndCache(t *testing.T) {
 }
 
 func TestServiceValidation(t *testing.T) {
+	t.Parallel()
 	svc, _, _, _ := newService(t)
 	ctx := context.Background()
 	long := make([]byte, 250)
@@ -161,6 +163,7 @@ func TestServiceValidation(t *testing.T) {
 }
 
 func TestServiceAdmitAndUsage(t *testing.T) {
+	t.Parallel()
 	svc, _, _, events := newService(t)
 	ctx := context.Background()
 	u, err := svc.CreateUser(ctx, quota.NewUser{Name: "A", Email: "a@example.com", Limits: quota.Limits{
@@ -213,6 +216,7 @@ func TestServiceAdmitAndUsage(t *testing.T) {
 }
 
 func TestReservedInUsage(t *testing.T) {
+	t.Parallel()
 	svc, _, _, _ := newService(t)
 	ctx := context.Background()
 	u, err := svc.CreateUser(ctx, quota.NewUser{Name: "R", Email: "r@example.com", Limits: quota.Limits{"tokens": {{Limit: 1000}}}})
@@ -261,6 +265,7 @@ func TestReservedInUsage(t *testing.T) {
 // TestTune: a running service takes a new cache TTL (a config reload keeps
 // the service but may change its tuning).
 func TestTune(t *testing.T) {
+	t.Parallel()
 	svc, cs, clock, _ := newService(t)
 	ctx := context.Background()
 	u, err := svc.CreateUser(ctx, quota.NewUser{Name: "T", Email: "t@example.com"})

@@ -24,6 +24,7 @@ func fieldOf(err error) string {
 // external ids refuse (invalid UTF-8, control, format and line-separator
 // characters), also from Go callers that no JSON decoder cleans up.
 func TestFreeText(t *testing.T) {
+	t.Parallel()
 	svc, _, _, _ := newService(t)
 	ctx := context.Background()
 	u, err := svc.CreateUser(ctx, quota.NewUser{Name: "Zoë 李", Email: "ok@example.com"})

@@ -17,6 +17,7 @@ import (
 // a runaway app's token is not handed a fresh budget. The usage report
 // shows that use.
 func TestTokenLimitSetLater(t *testing.T) {
+	t.Parallel()
 	svc, _, _, _ := newService(t)
 	ctx := context.Background()
 	u, err := svc.CreateUser(ctx, quota.NewUser{Name: "T", Email: "t@example.com"})
@@ -74,6 +75,7 @@ func TestTokenLimitSetLater(t *testing.T) {
 // the token too took a second place per key in the user's distinct-key
 // cap, so the cap was reached at half the conversations (found by review).
 func TestTokenKeyedUseNeedsALimit(t *testing.T) {
+	t.Parallel()
 	svc, _, _, _ := newService(t)
 	ctx := context.Background()
 	u, err := svc.CreateUser(ctx, quota.NewUser{Name: "K", Email: "k@example.com", Limits: quota.Limits{"conversations": {{Limit: 100}}}})
@@ -111,6 +113,7 @@ func TestTokenKeyedUseNeedsALimit(t *testing.T) {
 // (before the cap) can still be disabled, topped up and trimmed (found by
 // review: every change to such a user was a 400).
 func TestLimitCapKeepsOlderUsersChangeable(t *testing.T) {
+	t.Parallel()
 	svc, cs, _, _ := newService(t)
 	ctx := context.Background()
 	u, err := svc.CreateUser(ctx, quota.NewUser{Name: "Old", Email: "old@example.com"})
@@ -157,6 +160,7 @@ func (s lateDelete) DeleteToken(ctx context.Context, userID, tokenID string, eve
 // nothing (404) and the token no longer authenticates (found by review:
 // it stayed cached, admitted, for the cache TTL).
 func TestRevokeThatTimesOutStillClearsTheCache(t *testing.T) {
+	t.Parallel()
 	_, cs, _, _ := newService(t)
 	svc, err := quota.NewService(quota.Options{Store: lateDelete{cs.Store}, CacheTTL: time.Hour})
 	if err != nil {
@@ -211,6 +215,7 @@ func (s lateUpdate) UpdateUser(ctx context.Context, u *quota.User, events ...quo
 // that lands but answers with an error leaves no cache serving the token
 // or the user as they were.
 func TestChangeThatTimesOutStillClearsTheCache(t *testing.T) {
+	t.Parallel()
 	_, cs, _, _ := newService(t)
 	plain, err := quota.NewService(quota.Options{Store: cs.Store})
 	if err != nil {

@@ -46,6 +46,7 @@ func messagesBackend(t *testing.T, seenKeys *[]string) *httptest.Server {
 // before the backend, the stream's usage is metered, and at the cap the
 // SDK gets one clean error that it does not retry.
 func TestAnthropicClient(t *testing.T) {
+	t.Parallel()
 	var keys []string
 	be := messagesBackend(t, &keys)
 	g := startGateway(t, "", strings.TrimPrefix(be.URL, "http://"))
@@ -100,6 +101,7 @@ func TestAnthropicClient(t *testing.T) {
 // api-key, the first present; token_header changes the list; every listed
 // header is removed before the backend.
 func TestTokenHeaders(t *testing.T) {
+	t.Parallel()
 	be := newBackend(t)
 	g := startGateway(t, "", strings.TrimPrefix(be.URL, "http://"))
 	c := g.tenant(t, map[string]any{"name": "H", "email": "headers@example.com"})
@@ -135,6 +137,7 @@ func TestTokenHeaders(t *testing.T) {
 // error-chain suffixes, and GET /quota (no trailing slash) reaches the
 // admin API through the example's redirect.
 func TestTenantFacingText(t *testing.T) {
+	t.Parallel()
 	g := startGatewayWith(t, "", "redir /quota /quota/ 308", "", strings.TrimPrefix(newBackend(t).URL, "http://"))
 	c := g.tenant(t, map[string]any{"name": "E", "email": "text@example.com"})
 	wantStatus(t, call(t, "DELETE", g.url+"/quota/users/"+c.User.ID+"/tokens/"+c.Token.ID, adminKey, nil, nil), http.StatusNoContent)

@@ -26,6 +26,7 @@ func run(t *testing.T, dir string, env []string, name string, args ...string) st
 }
 
 func TestListModules(t *testing.T) {
+	t.Parallel()
 	out := run(t, "", nil, caddyBin, "list-modules")
 	for _, id := range moduleIDs {
 		if !strings.Contains(out, "\n"+id+"\n") {
@@ -37,6 +38,7 @@ func TestListModules(t *testing.T) {
 // TestExampleCaddyfile: Caddyfile.example is caddy fmt clean and adapts
 // and validates.
 func TestExampleCaddyfile(t *testing.T) {
+	t.Parallel()
 	example := filepath.Join("..", "..", "Caddyfile.example")
 	src, err := os.ReadFile(example)
 	if err != nil {
@@ -54,6 +56,7 @@ func TestExampleCaddyfile(t *testing.T) {
 // through a replace and imports its root package, exactly as xcaddy
 // generates it.
 func TestXcaddyStyleBuild(t *testing.T) {
+	t.Parallel()
 	root, err := filepath.Abs(filepath.Join("..", ".."))
 	if err != nil {
 		t.Fatal(err)
@@ -95,7 +98,9 @@ func main() {
 	if runtime.GOOS == "windows" {
 		bin += ".exe"
 	}
-	run(t, dir, env, "go", "build", "-o", bin, ".")
+	// xcaddy's default -ldflags (without its -trimpath, which would compile
+	// every package a second time into the build cache).
+	run(t, dir, env, "go", "build", "-ldflags", "-w -s", "-o", bin, ".")
 	out := run(t, dir, nil, bin, "list-modules")
 	for _, id := range moduleIDs {
 		if !strings.Contains(out, "\n"+id+"\n") {
@@ -109,6 +114,7 @@ func main() {
 // wrong. Syntax summaries (with <placeholders>) are skipped; a snippet of
 // directives is put in a site block, and global options alone get one.
 func TestReadmeCaddyfiles(t *testing.T) {
+	t.Parallel()
 	src, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
 	if err != nil {
 		t.Fatal(err)
@@ -157,6 +163,7 @@ func TestReadmeCaddyfiles(t *testing.T) {
 // TestEmptyAdminKeyNamesTheVariable: an admin key whose environment
 // variable is unset is refused, naming the variable.
 func TestEmptyAdminKeyNamesTheVariable(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "Caddyfile")
 	cfg := "{\n\ttenant_quota {\n\t\tadmin_key {env.TQ_ADMIN_KEY} {env.TQ_UNSET_OLD_KEY}\n\t}\n}\n:8080 {\n\trespond ok\n}\n"
@@ -176,6 +183,7 @@ func TestEmptyAdminKeyNamesTheVariable(t *testing.T) {
 // holds the embedded store's file lock (the validate-then-reload
 // workflow).
 func TestValidateNextToRunningGateway(t *testing.T) {
+	t.Parallel()
 	g := startGateway(t, "", "127.0.0.1:1")
 	env := append(os.Environ(), "TQ_E2E_ADMIN_KEY="+adminKey, "XDG_DATA_HOME="+g.dataDir, "XDG_CONFIG_HOME="+g.dataDir)
 	for _, args := range [][]string{
@@ -196,6 +204,7 @@ func TestValidateNextToRunningGateway(t *testing.T) {
 // every admin call as a tenant request; such a config does not start, and
 // says why.
 func TestSiteLevelQuotaRefused(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "Caddyfile")
 	cfg := fmt.Sprintf(`{

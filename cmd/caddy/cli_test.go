@@ -29,11 +29,13 @@ func quotaCLI(t *testing.T, g *gateway, wantFail bool, args ...string) string {
 
 // TestCLI: the caddy quota subcommands on the real binary, on both stores.
 func TestCLI(t *testing.T) {
+	t.Parallel()
 	if out, err := exec.Command(caddyBin, "help").CombinedOutput(); err != nil || !strings.Contains(string(out), "quota") {
 		t.Fatalf("caddy help does not list quota: %v\n%s", err, out)
 	}
 	for _, st := range allStores() {
 		t.Run(st.name, func(t *testing.T) {
+			t.Parallel()
 			g := startGateway(t, st.opts(t), strings.TrimPrefix(newBackend(t).URL, "http://"))
 			out := quotaCLI(t, g, false, "users", "create", "--name", "Ada", "--email", "ada@example.com", "--external-id", "crm-1", "--limits", `{"messages": 3}`, "--credits", "5", "--token")
 			if !strings.Contains(out, "ada@example.com") || !strings.Contains(out, "tq_") {
@@ -106,8 +108,10 @@ func TestCLI(t *testing.T) {
 // to Redis (and to a Cluster) with caddy quota migrate, and the tenant's
 // old token works there, with its usage.
 func TestMigrateCommand(t *testing.T) {
+	t.Parallel()
 	for _, target := range []string{"redis", "cluster"} {
 		t.Run(target, func(t *testing.T) {
+			t.Parallel()
 			be := strings.TrimPrefix(newBackend(t).URL, "http://")
 			g := startGateway(t, "", be)
 			c := g.tenant(t, map[string]any{"name": "Mig", "email": "mig@example.com", "limits": map[string]any{"messages": 5}})
@@ -149,8 +153,10 @@ func TestMigrateCommand(t *testing.T) {
 // kept events, then each new one as it is written, every event once
 // (before, it printed the last page again every second). On both stores.
 func TestCLIEventsTailFollow(t *testing.T) {
+	t.Parallel()
 	for _, st := range allStores() {
 		t.Run(st.name, func(t *testing.T) {
+			t.Parallel()
 			g := startGateway(t, st.opts(t), strings.TrimPrefix(newBackend(t).URL, "http://"))
 			var ids []string
 			create := func(i int) {

@@ -98,8 +98,10 @@ func eventsOpts(h *hookReceiver) string {
 // webhook that verifies its signature, in order per user, with the named
 // admin key as actor; GET /events lists the same. On both stores.
 func TestEventsWebhook(t *testing.T) {
+	t.Parallel()
 	for _, st := range allStores() {
 		t.Run(st.name, func(t *testing.T) {
+			t.Parallel()
 			h := newHookReceiver(t)
 			g := startGateway(t, st.opts(t)+"\n\t\t"+eventsOpts(h), strings.TrimPrefix(newBackend(t).URL, "http://"))
 			const ops = "ops-admin-key-0123456789"
@@ -176,6 +178,7 @@ func TestEventsWebhook(t *testing.T) {
 // split across two gateways on one Redis, fire exactly one 80 % and one
 // 100 % event; on the embedded store the same with one gateway.
 func TestThresholdsExactlyOnce(t *testing.T) {
+	t.Parallel()
 	run := func(t *testing.T, a, b *gateway, h *hookReceiver) {
 		c := a.tenant(t, map[string]any{"name": "C", "email": "c50@example.com", "limits": map[string]any{"messages": 50}})
 		counts := burst(200, func(i int) *http.Request {
@@ -206,11 +209,13 @@ func TestThresholdsExactlyOnce(t *testing.T) {
 		}
 	}
 	t.Run("embedded", func(t *testing.T) {
+		t.Parallel()
 		h := newHookReceiver(t)
 		g := startGateway(t, eventsOpts(h), strings.TrimPrefix(newBackend(t).URL, "http://"))
 		run(t, g, g, h)
 	})
 	t.Run("redis two gateways", func(t *testing.T) {
+		t.Parallel()
 		h := newHookReceiver(t)
 		opts := "redis redis://" + redistest.Start(t).Addr() + "/0\n\t\t" + eventsOpts(h)
 		be := strings.TrimPrefix(newBackend(t).URL, "http://")
@@ -224,8 +229,10 @@ func TestThresholdsExactlyOnce(t *testing.T) {
 // id; a receiver that answers 500 for a while gets the event once it
 // recovers, under the same webhook-id. On both stores.
 func TestEventsSurviveACrash(t *testing.T) {
+	t.Parallel()
 	for _, st := range allStores() {
 		t.Run(st.name, func(t *testing.T) {
+			t.Parallel()
 			h := newHookReceiver(t)
 			h.down.Store(true)
 			g := startGateway(t, st.opts(t)+"\n\t\t"+eventsOpts(h), strings.TrimPrefix(newBackend(t).URL, "http://"))
@@ -235,9 +242,7 @@ func TestEventsSurviveACrash(t *testing.T) {
 				defer h.mu.Unlock()
 				return len(h.attempts) > 0
 			})
-			g.cmd.Process.Kill()
-			g.cmd.Wait()
-			g.cmd = nil
+			g.kill()
 			if len(h.events()) != 0 {
 				t.Fatal("an event was taken while the receiver was down")
 			}

@@ -157,8 +157,10 @@ func send(t *testing.T, url, token, contentType, body string) (int, string) {
 // TestHardCaps: each way a tenant got past a token cap (issue 7), on both
 // stores, as a regression test.
 func TestHardCaps(t *testing.T) {
+	t.Parallel()
 	for _, st := range allStores() {
 		t.Run(st.name, func(t *testing.T) {
+			t.Parallel()
 			be := newHonestBackend(t)
 			g := startGateway(t, st.opts(t), strings.TrimPrefix(be.URL, "http://"))
 			chatURL := g.url + "/v1/chat/completions"
@@ -336,12 +338,15 @@ func TestHardCaps(t *testing.T) {
 // request got a 5xx. On the embedded store, and on two gateways sharing
 // Redis.
 func TestAdversarialTraffic(t *testing.T) {
+	t.Parallel()
 	t.Run("embedded", func(t *testing.T) {
+		t.Parallel()
 		be := newHonestBackend(t)
 		g := startGateway(t, "", strings.TrimPrefix(be.URL, "http://"))
 		adversarial(t, g, g)
 	})
 	t.Run("redis two gateways", func(t *testing.T) {
+		t.Parallel()
 		be := newHonestBackend(t)
 		opts := "redis redis://" + redistest.Start(t).Addr() + "/0"
 		a := startGateway(t, opts, strings.TrimPrefix(be.URL, "http://"))
@@ -468,8 +473,10 @@ func adversarial(t *testing.T, a, b *gateway) {
 // is forwarded and charged by its size, and one that is not JSON is
 // charged its estimate even when the backend refuses it: never 0.
 func TestEstimateLargeBodies(t *testing.T) {
+	t.Parallel()
 	for _, st := range allStores() {
 		t.Run(st.name, func(t *testing.T) {
+			t.Parallel()
 			be := newHonestBackend(t)
 			g := startGatewayWith(t, st.opts(t), "", "reserve estimate", strings.TrimPrefix(be.URL, "http://"))
 			c := g.tenant(t, map[string]any{"name": "B", "email": "b@example.com", "limits": map[string]any{"tokens": 100000000}})
@@ -495,8 +502,10 @@ func TestEstimateLargeBodies(t *testing.T) {
 // concurrent top-ups of 1 add exactly 50, a disable racing top-ups sticks
 // (the token stops working), and credits keep the bound of top-ups.
 func TestAdminWritesAtomic(t *testing.T) {
+	t.Parallel()
 	for _, st := range allStores() {
 		t.Run(st.name, func(t *testing.T) {
+			t.Parallel()
 			g := startGateway(t, st.opts(t), "127.0.0.1:1")
 			wantStatus(t, call(t, "POST", g.url+"/quota/users", adminKey, map[string]any{"name": "B", "email": "bound@example.com", "credits": int64(1) << 62}, nil), http.StatusBadRequest)
 			c := g.tenant(t, map[string]any{"name": "A", "email": "atomic@example.com"})

@@ -68,8 +68,10 @@ func chat(t *testing.T, url, token, body string) *http.Response {
 // stream that did not ask for usage is made to) and a backend header, on
 // both stores, and the reservation is settled to it.
 func TestTokenMetering(t *testing.T) {
+	t.Parallel()
 	for _, st := range allStores() {
 		t.Run(st.name, func(t *testing.T) {
+			t.Parallel()
 			be, _ := llmBackend(t)
 			g := startGateway(t, st.opts(t), strings.TrimPrefix(be.URL, "http://"))
 			created := g.tenant(t, map[string]any{
@@ -115,8 +117,10 @@ func TestTokenMetering(t *testing.T) {
 // request reserves its estimate (prompt + max_tokens) before it is
 // forwarded and settles to the real usage after.
 func TestTokenReservations(t *testing.T) {
+	t.Parallel()
 	for _, st := range allStores() {
 		t.Run(st.name, func(t *testing.T) {
+			t.Parallel()
 			be, hits := llmBackend(t)
 			g := startGateway(t, st.opts(t), strings.TrimPrefix(be.URL, "http://"))
 			const capTokens = 1000
@@ -145,6 +149,7 @@ func TestTokenReservations(t *testing.T) {
 // counted (the backend may have spent all of it): a crash never gives a
 // tenant tokens back. Nothing shows as reserved any more.
 func TestCrashedNodeKeepsReservation(t *testing.T) {
+	t.Parallel()
 	release := make(chan struct{})
 	hung := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select { // hold the request until the test ends
@@ -167,9 +172,7 @@ func TestCrashedNodeKeepsReservation(t *testing.T) {
 	// A strict reservation: max_tokens and a bound of the prompt.
 	var reserved int64
 	eventually(t, "the reservation", func() bool { reserved = a.used(t, created.User.ID, "tokens"); return reserved > 500 })
-	a.cmd.Process.Kill() // a crash: no settlement
-	a.cmd.Wait()
-	a.cmd = nil
+	a.kill() // a crash: no settlement
 
 	b := startGatewayWith(t, opts, "", "reservation_ttl 1s", strings.TrimPrefix(hung.URL, "http://"))
 	if got := b.used(t, created.User.ID, "tokens"); got != reserved {

@@ -15,8 +15,10 @@ import (
 // a failed create counts nothing; a fixed-amount meter charges every
 // matching request. On both stores.
 func TestObjectMeters(t *testing.T) {
+	t.Parallel()
 	for _, st := range allStores() {
 		t.Run(st.name, func(t *testing.T) {
+			t.Parallel()
 			var hits atomic.Int64
 			be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				hits.Add(1)
@@ -86,8 +88,10 @@ func TestObjectMeters(t *testing.T) {
 // id, from a header or from a JSON body field; a new conversation over the
 // cap is refused, an existing one goes on. On both stores.
 func TestConversationMeter(t *testing.T) {
+	t.Parallel()
 	for _, st := range allStores() {
 		t.Run(st.name, func(t *testing.T) {
+			t.Parallel()
 			be := newBackend(t)
 			site := "@chat path /v1/chat/completions"
 			meters := "meter conversations @chat key {header.X-Conversation-ID}\n\t\t\tmeter threads /v1/threads key {http.quota.body.thread_id}"
@@ -142,8 +146,10 @@ func TestConversationMeter(t *testing.T) {
 // of the balance they get 402 insufficient_credits before reaching the
 // backend; a top-up lets them through again.
 func TestCredits(t *testing.T) {
+	t.Parallel()
 	for _, st := range allStores() {
 		t.Run(st.name, func(t *testing.T) {
+			t.Parallel()
 			be, hits := llmBackend(t)
 			g := startGatewayWith(t, st.opts(t), "", "reserve estimate\n\t\t\tcredits messages 2\n\t\t\tcredits tokens 1 per 10", strings.TrimPrefix(be.URL, "http://"))
 			created := g.tenant(t, map[string]any{
@@ -193,8 +199,10 @@ func TestCredits(t *testing.T) {
 // existed, frees nothing, even when the backend answers 2xx. On both
 // stores.
 func TestKeyedObjectMeters(t *testing.T) {
+	t.Parallel()
 	for _, st := range allStores() {
 		t.Run(st.name, func(t *testing.T) {
+			t.Parallel()
 			var n atomic.Int64
 			be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				io.Copy(io.Discard, r.Body)

@@ -42,8 +42,10 @@ func scrape(t *testing.T, g *gateway) (string, map[string]float64) {
 // the plugin's metrics, moved by the right amounts, with bounded labels,
 // and the exposition passes promlint.
 func TestMetrics(t *testing.T) {
+	t.Parallel()
 	for _, st := range allStores() {
 		t.Run(st.name, func(t *testing.T) {
+			t.Parallel()
 			be := newHonestBackend(t)
 			g := startGatewayWith(t, st.opts(t), "", "credits messages 1", strings.TrimPrefix(be.URL, "http://"))
 			c := g.tenant(t, map[string]any{"name": "M", "email": "metrics@example.com", "credits": 100, "limits": map[string]any{"messages": 3}})

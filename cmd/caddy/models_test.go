@@ -28,8 +28,10 @@ func chatBody(model string, maxTokens int) map[string]any {
 // and reaches no backend; limits name only defined groups; usage?by=model
 // breaks the use down. On both stores.
 func TestModelGroups(t *testing.T) {
+	t.Parallel()
 	for _, st := range allStores() {
 		t.Run(st.name, func(t *testing.T) {
+			t.Parallel()
 			be := newHonestBackend(t)
 			g := startGatewayWith(t, st.opts(t)+"\n\t\t"+groupsOpts, "", groupPrices, strings.TrimPrefix(be.URL, "http://"))
 			c := g.tenant(t, map[string]any{"name": "G", "email": "groups@example.com", "credits": 1000,
@@ -76,6 +78,7 @@ func TestModelGroups(t *testing.T) {
 // TestModelGroupCapConcurrent: 200 concurrent premium requests against
 // tokens.premium = 5000, over two gateways sharing Redis, never exceed it.
 func TestModelGroupCapConcurrent(t *testing.T) {
+	t.Parallel()
 	be := newHonestBackend(t)
 	opts := "redis redis://" + redistest.Start(t).Addr() + "/0\n\t\t" + groupsOpts
 	a := startGateway(t, opts, strings.TrimPrefix(be.URL, "http://"))
@@ -99,6 +102,7 @@ func TestModelGroupCapConcurrent(t *testing.T) {
 // TestOpenAIClientModelOutsidePlan: the official OpenAI client naming a
 // model outside the plan gets a clean 403 that it does not retry.
 func TestOpenAIClientModelOutsidePlan(t *testing.T) {
+	t.Parallel()
 	g := startGateway(t, groupsOpts, strings.TrimPrefix(newHonestBackend(t).URL, "http://"))
 	c := g.tenant(t, map[string]any{"name": "O", "email": "outside@example.com", "limits": map[string]any{"tokens.pro": 0}})
 	counting, seen := countingProxy(t, g)
@@ -120,6 +124,7 @@ func TestOpenAIClientModelOutsidePlan(t *testing.T) {
 // TestUnmatchedModelsRefused: with unmatched_models refuse, a model in no
 // group, or no model, is a 403 before the backend.
 func TestUnmatchedModelsRefused(t *testing.T) {
+	t.Parallel()
 	be := newHonestBackend(t)
 	g := startGateway(t, groupsOpts+"\n\t\tunmatched_models refuse", strings.TrimPrefix(be.URL, "http://"))
 	c := g.tenant(t, map[string]any{"name": "U", "email": "unmatched@example.com"})

@@ -21,6 +21,7 @@ import (
 // usage the client did not request), and at the cap it gets a clean error
 // that it does not retry.
 func TestOpenAIClient(t *testing.T) {
+	t.Parallel()
 	be, _ := llmBackend(t)
 	g := startGateway(t, "", strings.TrimPrefix(be.URL, "http://"))
 	created := g.tenant(t, map[string]any{
@@ -72,6 +73,7 @@ func TestOpenAIClient(t *testing.T) {
 // fits into the request), until the cap; then it gets one 429 that the
 // client does not retry, and the cap held.
 func TestOpenAIClientSmallCap(t *testing.T) {
+	t.Parallel()
 	be := newHonestBackend(t)
 	g := startGateway(t, "", strings.TrimPrefix(be.URL, "http://"))
 	created := g.tenant(t, map[string]any{"name": "Small", "email": "small-sdk@example.com", "limits": map[string]any{"tokens": 1000}})

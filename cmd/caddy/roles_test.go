@@ -16,6 +16,7 @@ import (
 // backend and is charged nothing; a revocation on one gateway is enforced
 // on the other within a second. Two gateways on one Redis.
 func TestRolesAndScopes(t *testing.T) {
+	t.Parallel()
 	be := newBackend(t)
 	opts := "redis redis://" + redistest.Start(t).Addr() + "/0\n\t\trole ChatbotEditor chatbots.read chatbots.users.*\n\t\trole Viewer chatbots.read"
 	handler := "require chatbots.users.list on chatbots/{http.request.uri.path.2}"
@@ -102,8 +103,10 @@ func decodeJSON(resp *http.Response, v any) error {
 // Redis, over two gateways) admit exactly 60, neither token over its cap;
 // a 429 from a token's cap names the token.
 func TestTokenLimits(t *testing.T) {
+	t.Parallel()
 	for _, st := range allStores() {
 		t.Run(st.name, func(t *testing.T) {
+			t.Parallel()
 			be := strings.TrimPrefix(newBackend(t).URL, "http://")
 			opts := st.opts(t)
 			a := startGateway(t, opts, be)
@@ -175,6 +178,7 @@ func TestTokenLimits(t *testing.T) {
 // (and its token's own limits); another tenant's token sees only its own;
 // a scoped token needs usage.read; reading charges nothing.
 func TestSelfServiceUsage(t *testing.T) {
+	t.Parallel()
 	site := "handle /quota-self/usage {\n\t\ttenant_quota_usage\n\t}"
 	g := startGatewayWith(t, "", site, "", strings.TrimPrefix(newBackend(t).URL, "http://"))
 	a := g.tenant(t, map[string]any{"name": "A", "email": "self-a@example.com", "credits": 7, "limits": map[string]any{"messages": 5}})
@@ -225,6 +229,7 @@ func TestSelfServiceUsage(t *testing.T) {
 // TestRequireWithRegexpPlaceholder: the README's shape, a resource taken
 // from a path_regexp capture.
 func TestRequireWithRegexpPlaceholder(t *testing.T) {
+	t.Parallel()
 	be := strings.TrimPrefix(newBackend(t).URL, "http://")
 	site := "@listUsers path_regexp cbu ^/v1/chatbots/([^/]+)/users$\n\thandle @listUsers {\n\t\ttenant_quota {\n\t\t\trequire chatbots.users.list on chatbots/{re.cbu.1}\n\t\t}\n\t\treverse_proxy " + be + "\n\t}"
 	g := startGatewayWith(t, "role ChatbotViewer chatbots.read chatbots.users.list", site, "", be)
@@ -240,6 +245,7 @@ func TestRequireWithRegexpPlaceholder(t *testing.T) {
 // checked the scopes alone, so a tenant with no role went through with an
 // unscoped token.
 func TestRequireWithoutOn(t *testing.T) {
+	t.Parallel()
 	g := startGatewayWith(t, "role Chatter chat", "", "require chat", strings.TrimPrefix(newBackend(t).URL, "http://"))
 	c := g.tenant(t, map[string]any{"name": "S", "email": "scope-only@example.com"})
 	wantStatus(t, call(t, "POST", g.url+"/v1/chat/completions", c.Token.Token, map[string]any{}, nil), http.StatusForbidden)
@@ -261,6 +267,7 @@ func TestRequireWithoutOn(t *testing.T) {
 // require, and a path cannot be checked as one chatbot and served as
 // another.
 func TestRequireNextToCatchAll(t *testing.T) {
+	t.Parallel()
 	be := newBackend(t)
 	addr := strings.TrimPrefix(be.URL, "http://")
 	site := "@listUsers quota_path cbu ^/v1/workspaces/[^/]+/chatbots/([^/]+)/users$\n\thandle @listUsers {\n\t\ttenant_quota {\n\t\t\trequire chatbots.users.list on chatbots/{re.cbu.1}\n\t\t}\n\t\treverse_proxy " + addr + "\n\t}"

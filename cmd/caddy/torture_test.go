@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -248,6 +247,7 @@ func tortureRounds(t *testing.T) (seed uint64, rounds int) {
 }
 
 func TestTorture(t *testing.T) {
+	t.Parallel()
 	seed, rounds := tortureRounds(t)
 	t.Logf("seed %d, %d rounds (TQ_TORTURE_SEED=%d TQ_TORTURE_ROUNDS=%d reproduces)", seed, rounds, seed, rounds)
 	t.Run("redis", func(t *testing.T) { torture(t, seed, rounds, true) })
@@ -551,9 +551,7 @@ func tortureTraffic(t *testing.T, rng *rand.Rand, gws []*gateway, tenants []*tor
 		}
 	case "kill-gateway":
 		g := gws[len(gws)-1]
-		g.cmd.Process.Signal(syscall.SIGKILL)
-		g.cmd.Wait()
-		g.cmd = nil
+		g.kill()
 		*killed = true
 		heal = func() { g.start(t, g.caddyfile) }
 	case "restart-gateway":

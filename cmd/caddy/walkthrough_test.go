@@ -18,6 +18,7 @@ import (
 // answer the README shows after "# =>" comes, in order, with "…" standing
 // for what differs between runs.
 func TestReadmeWalkthroughAsWritten(t *testing.T) {
+	t.Parallel()
 	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
 	if err != nil {
 		t.Fatal(err)
@@ -133,6 +134,7 @@ func walkthroughAnswers(script string) []string {
 // between stores: caddy quota migrate copies users and tokens (tested by
 // TestMigrateCommand), and no sentence says they cannot be moved.
 func TestReadmeSaysWhatMigrateDoes(t *testing.T) {
+	t.Parallel()
 	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
 	if err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 )
 
 func TestFindDuplicate(t *testing.T) {
+	t.Parallel()
 	many := func(dup bool) string {
 		var b strings.Builder
 		b.WriteString("{")
@@ -144,6 +145,7 @@ func BenchmarkFindDuplicate(b *testing.B) {
 }
 
 func TestFindDuplicateFold(t *testing.T) {
+	t.Parallel()
 	if d := FindDuplicateFold([]byte(`{"name":"a","NAME":"b"}`)); d == nil || d.Key != "NAME" {
 		t.Fatalf("case variants: %+v", d)
 	}

@@ -10,6 +10,7 @@ import (
 )
 
 func TestConformance(t *testing.T) {
+	t.Parallel()
 	storetest.Run(t, func(t *testing.T) quota.Store {
 		s, err := boltstore.Open(boltstore.Options{Path: filepath.Join(t.TempDir(), "quota.db"), Thresholds: storetest.Thresholds})
 		if err != nil {

@@ -10,6 +10,7 @@ import (
 // without a scan of the live ones (a scan per admission made the embedded
 // store ten times slower under load).
 func TestRequestRecordsExpireInOrder(t *testing.T) {
+	t.Parallel()
 	e := &entry{}
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	for i := 0; i < 5000; i++ {

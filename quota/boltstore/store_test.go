@@ -133,6 +133,7 @@ func usageOfCopy(t *testing.T, path, userID string) (int64, error) {
 var messages = quota.Charge{Resource: "messages", Limit: 50, Amount: 1}
 
 func TestOpenCreatesDirectoryAndFile(t *testing.T) {
+	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "a", "b")
 	path := filepath.Join(dir, "quota.db")
 	s := open(t, boltstore.Options{Path: path})
@@ -152,6 +153,7 @@ func TestOpenCreatesDirectoryAndFile(t *testing.T) {
 }
 
 func TestOpenOptionsErrors(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name string
 		opts boltstore.Options
@@ -170,6 +172,7 @@ func TestOpenOptionsErrors(t *testing.T) {
 }
 
 func TestSecondOpenFailsWithLockedError(t *testing.T) {
+	t.Parallel()
 	path := dbPath(t)
 	open(t, boltstore.Options{Path: path})
 	_, err := boltstore.Open(boltstore.Options{Path: path})
@@ -179,6 +182,7 @@ func TestSecondOpenFailsWithLockedError(t *testing.T) {
 }
 
 func TestDataSurvivesReopen(t *testing.T) {
+	t.Parallel()
 	path := dbPath(t)
 	clock := testclock.At(time.Date(2025, 3, 10, 12, 0, 0, 0, time.UTC))
 	s := open(t, boltstore.Options{Path: path, Clock: clock})
@@ -224,6 +228,7 @@ func TestDataSurvivesReopen(t *testing.T) {
 }
 
 func TestBackgroundFlushSurvivesCrash(t *testing.T) {
+	t.Parallel()
 	path := dbPath(t)
 	s := open(t, boltstore.Options{Path: path, FlushInterval: 10 * time.Millisecond})
 	u := createUser(t, s, "a@example.com", "")
@@ -246,6 +251,7 @@ func TestBackgroundFlushSurvivesCrash(t *testing.T) {
 }
 
 func TestFlushAndResetAreWrittenThrough(t *testing.T) {
+	t.Parallel()
 	path := dbPath(t)
 	// No background flush during the test: every write below is explicit.
 	s := open(t, boltstore.Options{Path: path, FlushInterval: time.Hour})
@@ -271,6 +277,7 @@ func TestFlushAndResetAreWrittenThrough(t *testing.T) {
 }
 
 func TestConcurrentAdmissionSurvivesReopen(t *testing.T) {
+	t.Parallel()
 	path := dbPath(t)
 	s := open(t, boltstore.Options{Path: path, FlushInterval: time.Millisecond})
 	u := createUser(t, s, "a@example.com", "")
@@ -313,6 +320,7 @@ func TestConcurrentAdmissionSurvivesReopen(t *testing.T) {
 }
 
 func TestWindowRollover(t *testing.T) {
+	t.Parallel()
 	path := dbPath(t)
 	clock := &testclock.Clock{}
 	s := open(t, boltstore.Options{Path: path, Clock: clock})
@@ -370,6 +378,7 @@ func TestWindowRollover(t *testing.T) {
 }
 
 func TestDeleteUserIsNotResurrectedByFlush(t *testing.T) {
+	t.Parallel()
 	path := dbPath(t)
 	s := open(t, boltstore.Options{Path: path, FlushInterval: time.Millisecond})
 	u := createUser(t, s, "a@example.com", "")
@@ -414,6 +423,7 @@ func TestDeleteUserIsNotResurrectedByFlush(t *testing.T) {
 }
 
 func TestListTokensOfUnknownUser(t *testing.T) {
+	t.Parallel()
 	s := open(t, boltstore.Options{Path: dbPath(t)})
 	if _, err := s.ListTokens(context.Background(), "nope"); !errors.Is(err, quota.ErrNotFound) {
 		t.Fatalf("ListTokens(unknown): got %v, want ErrNotFound", err)
@@ -421,6 +431,7 @@ func TestListTokensOfUnknownUser(t *testing.T) {
 }
 
 func TestTouchTokensNeverMovesBack(t *testing.T) {
+	t.Parallel()
 	s := open(t, boltstore.Options{Path: dbPath(t)})
 	u := createUser(t, s, "a@example.com", "")
 	tok := createToken(t, s, u)
@@ -438,6 +449,7 @@ func TestTouchTokensNeverMovesBack(t *testing.T) {
 }
 
 func TestClosedStore(t *testing.T) {
+	t.Parallel()
 	s := open(t, boltstore.Options{Path: dbPath(t)})
 	u := createUser(t, s, "a@example.com", "")
 	mustClose(t, s)
@@ -455,6 +467,7 @@ func TestClosedStore(t *testing.T) {
 }
 
 func TestCanceledContext(t *testing.T) {
+	t.Parallel()
 	s := open(t, boltstore.Options{Path: dbPath(t)})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -469,6 +482,7 @@ func TestCanceledContext(t *testing.T) {
 // TestDistinctKeysSurviveReopen: the keys of distinct charges are written
 // with the counters, and counters in the first file format still load.
 func TestDistinctKeysSurviveReopen(t *testing.T) {
+	t.Parallel()
 	path := dbPath(t)
 	s := open(t, boltstore.Options{Path: path})
 	u := createUser(t, s, "k@example.com", "")
@@ -509,6 +523,7 @@ func TestDistinctKeysSurviveReopen(t *testing.T) {
 // and get their reservations back as free room in the next); it survives
 // a reopen with its window.
 func TestLeaseReleasesOnlyItsWindow(t *testing.T) {
+	t.Parallel()
 	for _, reopen := range []bool{false, true} {
 		t.Run(fmt.Sprint("reopen=", reopen), func(t *testing.T) { testLeaseWindow(t, reopen) })
 	}
@@ -550,6 +565,7 @@ func testLeaseWindow(t *testing.T, reopen bool) {
 // its data (in memory and on disk) without end; a remembered key counts
 // once, one past the cap each time.
 func TestDistinctKeysBounded(t *testing.T) {
+	t.Parallel()
 	const capKeys = 40
 	s := open(t, boltstore.Options{Path: filepath.Join(t.TempDir(), "q.db"), DistinctKeys: capKeys})
 	ctx := context.Background()

@@ -70,6 +70,7 @@ func mustJSON(t *testing.T, v any) string {
 // attributes and data of the body sent and of the change it reports; the
 // standard-webhooks signature over the same body still verifies.
 func TestWebhookDeliveryIsStructuredCloudEvent(t *testing.T) {
+	t.Parallel()
 	wh, err := standardwebhooks.NewWebhook(secret)
 	if err != nil {
 		t.Fatal(err)

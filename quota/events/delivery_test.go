@@ -88,6 +88,7 @@ func startHook(t *testing.T, log quota.EventLog, url string) (stop func()) {
 // the retained backlog; one restarted with the same URL resumes where it
 // was. On Redis, no key or cursor holds the URL's secrets.
 func TestChangedWebhookStartsFromNewEvents(t *testing.T) {
+	t.Parallel()
 	for _, kind := range storeKinds {
 		for _, form := range []struct {
 			name string
@@ -175,6 +176,7 @@ func assertNoSecretInRedis(t *testing.T, rdb *redis.Client) {
 // URL as its cursor name before; under its new name it takes over that
 // cursor instead of starting from new events.
 func TestRenamedWebhookResumes(t *testing.T) {
+	t.Parallel()
 	for _, kind := range storeKinds {
 		t.Run(kind.name, func(t *testing.T) {
 			log, svc, _ := kind.open(t)
@@ -214,6 +216,7 @@ func TestRenamedWebhookResumes(t *testing.T) {
 // delivery lease (it would deliver nothing while holding it), yet still
 // trims old events; the node with a webhook delivers.
 func TestSinklessNodeNeverLeads(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	storeA, svc := quotatest.Redis(t, srv)
 	storeB, _ := quotatest.Redis(t, srv)

@@ -23,6 +23,7 @@ import (
 // header of the JSON event format, and a value the CloudEvents SDK reads
 // as a valid event.
 func TestKafkaDelivery(t *testing.T) {
+	t.Parallel()
 	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, "tenant-quota-events"))
 	if err != nil {
 		t.Fatal(err)

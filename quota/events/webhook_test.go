@@ -43,6 +43,7 @@ func logText(logs *observer.ObservedLogs) string {
 // endpoint refuses the connection or answers 500, reports and logs the
 // webhook as scheme://host/path, never with its userinfo or its query.
 func TestWebhookURLSecretsNeverShown(t *testing.T) {
+	t.Parallel()
 	failing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusInternalServerError)
 	}))
@@ -108,6 +109,7 @@ func TestWebhookURLSecretsNeverShown(t *testing.T) {
 // TestNewWebhookErrorsHideURLSecrets: a configuration error names the
 // webhook without its secrets.
 func TestNewWebhookErrorsHideURLSecrets(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct {
 		name string
 		opts events.WebhookOptions
@@ -129,6 +131,7 @@ func TestNewWebhookErrorsHideURLSecrets(t *testing.T) {
 }
 
 func TestRedactURL(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct{ in, want string }{
 		{"https://example.com/hook", "https://example.com/hook"},
 		{"https://user:pass@example.com:8443/hook?token=t#f", "https://example.com:8443/hook"},

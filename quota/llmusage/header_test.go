@@ -3,6 +3,7 @@ package llmusage
 import "testing"
 
 func TestFromHeader(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		value string
 		want  Usage

@@ -10,6 +10,7 @@ import (
 )
 
 func TestObserverFixtures(t *testing.T) {
+	t.Parallel()
 	for _, fx := range fixtures {
 		t.Run(fx.file, func(t *testing.T) {
 			data := readFixture(t, fx.file)
@@ -43,6 +44,7 @@ func TestObserverFixtures(t *testing.T) {
 
 // Every fixture cut in two at every position gives the fixture's usage.
 func TestObserverEverySplit(t *testing.T) {
+	t.Parallel()
 	for _, fx := range fixtures {
 		t.Run(fx.file, func(t *testing.T) {
 			data := readFixture(t, fx.file)
@@ -56,6 +58,7 @@ func TestObserverEverySplit(t *testing.T) {
 }
 
 func TestObserverContentTypes(t *testing.T) {
+	t.Parallel()
 	sse := readFixture(t, "anthropic_stream.sse")
 	body := readFixture(t, "anthropic_message.json")
 	tests := []struct {
@@ -95,6 +98,7 @@ func TestObserverContentTypes(t *testing.T) {
 // A client that goes away mid-stream is charged for what the backend had
 // reported by then.
 func TestObserverDisconnect(t *testing.T) {
+	t.Parallel()
 	anthropic := readFixture(t, "anthropic_stream.sse")
 	chat := readFixture(t, "openai_chat_stream.sse")
 	responses := readFixture(t, "openai_responses_stream.sse")
@@ -179,6 +183,7 @@ func gzipPrefix(t *testing.T, data []byte, marker string) []byte {
 
 // Usage can be asked for mid-stream and the stream then goes on.
 func TestObserverUsageMidStream(t *testing.T) {
+	t.Parallel()
 	data := readFixture(t, "anthropic_stream.sse")
 	i := bytes.Index(data, []byte("event: message_delta"))
 	o := NewObserver(ctSSE, "", Options{})
@@ -198,6 +203,7 @@ func TestObserverUsageMidStream(t *testing.T) {
 }
 
 func TestObserverJSONMidBody(t *testing.T) {
+	t.Parallel()
 	data := readFixture(t, "openai_chat.json")
 	o := NewObserver(ctJSON, "", Options{})
 	o.Write(data[:len(data)/2])
@@ -213,6 +219,7 @@ func TestObserverJSONMidBody(t *testing.T) {
 // Anthropic's message_delta usage is cumulative: the latest wins, and a
 // delta that repeats the input counts replaces them.
 func TestObserverAnthropicCumulative(t *testing.T) {
+	t.Parallel()
 	start := `{"type":"message_start","message":{"usage":{"input_tokens":10,"cache_read_input_tokens":5,"output_tokens":1}}}`
 	tests := []struct {
 		name   string
@@ -259,6 +266,7 @@ func TestObserverAnthropicCumulative(t *testing.T) {
 }
 
 func TestObserverOversized(t *testing.T) {
+	t.Parallel()
 	big := strings.Repeat("x", 4096)
 	start := `{"type":"message_start","message":{"usage":{"input_tokens":25,"output_tokens":1}}}`
 	tests := []struct {
@@ -315,6 +323,7 @@ func TestObserverOversized(t *testing.T) {
 // The memory an SSE observer holds stays near MaxEventBytes whatever the
 // event sizes and chunking.
 func TestObserverMemoryBounded(t *testing.T) {
+	t.Parallel()
 	const limit = 1024
 	line := "data: " + strings.Repeat("y", 100*limit) + "\n"
 	body := []byte(line + line + "\n" + line + "\r\n")
@@ -331,6 +340,7 @@ func TestObserverMemoryBounded(t *testing.T) {
 }
 
 func TestObserverMalformed(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		ct   string
@@ -373,6 +383,7 @@ func TestObserverMalformed(t *testing.T) {
 // Malformed gzip never blocks a Write or Close and never leaks the
 // decompressing goroutine.
 func TestObserverGzipNoLeak(t *testing.T) {
+	t.Parallel()
 	body := readFixture(t, "anthropic_stream.sse")
 	good := gzipped(t, body, true)
 	corrupt := bytes.Clone(good)
@@ -419,6 +430,7 @@ func TestObserverGzipNoLeak(t *testing.T) {
 }
 
 func TestUsageTotal(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		u    Usage
 		want int64

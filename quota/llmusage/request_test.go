@@ -10,6 +10,7 @@ import (
 // TestParseRequestEstimate: the rule-of-thumb estimate counts prompt text
 // alone, and the fields the gateway reads.
 func TestParseRequestEstimate(t *testing.T) {
+	t.Parallel()
 	image := strings.Repeat("A", 10000)
 	tests := []struct {
 		name                 string
@@ -78,6 +79,7 @@ func TestParseRequestEstimate(t *testing.T) {
 }
 
 func TestAddIncludeUsage(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name    string
 		body    string
@@ -149,6 +151,7 @@ func compact(t *testing.T, raw json.RawMessage) string {
 // TestParseRequestRefuses: an output maximum or stream a backend could read
 // differently from the gateway is refused, naming the field.
 func TestParseRequestRefuses(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct{ body, field string }{
 		{`{"max_tokens":9223372036854775807}`, "max_tokens"},
 		{`{"max_tokens":1125899906842625}`, "max_tokens"},
@@ -194,6 +197,7 @@ func TestParseRequestRefuses(t *testing.T) {
 // another API's, so naming one is refused, naming the field and the one to
 // use.
 func TestParseRequestForRefusesOtherAPIsFields(t *testing.T) {
+	t.Parallel()
 	chat := []string{FieldMaxTokens, FieldMaxCompletionTokens}
 	for _, tt := range []struct {
 		name   string
@@ -232,6 +236,7 @@ func TestParseRequestForRefusesOtherAPIsFields(t *testing.T) {
 // TestParseRequestBound: the strict bound counts every byte a model may be
 // shown (tools, keys, numbers), and parts instead of their binary payloads.
 func TestParseRequestBound(t *testing.T) {
+	t.Parallel()
 	image := strings.Repeat("A", 10000)
 	body := `{"model":"m","tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}],
 		"messages":[{"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"data:image/png;base64,` + image + `"}},
@@ -252,6 +257,7 @@ func TestParseRequestBound(t *testing.T) {
 // TestParseRequestStateAndServerTools: input the backend holds or makes
 // itself is told apart from what the body carries.
 func TestParseRequestStateAndServerTools(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct {
 		body          string
 		state, server bool

@@ -8,6 +8,7 @@ import (
 // TestSSEParsing checks the event stream rules that decide which bytes make
 // up an event's data, using a usage object as the probe.
 func TestSSEParsing(t *testing.T) {
+	t.Parallel()
 	const u = `{"usage":{"output_tokens":5}}`
 	found := Usage{OutputTokens: 5, Found: true}
 	tests := []struct {
@@ -60,6 +61,7 @@ func TestSSEParsing(t *testing.T) {
 // A CR at the end of one write and an LF at the start of the next are one
 // line end, not a line end and a blank line.
 func TestSSECRLFAcrossWrites(t *testing.T) {
+	t.Parallel()
 	o := NewObserver(ctSSE, "", Options{})
 	for _, p := range []string{"data: {\"usage\":\r", "\n", "data: {\"output_tokens\":5}}\r", "", "\n", "\r\n"} {
 		o.Write([]byte(p))

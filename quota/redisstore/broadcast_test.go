@@ -54,6 +54,7 @@ func warm(t *testing.T, svc *quota.Service, secret string) *quota.Principal {
 }
 
 func TestCrossNodeInvalidation(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	a, _ := node(t, srv)
 	b, storeB := node(t, srv)

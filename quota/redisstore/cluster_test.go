@@ -18,22 +18,23 @@ import (
 )
 
 func TestConformanceCluster(t *testing.T) {
+	t.Parallel()
 	c := redistest.StartCluster(t)
+	var n atomic.Int64
 	storetest.Run(t, func(t *testing.T) quota.Store {
-		c.FlushAll(t)
-		return newClusterStore(t, c)
+		return newClusterStore(t, c, fmt.Sprintf("tq%d", n.Add(1)))
 	})
 }
 
 // newClusterStore returns a Store on a client of c, closed when t ends, that
 // fails t if any command it sends, even one whose error the store ignores,
 // is refused for touching keys of more than one slot.
-func newClusterStore(t *testing.T, c *redistest.Cluster) *Store {
+func newClusterStore(t *testing.T, c *redistest.Cluster, prefix string) *Store {
 	t.Helper()
 	rdb := c.Client(t)
 	hook := &slotErrors{}
 	rdb.AddHook(hook)
-	s, err := New(Options{Client: rdb, Thresholds: storetest.Thresholds})
+	s, err := New(Options{Client: rdb, Thresholds: storetest.Thresholds, Prefix: prefix})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,6 +99,7 @@ func (h *slotErrors) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 // TestCluster runs the cluster-only tests on one cluster, flushed before
 // each.
 func TestCluster(t *testing.T) {
+	t.Parallel()
 	c := redistest.StartCluster(t)
 	for _, tt := range []struct {
 		name string
@@ -153,7 +155,7 @@ func testSlotHookSeesCrossSlot(t *testing.T, c *redistest.Cluster) {
 // releases, key deletions of a removed user), over users spread across all
 // three masters; newClusterStore fails the test on any cross-slot reply.
 func testNoCrossSlot(t *testing.T, c *redistest.Cluster) {
-	s := newClusterStore(t, c)
+	s := newClusterStore(t, c, "")
 	ctx := testContext(t)
 
 	const n = 30
@@ -272,7 +274,7 @@ func nodeOf(t *testing.T, c *redistest.Cluster) func(key string) string {
 // testClusterConcurrentAdmit admits concurrently for two users whose keys
 // live on different masters: 200 requests each against a cap of 50.
 func testClusterConcurrentAdmit(t *testing.T, c *redistest.Cluster) {
-	s := newClusterStore(t, c)
+	s := newClusterStore(t, c, "")
 	node := nodeOf(t, c)
 	ids := []string{quota.NewID()}
 	for len(ids) < 2 {

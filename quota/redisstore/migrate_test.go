@@ -22,6 +22,7 @@ func openBolt(t *testing.T) *boltstore.Store {
 // TestMigrate: from the embedded store to Redis, to a Redis Cluster, and
 // back from Redis to the embedded store (a rollback).
 func TestMigrate(t *testing.T) {
+	t.Parallel()
 	t.Run("embedded to redis", func(t *testing.T) {
 		storetest.Migrate(t, openBolt(t), newStore(t, redistest.Start(t), Options{}))
 	})
@@ -29,6 +30,6 @@ func TestMigrate(t *testing.T) {
 		storetest.Migrate(t, newStore(t, redistest.Start(t), Options{}), openBolt(t))
 	})
 	t.Run("embedded to cluster", func(t *testing.T) {
-		storetest.Migrate(t, openBolt(t), newClusterStore(t, redistest.StartCluster(t)))
+		storetest.Migrate(t, openBolt(t), newClusterStore(t, redistest.StartCluster(t), ""))
 	})
 }

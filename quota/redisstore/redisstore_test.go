@@ -20,10 +20,12 @@ import (
 )
 
 func TestConformance(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
+	var n atomic.Int64
 	storetest.Run(t, func(t *testing.T) quota.Store {
-		srv.FlushAll(t)
-		return newStore(t, srv, Options{Thresholds: storetest.Thresholds})
+		// One key prefix per test: they run side by side on one server.
+		return newStore(t, srv, Options{Thresholds: storetest.Thresholds, Prefix: fmt.Sprintf("tq%d", n.Add(1))})
 	})
 }
 
@@ -78,6 +80,7 @@ func hashTag(key string) string {
 }
 
 func TestHashTagHelper(t *testing.T) {
+	t.Parallel()
 	for key, want := range map[string]string{
 		"tq:{abc}:user": "abc",
 		"tq:{}:user":    "tq:{}:user",
@@ -92,6 +95,7 @@ func TestHashTagHelper(t *testing.T) {
 }
 
 func TestKeysCarryUserHashTag(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	s := newStore(t, srv, Options{})
 	ctx := testContext(t)
@@ -162,6 +166,7 @@ func TestKeysCarryUserHashTag(t *testing.T) {
 }
 
 func TestPrefix(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	a := newStore(t, srv, Options{Prefix: "one"})
 	b := newStore(t, srv, Options{Prefix: "two"})
@@ -177,6 +182,7 @@ func TestPrefix(t *testing.T) {
 }
 
 func TestNewChecksOptions(t *testing.T) {
+	t.Parallel()
 	if _, err := New(Options{}); err == nil {
 		t.Error("New without a client succeeded")
 	}
@@ -193,6 +199,7 @@ func TestNewChecksOptions(t *testing.T) {
 // TestWindowStartLua checks the script's calendar arithmetic against
 // quota.Period.Window on chosen dates and on random instants up to 2400.
 func TestWindowStartLua(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	rdb := srv.Client(t)
 	script := redis.NewScript(luaWindowStart + `
@@ -253,6 +260,7 @@ return out
 // TestAdmitStaleWindow plants counters from the previous month and the
 // current one: only the current one counts against the limit.
 func TestAdmitStaleWindow(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	s := newStore(t, srv, Options{})
 	rdb := srv.Client(t)
@@ -303,6 +311,7 @@ func TestAdmitStaleWindow(t *testing.T) {
 // TestAdmitMatchesApplyCharges replays random charges through the script
 // and quota.ApplyCharges at the store's time and compares every outcome.
 func TestAdmitMatchesApplyCharges(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	s := newStore(t, srv, Options{})
 	ctx := testContext(t)
@@ -359,6 +368,7 @@ func equalInts(a, b []int64) bool {
 }
 
 func TestAdmitLargeNumbers(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	s := newStore(t, srv, Options{})
 	ctx := testContext(t)
@@ -383,6 +393,7 @@ func TestAdmitLargeNumbers(t *testing.T) {
 }
 
 func TestConcurrentAdmit(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	s := newStore(t, srv, Options{})
 	id := quota.NewID()
@@ -422,6 +433,7 @@ func TestConcurrentAdmit(t *testing.T) {
 }
 
 func TestConcurrentCreateSameEmail(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	s := newStore(t, srv, Options{})
 	const n = 20
@@ -451,6 +463,7 @@ func TestConcurrentCreateSameEmail(t *testing.T) {
 // half-way: a permanent key whose user is gone is taken over, a pending
 // claim is respected until it expires.
 func TestIndexRecovery(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	s := newStore(t, srv, Options{})
 	rdb := srv.Client(t)
@@ -487,6 +500,7 @@ func TestIndexRecovery(t *testing.T) {
 }
 
 func TestListUsersSkipsMissingRecords(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	s := newStore(t, srv, Options{})
 	rdb := srv.Client(t)
@@ -511,6 +525,7 @@ func TestListUsersSkipsMissingRecords(t *testing.T) {
 }
 
 func TestDefaultDeadline(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	s := newStore(t, srv, Options{Timeout: 100 * time.Millisecond})
 	rdb := srv.Client(t)
@@ -530,6 +545,7 @@ func TestDefaultDeadline(t *testing.T) {
 }
 
 func TestParseURL(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		in       string
 		kind     string // which client NewUniversalClient builds: single, cluster or failover
@@ -634,6 +650,7 @@ func clientKind(c redis.UniversalClient) string {
 // TestSentinel admits through the failover client that a redis-sentinel://
 // URL configures, and finds the count on the master the Sentinel names.
 func TestSentinel(t *testing.T) {
+	t.Parallel()
 	master := redistest.Start(t)
 	sentinel := redistest.StartSentinel(t, master, "tq-master")
 	opts, err := ParseURL("redis-sentinel://" + sentinel.Addr() + "/tq-master")
@@ -664,6 +681,7 @@ func TestSentinel(t *testing.T) {
 // TestParseURLNeverEchoes: whatever the typo, an error never repeats a
 // password.
 func TestParseURLNeverEchoes(t *testing.T) {
+	t.Parallel()
 	for _, u := range []string{
 		"redis:/:s3cretpw@host", "host:port :s3cretpw@h", "redis://:s3cretpw@ho st:6379", "redis://:s3cretpw@host:abc",
 		"rediss-cluster://:s3cretpw@h1:1,h2:x", "redis-sentinel://:s3cretpw@s1", "redis://user:s3cretpw@[::1",
@@ -686,6 +704,7 @@ func TestParseURLNeverEchoes(t *testing.T) {
 // end; a lease body of the older format ("resource|period|amount")
 // releases from the current window.
 func TestLeaseReleasesOnlyItsWindow(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	s := newStore(t, srv, Options{})
 	ctx := testContext(t)
@@ -751,6 +770,7 @@ func oneOfEach(ctx context.Context, t *testing.T, s *Store, id string, plain, he
 // (not one per request, as a record key each did); a held request whose
 // record is gone still counts as admitted while its lease holds.
 func TestNoKeyPerRequest(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	s := newStore(t, srv, Options{})
 	ctx := testContext(t)
@@ -793,6 +813,7 @@ func TestNoKeyPerRequest(t *testing.T) {
 // records stay within three hashes of RecordsPerHash each; the recent ones
 // still make admissions, settlements and cancels count exactly once.
 func TestRecordsBounded(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	const perHash = 50
 	s := newStore(t, srv, Options{RecordsPerHash: perHash})
@@ -864,6 +885,7 @@ func TestRecordsBounded(t *testing.T) {
 // ids it makes up) keeps at most DistinctKeys of them in Redis; past the
 // cap a new key still counts (more, never less).
 func TestDistinctKeysBounded(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	const capKeys = 40
 	s := newStore(t, srv, Options{DistinctKeys: capKeys})
@@ -904,6 +926,7 @@ func TestDistinctKeysBounded(t *testing.T) {
 // makes sure a held request counts. An expired lease is always released by
 // the next admission.
 func TestLeaseDue(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	s := newStore(t, srv, Options{})
 	ctx := testContext(t)
@@ -992,6 +1015,7 @@ func TestLeaseDue(t *testing.T) {
 // each with its own result and the cap exact; a script cache emptied under
 // them (a restarted Redis) is filled again.
 func TestBatchedAdmissions(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	s := newStore(t, srv, Options{})
 	rdb := srv.Client(t)
@@ -1036,6 +1060,7 @@ func TestBatchedAdmissions(t *testing.T) {
 // node) that settles after its user was deleted writes nothing: before,
 // its settlement brought back a usage hash that nothing ever removed.
 func TestDeletedUserLeavesNoKey(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	s := newStore(t, srv, Options{})
 	u := createUser(t, s, "gone@example.com", "")

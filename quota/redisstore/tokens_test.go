@@ -55,6 +55,7 @@ func (h *interrupt) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 // Found by review: the lookup key kept the old limits and expiry for
 // good, while every admin read showed the new ones.
 func TestTokenChangeHoldsWhateverTheLookupKey(t *testing.T) {
+	t.Parallel()
 	srv := redistest.Start(t)
 	c := srv.Client(t)
 	h := &interrupt{}

@@ -21,8 +21,10 @@ import (
 // must be made with.
 var Thresholds = []int64{80, 100}
 
-// Run runs every conformance test against fresh stores made by newStore.
-// newStore must return an empty store and arrange its cleanup with
+// Run runs every conformance test against fresh stores made by newStore,
+// the tests side by side (t.Parallel). newStore must return an empty store
+// that shares no state with the others it returns (its own file, or its
+// own key prefix on a shared Redis) and arrange its cleanup with
 // t.Cleanup.
 func Run(t *testing.T, newStore func(t *testing.T) quota.Store) {
 	tests := []struct {
@@ -60,6 +62,7 @@ func Run(t *testing.T, newStore func(t *testing.T) quota.Store) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
 			tt.fn(t, newStore(t))
 		})
 	}

@@ -16,6 +16,7 @@ import (
 // TestWalk runs seeded random walks on the embedded store, Redis and a
 // Redis Cluster side by side with the Go reference.
 func TestWalk(t *testing.T) {
+	t.Parallel()
 	bolt, err := boltstore.Open(boltstore.Options{Path: filepath.Join(t.TempDir(), "walk.db"), DistinctKeys: walkKeyCap})
 	if err != nil {
 		t.Fatal(err)
