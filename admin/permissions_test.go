@@ -19,7 +19,7 @@ func TestAdminPermissions(t *testing.T) {
 	t.Run("embedded", func(t *testing.T) { testAdminPermissions(t, nil) })
 	t.Run("redis", func(t *testing.T) {
 		srv := redistest.Start(t)
-		store, err := redisstore.New(redisstore.Options{Client: srv.Client(t)})
+		store, err := redisstore.New(redisstore.Options{Client: srv.Client(t), Timeout: redistest.Timeout})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -23,7 +23,7 @@ func TestUpdateToken(t *testing.T) {
 	t.Run("embedded", func(t *testing.T) { testUpdateToken(t, newEnv(t)) })
 	t.Run("redis", func(t *testing.T) {
 		srv := redistest.Start(t)
-		store, err := redisstore.New(redisstore.Options{Client: srv.Client(t)})
+		store, err := redisstore.New(redisstore.Options{Client: srv.Client(t), Timeout: redistest.Timeout})
 		if err != nil {
 			t.Fatal(err)
 		}

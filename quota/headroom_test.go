@@ -116,7 +116,7 @@ func messagesUsed(t *testing.T, svc *quota.Service, id string) (used, reserved i
 // openRedis opens a store on srv, closed with the test.
 func openRedis(t *testing.T, srv *redistest.Server) *redisstore.Store {
 	t.Helper()
-	s, err := redisstore.New(redisstore.Options{Client: srv.Client(t)})
+	s, err := redisstore.New(redisstore.Options{Client: srv.Client(t), Timeout: redistest.Timeout})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -319,7 +319,7 @@ func startReloadGateway(t *testing.T, storeOpts, backendAddr string) (*gateway, 
 	admin 127.0.0.1:%d
 	tenant_quota {
 		admin_key {env.TQ_E2E_ADMIN_KEY}
-		store_timeout 1s
+		store_timeout 5s
 		cache_ttl %s
 		%s
 	}

@@ -29,7 +29,7 @@ func Embedded(t testing.TB) (*boltstore.Store, *quota.Service) {
 // it.
 func Redis(t testing.TB, srv *redistest.Server) (*redisstore.Store, *quota.Service) {
 	t.Helper()
-	store, err := redisstore.New(redisstore.Options{Client: srv.Client(t)})
+	store, err := redisstore.New(redisstore.Options{Client: srv.Client(t), Timeout: redistest.Timeout})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -65,11 +65,12 @@ func StartCluster(t testing.TB) *Cluster {
 // Addrs returns the host:port of every node; all are masters.
 func (c *Cluster) Addrs() []string { return append([]string(nil), c.addrs...) }
 
-// Client returns a new cluster client with ContextTimeoutEnabled, closed when
-// t ends (closing it earlier is fine).
+// Client returns a new cluster client with ContextTimeoutEnabled and read
+// and write timeouts of Timeout, closed when t ends (closing it earlier is
+// fine).
 func (c *Cluster) Client(t testing.TB) *redis.ClusterClient {
 	t.Helper()
-	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs(), ContextTimeoutEnabled: true})
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs(), ContextTimeoutEnabled: true, ReadTimeout: Timeout, WriteTimeout: Timeout})
 	t.Cleanup(func() { _ = cc.Close() })
 	return cc
 }

@@ -118,11 +118,18 @@ func (s *Server) Resume(t testing.TB) {
 // Addr returns the server's host:port.
 func (s *Server) Addr() string { return s.addr }
 
-// Client returns a new client of the server with ContextTimeoutEnabled,
-// closed when t ends (closing it earlier is fine).
+// Timeout is how long a test waits on one Redis call: the read and write
+// timeouts of the clients made here, and the store timeout the tests give
+// their stores unless they test timeouts. The defaults (3s, and the
+// store's 1s) failed tests on a 2-core machine running two suites at once.
+const Timeout = 10 * time.Second
+
+// Client returns a new client of the server with ContextTimeoutEnabled and
+// read and write timeouts of Timeout, closed when t ends (closing it
+// earlier is fine).
 func (s *Server) Client(t testing.TB) *redis.Client {
 	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: s.addr, ContextTimeoutEnabled: true})
+	c := redis.NewClient(&redis.Options{Addr: s.addr, ContextTimeoutEnabled: true, ReadTimeout: Timeout, WriteTimeout: Timeout})
 	t.Cleanup(func() { _ = c.Close() })
 	return c
 }

@@ -17,7 +17,7 @@ import (
 // (INFO commandstats) besides the round trip.
 func BenchmarkAdmitRedis(b *testing.B) {
 	srv := redistest.Start(b)
-	s, err := New(Options{Client: srv.Client(b)})
+	s, err := New(Options{Client: srv.Client(b), Timeout: redistest.Timeout})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -14,7 +14,7 @@ import (
 // node is one gateway node's service over a shared Redis.
 func node(t *testing.T, srv *redistest.Server) (*quota.Service, *redisstore.Store) {
 	t.Helper()
-	st, err := redisstore.New(redisstore.Options{Client: srv.Client(t)})
+	st, err := redisstore.New(redisstore.Options{Client: srv.Client(t), Timeout: redistest.Timeout})
 	if err != nil {
 		t.Fatal(err)
 	}

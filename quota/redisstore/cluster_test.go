@@ -34,7 +34,7 @@ func newClusterStore(t *testing.T, c *redistest.Cluster, prefix string) *Store {
 	rdb := c.Client(t)
 	hook := &slotErrors{}
 	rdb.AddHook(hook)
-	s, err := New(Options{Client: rdb, Thresholds: storetest.Thresholds, Prefix: prefix})
+	s, err := New(Options{Client: rdb, Thresholds: storetest.Thresholds, Prefix: prefix, Timeout: redistest.Timeout})
 	if err != nil {
 		t.Fatal(err)
 	}

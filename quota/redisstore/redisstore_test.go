@@ -33,6 +33,9 @@ func TestConformance(t *testing.T) {
 func newStore(t *testing.T, srv *redistest.Server, opts Options) *Store {
 	t.Helper()
 	opts.Client = srv.Client(t)
+	if opts.Timeout == 0 {
+		opts.Timeout = redistest.Timeout
+	}
 	s, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -661,7 +664,7 @@ func TestSentinel(t *testing.T) {
 	if kind := clientKind(client); kind != "failover" {
 		t.Fatalf("sentinel url builds a %s client", kind)
 	}
-	s, err := New(Options{Client: client})
+	s, err := New(Options{Client: client, Timeout: redistest.Timeout})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -60,7 +60,7 @@ func TestTokenChangeHoldsWhateverTheLookupKey(t *testing.T) {
 	c := srv.Client(t)
 	h := &interrupt{}
 	c.AddHook(h)
-	st, err := New(Options{Client: c})
+	st, err := New(Options{Client: c, Timeout: redistest.Timeout})
 	if err != nil {
 		t.Fatal(err)
 	}

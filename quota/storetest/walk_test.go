@@ -22,13 +22,13 @@ func TestWalk(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { bolt.Close() })
-	rs, err := redisstore.New(redisstore.Options{Client: redistest.Start(t).Client(t), DistinctKeys: walkKeyCap})
+	rs, err := redisstore.New(redisstore.Options{Client: redistest.Start(t).Client(t), DistinctKeys: walkKeyCap, Timeout: redistest.Timeout})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { rs.Close() })
 	cluster := redistest.StartCluster(t)
-	cs, err := redisstore.New(redisstore.Options{Client: cluster.Client(t), DistinctKeys: walkKeyCap})
+	cs, err := redisstore.New(redisstore.Options{Client: cluster.Client(t), DistinctKeys: walkKeyCap, Timeout: redistest.Timeout})
 	if err != nil {
 		t.Fatal(err)
 	}
