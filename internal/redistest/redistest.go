@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -239,7 +240,7 @@ func startProcess(t testing.TB, bin, dir, addr string, args ...string) (*os.Proc
 			return nil
 		}
 	}
-	if err := waitPing(addr, exited); err != nil {
+	if err := waitPing(addr, cmd.Process.Pid, exited); err != nil {
 		stop()
 		return nil, fmt.Errorf("redis-server on %s: %w%s", addr, err, logTail(args))
 	}
@@ -248,17 +249,27 @@ func startProcess(t testing.TB, bin, dir, addr string, args ...string) (*os.Proc
 }
 
 // waitPing polls addr with PING until it answers, exited reports that the
-// process ended, or startTimeout passes.
-func waitPing(addr string, exited func() error) error {
+// process ended, or startTimeout passes. The server that answers must be
+// process pid: another test's redis-server may have taken the port between
+// freePort and the bind (then this one exits, and the caller tries a new
+// port).
+func waitPing(addr string, pid int, exited func() error) error {
 	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
 	defer c.Close()
 	deadline := time.Now().Add(startTimeout)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 		err := c.Ping(ctx).Err()
+		var info string
+		if err == nil {
+			info, err = c.Info(ctx, "server").Result()
+		}
 		cancel()
 		if err == nil {
-			return nil
+			if strings.Contains(info, "\nprocess_id:"+strconv.Itoa(pid)+"\r\n") {
+				return nil
+			}
+			return fmt.Errorf("another process answers on %s", addr)
 		}
 		if werr := exited(); werr != nil {
 			return fmt.Errorf("process ended before answering PING: %w", werr)

@@ -367,29 +367,39 @@ func (d *Dispatcher) drain(ctx context.Context, s Sink, p string, heads map[stri
 // dispatcher; the grace bounds how long a stop can wait on a slow sink.
 const stopGrace = 2 * time.Second
 
+// grace is stopGrace, or a third of the lease if shorter: the lease is
+// renewed every third of it, so a stopping dispatcher still holds it for
+// the whole grace, and no other node delivers (or moves a cursor) while
+// its last delivery ends.
+func (d *Dispatcher) grace() time.Duration { return min(stopGrace, d.opts.LeaseTTL/3) }
+
 // deliverAndAck delivers e to s (unless s does not take its type) and
-// moves s's cursor past it, on a context that outlives ctx by stopGrace.
+// moves s's cursor past it, on a context that outlives ctx by the grace.
 // ok false: e is to be retried after wait; err: the cursor did not move.
 func (d *Dispatcher) deliverAndAck(ctx context.Context, s Sink, p string, e quota.Event, heads map[string]*failing) (wait time.Duration, ok bool, err error) {
 	ectx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
-	stop := context.AfterFunc(ctx, func() { time.AfterFunc(stopGrace, cancel) })
+	// Once ctx ends, cancel after the grace (a timer left to fire after
+	// the delivery ended cancels nothing).
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(d.grace(), cancel) })
 	defer stop()
 	if s.Accepts(e.Type) {
-		if wait, ok := d.deliver(ectx, s, p, e, heads); !ok {
+		if wait, ok := d.deliver(ctx, ectx, s, p, e, heads); !ok {
 			return wait, false, nil
 		}
 	}
 	return 0, true, d.opts.Log.AckEvent(ectx, p, s.Name(), e.Pos)
 }
 
-// deliver makes one attempt; ok is false when the event is to be retried
-// after wait. An event out of attempts or time is given up (ok true).
-func (d *Dispatcher) deliver(ctx context.Context, s Sink, p string, e quota.Event, heads map[string]*failing) (wait time.Duration, ok bool) {
+// deliver makes one attempt on dctx; ok is false when the event is to be
+// retried after wait. An event out of attempts or time is given up (ok
+// true). A failure once ctx (the dispatcher's) has ended is not counted:
+// the next dispatcher sends the event.
+func (d *Dispatcher) deliver(ctx, dctx context.Context, s Sink, p string, e quota.Event, heads map[string]*failing) (wait time.Duration, ok bool) {
 	ce := e.CloudEvent(d.opts.Source)
 	body, err := json.Marshal(ce)
 	if err == nil {
-		err = s.Deliver(ctx, ce, body)
+		err = s.Deliver(dctx, ce, body)
 	}
 	c := d.stats[s.Name()]
 	if err == nil {

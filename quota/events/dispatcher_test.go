@@ -223,7 +223,7 @@ func TestDeadSinkHoldsBackOnlyItself(t *testing.T) {
 		case <-r.Context().Done():
 		}
 	}))
-	t.Cleanup(func() { close(release); dead.Close() })
+	t.Cleanup(dead.Close)
 	rc := newReceiver(t)
 	deadHook, _ := events.NewWebhook(events.WebhookOptions{URL: dead.URL, Secrets: []string{secret}, Timeout: 30 * time.Second})
 	liveHook, _ := events.NewWebhook(events.WebhookOptions{URL: rc.URL, Secrets: []string{secret}})
@@ -239,6 +239,7 @@ func TestDeadSinkHoldsBackOnlyItself(t *testing.T) {
 	}
 	d, _ := events.New(events.Options{Log: store, Sinks: []events.Sink{deadHook, liveHook}, Holder: "test", Poll: 20 * time.Millisecond, LockFor: lockFor})
 	run(t, d)
+	t.Cleanup(func() { close(release) }) // first: the stop need not wait out the hung delivery
 	if _, err := svc.CreateUser(context.Background(), quota.NewUser{Name: "D", Email: "dead@example.com"}); err != nil {
 		t.Fatal(err)
 	}

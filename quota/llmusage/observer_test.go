@@ -383,7 +383,7 @@ func TestObserverMalformed(t *testing.T) {
 // Malformed gzip never blocks a Write or Close and never leaks the
 // decompressing goroutine.
 func TestObserverGzipNoLeak(t *testing.T) {
-	t.Parallel()
+	// Not parallel: it counts the process's goroutines.
 	body := readFixture(t, "anthropic_stream.sse")
 	good := gzipped(t, body, true)
 	corrupt := bytes.Clone(good)

@@ -820,7 +820,10 @@ func TestRecordsBounded(t *testing.T) {
 	srv := redistest.Start(t)
 	const perHash = 50
 	s := newStore(t, srv, Options{RecordsPerHash: perHash})
-	ctx := testContext(t)
+	// 1,000 rounds of store calls: longer than testContext's 10s on a
+	// machine running two suites.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
 	rdb := srv.Client(t)
 	id := quota.NewID()
 	msg := []quota.Charge{{Resource: "messages", Limit: 1000000, Amount: 1}}
