@@ -280,7 +280,16 @@ func (s *stoppingSink) ids() []string {
 // moves even though the dispatcher's context has ended).
 func TestStopRightAfterADeliveryMovesTheCursor(t *testing.T) {
 	t.Parallel()
-	store, svc := quotatest.Embedded(t)
+	for _, kind := range storeKinds {
+		t.Run(kind.name, func(t *testing.T) {
+			t.Parallel()
+			store, svc, _ := kind.open(t)
+			testStopRightAfterADelivery(t, store, svc)
+		})
+	}
+}
+
+func testStopRightAfterADelivery(t *testing.T, store quota.EventLog, svc *quota.Service) {
 	sink := &stoppingSink{}
 	start := func() (*events.Dispatcher, context.CancelFunc, chan struct{}) {
 		d, err := events.New(events.Options{Log: store, Sinks: []events.Sink{sink}, Holder: "test", Poll: 20 * time.Millisecond})
