@@ -74,9 +74,11 @@ func startHook(t *testing.T, log quota.EventLog, url string) (stop func()) {
 		t.Fatal(err)
 	}
 	// A stopped dispatcher's lease holds until it expires: short, so that
-	// the next one takes over soon.
+	// the next one takes over soon, but long enough that the delivery under
+	// way at a stop gets its grace (a third of the lease: at 300ms, a busy
+	// machine cut a delivery the receiver had taken, and it came twice).
 	d, err := events.New(events.Options{Log: log, Sinks: []events.Sink{hook}, Holder: quota.NewID(), Poll: 20 * time.Millisecond,
-		LeaseTTL: 300 * time.Millisecond})
+		LeaseTTL: 3 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
