@@ -84,7 +84,7 @@ bench: build redis-check
 # TORTURE_ROUNDS rounds per store (TQ_TORTURE_SEED=<seed> reproduces a run).
 TORTURE_ROUNDS ?= 40
 torture: redis-check
-	TQ_REQUIRE_REDIS=1 TQ_TORTURE_ROUNDS=$(TORTURE_ROUNDS) $(GO) test -count=1 -timeout 60m -run 'TestTorture' -v ./cmd/caddy | grep -v '^=== '
+	TQ_REQUIRE_REDIS=1 TQ_TORTURE_ROUNDS=$(TORTURE_ROUNDS) $(GO) test -count=1 -timeout 60m -run 'TestTorture' -v ./e2e | grep -v '^=== '
 
 FUZZTIME ?= 20s
 fuzz:

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"context"
@@ -19,12 +19,12 @@ import (
 // for what differs between runs.
 func TestReadmeWalkthroughAsWritten(t *testing.T) {
 	t.Parallel()
-	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	readme, err := os.ReadFile(filepath.Join("..", "README.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	script := walkthroughBlock(t, string(readme))
-	example, err := os.ReadFile(filepath.Join("..", "..", "Caddyfile.example"))
+	example, err := os.ReadFile(filepath.Join("..", "Caddyfile.example"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +47,7 @@ func TestReadmeWalkthroughAsWritten(t *testing.T) {
 	}
 	const key = "dev-admin-key-change-me" // the Makefile's default
 	var logs syncBuffer
-	cmd := exec.Command(caddyBin, "run", "--config", path, "--adapter", "caddyfile")
+	cmd := exec.Command(caddyBin(), "run", "--config", path, "--adapter", "caddyfile")
 	cmd.Env = append(os.Environ(), "TQ_ADMIN_KEY="+key, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
@@ -135,7 +135,7 @@ func walkthroughAnswers(script string) []string {
 // TestMigrateCommand), and no sentence says they cannot be moved.
 func TestReadmeSaysWhatMigrateDoes(t *testing.T) {
 	t.Parallel()
-	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	readme, err := os.ReadFile(filepath.Join("..", "README.md"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"encoding/json"
@@ -18,7 +18,7 @@ import (
 // its output; wantFail expects a non-zero exit.
 func quotaCLI(t *testing.T, g *gateway, wantFail bool, args ...string) string {
 	t.Helper()
-	cmd := exec.Command(caddyBin, append([]string{"quota"}, args...)...)
+	cmd := exec.Command(caddyBin(), append([]string{"quota"}, args...)...)
 	cmd.Env = append(os.Environ(), "TQ_URL="+g.url+"/quota", "TQ_ADMIN_KEY="+adminKey)
 	out, err := cmd.CombinedOutput()
 	if (err != nil) != wantFail {
@@ -30,7 +30,7 @@ func quotaCLI(t *testing.T, g *gateway, wantFail bool, args ...string) string {
 // TestCLI: the caddy quota subcommands on the real binary, on both stores.
 func TestCLI(t *testing.T) {
 	t.Parallel()
-	if out, err := exec.Command(caddyBin, "help").CombinedOutput(); err != nil || !strings.Contains(string(out), "quota") {
+	if out, err := exec.Command(caddyBin(), "help").CombinedOutput(); err != nil || !strings.Contains(string(out), "quota") {
 		t.Fatalf("caddy help does not list quota: %v\n%s", err, out)
 	}
 	for _, st := range allStores() {
@@ -127,7 +127,7 @@ func TestMigrateCommand(t *testing.T) {
 			}
 			db := filepath.Join(g.dataDir, "caddy", "tenant_quota", "quota.db")
 			for run := range 2 { // idempotent
-				cmd := exec.Command(caddyBin, "quota", "migrate", "--from", db, "--to", url)
+				cmd := exec.Command(caddyBin(), "quota", "migrate", "--from", db, "--to", url)
 				out, err := cmd.CombinedOutput()
 				if err != nil {
 					t.Fatalf("migrate: %v\n%s", err, out)
@@ -166,7 +166,7 @@ func TestCLIEventsTailFollow(t *testing.T) {
 			create(0)
 			create(1)
 			out := &syncBuffer{}
-			cmd := exec.Command(caddyBin, "quota", "events", "tail", "--follow", "--json", "--type", "user.created")
+			cmd := exec.Command(caddyBin(), "quota", "events", "tail", "--follow", "--json", "--type", "user.created")
 			cmd.Env = append(os.Environ(), "TQ_URL="+g.url+"/quota", "TQ_ADMIN_KEY="+adminKey)
 			cmd.Stdout, cmd.Stderr = out, out
 			if err := cmd.Start(); err != nil {

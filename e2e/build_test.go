@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"fmt"
@@ -27,7 +27,7 @@ func run(t *testing.T, dir string, env []string, name string, args ...string) st
 
 func TestListModules(t *testing.T) {
 	t.Parallel()
-	out := run(t, "", nil, caddyBin, "list-modules")
+	out := run(t, "", nil, caddyBin(), "list-modules")
 	for _, id := range moduleIDs {
 		if !strings.Contains(out, "\n"+id+"\n") {
 			t.Errorf("caddy list-modules does not show %s", id)
@@ -39,17 +39,17 @@ func TestListModules(t *testing.T) {
 // and validates.
 func TestExampleCaddyfile(t *testing.T) {
 	t.Parallel()
-	example := filepath.Join("..", "..", "Caddyfile.example")
+	example := filepath.Join("..", "Caddyfile.example")
 	src, err := os.ReadFile(example)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := run(t, "", nil, caddyBin, "fmt", example); got != string(src) {
+	if got := run(t, "", nil, caddyBin(), "fmt", example); got != string(src) {
 		t.Errorf("Caddyfile.example is not caddy fmt clean; caddy fmt gives:\n%s", got)
 	}
 	dir := t.TempDir()
 	run(t, "", []string{"TQ_ADMIN_KEY=k", "XDG_DATA_HOME=" + dir, "XDG_CONFIG_HOME=" + dir},
-		caddyBin, "adapt", "--config", example, "--adapter", "caddyfile", "--validate")
+		caddyBin(), "adapt", "--config", example, "--adapter", "caddyfile", "--validate")
 }
 
 // TestXcaddyStyleBuild builds a throwaway main that requires this module
@@ -57,11 +57,18 @@ func TestExampleCaddyfile(t *testing.T) {
 // generates it.
 func TestXcaddyStyleBuild(t *testing.T) {
 	t.Parallel()
-	root, err := filepath.Abs(filepath.Join("..", ".."))
+	recordGatewaySources()
+	root, err := filepath.Abs("..")
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
+	// In a directory of this checkout's that outlives the test, where the
+	// go command finds the binary up to date when nothing changed.
+	dir, unlock, err := buildDir(root, "xcaddy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
 	gomod := "module caddy\n\ngo 1.26\n\nrequire github.com/tenantquota/caddy-tenant-quota v0.0.0\n\n" +
 		"replace github.com/tenantquota/caddy-tenant-quota => " + root + "\n"
 	main := `package main
@@ -115,7 +122,7 @@ func main() {
 // directives is put in a site block, and global options alone get one.
 func TestReadmeCaddyfiles(t *testing.T) {
 	t.Parallel()
-	src, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	src, err := os.ReadFile(filepath.Join("..", "README.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +156,7 @@ func TestReadmeCaddyfiles(t *testing.T) {
 		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		cmd := exec.Command(caddyBin, "adapt", "--config", path, "--adapter", "caddyfile", "--validate")
+		cmd := exec.Command(caddyBin(), "adapt", "--config", path, "--adapter", "caddyfile", "--validate")
 		cmd.Env = append(os.Environ(), "TQ_ADMIN_KEY=k", "TQ_BILLING_KEY=k3", "TQ_SUPPORT_KEY=k4", "OPENAI_API_KEY=k",
 			"TQ_WEBHOOK_SECRET=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "TQ_WEBHOOK_SECRET_OLD=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "REDIS_PASSWORD=p", "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
 		if out, err := cmd.CombinedOutput(); err != nil {
@@ -170,7 +177,7 @@ func TestEmptyAdminKeyNamesTheVariable(t *testing.T) {
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(caddyBin, "validate", "--config", path, "--adapter", "caddyfile")
+	cmd := exec.Command(caddyBin(), "validate", "--config", path, "--adapter", "caddyfile")
 	cmd.Env = append(os.Environ(), "TQ_ADMIN_KEY=k", "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
 	out, err := cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "set the environment variable TQ_UNSET_OLD_KEY") {
@@ -190,7 +197,7 @@ func TestValidateNextToRunningGateway(t *testing.T) {
 		{"validate", "--config", g.caddyfile, "--adapter", "caddyfile"},
 		{"adapt", "--config", g.caddyfile, "--adapter", "caddyfile", "--validate"},
 	} {
-		cmd := exec.Command(caddyBin, args...)
+		cmd := exec.Command(caddyBin(), args...)
 		cmd.Env = env
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("caddy %s next to a running gateway: %v\n%s", args[0], err, out)
@@ -227,13 +234,13 @@ http://127.0.0.1:%d {
 	// caddy validate refuses it too, so a CI validate step fails where
 	// the deploy would.
 	for _, args := range [][]string{{"validate"}, {"adapt", "--validate"}} {
-		v := exec.Command(caddyBin, append(args, "--config", path, "--adapter", "caddyfile")...)
+		v := exec.Command(caddyBin(), append(args, "--config", path, "--adapter", "caddyfile")...)
 		v.Env = append(os.Environ(), "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
 		if out, err := v.CombinedOutput(); err == nil || !strings.Contains(string(out), "runs before tenant_quota_admin") {
 			t.Fatalf("caddy %s: %v\n%s", args[0], err, out)
 		}
 	}
-	cmd := exec.Command(caddyBin, "run", "--config", path, "--adapter", "caddyfile")
+	cmd := exec.Command(caddyBin(), "run", "--config", path, "--adapter", "caddyfile")
 	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
 	done := make(chan struct{})
 	var out []byte
