@@ -63,8 +63,11 @@ lint-openapi: openapi-lint-deps
 # compute, and the default (the CPU count, 2 here) left the machine idle
 # half the time.
 TEST_PARALLEL ?= -p 4 -parallel 4
+# No DWARF in the test binaries: linking them is a seventh of the suite's
+# CPU time, and 2 s shorter without (stack traces keep their names).
+TEST_LDFLAGS ?= -ldflags=-w
 test: redis-check openapi-lint-deps vet
-	TQ_REQUIRE_REDIS=1 TQ_REQUIRE_LINT=1 $(GO) test -race -timeout 20m $(TEST_PARALLEL) ./...
+	TQ_REQUIRE_REDIS=1 TQ_REQUIRE_LINT=1 $(GO) test -race $(TEST_LDFLAGS) -timeout 20m $(TEST_PARALLEL) ./...
 
 # Statement coverage (issue 19 asks for caddymodule >= 75 % and quota >=
 # 85 %): caddymodule and admin by their own tests; quota by its own tests
