@@ -377,15 +377,17 @@ func torture(t *testing.T, seed uint64, rounds int, onRedis bool) {
 	}
 	// Nothing stays reserved once every request has ended: leases of
 	// killed nodes end with their holds (reservations 3 s, slices 10 s).
-	if killed {
-		time.Sleep(11 * time.Second)
-	}
 	// A settlement journaled while Redis was paused is replayed in the
 	// background once it answers, and a reservation whose outcome stayed
-	// unknown ends with its hold (3 s): poll, within the hold and a margin
-	// for a loaded machine.
+	// unknown ends with its hold (3 s): poll, within the longest hold and
+	// a margin for a loaded machine.
+	wait := 8 * time.Second
+	if killed {
+		wait += 11 * time.Second
+	}
+	end := time.Now().Add(wait)
 	for _, tn := range tenants {
-		deadline := time.Now().Add(8 * time.Second)
+		deadline := end
 		for {
 			if !tn.disabled {
 				resp, err := client.Do(tenantRequest(admin.url+"/v1/x", tn.token, `{}`)) // sweeps
