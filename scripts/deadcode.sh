@@ -17,7 +17,7 @@ key() {
 		echo "$DEADCODE"
 		"$GO" version
 		"$GO" env GOOS GOARCH GOFLAGS CGO_ENABLED GOEXPERIMENT GOWORK
-		sha256sum "$self"
+		sha256sum <"$self"
 		find . -name node_modules -prune -o \( -name '*.go' -o -name go.mod -o -name go.sum -o -name go.work \) -type f -print0 |
 			LC_ALL=C sort -z | xargs -0 sha256sum
 	} | sha256sum | cut -c1-32
@@ -35,7 +35,9 @@ if [ -n "$dead" ]; then
 fi
 # Remembered only if nothing changed while it ran.
 if [ "$(key)" = "$key" ]; then
+	# One entry per state of the sources, the newest 16 kept: two
+	# checkouts (a clone beside the main one) keep theirs.
 	mkdir -p "$dir"
-	rm -f "$dir"/deadcode-*
 	touch "$dir/deadcode-$key"
+	find "$dir" -maxdepth 1 -name 'deadcode-*' -printf '%T@ %p\n' | sort -rn | tail -n +17 | cut -d' ' -f2- | xargs -r rm -f
 fi
